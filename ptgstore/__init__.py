@@ -1,0 +1,1 @@
+"""ptgstore: sensor frames from headsets to models, over REST and WebSockets, in Redis Streams."""

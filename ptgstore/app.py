@@ -1,0 +1,143 @@
+"""The ASGI application: routing table, middleware, lifespan. `uvicorn ptgstore.app:app`."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route, WebSocketRoute
+
+from . import errors
+from .auth import Authenticator, AuthMiddleware
+from .embedded import EmbeddedRedis
+from .framing import FramingError
+from .hub import Hub
+from .routes import data, docs, live, misc, streams, tokens
+from .settings import Settings
+from .store import Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("ptgstore")
+
+ROUTES = [
+    Route("/token", tokens.issue_token, methods=["POST"]),
+    Route("/ping", misc.ping, methods=["GET"]),
+    Route("/ping/error", misc.ping_error, methods=["GET"]),
+    Route("/openapi.json", docs.openapi, methods=["GET"]),
+    Route("/docs", docs.page, methods=["GET"]),
+    docs.assets,
+    Route("/streams", streams.list_streams, methods=["GET"]),
+    Route("/streams/{sid:path}", streams.get_stream, methods=["GET"]),
+    Route("/streams/{sid:path}", streams.put_stream, methods=["PUT"]),
+    Route("/streams/{sid:path}", streams.delete_streams, methods=["DELETE"]),
+    Route("/data/{sid:path}", data.get_entries, methods=["GET"]),
+    Route("/data/{sid:path}", data.post_entries, methods=["POST"]),
+    WebSocketRoute("/data/{sid:path}/push", live.push),
+    WebSocketRoute("/data/{sid:path}/pull", live.pull),
+]
+
+EXCEPTION_HANDLERS = {
+    HTTPException: errors.http_error,
+    FramingError: errors.bad_request,
+    StoreError: errors.bad_request,
+    StoreUnavailable: errors.unavailable,
+    Exception: errors.server_error,
+}
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    settings: Settings = app.state.settings
+    configure_logging(settings.log_level)
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir, settings.redis_fsync)
+        url = await asyncio.to_thread(embedded.start)
+    store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
+                  pool_size=settings.redis_pool_size)
+    app.state.store = store
+    app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
+    log_policy(settings, url, embedded)
+    try:
+        yield
+    finally:
+        await app.state.hub.close()
+        await store.close()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def configure_logging(level: str) -> None:
+    """Give the ptgstore loggers a handler in uvicorn's style, unless the host application did."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level.upper())
+
+
+def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> None:
+    """Say at start-up which Redis is used and anything that weakens security."""
+    if embedded is not None:
+        log.info("redis: embedded at %s (data in %s, appendfsync %s)", url, embedded.dir, settings.redis_fsync)
+    else:
+        log.info("redis: %s", redact_url(url))
+    if settings.auth == "dev":
+        log.warning("auth policy 'dev': ANY username is accepted with a password equal to it "
+                    "(set PTGSTORE_AUTH=users for real accounts)")
+    else:
+        log.info("auth policy 'users': accounts from %s", settings.users_path)
+    if not settings.token_verify_exp:
+        log.warning("INSECURE: token expiry is not verified (PTGSTORE_TOKEN_VERIFY_EXP=false)")
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, _ = head.partition("://")
+    return f"{scheme}://***@{tail}"
+
+
+class TrailingSlashMiddleware:
+    """Serve `/streams/` and `/streams` alike (no redirects: POST bodies and WebSockets cannot follow one)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if len(path) > 1 and path.endswith("/"):
+            scope = dict(scope, path=path.rstrip("/") or "/")
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ptgstore application for `settings` (default: from PTGSTORE_* variables)."""
+    settings = settings or Settings.from_env()
+    middleware = [
+        Middleware(TrailingSlashMiddleware),
+        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
+    ]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                                     allow_methods=["*"], allow_headers=["*"], expose_headers=["entry-offset"],
+                                     allow_credentials="*" not in settings.cors_origins))
+    authenticator = Authenticator(settings)
+    middleware.append(Middleware(AuthMiddleware, authenticator=authenticator,
+                                 allowed_origins=settings.ws_allowed_origins))
+    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS,
+                    lifespan=lifespan)
+    app.state.settings = settings
+    app.state.authenticator = authenticator
+    app.router.redirect_slashes = False
+    return app
+
+
+app = create_app()

@@ -1,0 +1,266 @@
+"""Credentials, tokens, and who is calling (HTTP and WebSocket alike)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+
+from .settings import Settings
+
+log = logging.getLogger("ptgstore.auth")
+
+ALGORITHM = "HS256"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+class AuthError(Exception):
+    """A refused credential or token; `reason` says why in words a person can act on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# -- passwords and the users file ---------------------------------------------------------
+
+def hash_password(password: str) -> str:
+    """A salted scrypt hash of `password`, self-describing so parameters can change later."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    params = f"{_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}"
+    return f"scrypt${params}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a hash made by `hash_password` (constant-time comparison)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# a hash checked against when the user is unknown, so both refusals take as long
+_DUMMY_HASH = hash_password(secrets.token_hex(8))
+
+
+def read_users(path: Path) -> dict[str, str]:
+    """The users file as {name: password hash}; a missing file means no users."""
+    try:
+        users = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    if not isinstance(users, dict):
+        raise ValueError(f"{path} is not a users file (expected a JSON object)")
+    return users
+
+
+def write_users(path: Path, users: dict[str, str]) -> None:
+    """Replace the users file atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(users, file, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load_or_create_secret(settings: Settings) -> str:
+    """The configured signing secret, else one generated once and kept in the data directory."""
+    if settings.secret:
+        return settings.secret
+    path = Path(settings.data_dir) / "secret"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(48))
+    log.info("generated a token signing secret in %s", path)
+    return path.read_text().strip()
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, and how their token arrived (header, query or cookie)."""
+
+    user: str
+    source: str
+
+
+class Authenticator:
+    """Checks credentials under the configured policy; issues and verifies tokens."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._secret: str | None = None
+
+    @property
+    def secret(self) -> str:
+        # read (or generated) on first use, not when the module is imported
+        if self._secret is None:
+            self._secret = load_or_create_secret(self.settings)
+        return self._secret
+
+    def check_credentials(self, username: str, password: str) -> bool:
+        """Whether the pair is accepted by the policy (slow on purpose under `users`: run off the loop)."""
+        if self.settings.auth == "dev":
+            return bool(username) and hmac.compare_digest(username.encode(), password.encode())
+        stored = read_users(self.settings.users_path).get(username)
+        matched = verify_password(password, stored or _DUMMY_HASH)
+        return stored is not None and matched
+
+    def issue(self, username: str) -> str:
+        """A signed token for `username`.
+
+        A widely used client decodes the header and payload with the standard base64
+        alphabet, so the `n` claim is varied until neither segment has `-` or `_`.
+        """
+        now = int(time.time())
+        claims = {"sub": username, "iat": now, "exp": now + self.settings.token_ttl}
+        for nonce in range(100_000):
+            claims["n"] = nonce
+            token = jwt.encode(claims, self.secret, algorithm=ALGORITHM)
+            head, payload, _ = token.split(".")
+            if not any(c in head or c in payload for c in "-_"):
+                return token
+        raise RuntimeError("could not mint a token in the standard base64 alphabet")
+
+    def verify(self, token: str) -> str:
+        """The user a token names; AuthError when it is malformed, expired, or not ours."""
+        try:
+            claims = jwt.decode(
+                token, self.secret, algorithms=[ALGORITHM],
+                options={"verify_exp": self.settings.token_verify_exp, "require": ["sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature does not match") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("token algorithm not accepted") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        user = claims.get("sub")
+        if not isinstance(user, str) or not user:
+            raise AuthError("invalid token: no subject")
+        return user
+
+
+def find_token(scope) -> tuple[str | None, str | None]:
+    """The token a request carries and where: header, then `token` query, then cookie."""
+    headers = {}
+    for key, value in scope.get("headers", ()):
+        if key in (b"authorization", b"cookie", b"origin"):
+            headers.setdefault(key, value.decode("latin-1"))
+    header = headers.get(b"authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip(), "header"
+    query = scope.get("query_string", b"").decode("latin-1")
+    if "token=" in query:
+        values = parse_qs(query).get("token")
+        if values and values[0]:
+            return values[0], "query"
+    cookie_header = headers.get(b"cookie")
+    if cookie_header:
+        cookie = SimpleCookie()
+        try:
+            cookie.load(cookie_header)
+        except Exception:  # noqa: BLE001 - a malformed cookie header is simply no token
+            cookie = {}
+        if "authorization" in cookie:
+            value = cookie["authorization"].value.strip().strip('"').strip()
+            if value[:7].lower() == "bearer ":
+                value = value[7:].strip()
+            if value:
+                return value, "cookie"
+    return None, None
+
+
+def origin_allowed(scope, allowed: tuple[str, ...]) -> bool:
+    """Whether a cookie-authenticated WebSocket may proceed: no Origin (not a browser),
+    the server's own origin, or one configured as allowed."""
+    origin = host = None
+    for key, value in scope.get("headers", ()):
+        if key == b"origin":
+            origin = value.decode("latin-1")
+        elif key == b"host":
+            host = value.decode("latin-1")
+    if origin is None:
+        return True
+    if origin in allowed or "*" in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+# -- the gate in front of every route -------------------------------------------------------
+
+PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json"})
+PUBLIC_PREFIXES = ("/docs/",)
+
+
+class AuthMiddleware:
+    """Lets a request through only with a valid token (except public paths).
+
+    REST refusals are 401 with `WWW-Authenticate: Bearer`; a WebSocket is refused
+    at the handshake (HTTP 403) before any of its data is read.
+    """
+
+    def __init__(self, app, authenticator: Authenticator, allowed_origins: tuple[str, ...] = ()):
+        self.app = app
+        self.authenticator = authenticator
+        self.allowed_origins = allowed_origins
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return await self.app(scope, receive, send)
+        token, source = find_token(scope)
+        try:
+            if token is None:
+                raise AuthError("not authenticated: no token in header, query or cookie")
+            user = self.authenticator.verify(token)
+            if scope["type"] == "websocket" and source == "cookie" and not origin_allowed(scope, self.allowed_origins):
+                raise AuthError("cookie-authenticated WebSocket from an origin that is not allowed")
+        except AuthError as exc:
+            return await self._refuse(scope, receive, send, exc.reason)
+        scope.setdefault("state", {})["caller"] = Caller(user, source)
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, reason: str):
+        if scope["type"] == "websocket":
+            await receive()  # the websocket.connect event
+            await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
+            return
+        body = json.dumps({"detail": reason}).encode()
+        await send({
+            "type": "http.response.start", "status": 401,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"www-authenticate", b"Bearer")],
+        })
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,266 @@
+"""Pure codec for the wire protocol: stream ids, cursors, headers, offsets, timestamps. No I/O."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import msgpack
+import orjson
+
+MAX_STREAM_ID_BYTES = 256
+RESERVED_STREAM_IDS = frozenset({"ptgstore:meta", "ptgstore:maxlen"})
+_MAX_U64 = 2**64 - 1
+_DIGITS = frozenset("0123456789")
+
+
+class FramingError(ValueError):
+    """Malformed input from a client: bad stream id, cursor, header, offsets or timestamp."""
+
+
+# -- stream ids and cursors -----------------------------------------------------------------
+
+def validate_stream_id(sid: str) -> str:
+    """`sid` when it is a valid stream id, else FramingError saying why."""
+    if not sid:
+        raise FramingError("empty stream id")
+    if len(sid.encode("utf-8", "surrogatepass")) > MAX_STREAM_ID_BYTES:
+        raise FramingError(f"stream id longer than {MAX_STREAM_ID_BYTES} bytes")
+    if sid == "*":
+        raise FramingError("'*' is not a stream id here")
+    if "+" in sid:
+        raise FramingError("stream id contains '+'")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in sid):
+        raise FramingError("stream id contains a control character or is not valid UTF-8")
+    if sid in RESERVED_STREAM_IDS:
+        raise FramingError(f"stream id {sid!r} is reserved")
+    return sid
+
+
+def split_stream_ids(path_sid: str) -> list[str]:
+    """The stream ids of a path segment `a+b+c`, each validated."""
+    return [validate_stream_id(sid) for sid in path_sid.split("+")]
+
+
+def unique_stream_ids(path_sid: str) -> list[str]:
+    """Like `split_stream_ids` but each stream once, first mention first (for reads)."""
+    return list(dict.fromkeys(split_stream_ids(path_sid)))
+
+
+def _is_digits(text: str) -> bool:
+    return bool(text) and set(text) <= _DIGITS
+
+
+def parse_entry_id(text: str) -> tuple[int, int]:
+    """`ms-seq` (or bare `ms`) as a pair of ints; ASCII digits only."""
+    ms, sep, seq = text.partition("-")
+    if not _is_digits(ms) or (sep and not _is_digits(seq)):
+        raise FramingError(f"malformed entry id {text!r}")
+    pair = (int(ms), int(seq) if sep else 0)
+    if pair[0] > _MAX_U64 or pair[1] > _MAX_U64:
+        raise FramingError(f"entry id out of range {text!r}")
+    return pair
+
+
+def format_entry_id(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}-{pair[1]}"
+
+
+NEWEST = "*"  # the newest `count` entries
+NOW = "$"  # only entries added after this moment
+BEGINNING = "0-0"
+
+
+def parse_cursor(text: str) -> str:
+    """A `last_entry_id` value as `*`, `$`, or a normalised entry id (`0` and `-` become `0-0`)."""
+    if text in (NEWEST, NOW):
+        return text
+    if text in ("0", "-"):
+        return BEGINNING
+    return format_entry_id(parse_entry_id(text))
+
+
+def parse_cursors(value: str, count: int) -> list[str]:
+    """One cursor per stream from `a+b` (or `a b`, as an unencoded `+` arrives); fewer values repeat."""
+    parts = [p for p in value.replace(" ", "+").split("+") if p] or [NOW]
+    if len(parts) > count:
+        raise FramingError(f"{len(parts)} last_entry_id values for {count} streams")
+    cursors = [parse_cursor(p) for p in parts]
+    return [cursors[i % len(cursors)] for i in range(count)]
+
+
+def parse_count(text: str | None, default: int = 1, maximum: int = 100_000) -> int:
+    """A positive `count` query value (ASCII digits)."""
+    if text is None or text == "":
+        return default
+    if not _is_digits(text) or not 1 <= int(text) <= maximum:
+        raise FramingError(f"count must be a whole number from 1 to {maximum}, not {text!r}")
+    return int(text)
+
+
+# -- timestamps -------------------------------------------------------------------------------
+
+def timestamp_spec(ts) -> str:
+    """How an entry's id is chosen: `*` (server time), `t<ms>` (client time), or an explicit id."""
+    if ts is None:
+        return "*"
+    if isinstance(ts, bool):
+        raise FramingError("timestamp must be a number, an entry id string or null")
+    if isinstance(ts, (int, float)):
+        if not math.isfinite(ts) or ts < 0:
+            raise FramingError(f"timestamp out of range: {ts!r}")
+        # a hair over the float error so 1.001 s stays 1001 ms
+        ms = math.floor(ts * 1000 + 1e-6)
+        if ms > _MAX_U64:
+            raise FramingError(f"timestamp out of range: {ts!r}")
+        return f"t{ms}"
+    if isinstance(ts, str):
+        if _is_digits(ts):
+            return f"t{parse_entry_id(ts)[0]}"
+        ms, seq = parse_entry_id(ts)
+        if (ms, seq) == (0, 0):
+            raise FramingError("entry id 0-0 cannot be stored")
+        return f"{ms}-{seq}"
+    raise FramingError("timestamp must be a number, an entry id string or null")
+
+
+# -- headers ----------------------------------------------------------------------------------
+
+HEADER_CODECS = ("json", "msgpack")
+
+
+def parse_header_codec(text: str | None) -> str:
+    codec = (text or "json").lower()
+    if codec not in HEADER_CODECS:
+        raise FramingError(f"header must be json or msgpack, not {text!r}")
+    return codec
+
+
+def encode_header(items: list, codec: str = "json") -> bytes:
+    """A batch header as JSON or MessagePack bytes."""
+    if codec == "msgpack":
+        return msgpack.packb(items, use_bin_type=True)
+    return orjson.dumps(items)
+
+
+def decode_header(raw: bytes | str, codec: str = "json") -> list:
+    """A client's batch header as a list of items; FramingError when it does not parse."""
+    try:
+        if codec == "msgpack":
+            if isinstance(raw, str):
+                raise FramingError("a MessagePack header must be a binary message")
+            items = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
+        else:
+            items = orjson.loads(raw)
+    except FramingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's malformed header
+        raise FramingError(f"malformed {codec} header: {exc}".strip()[:100]) from None
+    if not isinstance(items, list):
+        raise FramingError("header must be a list")
+    return items
+
+
+def pack_entries(entries: Iterable[tuple[str, str, bytes]]) -> tuple[list, bytes]:
+    """Server-to-client batch: header `[[sid, id, start], ...]` and the concatenated blob."""
+    header = []
+    chunks = []
+    offset = 0
+    for sid, entry_id, data in entries:
+        header.append([sid, entry_id, offset])
+        chunks.append(data)
+        offset += len(data)
+    return header, b"".join(chunks)
+
+
+# -- client batches ---------------------------------------------------------------------------
+
+OFFSET_MODES = ("auto", "start", "end")
+
+
+def parse_offsets_mode(text: str | None) -> str:
+    mode = (text or "auto").lower()
+    if mode not in OFFSET_MODES:
+        raise FramingError(f"offsets must be auto, start or end, not {text!r}")
+    return mode
+
+
+def _offset(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FramingError(f"offset must be a whole number, not {value!r}"[:100])
+    return value
+
+
+def _parse_item(item, index: int, path_sids: Sequence[str]) -> tuple[str | None, str, int]:
+    """(stream id or None for 'the path decides', id spec, offset) of one header item."""
+    if isinstance(item, list):
+        if len(item) == 2:
+            sid, ts, offset = item[0], None, item[1]
+        elif len(item) == 3:
+            sid, ts, offset = item
+        else:
+            raise FramingError(f"header item {index} has {len(item)} fields; expected 2 or 3")
+        if not isinstance(sid, str):
+            raise FramingError(f"header item {index}: stream id must be a string")
+        return sid, timestamp_spec(ts), _offset(offset)
+    return None, "*", _offset(item)
+
+
+def _resolve_offsets(offsets: list[int], blob_len: int, mode: str) -> list[tuple[int, int]]:
+    """(start, end) of every entry, reading offsets as start or end offsets."""
+    if not offsets:
+        return []
+    if any(b < a for a, b in zip(offsets, offsets[1:])):
+        raise FramingError("offsets decrease")
+    if offsets[0] < 0 or offsets[-1] > blob_len:
+        raise FramingError("offsets run past the blob")
+    if mode == "auto":
+        if offsets[0] == 0:
+            mode = "start"
+        elif offsets[-1] == blob_len:
+            mode = "end"
+        else:
+            raise FramingError("offsets are neither start offsets (first 0) nor end offsets (last = blob length)")
+    if mode == "start":
+        if offsets[0] != 0:
+            raise FramingError("start offsets must begin at 0")
+        ends = offsets[1:] + [blob_len]
+        return list(zip(offsets, ends))
+    if offsets[-1] != blob_len:
+        raise FramingError("the last end offset must equal the blob length")
+    return list(zip([0] + offsets[:-1], offsets))
+
+
+def split_batch(
+    header_items: list, blob: bytes, path_sid: str, offsets_mode: str = "auto"
+) -> list[tuple[str, str, memoryview]]:
+    """A client batch as `(stream id, id spec, bytes)` per entry, in order.
+
+    `path_sid` is the stream part of the URL: `*` (each item names its stream), one
+    stream (names in the header are ignored), or `a+b` (bare offsets go to the i-th stream).
+    """
+    if path_sid == "*":
+        path_sids: list[str] = []
+    else:
+        path_sids = split_stream_ids(path_sid)
+    parsed = [_parse_item(item, i, path_sids) for i, item in enumerate(header_items)]
+    spans = _resolve_offsets([p[2] for p in parsed], len(blob), offsets_mode)
+    bare = [p for p in parsed if p[0] is None]
+    if path_sid == "*" and bare:
+        raise FramingError("with stream '*' every header item must name its stream")
+    if len(path_sids) > 1 and bare and len(parsed) != len(path_sids):
+        raise FramingError(f"{len(parsed)} entries for {len(path_sids)} streams in the path")
+    view = memoryview(blob)
+    entries = []
+    for i, ((sid, spec, _), (start, end)) in enumerate(zip(parsed, spans)):
+        if path_sid == "*":
+            target = validate_stream_id(sid)
+        elif len(path_sids) == 1:
+            target = path_sids[0]
+        elif sid is None:
+            target = path_sids[i]
+        else:
+            target = validate_stream_id(sid)
+            if target not in path_sids:
+                raise FramingError(f"header item {i} names stream {target!r}, not in the path")
+        entries.append((target, spec, view[start:end]))
+    return entries

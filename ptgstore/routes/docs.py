@@ -1,0 +1,138 @@
+"""`/openapi.json` and `/docs`: the REST API described, and an interactive page served from here."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import swagger_ui_bundle
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+WEBSOCKETS = """
+WebSocket routes (OpenAPI cannot describe them; see PROTOCOL.md for the full contract):
+
+* `/data/{sid}/push?batch=false&ack=false&header=json|msgpack&offsets=auto|start|end` —
+  unbatched: every binary message is one entry; batched (`batch=true` or sid `*`): messages
+  alternate header (JSON text or MessagePack binary) and blob. With `ack=true` every stored
+  message is answered with the new entry ids joined by `,`.
+* `/data/{sid}/pull?count=1&last_entry_id=$&ack=false&latest=false&timeout=MS&time_sync_id=SID&gaps=false&header=json|msgpack` —
+  each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
+
+Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
+1008 policy or auth, 1009 too big, 1011 store unavailable.
+Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie.
+"""
+
+
+def _param(name, where, description, schema=None, required=False):
+    return {"name": name, "in": where, "required": required or where == "path",
+            "description": description, "schema": schema or {"type": "string"}}
+
+
+SID = _param("sid", "path", "stream id; `a+b` for several streams where allowed")
+BOOL = {"type": "boolean", "default": False}
+DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}}
+
+
+def _replies(ok_description, ok_content=None, *codes):
+    replies = {"200": {"description": ok_description}}
+    if ok_content:
+        replies["200"]["content"] = ok_content
+    for code, text in (("400", "malformed request"), ("401", "missing or invalid token"), *codes):
+        replies[code] = {"description": text, "content": {"application/json": {"schema": DETAIL}}}
+    return replies
+
+
+JSON_ANY = {"application/json": {"schema": {}}}
+
+PATHS = {
+    "/token": {"post": {
+        "summary": "Log in: an OAuth2 password form in, a bearer token out (also set as the `authorization` cookie)",
+        "security": [],
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "required": ["username", "password"],
+            "properties": {"username": {"type": "string"}, "password": {"type": "string", "format": "password"}}}}}},
+        "responses": _replies("token", {"application/json": {"schema": {"type": "object", "properties": {
+            "access_token": {"type": "string"}, "token_type": {"type": "string"},
+            "expires_in": {"type": "integer"}}}}}),
+    }},
+    "/ping": {"get": {"summary": "`true` when the store answers", "security": [],
+                      "responses": _replies("the store answers", JSON_ANY, ("503", "Redis is unreachable"))}},
+    "/ping/error": {"get": {"summary": "A deliberate 500 with a JSON error body", "security": [],
+                            "responses": {"500": {"description": "always",
+                                                  "content": {"application/json": {"schema": DETAIL}}}}}},
+    "/streams": {"get": {
+        "summary": "Sorted stream ids (streams with entries, and streams created by PUT)",
+        "parameters": [_param("info", "query", "info objects instead of ids", BOOL)],
+        "responses": _replies("stream ids or info objects", JSON_ANY),
+    }},
+    "/streams/{sid}": {
+        "get": {"summary": "A stream's info: meta, length, first/last entry ids and times",
+                "parameters": [SID, _param("report_error", "query", "400 (not 200 with `error`) when unknown", BOOL)],
+                "responses": _replies("info object", JSON_ANY)},
+        "put": {"summary": "Merge (or with `override=true` replace) the stream's metadata; `max_len` sets retention",
+                "parameters": [SID, _param("override", "query", "replace instead of merge", BOOL)],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": _replies("the stored metadata", JSON_ANY)},
+        "delete": {"summary": "Delete streams' entries and metadata (`a+b` for several)",
+                   "parameters": [SID], "responses": _replies("the ids that existed", JSON_ANY)},
+    },
+    "/data/{sid}": {
+        "get": {"summary": "Entries as one octet-stream body, located by the `entry-offset` header "
+                           "`[[sid, entry_id, start_offset], ...]`",
+                "parameters": [SID,
+                               _param("last_entry_id", "query", "`*` newest, `$` none yet, `0`/`-` from the start, "
+                                      "or an entry id (strictly after); one per stream joined by `+`",
+                                      {"type": "string", "default": "*"}),
+                               _param("count", "query", "at most this many per stream",
+                                      {"type": "integer", "default": 1, "minimum": 1})],
+                "responses": _replies("entries", {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}})},
+        "post": {"summary": "Upload entries: every file part is one entry, in order; "
+                            "sid `*` routes each part by its filename",
+                 "parameters": [SID],
+                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                     "type": "object", "properties": {"entries": {
+                         "type": "array", "items": {"type": "string", "format": "binary"}}}}}}},
+                 "responses": _replies("the new entry ids", JSON_ANY, ("413", "body larger than the maximum"))},
+    },
+}
+
+
+def _version() -> str:
+    try:
+        return version("ptgstore")
+    except PackageNotFoundError:
+        return "0"
+
+
+SPEC = {
+    "openapi": "3.0.3",
+    "info": {"title": "ptgstore", "version": _version(),
+             "description": "Sensor frames over REST and WebSockets into Redis Streams.\n" + WEBSOCKETS},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+    "security": [{"bearer": []}],
+    "paths": PATHS,
+}
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(SPEC)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ptgstore API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", persistAuthorization: true});</script>
+</body></html>
+"""
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE)
+
+
+assets = Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")

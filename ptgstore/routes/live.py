@@ -1,0 +1,239 @@
+"""WebSocket push and pull: `/data/{sid}/push` and `/data/{sid}/pull`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..framing import (
+    NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
+    parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
+)
+from ..store import StoreError, StoreUnavailable
+from . import query_bool
+
+log = logging.getLogger("ptgstore.live")
+
+NORMAL, UNSUPPORTED, INVALID, POLICY, TOO_BIG, UNAVAILABLE = 1000, 1003, 1007, 1008, 1009, 1011
+
+
+class Refusal(Exception):
+    """End the socket with a close code and a short reason."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _short(reason: str) -> str:
+    # a close reason over 123 bytes is a protocol error that drops the socket unexplained
+    return reason.encode()[:120].decode(errors="ignore")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    try:
+        await ws.close(code, _short(reason))
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        pass  # the client is already gone
+
+
+def _options(ws: WebSocket, parse):
+    """Parse query options; a bad value is a policy refusal with the reason."""
+    try:
+        return parse(ws.query_params)
+    except FramingError as exc:
+        raise Refusal(INVALID, str(exc)) from None
+    except HTTPException as exc:
+        raise Refusal(POLICY, str(exc.detail)) from None
+
+
+async def _serve(ws: WebSocket, handler, *args) -> None:
+    """Run a socket handler and turn refusals and failures into close codes."""
+    try:
+        await handler(ws, *args)
+    except WebSocketDisconnect:
+        pass
+    except Refusal as exc:
+        await _close(ws, exc.code, exc.reason)
+    except StoreUnavailable as exc:
+        await _close(ws, UNAVAILABLE, str(exc))
+    except Exception:
+        log.exception("websocket %s failed", ws.url.path)
+        await _close(ws, UNAVAILABLE, "internal server error")
+
+
+# -- push ---------------------------------------------------------------------------------------
+
+def _push_options(params):
+    return {
+        "batch": query_bool(params, "batch"),
+        "ack": query_bool(params, "ack"),
+        "codec": parse_header_codec(params.get("header")),
+        "offsets": parse_offsets_mode(params.get("offsets")),
+    }
+
+
+async def push(ws: WebSocket) -> None:
+    await ws.accept()
+    await _serve(ws, _push)
+
+
+async def _push(ws: WebSocket) -> None:
+    path_sid = ws.path_params["sid"]
+    options = _options(ws, _push_options)
+    batched = options["batch"] or path_sid == "*"
+    if path_sid != "*":
+        sids = _options(ws, lambda _: split_stream_ids(path_sid))
+        if not batched and len(sids) > 1:
+            raise Refusal(POLICY, "unbatched push goes to one stream; use batch=true for several")
+    store = ws.app.state.store
+    limit = ws.app.state.settings.max_message
+    while True:
+        if batched:
+            raw_header = await _receive(ws, limit, "text" if options["codec"] == "json" else "bytes", "header")
+            blob = await _receive(ws, limit, "bytes", "blob")
+            try:
+                header = decode_header(raw_header, options["codec"])
+                entries = split_batch(header, blob, path_sid, options["offsets"])
+            except FramingError as exc:
+                raise Refusal(INVALID, str(exc)) from None
+        else:
+            entries = [(path_sid, "*", await _receive(ws, limit, "bytes", "entry"))]
+        try:
+            ids = await store.add(entries)
+        except StoreError as exc:
+            raise Refusal(INVALID, str(exc)) from None
+        if options["ack"]:
+            await ws.send_text(",".join(ids))
+
+
+async def _receive(ws: WebSocket, limit: int, kind: str, what: str):
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    payload = message.get(kind)
+    if payload is None:
+        other = "text" if kind == "bytes" else "binary"
+        raise Refusal(UNSUPPORTED, f"expected a {'binary' if kind == 'bytes' else 'text'} {what} message, got {other}")
+    if len(payload) > limit:
+        raise Refusal(TOO_BIG, f"message larger than {limit} bytes")
+    return payload
+
+
+# -- pull ---------------------------------------------------------------------------------------
+
+def _pull_options(params):
+    timeout = params.get("timeout")
+    if timeout is not None and not (timeout.isascii() and timeout.isdigit()):
+        raise FramingError(f"timeout must be milliseconds, not {timeout!r}")
+    return {
+        "count": parse_count(params.get("count")),
+        "ack": query_bool(params, "ack"),
+        "latest": query_bool(params, "latest"),
+        "gaps": query_bool(params, "gaps"),
+        "codec": parse_header_codec(params.get("header")),
+        "timeout": int(timeout) / 1000 if timeout else None,
+        "last_entry_id": params.get("last_entry_id", NOW),
+        "time_sync_id": params.get("time_sync_id"),
+    }
+
+
+def _sync_index(value: str | None, sids: list[str]) -> int | None:
+    if value is None or value == "":
+        return None
+    if value in sids:
+        return sids.index(value)
+    if value.isascii() and value.isdigit() and int(value) < len(sids):
+        return int(value)
+    raise FramingError(f"time_sync_id {value!r} is neither a pulled stream nor its index")
+
+
+async def pull(ws: WebSocket) -> None:
+    await ws.accept()
+    await _serve(ws, _pull)
+
+
+async def _pull(ws: WebSocket) -> None:
+    options = _options(ws, _pull_options)
+    sids = _options(ws, lambda _: unique_stream_ids(ws.path_params["sid"]))
+    cursors = _options(ws, lambda _: parse_cursors(options["last_entry_id"], len(sids)))
+    sync = _options(ws, lambda _: _sync_index(options["time_sync_id"], sids))
+    store = ws.app.state.store
+    # `$` is fixed now, once: nothing pushed after this moment is skipped
+    if NOW in cursors or "*" in cursors:
+        now = await store.last_ids(sids)
+        if "*" in cursors:
+            cursors = await _newest_cursors(store, sids, cursors, options["count"])
+        cursors = [n if c == NOW else c for c, n in zip(cursors, now)]
+    acked = asyncio.Event()
+    async with ws.app.state.hub.subscribe(sids, cursors, gaps=options["gaps"]) as subscription:
+        listener = asyncio.get_running_loop().create_task(_listen(ws, subscription, acked))
+        try:
+            await _deliver(ws, subscription, options, sync, acked)
+        finally:
+            listener.cancel()
+
+
+async def _newest_cursors(store, sids, cursors, count):
+    """`*` on a pull socket: start just before the newest `count` entries."""
+    out = list(cursors)
+    newest = [(sid, "*", count) for sid, c in zip(sids, cursors) if c == "*"]
+    entries = await store.read(newest)
+    first = {}
+    for sid, entry_id, _ in entries:
+        first.setdefault(sid, entry_id)
+    for i, (sid, c) in enumerate(zip(sids, cursors)):
+        if c == "*":
+            out[i] = _before(first[sid]) if sid in first else NOW
+    return out
+
+
+def _before(entry_id: str) -> str:
+    ms, seq = (int(x) for x in entry_id.split("-"))
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
+
+
+async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:
+    """Read the client's messages: acks, and the disconnect that ends the pull."""
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            acked.set()
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        pass
+    finally:
+        subscription.close()
+        acked.set()
+
+
+async def _deliver(ws: WebSocket, subscription, options, sync, acked: asyncio.Event) -> None:
+    binary_header = options["codec"] == "msgpack"
+    while True:
+        delivery = await subscription.next(options["count"], latest=options["latest"], timeout=options["timeout"])
+        if delivery is None:
+            if subscription.timed_out:
+                await _close(ws, NORMAL, "timeout without data")
+            return
+        acked.clear()
+        for gap in delivery.gaps:
+            await ws.send_text(orjson.dumps(gap).decode())
+        if delivery.entries:
+            header, blob = pack_entries(delivery.entries)
+            encoded = encode_header(header, options["codec"])
+            if binary_header:
+                await ws.send_bytes(encoded)
+            else:
+                await ws.send_text(encoded.decode())
+            await ws.send_bytes(blob)
+        if sync is not None:
+            subscription.sync_to(sync)
+        if options["ack"]:
+            await acked.wait()
+            if subscription.closed:
+                return

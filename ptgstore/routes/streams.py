@@ -1,0 +1,56 @@
+"""`/streams`: list, inspect, describe and delete streams."""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..framing import split_stream_ids, validate_stream_id, unique_stream_ids
+from . import query_bool
+
+
+async def list_streams(request: Request) -> JSONResponse:
+    """Sorted stream ids, or their info objects with `info=true`."""
+    store = request.app.state.store
+    sids = await store.stream_ids()
+    if not query_bool(request.query_params, "info"):
+        return JSONResponse(sids)
+    infos = await asyncio.gather(*(store.info(sid) for sid in sids))
+    return JSONResponse([info for info in infos if info is not None])
+
+
+async def get_stream(request: Request) -> JSONResponse:
+    """One stream's info object; an unknown stream is 200 with `error`, or 400 with `report_error=true`."""
+    sid = validate_stream_id(request.path_params["sid"])
+    report_error = query_bool(request.query_params, "report_error")
+    info = await request.app.state.store.info(sid)
+    if info is None:
+        reason = f"stream {sid!r} does not exist"
+        if report_error:
+            raise HTTPException(400, reason)
+        return JSONResponse({"sid": sid, "error": reason})
+    return JSONResponse(info)
+
+
+async def put_stream(request: Request) -> JSONResponse:
+    """Merge the JSON body into the stream's metadata (`override=true` replaces it)."""
+    sid = validate_stream_id(request.path_params["sid"])
+    override = query_bool(request.query_params, "override")
+    body = await request.body()
+    try:
+        meta = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(400, f"metadata must be a JSON object: {exc}") from None
+    if not isinstance(meta, dict):
+        raise HTTPException(400, "metadata must be a JSON object")
+    return JSONResponse(await request.app.state.store.set_meta(sid, meta, override=override))
+
+
+async def delete_streams(request: Request) -> JSONResponse:
+    """Delete one stream or several (`a+b`), entries and metadata; answers which existed."""
+    sids = unique_stream_ids(request.path_params["sid"])
+    deleted = await request.app.state.store.delete(sids)
+    return JSONResponse({"deleted": deleted})

@@ -1,0 +1,134 @@
+"""Every knob of the service, read once from PTGSTORE_* environment variables."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+AUTH_POLICIES = ("dev", "users")
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used, with the variable to fix."""
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "ptgstore")
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+def _parse_int(name: str, raw: str, minimum: int) -> int:
+    text = raw.strip()
+    if not (text.isascii() and text.lstrip("-").isdigit()):
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}")
+    value = int(text)
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; `Settings.from_env()` reads PTGSTORE_* variables."""
+
+    redis_url: str | None = None  # None: start a private (embedded) redis-server
+    host: str = "127.0.0.1"
+    port: int = 7890
+    workers: int = 1
+    data_dir: str = field(default_factory=_default_data_dir)
+    auth: str = "dev"
+    auth_explicit: bool = False  # PTGSTORE_AUTH was set by the operator
+    users_file: str | None = None  # default: <data_dir>/users.json
+    secret: str | None = None  # default: generated once into <data_dir>/secret
+    token_ttl: int = 30 * 24 * 3600
+    token_verify_exp: bool = True
+    ws_allowed_origins: tuple[str, ...] = ()  # besides the server's own origin
+    cors_origins: tuple[str, ...] = ()
+    key_prefix: str = ""
+    max_len: int = 1000
+    max_message: int = 16 * 1024 * 1024
+    redis_fsync: str = "everysec"  # embedded Redis only
+    redis_pool_size: int = 64
+    hub_buffer: int = 1024  # recent entries kept per followed stream, per process
+    hub_buffer_bytes: int = 64 * 1024 * 1024
+    metrics_public: bool = False  # /metrics without a token from non-loopback clients
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_POLICIES:
+            raise SettingsError(f"PTGSTORE_AUTH must be one of {', '.join(AUTH_POLICIES)}, not {self.auth!r}")
+        if self.redis_fsync not in FSYNC_POLICIES:
+            raise SettingsError(
+                f"PTGSTORE_REDIS_FSYNC must be one of {', '.join(FSYNC_POLICIES)}, not {self.redis_fsync!r}"
+            )
+        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "hub_buffer"):
+            value = getattr(self, name)
+            if value < (0 if name == "port" else 1):
+                raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Build settings from `env` (default: os.environ); keyword overrides win (command-line flags)."""
+        env = os.environ if env is None else env
+        values: dict = {}
+        readers = {
+            "REDIS_URL": ("redis_url", lambda n, v: v.strip() or None),
+            "HOST": ("host", lambda n, v: v.strip()),
+            "PORT": ("port", lambda n, v: _parse_int(n, v, 0)),
+            "WORKERS": ("workers", lambda n, v: _parse_int(n, v, 1)),
+            "DATA_DIR": ("data_dir", lambda n, v: str(Path(v).expanduser())),
+            "AUTH": ("auth", lambda n, v: v.strip().lower()),
+            "USERS_FILE": ("users_file", lambda n, v: str(Path(v).expanduser())),
+            "SECRET": ("secret", lambda n, v: v or None),
+            "TOKEN_TTL": ("token_ttl", lambda n, v: _parse_int(n, v, 1)),
+            "TOKEN_VERIFY_EXP": ("token_verify_exp", _parse_bool),
+            "WS_ALLOWED_ORIGINS": ("ws_allowed_origins", lambda n, v: _parse_list(v)),
+            "CORS_ORIGINS": ("cors_origins", lambda n, v: _parse_list(v)),
+            "KEY_PREFIX": ("key_prefix", lambda n, v: v),
+            "MAX_LEN": ("max_len", lambda n, v: _parse_int(n, v, 1)),
+            "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),
+            "REDIS_FSYNC": ("redis_fsync", lambda n, v: v.strip().lower()),
+            "REDIS_POOL_SIZE": ("redis_pool_size", lambda n, v: _parse_int(n, v, 1)),
+            "HUB_BUFFER": ("hub_buffer", lambda n, v: _parse_int(n, v, 1)),
+            "HUB_BUFFER_BYTES": ("hub_buffer_bytes", lambda n, v: _parse_int(n, v, 0)),
+            "METRICS_PUBLIC": ("metrics_public", _parse_bool),
+            "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
+        }
+        for suffix, (attr, parse) in readers.items():
+            name = "PTGSTORE_" + suffix
+            if name in env:
+                values[attr] = parse(name, env[name])
+        if "auth" in values:
+            values["auth_explicit"] = True
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "auth" in overrides and overrides["auth"] is not None:
+            values["auth_explicit"] = True
+        return cls(**values)
+
+    def replace(self, **changes) -> "Settings":
+        """A copy with some values changed (None leaves a value as it is)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def users_path(self) -> Path:
+        return Path(self.users_file) if self.users_file else Path(self.data_dir) / "users.json"
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None

@@ -1,0 +1,304 @@
+"""The only module that speaks Redis: entries, ranges, metadata, info, retention."""
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timezone
+from typing import Sequence
+
+import orjson
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from .framing import BEGINNING, NEWEST, validate_stream_id, FramingError
+
+log = logging.getLogger("ptgstore.store")
+
+FIELD = b"d"
+
+Entry = tuple  # (stream id, entry id, bytes)
+
+
+class StoreError(Exception):
+    """A request the store refuses (stale timestamp, wrong key type, bad metadata)."""
+
+
+class StoreUnavailable(Exception):
+    """Redis cannot be reached or did not answer in time."""
+
+
+def _guarded(method):
+    """Turn Redis connection failures into StoreUnavailable, with the reason."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}".strip()) from exc
+        except rexc.BusyLoadingError as exc:
+            raise StoreUnavailable("store unavailable: Redis is loading its data") from exc
+
+    return wrapper
+
+
+# Adds a batch atomically. KEYS: the distinct stream keys, then the max_len hash.
+# ARGV: default max_len, n streams, their ids (fields of the max_len hash), then for
+# each entry: stream index (1-based), id spec (`*`, `t<ms>` or `ms-seq`), bytes.
+# Entries with client times get `ms-0`, or `ms-(seq+1)` within the newest millisecond.
+# On any refusal the entries already added are removed again: no half batches.
+_ADD_SCRIPT = """
+local nstreams = tonumber(ARGV[2])
+local maxlen_key = KEYS[nstreams + 1]
+local last, existed, added = {}, {}, {}
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function undo(reason)
+  for i = #added, 1, -1 do redis.call('XDEL', KEYS[added[i][1]], added[i][2]) end
+  for k = 1, nstreams do
+    if existed[k] == 0 and redis.call('EXISTS', KEYS[k]) == 1 and redis.call('XLEN', KEYS[k]) == 0 then
+      redis.call('DEL', KEYS[k])
+    end
+  end
+  return redis.error_reply(reason)
+end
+local ids = {}
+local base = 3 + nstreams
+for i = base, #ARGV, 3 do
+  local k = tonumber(ARGV[i])
+  local spec = ARGV[i + 1]
+  if existed[k] == nil then existed[k] = redis.call('EXISTS', KEYS[k]) end
+  local id = spec
+  if string.sub(spec, 1, 1) == 't' then
+    local ms = tonumber(string.sub(spec, 2))
+    if last[k] == nil then
+      local top = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+      if top[1] then last[k] = top[1][1] else last[k] = '0-0' end
+    end
+    local lms, lseq = split(last[k])
+    if ms > lms then id = string.format('%.0f-0', ms)
+    elseif ms == lms then id = string.format('%.0f-%.0f', ms, lseq + 1)
+    else return undo('PTGSTALE timestamp ' .. string.format('%.0f', ms) .. ' is older than the newest entry ' .. last[k]) end
+  end
+  local ok = redis.pcall('XADD', KEYS[k], id, 'd', ARGV[i + 2])
+  if type(ok) == 'table' and ok.err then
+    if string.find(ok.err, 'WRONGTYPE') then return undo('PTGTYPE ' .. ARGV[2 + k] .. ' is not a stream') end
+    return undo('PTGSTALE entry id ' .. id .. ' is not newer than the newest entry')
+  end
+  last[k] = ok
+  added[#added + 1] = {k, ok}
+  ids[#ids + 1] = ok
+end
+for k = 1, nstreams do
+  local max = tonumber(redis.call('HGET', maxlen_key, ARGV[2 + k])) or tonumber(ARGV[1])
+  redis.call('XTRIM', KEYS[k], 'MAXLEN', '~', max)
+end
+return ids
+"""
+
+
+def _iso(entry_id: str | None) -> str | None:
+    if not entry_id:
+        return None
+    ms = int(entry_id.split("-")[0])
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    return value
+
+
+def validate_max_len(meta: dict) -> None:
+    """Refuse a `max_len` that is not a positive whole number."""
+    if "max_len" in meta:
+        value = meta["max_len"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StoreError(f"max_len must be a positive whole number, not {value!r}")
+
+
+class Store:
+    """Entries and metadata of streams in one Redis, through one shared connection pool."""
+
+    def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64):
+        self.url = url
+        self.prefix = key_prefix
+        self.default_max_len = default_max_len
+        # a blocking pool: callers wait for a free connection instead of failing
+        self.pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=10, socket_timeout=30,
+            socket_connect_timeout=5, health_check_interval=30,
+        )
+        self.redis = aioredis.Redis(connection_pool=self.pool)
+        self.meta_key = key_prefix + "ptgstore:meta"
+        self.maxlen_key = key_prefix + "ptgstore:maxlen"
+        self._add = self.redis.register_script(_ADD_SCRIPT)
+
+    def key(self, sid: str) -> str:
+        return self.prefix + sid
+
+    def reader_client(self) -> aioredis.Redis:
+        """A client of its own for one long blocking read (kept off the shared pool)."""
+        return aioredis.Redis.from_url(self.url, single_connection_client=True, socket_timeout=None,
+                                       socket_connect_timeout=5)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.pool.disconnect()
+
+    @_guarded
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # -- writes -------------------------------------------------------------------------------
+
+    @_guarded
+    async def add(self, entries: Sequence[tuple[str, str, bytes]]) -> list[str]:
+        """Store entries `(stream id, id spec, bytes)` all or nothing; return their ids in order."""
+        if not entries:
+            return []
+        index: dict[str, int] = {}
+        args: list = []
+        for sid, spec, data in entries:
+            k = index.setdefault(sid, len(index) + 1)
+            args += (k, spec, data)
+        keys = [self.key(sid) for sid in index] + [self.maxlen_key]
+        try:
+            ids = await self._add(keys=keys, args=[self.default_max_len, len(index), *index, *args])
+        except rexc.ResponseError as exc:
+            message = str(exc)
+            if message.startswith(("PTGSTALE", "PTGTYPE")):
+                raise StoreError(message.split(" ", 1)[1]) from None
+            raise
+        return [i.decode() for i in ids]
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    @_guarded
+    async def read(self, requests: Sequence[tuple[str, str, int]]) -> list[Entry]:
+        """Entries for `(stream id, cursor, count)` requests in one round trip.
+
+        Cursor `*`: the newest `count` entries (oldest first); an entry id: up to
+        `count` entries strictly after it (`0-0`: from the beginning).
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid, cursor, count in requests:
+                if cursor == NEWEST:
+                    pipe.xrevrange(self.key(sid), "+", "-", count=count)
+                elif cursor == BEGINNING:
+                    pipe.xrange(self.key(sid), "-", "+", count=count)
+                else:
+                    pipe.xrange(self.key(sid), "(" + cursor, "+", count=count)
+            replies = await pipe.execute(raise_on_error=False)
+        out: list[Entry] = []
+        for (sid, cursor, _), reply in zip(requests, replies):
+            if isinstance(reply, rexc.ResponseError):
+                if "WRONGTYPE" in str(reply):
+                    raise StoreError(f"{sid} is not a stream")
+                raise reply
+            if cursor == NEWEST:
+                reply = reversed(reply)
+            out += [(sid, entry_id.decode(), fields.get(FIELD, b"")) for entry_id, fields in reply]
+        return out
+
+    @_guarded
+    async def last_ids(self, sids: Sequence[str]) -> list[str]:
+        """The newest entry id of each stream (`0-0` for an empty or missing one): what `$` means now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.xinfo_stream(self.key(sid))
+            replies = await pipe.execute(raise_on_error=False)
+        ids = []
+        for reply in replies:
+            if isinstance(reply, rexc.ResponseError):
+                ids.append(BEGINNING)
+            else:
+                ids.append(_text(reply.get("last-generated-id")) or BEGINNING)
+        return ids
+
+    @_guarded
+    async def first_id(self, sid: str) -> str | None:
+        """The oldest entry id still kept, or None."""
+        reply = await self.redis.xrange(self.key(sid), "-", "+", count=1)
+        return reply[0][0].decode() if reply else None
+
+    # -- streams and metadata -------------------------------------------------------------------
+
+    @_guarded
+    async def stream_ids(self) -> list[str]:
+        """Sorted ids of streams holding entries or having metadata."""
+        found = set()
+        pattern = self.prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?").replace("[", "\\[") + "*"
+        async for key in self.redis.scan_iter(match=pattern, count=1000, _type="stream"):
+            found.add(key.decode("utf-8", "surrogateescape")[len(self.prefix):])
+        found.update(k.decode() for k in await self.redis.hkeys(self.meta_key))
+        valid = []
+        for sid in found:
+            try:
+                valid.append(validate_stream_id(sid))
+            except FramingError:
+                continue
+        return sorted(valid)
+
+    @_guarded
+    async def info(self, sid: str) -> dict | None:
+        """Metadata, length and first/last entries of a stream; None when it does not exist."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.meta_key, sid)
+            pipe.xinfo_stream(self.key(sid))
+            meta_raw, stream = await pipe.execute(raise_on_error=False)
+        if isinstance(stream, rexc.ResponseError):
+            if "no such key" not in str(stream).lower():
+                raise StoreError(f"{sid} is not a stream")
+            if meta_raw is None:
+                return None
+            stream = {}
+        info = {key: value for key, value in _text(stream).items() if key not in ("first-entry", "last-entry")}
+        first = stream.get("first-entry")
+        last = stream.get("last-entry")
+        info.update({
+            "sid": sid,
+            "meta": orjson.loads(meta_raw) if meta_raw else {},
+            "length": stream.get("length", 0),
+            "first-entry": _text(first[0]) if first else None,
+            "last-entry": _text(last[0]) if last else None,
+        })
+        info["first-entry-time"] = _iso(info["first-entry"])
+        info["last-entry-time"] = _iso(info["last-entry"])
+        return info
+
+    @_guarded
+    async def set_meta(self, sid: str, meta: dict, override: bool = False) -> dict:
+        """Merge `meta` into the stream's metadata (or replace it); `max_len` sets retention."""
+        validate_max_len(meta)
+
+        async def update(pipe):
+            current = {} if override else orjson.loads(await pipe.hget(self.meta_key, sid) or b"{}")
+            merged = {**current, **meta}
+            pipe.multi()
+            pipe.hset(self.meta_key, sid, orjson.dumps(merged))
+            if "max_len" in merged:
+                pipe.hset(self.maxlen_key, sid, merged["max_len"])
+            else:
+                pipe.hdel(self.maxlen_key, sid)
+            return merged
+
+        return await self.redis.transaction(update, self.meta_key, value_from_callable=True)
+
+    @_guarded
+    async def delete(self, sids: Sequence[str]) -> list[str]:
+        """Delete streams' entries and metadata; return the ids that existed."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for sid in sids:
+                pipe.delete(self.key(sid))
+                pipe.hdel(self.meta_key, sid)
+                pipe.hdel(self.maxlen_key, sid)
+            replies = await pipe.execute()
+        return [sid for i, sid in enumerate(sids) if replies[3 * i] or replies[3 * i + 1]]

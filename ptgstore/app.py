@@ -92,6 +92,8 @@ def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> 
                     "(set PTGSTORE_AUTH=users for real accounts)")
     else:
         log.info("auth policy 'users': accounts from %s", settings.users_path)
+    if settings.secret and len(settings.secret.encode()) < 32:
+        log.warning("the configured PTGSTORE_SECRET is shorter than 32 bytes: tokens are easier to forge")
     if not settings.token_verify_exp:
         log.warning("INSECURE: token expiry is not verified (PTGSTORE_TOKEN_VERIFY_EXP=false)")
 

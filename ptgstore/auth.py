@@ -9,8 +9,8 @@ import logging
 import os
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +21,10 @@ from .settings import Settings
 log = logging.getLogger("ptgstore.auth")
 
 ALGORITHM = "HS256"
+# a short configured secret (such as the original server's) is reported once at start-up,
+# not on every token check
+if hasattr(jwt, "InsecureKeyLengthWarning"):
+    warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -56,6 +60,9 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     return hmac.compare_digest(actual, expected)
 
+
+# characters whose bytes could become '-' or '_' in base64url, written as JSON escapes instead
+_URLSAFE_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in ">?~\x7f"}
 
 # a hash checked against when the user is unknown, so both refusals take as long
 _DUMMY_HASH = hash_password(secrets.token_hex(8))
@@ -134,17 +141,19 @@ class Authenticator:
         """A signed token for `username`.
 
         A widely used client decodes the header and payload with the standard base64
-        alphabet, so the `n` claim is varied until neither segment has `-` or `_`.
+        alphabet, so neither segment may contain `-` or `_`. In ASCII JSON only the
+        characters `>`, `?`, `~` and DEL can encode to those, so they are written as
+        JSON escapes (same claims, other bytes).
         """
         now = int(time.time())
         claims = {"sub": username, "iat": now, "exp": now + self.settings.token_ttl}
-        for nonce in range(100_000):
-            claims["n"] = nonce
-            token = jwt.encode(claims, self.secret, algorithm=ALGORITHM)
-            head, payload, _ = token.split(".")
-            if not any(c in head or c in payload for c in "-_"):
-                return token
-        raise RuntimeError("could not mint a token in the standard base64 alphabet")
+        payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
+        payload = payload.translate(_URLSAFE_ESCAPES).encode()
+        token = jwt.api_jws.encode(payload, self.secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
+        head, body, _ = token.split(".")
+        if "-" in head + body or "_" in head + body:
+            raise RuntimeError("minted a token outside the standard base64 alphabet")
+        return token
 
     def verify(self, token: str) -> str:
         """The user a token names; AuthError when it is malformed, expired, or not ours."""
@@ -183,19 +192,16 @@ def find_token(scope) -> tuple[str | None, str | None]:
         values = parse_qs(query).get("token")
         if values and values[0]:
             return values[0], "query"
-    cookie_header = headers.get(b"cookie")
-    if cookie_header:
-        cookie = SimpleCookie()
-        try:
-            cookie.load(cookie_header)
-        except Exception:  # noqa: BLE001 - a malformed cookie header is simply no token
-            cookie = {}
-        if "authorization" in cookie:
-            value = cookie["authorization"].value.strip().strip('"').strip()
-            if value[:7].lower() == "bearer ":
-                value = value[7:].strip()
-            if value:
-                return value, "cookie"
+    # parsed by hand: clients send `Bearer <jwt>` unquoted, which a strict cookie parser drops
+    for part in headers.get(b"cookie", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name != "authorization":
+            continue
+        value = value.strip().strip('"').strip()
+        if value[:7].lower() == "bearer ":
+            value = value[7:].strip()
+        if value:
+            return value, "cookie"
     return None, None
 
 

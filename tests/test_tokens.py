@@ -1,0 +1,204 @@
+"""POST /token, the credential policies, and every way a token is found or refused."""
+import base64
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import jwt
+import pytest
+import websockets.exceptions
+from websockets.sync.client import connect
+
+from ptgstore.auth import Authenticator, hash_password, read_users, verify_password
+
+from conftest import live_server, make_settings
+
+
+def login(server, username, password):
+    return httpx.post(server.url + "/token", data={"username": username, "password": password})
+
+
+def test_dev_policy_issues_a_token_and_a_cookie(server):
+    reply = login(server, "test", "test")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 30 * 24 * 3600
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == "test" and claims["exp"] - claims["iat"] == 30 * 24 * 3600
+    cookie = reply.headers["set-cookie"]
+    assert cookie.startswith('authorization="Bearer ' + body["access_token"] + '"')
+    assert "HttpOnly" in cookie and f"Max-Age={30 * 24 * 3600}" in cookie
+
+
+@pytest.mark.parametrize("username,password", [("test", "nope"), ("", ""), ("a", "A")])
+def test_dev_policy_refuses_other_pairs(server, username, password):
+    reply = login(server, username, password)
+    assert reply.status_code in (401, 422)
+    assert "detail" in reply.json()
+
+
+def test_tokens_decode_with_the_standard_base64_alphabet(server):
+    # a widely used client decodes header and payload with standard base64: no '-' or '_'
+    for i in range(40):
+        name = f"user{i}" + "~?>\x7f\u00e9"[: i % 6] * (i % 4 + 1)
+        token = login(server, name, name).json()["access_token"]
+        head, payload, _ = token.split(".")
+        for segment in (head, payload):
+            assert "-" not in segment and "_" not in segment
+            decoded = json.loads(base64.b64decode(segment + "=" * (-len(segment) % 4)))
+            assert isinstance(decoded, dict)
+        assert json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))["sub"] == name
+
+
+@pytest.fixture
+def users_server(tmp_path, rdb, redis_server):
+    settings = make_settings(tmp_path, redis_server.url, auth="users")
+    subprocess.run([sys.executable, "-m", "ptgstore", "user", "add", "alice", "--password-stdin",
+                    "--data-dir", settings.data_dir], input="s3cret pass\n", text=True, check=True, timeout=60)
+    with live_server(settings) as live:
+        yield live
+
+
+def test_users_policy_accepts_an_account_and_stores_no_plain_text(users_server):
+    assert login(users_server, "alice", "s3cret pass").status_code == 200
+    text = users_server.settings.users_path.read_text()
+    assert "s3cret" not in text
+    stored = read_users(users_server.settings.users_path)["alice"]
+    assert verify_password("s3cret pass", stored) and not verify_password("s3cret", stored)
+
+
+def test_users_policy_answers_unknown_user_and_wrong_password_alike(users_server):
+    wrong = login(users_server, "alice", "guess")
+    unknown = login(users_server, "mallory", "guess")
+    dev_style = login(users_server, "alice", "alice")
+    for reply in (wrong, unknown, dev_style):
+        assert reply.status_code == 401
+        assert reply.headers["www-authenticate"] == "Bearer"
+    assert wrong.content == unknown.content == dev_style.content
+
+
+def test_password_hashes_are_salted():
+    assert hash_password("same") != hash_password("same")
+
+
+# -- where a token is found ------------------------------------------------------------------------
+
+def test_token_in_header_query_and_cookie(server):
+    token = server.token()
+    ok = [
+        httpx.get(server.url + "/streams", headers={"Authorization": f"Bearer {token}"}),
+        httpx.get(server.url + "/streams", params={"token": token}),
+        httpx.get(server.url + "/streams", headers={"Cookie": f'authorization="Bearer {token}"'}),
+        httpx.get(server.url + "/streams", headers={"Cookie": f"authorization=Bearer {token}"}),
+        httpx.get(server.url + "/streams", headers={"Cookie": f"authorization={token}"}),
+        httpx.get(server.url + "/streams", headers={"Cookie": f'other=1; authorization="{token}"'}),
+    ]
+    assert [r.status_code for r in ok] == [200] * len(ok)
+
+
+def test_cookie_from_login_authenticates_the_next_request(server):
+    with httpx.Client(base_url=server.url) as client:
+        assert client.post("/token", data={"username": "u", "password": "u"}).status_code == 200
+        assert client.get("/streams").status_code == 200
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+
+def refusal_tokens(server):
+    secret = server.app.state.authenticator.secret
+    now = int(time.time())
+    good = {"sub": "test", "iat": now, "exp": now + 60}
+    none_token = jwt.encode(good, None, algorithm="none")
+    return {
+        "missing": None,
+        "malformed": "not-a-jwt",
+        "expired": jwt.encode({**good, "exp": now - 10}, secret, algorithm="HS256"),
+        "wrong secret": jwt.encode(good, "someone else's secret", algorithm="HS256"),
+        "alg none": none_token,
+        "wrong algorithm": jwt.encode(good, secret, algorithm="HS512"),
+        "no subject": jwt.encode({"iat": now, "exp": now + 60}, secret, algorithm="HS256"),
+    }
+
+
+@pytest.mark.parametrize("path", ["/streams", "/streams/cam", "/data/cam"])
+def test_rest_refusals_are_401_with_bearer_challenge(server, path):
+    for case, token in refusal_tokens(server).items():
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        reply = httpx.get(server.url + path, headers=headers)
+        assert reply.status_code == 401, case
+        assert reply.headers["www-authenticate"] == "Bearer", case
+        assert reply.json()["detail"], case
+
+
+@pytest.mark.parametrize("route", ["push", "pull"])
+def test_websocket_refusals_fail_the_handshake(server, route):
+    for case, token in refusal_tokens(server).items():
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+            connect(f"{server.ws_url}/data/cam/{route}", additional_headers=headers, open_timeout=5)
+        assert caught.value.response.status_code == 403, case
+
+
+def test_websocket_token_in_query(server):
+    with connect(f"{server.ws_url}/data/cam/push?ack=true&token={server.token()}", open_timeout=5) as ws:
+        ws.send(b"x")
+        assert ws.recv(timeout=5).count("-") == 1
+
+
+def test_cookie_only_websocket_needs_an_allowed_origin(server):
+    cookie = {"Cookie": f'authorization="Bearer {server.token()}"'}
+    own = {"Origin": server.url, **cookie}
+    foreign = {"Origin": "https://evil.example", **cookie}
+    with connect(f"{server.ws_url}/data/cam/push", additional_headers=own, open_timeout=5):
+        pass
+    with connect(f"{server.ws_url}/data/cam/push", additional_headers=cookie, open_timeout=5):
+        pass  # no Origin: not a browser
+    with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+        connect(f"{server.ws_url}/data/cam/push", additional_headers=foreign, open_timeout=5)
+    assert caught.value.response.status_code == 403
+    # a token in the header is not a browser's ambient credential: any origin may use it
+    header = {"Origin": "https://evil.example", "Authorization": f"Bearer {server.token()}"}
+    with connect(f"{server.ws_url}/data/cam/push", additional_headers=header, open_timeout=5):
+        pass
+
+
+def test_configured_origin_is_allowed(tmp_path, rdb, redis_server):
+    settings = make_settings(tmp_path, redis_server.url, ws_allowed_origins=("https://lab.example",))
+    with live_server(settings) as live:
+        headers = {"Origin": "https://lab.example", "Cookie": f"authorization={live.token()}"}
+        with connect(f"{live.ws_url}/data/cam/push", additional_headers=headers, open_timeout=5):
+            pass
+
+
+def test_original_servers_tokens_accepted_when_configured(tmp_path, rdb, redis_server):
+    original_secret = "the original server's secret"
+    # as minted by the original server long ago: expired, and with '-'/'_' segments allowed
+    old = jwt.encode({"sub": "hololens", "exp": 1_600_000_000}, original_secret, algorithm="HS256")
+    strict = make_settings(tmp_path, redis_server.url, secret=original_secret)
+    with live_server(strict) as live:
+        assert httpx.get(live.url + "/streams", headers={"Authorization": f"Bearer {old}"}).status_code == 401
+    lenient = strict.replace(token_verify_exp=False)
+    with live_server(lenient) as live:
+        assert httpx.get(live.url + "/streams", headers={"Authorization": f"Bearer {old}"}).status_code == 200
+        forged = jwt.encode({"sub": "x", "exp": 1_600_000_000}, "guess", algorithm="HS256")
+        assert httpx.get(live.url + "/streams", headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+
+def test_secret_is_generated_once_and_kept(tmp_path):
+    settings = make_settings(tmp_path, None)
+    first = Authenticator(settings).secret
+    assert len(first) >= 32
+    assert Authenticator(settings).secret == first
+    assert (tmp_path / "data" / "secret").stat().st_mode & 0o077 == 0
+
+
+def test_token_command_prints_a_token_the_server_accepts(server):
+    out = subprocess.run([sys.executable, "-m", "ptgstore", "token", "--user", "lab",
+                          "--data-dir", server.settings.data_dir], capture_output=True, text=True, check=True,
+                         timeout=60).stdout.strip()
+    reply = httpx.get(server.url + "/streams", headers={"Authorization": f"Bearer {out}"})
+    assert reply.status_code == 200
+    assert jwt.decode(out, options={"verify_signature": False})["sub"] == "lab"

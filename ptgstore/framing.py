@@ -108,8 +108,8 @@ def timestamp_spec(ts) -> str:
     if isinstance(ts, (int, float)):
         if not math.isfinite(ts) or ts < 0:
             raise FramingError(f"timestamp out of range: {ts!r}")
-        # a hair over the float error so 1.001 s stays 1001 ms
-        ms = math.floor(ts * 1000 + 1e-6)
+        # rounded to the microsecond first, so float error cannot turn 1.001 s into 1000 ms
+        ms = math.floor(round(ts * 1000, 3))
         if ms > _MAX_U64:
             raise FramingError(f"timestamp out of range: {ts!r}")
         return f"t{ms}"

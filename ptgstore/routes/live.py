@@ -6,7 +6,7 @@ import logging
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..framing import (
     NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
@@ -36,6 +36,8 @@ def _short(reason: str) -> str:
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     try:
+        if ws.application_state == WebSocketState.CONNECTING:
+            await ws.accept()
         await ws.close(code, _short(reason))
     except (RuntimeError, OSError, WebSocketDisconnect):
         pass  # the client is already gone
@@ -51,10 +53,11 @@ def _options(ws: WebSocket, parse):
         raise Refusal(POLICY, str(exc.detail)) from None
 
 
-async def _serve(ws: WebSocket, handler, *args) -> None:
-    """Run a socket handler and turn refusals and failures into close codes."""
+async def _serve(ws: WebSocket, handler) -> None:
+    """Run a socket handler and turn refusals and failures into close codes (after accepting,
+    so that the client can read the reason)."""
     try:
-        await handler(ws, *args)
+        await handler(ws)
     except WebSocketDisconnect:
         pass
     except Refusal as exc:
@@ -153,7 +156,6 @@ def _sync_index(value: str | None, sids: list[str]) -> int | None:
 
 
 async def pull(ws: WebSocket) -> None:
-    await ws.accept()
     await _serve(ws, _pull)
 
 
@@ -169,6 +171,7 @@ async def _pull(ws: WebSocket) -> None:
         if "*" in cursors:
             cursors = await _newest_cursors(store, sids, cursors, options["count"])
         cursors = [n if c == NOW else c for c, n in zip(cursors, now)]
+    await ws.accept()
     acked = asyncio.Event()
     async with ws.app.state.hub.subscribe(sids, cursors, gaps=options["gaps"]) as subscription:
         listener = asyncio.get_running_loop().create_task(_listen(ws, subscription, acked))

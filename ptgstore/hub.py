@@ -57,7 +57,8 @@ class Follower:
                     reply = await client.xread({key: format_entry_id(self.newest)}, count=READ_BATCH,
                                                block=BLOCK_MS)
                     backoff = 0.05
-                except (rexc.ConnectionError, rexc.TimeoutError, OSError, StoreUnavailable) as exc:
+                except (rexc.RedisError, OSError, StoreUnavailable) as exc:
+                    # kept alive through outages and odd keys alike: its sockets wait, then resume
                     log.warning("follower %s: redis unavailable (%s); retrying in %.2f s", self.sid, exc, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
@@ -123,6 +124,9 @@ class Subscription:
                 follower.waiters.add(self.wake)
             for follower in self.followers:
                 await asyncio.wait_for(follower.ready.wait(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._leave()
+            raise StoreUnavailable("store unavailable: cannot start following the streams") from None
         except BaseException:
             self._leave()
             raise

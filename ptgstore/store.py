@@ -216,8 +216,10 @@ class Store:
                 pipe.xinfo_stream(self.key(sid))
             replies = await pipe.execute(raise_on_error=False)
         ids = []
-        for reply in replies:
+        for sid, reply in zip(sids, replies):
             if isinstance(reply, rexc.ResponseError):
+                if "WRONGTYPE" in str(reply):
+                    raise StoreError(f"{sid} is not a stream")
                 ids.append(BEGINNING)
             else:
                 ids.append(_text(reply.get("last-generated-id")) or BEGINNING)

@@ -218,3 +218,10 @@ def test_slow_socket_falls_behind_and_catches_up_from_redis(tmp_path, rdb, redis
         assert [e[1] for e in got_fast] == ids
         assert [e[1] for e in got_slow] == ids
         wait_until(lambda: not live.app.state.hub.followers, what="followers to stop")
+
+
+def test_pull_from_a_key_that_is_not_a_stream(server, rdb):
+    rdb.set("plain", "x")
+    with ws_connect(server, "/data/plain/pull") as ws:
+        code, reason = expect_close(ws)
+    assert code == 1007 and "not a stream" in reason

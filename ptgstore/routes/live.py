@@ -64,6 +64,8 @@ async def _serve(ws: WebSocket, handler) -> None:
         await _close(ws, exc.code, exc.reason)
     except StoreUnavailable as exc:
         await _close(ws, UNAVAILABLE, str(exc))
+    except StoreError as exc:
+        await _close(ws, INVALID, str(exc))
     except Exception:
         log.exception("websocket %s failed", ws.url.path)
         await _close(ws, UNAVAILABLE, "internal server error")

@@ -1,0 +1,251 @@
+"""Every route x every kind of bad token x every place a token can travel.
+
+The routes are taken from the application's own routing table, so a route added
+later is refused without a token unless it is deliberately public (listed here).
+"""
+import statistics
+import time
+
+import httpx
+import jwt
+import pytest
+import websockets.exceptions
+from starlette.routing import Mount, Route, WebSocketRoute
+from websockets.sync.client import connect
+
+from conftest import live_server, make_settings
+
+# public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
+PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/openapi.json"}
+PUBLIC_MOUNTS = {"/docs/static"}
+# answered without a token from loopback clients only (the deploy helper's metrics endpoint)
+LOOPBACK_PUBLIC = {"/metrics"}
+
+# a request each protected REST route would accept with a good token
+BODIES = {
+    ("PUT", "/streams/{sid:path}"): {"content": b"{}", "headers": {"content-type": "application/json"}},
+    ("POST", "/data/{sid:path}"): {"files": {"f": ("f", b"payload")}},
+}
+
+
+def rest_routes(app):
+    out = []
+    for route in app.routes:
+        if isinstance(route, Route):
+            for method in sorted(route.methods - {"HEAD"}):
+                out.append((method, route.path))
+    return out
+
+
+def ws_routes(app):
+    return [route.path for route in app.routes if isinstance(route, WebSocketRoute)]
+
+
+def concrete(path: str) -> str:
+    return path.replace("{sid:path}", "authcam")
+
+
+def bad_tokens(secret: str) -> dict:
+    now = int(time.time())
+    good = {"sub": "test", "iat": now, "exp": now + 600}
+    valid = jwt.encode(good, secret, algorithm="HS256")
+    head, payload, signature = valid.split(".")
+    return {
+        "malformed": "not-a-jwt",
+        "empty segments": "..",
+        "garbage base64": "eyJhbGciOiJIUzI1NiJ9.%%%%.abc",
+        "expired": jwt.encode({**good, "exp": now - 10}, secret, algorithm="HS256"),
+        "not yet valid": jwt.encode({**good, "nbf": now + 3600}, secret, algorithm="HS256"),
+        "wrong secret": jwt.encode(good, "someone else's secret, long enough to be quiet", algorithm="HS256"),
+        "alg none": jwt.encode(good, None, algorithm="none"),
+        "alg none, signature kept": jwt.encode(good, None, algorithm="none") + signature,
+        "wrong algorithm HS512": jwt.encode(good, secret, algorithm="HS512"),
+        "wrong algorithm HS384": jwt.encode(good, secret, algorithm="HS384"),
+        "truncated signature": valid[:-4],
+        "payload swapped": ".".join([head, jwt.encode({**good, "sub": "admin"}, "another secret of thirty-two bytes!", algorithm="HS256")
+                                     .split(".")[1], signature]),
+        "no subject": jwt.encode({"iat": now, "exp": now + 600}, secret, algorithm="HS256"),
+        "empty subject": jwt.encode({**good, "sub": ""}, secret, algorithm="HS256"),
+        "numeric subject": jwt.api_jws.encode(b'{"sub":7,"exp":%d}' % (now + 600), secret, algorithm="HS256"),
+    }
+
+
+def placed(token: str | None, place: str) -> dict:
+    """httpx/websockets request options that carry `token` in `place`."""
+    if token is None:
+        return {"headers": {}, "params": {}}
+    if place == "header":
+        return {"headers": {"Authorization": f"Bearer {token}"}, "params": {}}
+    if place == "query":
+        return {"headers": {}, "params": {"token": token}}
+    return {"headers": {"Cookie": f'authorization="Bearer {token}"'}, "params": {}}
+
+
+PLACES = ["header", "query", "cookie"]
+
+
+def rest_call(client, method, path, token, place):
+    options = placed(token, place)
+    extra = BODIES.get((method, path), {})
+    headers = {**options["headers"], **extra.get("headers", {})}
+    client.cookies.clear()
+    return client.request(method, concrete(path), params=options["params"], headers=headers,
+                          content=extra.get("content"), files=extra.get("files"))
+
+
+def ws_handshake(server, path, token, place):
+    """The HTTP status of the handshake: 101 when accepted."""
+    options = placed(token, place)
+    query = str(httpx.QueryParams(options["params"]))
+    url = f"{server.ws_url}{concrete(path)}" + (f"?{query}" if query else "")
+    try:
+        with connect(url, additional_headers=options["headers"], open_timeout=10, close_timeout=2):
+            return 101
+    except websockets.exceptions.InvalidStatus as refused:
+        return refused.response.status_code
+
+
+def protected_rest(server):
+    return [(m, p) for m, p in rest_routes(server.app) if p not in PUBLIC | LOOPBACK_PUBLIC]
+
+
+def test_the_matrix_covers_every_route(server):
+    rest = rest_routes(server.app)
+    paths = {p for _, p in rest}
+    assert {"/streams", "/streams/{sid:path}", "/data/{sid:path}"} <= paths
+    assert {("GET", "/data/{sid:path}"), ("POST", "/data/{sid:path}"), ("PUT", "/streams/{sid:path}"),
+            ("DELETE", "/streams/{sid:path}")} <= set(rest)
+    assert set(ws_routes(server.app)) == {"/data/{sid:path}/push", "/data/{sid:path}/pull"}
+    mounts = {r.path for r in server.app.routes if isinstance(r, Mount)}
+    assert mounts <= PUBLIC_MOUNTS, f"new mount {mounts - PUBLIC_MOUNTS}: add it to the auth matrix"
+
+
+def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, rdb):
+    cases = [("no token", None, "header")]
+    cases += [(name, token, place) for name, token in bad_tokens(server.app.state.authenticator.secret).items()
+              for place in PLACES]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        replies = [(f"{method} {path} with {name} in {place}", rest_call(client, method, path, token, place))
+                   for method, path in protected_rest(server) for name, token, place in cases]
+    for where, reply in replies:
+        assert reply.status_code == 401, where
+        assert reply.headers["www-authenticate"] == "Bearer", where
+        assert reply.json()["detail"], where
+    # nothing a refused request carried was stored
+    assert rdb.keys("*") == []
+
+
+def test_every_protected_rest_route_accepts_a_good_token_in_each_place(server, rdb):
+    token = server.token()
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        replies = [(method, path, place, rest_call(client, method, path, token, place))
+                   for method, path in protected_rest(server) for place in PLACES]
+    for method, path, place, reply in replies:
+        assert reply.status_code == 200, f"{method} {path} with a good token in {place}: {reply.text}"
+
+
+def test_every_websocket_route_refuses_every_bad_token_at_the_handshake(server, rdb):
+    cases = [("no token", None, "header")]
+    cases += [(name, token, place) for name, token in bad_tokens(server.app.state.authenticator.secret).items()
+              for place in PLACES]
+    for path in ws_routes(server.app):
+        for name, token, place in cases:
+            assert ws_handshake(server, path, token, place) == 403, f"{path} with {name} in {place}"
+    assert rdb.keys("*") == []
+
+
+def test_every_websocket_route_accepts_a_good_token_in_each_place(server):
+    for path in ws_routes(server.app):
+        for place in PLACES:
+            assert ws_handshake(server, path, server.token(), place) == 101, f"{path} with a good token in {place}"
+
+
+def test_a_bad_token_is_not_rescued_by_a_good_one_further_down(server):
+    # the header is looked at first; a refused header token ends the check (no fallback guessing)
+    secret = server.app.state.authenticator.secret
+    good = server.token()
+    bad = bad_tokens(secret)["wrong secret"]
+    reply = httpx.get(server.url + "/streams", params={"token": good},
+                      headers={"Authorization": f"Bearer {bad}", "Cookie": f"authorization={good}"})
+    assert reply.status_code == 401
+    reply = httpx.get(server.url + "/streams", params={"token": bad}, headers={"Cookie": f"authorization={good}"})
+    assert reply.status_code == 401
+
+
+def test_other_authorization_schemes_are_not_tokens(server):
+    for value in (f"Basic {server.token()}", "Bearer", "Bearer  x.y.z", f"Token {server.token()}", server.token()):
+        reply = httpx.get(server.url + "/streams", headers={"Authorization": value})
+        assert reply.status_code == 401, value
+
+
+def test_public_routes_answer_whatever_token_is_sent(server):
+    # a client holding an expired or foreign token must still be able to log in again and ping
+    stale = bad_tokens(server.app.state.authenticator.secret)
+    for name in ("expired", "wrong secret", "alg none", "malformed"):
+        for place in PLACES:
+            options = placed(stale[name], place)
+            login = httpx.post(server.url + "/token", params=options["params"], headers=options["headers"],
+                               data={"username": "u", "password": "u"})
+            assert login.status_code == 200, (name, place)
+            ping = httpx.get(server.url + "/ping", params=options["params"], headers=options["headers"])
+            assert ping.status_code == 200 and ping.json() is True, (name, place)
+    assert httpx.get(server.url + "/openapi.json").status_code == 200
+    assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_expiry_is_enforced_to_the_second(server):
+    secret = server.app.state.authenticator.secret
+    now = int(time.time())
+    nearly = jwt.encode({"sub": "t", "exp": now + 30}, secret, algorithm="HS256")
+    just_gone = jwt.encode({"sub": "t", "exp": now - 2}, secret, algorithm="HS256")
+    assert httpx.get(server.url + "/streams", headers={"Authorization": f"Bearer {nearly}"}).status_code == 200
+    assert httpx.get(server.url + "/streams", headers={"Authorization": f"Bearer {just_gone}"}).status_code == 401
+
+
+# -- the users policy ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def users_server(tmp_path, rdb, redis_server):
+    from ptgstore.auth import hash_password, write_users
+
+    settings = make_settings(tmp_path, redis_server.url, auth="users")
+    write_users(settings.users_path, {"alice": hash_password("correct horse"), "bob": hash_password("bob")})
+    with live_server(settings) as live:
+        yield live
+
+
+def login(server, username, password):
+    return httpx.post(server.url + "/token", data={"username": username, "password": password}, timeout=30)
+
+
+def test_users_policy_refusals_are_indistinguishable(users_server):
+    refusals = [
+        login(users_server, "alice", "wrong"),
+        login(users_server, "alice", ""),
+        login(users_server, "alice", "alice"),  # the dev policy's rule does not apply
+        login(users_server, "mallory", "correct horse"),
+        login(users_server, "Alice", "correct horse"),
+        login(users_server, "alice ", "correct horse"),
+        login(users_server, "mallory", "mallory"),
+    ]
+    for reply in refusals:
+        assert reply.status_code == 401
+        assert reply.headers["www-authenticate"] == "Bearer"
+        assert "set-cookie" not in reply.headers
+    assert len({r.content for r in refusals}) == 1
+    assert login(users_server, "alice", "correct horse").status_code == 200
+    assert login(users_server, "bob", "bob").status_code == 200
+
+
+def test_users_policy_does_not_answer_unknown_users_faster(users_server):
+    # both refusals run the same scrypt check: a missing user costs as much as a wrong password
+    # (without the dummy hash an unknown user is answered ~50x faster, so the bound is generous)
+    def timed(username):
+        start = time.perf_counter()
+        assert login(users_server, username, "guess").status_code == 401
+        return time.perf_counter() - start
+
+    login(users_server, "warm", "up")
+    wrong = statistics.median(timed("alice") for _ in range(7))
+    unknown = statistics.median(timed("nobody") for _ in range(7))
+    assert unknown > wrong / 3, f"unknown user {unknown * 1000:.1f} ms vs wrong password {wrong * 1000:.1f} ms"

@@ -95,14 +95,24 @@ def load_or_create_secret(settings: Settings) -> str:
         return settings.secret
     path = Path(settings.data_dir) / "secret"
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as file:
-        file.write(secrets.token_urlsafe(48))
-    log.info("generated a token signing secret in %s", path)
-    return path.read_text().strip()
+    if not path.exists():
+        # written aside, then linked into place: a concurrent reader (another worker or thread)
+        # never sees the file empty, which would make it sign and check with an empty key
+        tmp = path.with_name(f"secret.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+            log.info("generated a token signing secret in %s", path)
+        except FileExistsError:
+            pass  # someone else's secret won the race; use theirs
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text().strip()
+    if not secret:
+        raise RuntimeError(f"the token signing secret in {path} is empty: delete it to generate a new one")
+    return secret
 
 
 # -- tokens ---------------------------------------------------------------------------------

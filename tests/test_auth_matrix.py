@@ -249,3 +249,32 @@ def test_users_policy_does_not_answer_unknown_users_faster(users_server):
     wrong = statistics.median(timed("alice") for _ in range(7))
     unknown = statistics.median(timed("nobody") for _ in range(7))
     assert unknown > wrong / 3, f"unknown user {unknown * 1000:.1f} ms vs wrong password {wrong * 1000:.1f} ms"
+
+
+def test_a_generated_secret_is_never_seen_empty_by_a_concurrent_reader(tmp_path):
+    # two threads (or workers) asking for the secret at once must agree on one non-empty secret
+    import threading
+
+    from ptgstore.auth import load_or_create_secret
+    from ptgstore.settings import Settings
+
+    for round_ in range(20):
+        settings = Settings(data_dir=str(tmp_path / f"data{round_}"))
+        barrier = threading.Barrier(8)
+        seen, failures = [], []
+
+        def read():
+            barrier.wait(10)
+            try:
+                seen.append(load_or_create_secret(settings))
+            except Exception as exc:  # noqa: BLE001 - reported below with the round
+                failures.append(exc)
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not failures, f"round {round_}: {failures[0]!r}"
+        assert len(seen) == 8 and len(set(seen)) == 1 and len(seen[0]) >= 32, f"round {round_}"
+        assert sorted(p.name for p in (tmp_path / f"data{round_}").iterdir()) == ["secret"]

@@ -21,6 +21,7 @@ from .settings import Settings
 log = logging.getLogger("ptgstore.auth")
 
 ALGORITHM = "HS256"
+VERIFIED_TOKENS = 4096  # tokens remembered as verified, per process
 # a short configured secret (such as the original server's) is reported once at start-up,
 # not on every token check
 if hasattr(jwt, "InsecureKeyLengthWarning"):
@@ -131,6 +132,8 @@ class Authenticator:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._secret: str | None = None
+        # token -> (user, exp): a signature check costs more than serving a small request
+        self._verified: dict[str, tuple[str, float | None]] = {}
 
     @property
     def secret(self) -> str:
@@ -167,6 +170,21 @@ class Authenticator:
 
     def verify(self, token: str) -> str:
         """The user a token names; AuthError when it is malformed, expired, or not ours."""
+        known = self._verified.get(token)
+        if known is not None:
+            user, exp = known
+            if exp is None or not self.settings.token_verify_exp or exp > time.time():
+                return user
+            del self._verified[token]
+            raise AuthError("token expired")
+        user, exp = self._check(token)
+        if len(self._verified) >= VERIFIED_TOKENS:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[token] = (user, exp)
+        return user
+
+    def _check(self, token: str) -> tuple[str, float | None]:
+        """Verify signature and claims: the token's user and expiry time."""
         try:
             claims = jwt.decode(
                 token, self.secret, algorithms=[ALGORITHM],
@@ -183,7 +201,8 @@ class Authenticator:
         user = claims.get("sub")
         if not isinstance(user, str) or not user:
             raise AuthError("invalid token: no subject")
-        return user
+        exp = claims.get("exp")
+        return user, exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
 def find_token(scope) -> tuple[str | None, str | None]:

@@ -220,6 +220,40 @@ class Hub:
         self.buffer_entries = buffer_entries
         self.buffer_bytes = buffer_bytes
         self.followers: dict[str, Follower] = {}
+        self._asked: dict[str, list[asyncio.Future]] = {}  # `$` questions waiting for the next round trip
+        self._answering: asyncio.Task | None = None
+
+    async def last_ids(self, sids: Sequence[str]) -> list[str]:
+        """What `$` means now for each stream (`Store.last_ids`).
+
+        Sockets opening together share round trips (one at a time), so a thousand pullers
+        connecting at once do not each take a Redis connection. Each question is answered
+        by a round trip sent after it was asked, so `$` is never older than the question.
+        """
+        loop = asyncio.get_running_loop()
+        answers = []
+        for sid in sids:
+            answers.append(loop.create_future())
+            self._asked.setdefault(sid, []).append(answers[-1])
+        if self._answering is None or self._answering.done():
+            self._answering = loop.create_task(self._answer(), name="ptgstore-last-ids")
+        return list(await asyncio.gather(*answers))
+
+    async def _answer(self) -> None:
+        while self._asked:
+            asked, self._asked = self._asked, {}
+            try:
+                ids = await self.store.last_ids(list(asked))
+            except Exception as exc:  # noqa: BLE001 - handed to every asker, who raises it
+                for waiting in asked.values():
+                    for answer in waiting:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                continue
+            for waiting, entry_id in zip(asked.values(), ids):
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_result(entry_id)
 
     def subscribe(self, sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False) -> Subscription:
         """A subscription (use with `async with`) from concrete cursors (entry ids)."""

@@ -99,6 +99,29 @@ return ids
 """
 
 
+async def _call(connection, command: tuple):
+    """One command and its reply on `connection` (connected on first use and after a failure)."""
+    try:
+        await connection.send_command(*command)
+        return await connection.read_response()
+    except rexc.ResponseError:
+        raise
+    except BaseException:
+        # cut short (failure or cancellation): its reply may still come, so never reuse the socket
+        await connection.disconnect()
+        raise
+
+
+def _data(fields) -> bytes:
+    """The entry bytes of a record's fields (a dict, or the flat list of a raw reply)."""
+    if isinstance(fields, dict):
+        return fields.get(FIELD, b"")
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == FIELD:
+            return fields[i + 1]
+    return b""
+
+
 def _iso(entry_id: str | None) -> str | None:
     if not entry_id:
         return None
@@ -140,6 +163,10 @@ class Store:
         self.meta_key = key_prefix + "ptgstore:meta"
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
         self._add = self.redis.register_script(_ADD_SCRIPT)
+        # one connection kept for entries in and out, used in turn: leasing from the pool costs
+        # more than the command itself; callers that find it busy use the pool
+        self._lane = self.pool.make_connection()
+        self._lane_busy = False
 
     def key(self, sid: str) -> str:
         return self.prefix + sid
@@ -150,6 +177,7 @@ class Store:
                                        socket_connect_timeout=5)
 
     async def close(self) -> None:
+        await self._lane.disconnect()
         await self.redis.aclose()
         await self.pool.disconnect()
 
@@ -171,13 +199,37 @@ class Store:
             args += (k, spec, data)
         keys = [self.key(sid) for sid in index] + [self.maxlen_key]
         try:
-            ids = await self._add(keys=keys, args=[self.default_max_len, len(index), *index, *args])
+            ids = await self._run_add(keys, [self.default_max_len, len(index), *index, *args])
         except rexc.ResponseError as exc:
             message = str(exc)
             if message.startswith(("PTGSTALE", "PTGTYPE")):
                 raise StoreError(message.split(" ", 1)[1]) from None
             raise
         return [i.decode() for i in ids]
+
+    async def _run_add(self, keys: list, args: list) -> list[bytes]:
+        try:
+            return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
+            await self.redis.script_load(_ADD_SCRIPT)
+            return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
+
+    async def _once(self, *command):
+        """One command of the hot path and its reply, on the lane or else a pooled connection.
+
+        Without the client's retry layer (and its cost on every entry): a write retried after
+        a lost reply could be stored twice."""
+        if self._lane_busy:
+            connection = await self.pool.get_connection()
+            try:
+                return await _call(connection, command)
+            finally:
+                await self.pool.release(connection)
+        self._lane_busy = True
+        try:
+            return await _call(self._lane, command)
+        finally:
+            self._lane_busy = False
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -188,15 +240,17 @@ class Store:
         Cursor `*`: the newest `count` entries (oldest first); an entry id: up to
         `count` entries strictly after it (`0-0`: from the beginning).
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid, cursor, count in requests:
-                if cursor == NEWEST:
-                    pipe.xrevrange(self.key(sid), "+", "-", count=count)
-                elif cursor == BEGINNING:
-                    pipe.xrange(self.key(sid), "-", "+", count=count)
-                else:
-                    pipe.xrange(self.key(sid), "(" + cursor, "+", count=count)
-            replies = await pipe.execute(raise_on_error=False)
+        if len(requests) == 1:
+            # the common case (one stream) without a pipeline's bookkeeping
+            try:
+                replies = [await self._once(*self._range(*requests[0]))]
+            except rexc.ResponseError as exc:
+                replies = [exc]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for request in requests:
+                    pipe.execute_command(*self._range(*request))
+                replies = await pipe.execute(raise_on_error=False)
         out: list[Entry] = []
         for (sid, cursor, _), reply in zip(requests, replies):
             if isinstance(reply, rexc.ResponseError):
@@ -205,8 +259,17 @@ class Store:
                 raise reply
             if cursor == NEWEST:
                 reply = reversed(reply)
-            out += [(sid, entry_id.decode(), fields.get(FIELD, b"")) for entry_id, fields in reply]
+            out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in reply]
         return out
+
+    def _range(self, sid: str, cursor: str, count: int) -> tuple:
+        """The range command of one read request."""
+        if cursor == NEWEST:
+            return "XREVRANGE", self.key(sid), "+", "-", "COUNT", count
+        if cursor == BEGINNING:
+            return "XRANGE", self.key(sid), "-", "+", "COUNT", count
+        return "XRANGE", self.key(sid), "(" + cursor, "+", "COUNT", count
+
 
     @_guarded
     async def last_ids(self, sids: Sequence[str]) -> list[str]:

@@ -169,7 +169,7 @@ async def _pull(ws: WebSocket) -> None:
     store = ws.app.state.store
     # `$` is fixed now, once: nothing pushed after this moment is skipped
     if NOW in cursors or "*" in cursors:
-        now = await store.last_ids(sids)
+        now = await ws.app.state.hub.last_ids(sids)
         if "*" in cursors:
             cursors = await _newest_cursors(store, sids, cursors, options["count"])
         cursors = [n if c == NOW else c for c, n in zip(cursors, now)]

@@ -1,0 +1,231 @@
+"""ptgstore against raw redis-py asyncio, in one run: `python -m benchmarks.run [--quick]`.
+
+Starts a private redis-server and ptgstore servers (`python -m ptgstore serve`) on free
+loopback ports, runs every scenario through ptgstore and as the same work done with
+redis-py directly, alternating, several times, and prints the medians, their ratios
+(ptgstore / raw), the server's CPU per entry and its memory. Exits 1 when any entry was
+lost or arrived altered.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import scenarios as s
+from .harness import PrivateRedis, Server
+
+HZ = 30
+
+
+def drain_count(ctx: s.Context) -> int:
+    return ctx.n(20_000, 300)
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    ptg: object  # (ctx, rep) -> awaitable Result
+    raw: object
+    targets: dict  # metric -> (comparison, ratio) the issue asks for
+    workers: int = 1
+    per: str = "entry"
+
+
+def build(ctx: s.Context) -> list[Scenario]:
+    n = ctx.n
+    live_seconds = max(1.0, 4 * ctx.scale)
+    fan_seconds = max(1.0, 3 * ctx.scale)
+    drain = drain_count(ctx)
+    rest_requests = n(3000, 50)
+    latest = s.payload(2, 100 * s.KIB)
+    out = [
+        Scenario("single", "1 KiB entries, ack",
+                 lambda c, r: s.push_ack_ptg(c, f"single-p{r}", n(3000, 20), s.KIB, 60),
+                 lambda c, r: s.push_ack_raw(c, f"single-r{r}", n(3000, 20), s.KIB, 60),
+                 {"entries/s": (">=", 0.6)}),
+        Scenario("noack", "1 KiB entries, no ack (until the last is visible)",
+                 lambda c, r: s.push_noack_ptg(c, f"noack-p{r}", n(5000, 20), s.KIB, 60),
+                 lambda c, r: s.push_noack_raw(c, f"noack-r{r}", n(5000, 20), s.KIB, 60),
+                 {}),
+        Scenario("batch", "batches of 64 x 1 KiB, ack",
+                 lambda c, r: s.batch_ack_ptg(c, f"batch-p{r}", n(300, 2), 64, s.KIB, 60),
+                 lambda c, r: s.batch_ack_raw(c, f"batch-r{r}", n(300, 2), 64, s.KIB, 60),
+                 {"entries/s": (">=", 0.8)}),
+        Scenario("frames", "512 KiB frames, ack",
+                 lambda c, r: s.push_ack_ptg(c, f"frames-p{r}", n(150, 5), 512 * s.KIB, 60),
+                 lambda c, r: s.push_ack_raw(c, f"frames-r{r}", n(150, 5), 512 * s.KIB, 60),
+                 {"entries/s": (">=", 0.8)}),
+        Scenario("live", "8 pushers x 100 KiB at 30 Hz, 1 puller on all 8",
+                 lambda c, r: s.live_ptg(c, f"live-p{r}", 8, live_seconds, 100 * s.KIB, HZ),
+                 lambda c, r: s.live_raw(c, f"live-r{r}", 8, live_seconds, 100 * s.KIB, HZ),
+                 {"p50 ms": ("<=", 2.0), "p99 ms": ("<=", 1.2)}),
+    ]
+    for pullers in ctx.fanout_sizes:
+        out.append(Scenario(
+            f"fanout{pullers}", f"1 pusher at 30 Hz, {pullers} pullers on one stream",
+            lambda c, r, p=pullers: s.fanout_ptg(c, f"fan{p}-p{r}", p, fan_seconds, s.KIB, HZ),
+            lambda c, r, p=pullers: s.fanout_raw(c, f"fan{p}-r{r}", p, fan_seconds, s.KIB, HZ),
+            {"complete %": ("==", 100.0), "p99 ms": ("abs<", 50.0)} if pullers >= 1000 else {"complete %": ("==", 100.0)},
+        ))
+    out += [
+        Scenario("drain", f"drain {drain} x 1 KiB, count=256",
+                 lambda c, r: s.drain_ptg(c, "drain-src", drain, s.KIB, 256, 60),
+                 lambda c, r: s.drain_raw(c, "drain-src", drain, s.KIB, 256, 60),
+                 {"entries/s": (">=", 0.8)}),
+        Scenario("rest", "REST GET latest 100 KiB, 16 clients",
+                 lambda c, r: s.rest_ptg(c, c.server, "rest-src", rest_requests, 16, latest, 60),
+                 lambda c, r: s.rest_raw(c, c.server, "rest-src", rest_requests, 16, latest, 60),
+                 {"requests/s": (">=", 0.5)}, per="request"),
+        Scenario("rest2", "REST GET latest 100 KiB, 16 clients, 2 workers",
+                 lambda c, r: s.rest_ptg(c, c.server, "rest-src", rest_requests, 16, latest, 60),
+                 lambda c, r: s.rest_raw(c, c.server, "rest-src", rest_requests, 16, latest, 60),
+                 {"requests/s": (">=", 0.5)}, workers=2, per="request"),
+    ]
+    return out
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    ptg: list
+    raw: list
+    cpu_per: list  # server CPU seconds per entry (or request), per ptgstore run
+
+
+async def run_scenario(ctx: s.Context, scenario: Scenario, repeats: int) -> Row:
+    row = Row(scenario, [], [], [])
+    for rep in range(repeats):
+        before = ctx.server.cpu()
+        result = await scenario.ptg(ctx, rep)
+        used = ctx.server.cpu() - before
+        row.ptg.append(result)
+        if result.entries:
+            row.cpu_per.append(used / result.entries)
+        row.raw.append(await scenario.raw(ctx, rep))
+        report_losses(scenario, rep, result, row.raw[-1])
+    return row
+
+
+def report_losses(scenario: Scenario, rep: int, ptg: s.Result, raw: s.Result) -> None:
+    for side, result in (("ptgstore", ptg), ("redis-py", raw)):
+        if result.lost or result.corrupt:
+            print(f"!!! LOST {result.lost} / CORRUPT {result.corrupt} entries: {scenario.name} run {rep} ({side})",
+                  file=sys.stderr, flush=True)
+        for note in result.notes:
+            print(f"!!! {scenario.name} run {rep} ({side}): {note}", file=sys.stderr, flush=True)
+
+
+def verdict(comparison: str, target: float, ptg: float, ratio: float) -> str:
+    checks = {
+        ">=": lambda: ratio >= target,
+        "<=": lambda: ratio <= target,
+        "==": lambda: ptg == target,
+        "abs<": lambda: ptg < target,
+    }
+    shown = {">=": f">= {target:g}x", "<=": f"<= {target:g}x", "==": f"= {target:g}", "abs<": f"< {target:g}"}
+    return f"{shown[comparison]} {'ok' if checks[comparison]() else 'MISS'}"
+
+
+def fmt(value: float) -> str:
+    if value != value:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = ["| scenario | metric | ptgstore | redis-py | ratio | target | server CPU | lost |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
+    for row in rows:
+        sc = row.scenario
+        cpu = f"{1e6 * s.median(row.cpu_per):.0f} µs/{sc.per}" if row.cpu_per else "-"
+        lost = sum(r.lost + r.corrupt for r in row.ptg + row.raw)
+        for i, metric in enumerate(row.ptg[0].figures):
+            ptg = s.median([r.figures[metric] for r in row.ptg])
+            raw = s.median([r.figures[metric] for r in row.raw])
+            ratio = ptg / raw if raw else float("nan")
+            target = verdict(*sc.targets[metric], ptg, ratio) if metric in sc.targets else ""
+            first = i == 0
+            lines.append(f"| {sc.title if first else ''} | {metric} | {fmt(ptg)} | {fmt(raw)} | {ratio:.2f} | {target} "
+                         f"| {cpu if first else ''} | {('**LOST %d**' % lost if lost else '0') if first else ''} |")
+    return lines
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}"
+
+
+async def run_all(args) -> int:
+    fanout = tuple(int(x) for x in args.fanout.split(",") if x)
+    rows = []
+    rss = 0
+    with tempfile.TemporaryDirectory(prefix="ptgstore-bench-redis-") as directory, \
+            PrivateRedis(Path(directory)) as private:
+        ctx = s.Context(private.url, None, args.scale, fanout)
+        await s.fill(ctx, "rest-src", 3, 100 * s.KIB)
+        chosen = [sc for sc in build(ctx) if not args.only or sc.name in args.only.split(",")]
+        if any(sc.name == "drain" for sc in chosen):
+            await s.fill(ctx, "drain-src", drain_count(ctx), s.KIB)
+        for workers in sorted({sc.workers for sc in chosen}):
+            with Server(private.url, workers=workers) as server:
+                ctx.server = server
+                for sc in (sc for sc in chosen if sc.workers == workers):
+                    started = time.monotonic()
+                    rows.append(await run_scenario(ctx, sc, args.repeats))
+                    print(f"  {sc.name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+                if workers == 1:
+                    rss = server.rss()
+    order = {sc.name: i for i, sc in enumerate(chosen)}
+    rows.sort(key=lambda row: order[row.scenario.name])
+    print(f"\nptgstore / redis-py asyncio, medians of {args.repeats} run(s), scale {args.scale:g}; {machine()}\n")
+    print("\n".join(table(rows)))
+    print(f"\nserver RSS after all scenarios (1 worker): {rss / 2**20:.0f} MB (target < 100 MB)")
+    lost = sum(r.lost + r.corrupt for row in rows for r in row.ptg + row.raw)
+    if lost:
+        print(f"\n!!! LOST OR CORRUPT ENTRIES: {lost} !!!")
+        return 1
+    print("\nevery entry landed and arrived byte-exact")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one run per scenario at a fifth of the work")
+    parser.add_argument("--repeats", type=int, help="runs per scenario and side (default 5, --quick 1)")
+    parser.add_argument("--scale", type=float, help="fraction of the full work per run (default 1, --quick 0.2)")
+    parser.add_argument("--fanout", default="10,100,1000", help="puller counts of the fan-out scenario")
+    parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, live, "
+                                       "fanout<N>, drain, rest, rest2)")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.scale = args.scale or (0.2 if args.quick else 1.0)
+    try:
+        import uvloop  # noqa: PLC0415 - the server runs on uvloop; so does the load generator
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(run_all(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors
+from . import errors, metrics
 from .auth import Authenticator, AuthMiddleware
 from .embedded import EmbeddedRedis
 from .framing import FramingError
@@ -26,6 +26,7 @@ ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
     Route("/ping", misc.ping, methods=["GET"]),
     Route("/ping/error", misc.ping_error, methods=["GET"]),
+    Route("/metrics", metrics.scrape, methods=["GET"]),
     Route("/openapi.json", docs.openapi, methods=["GET"]),
     Route("/docs", docs.page, methods=["GET"]),
     docs.assets,
@@ -59,6 +60,7 @@ async def lifespan(app: Starlette):
         url = await asyncio.to_thread(embedded.start)
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
                   pool_size=settings.redis_pool_size)
+    store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
@@ -69,6 +71,7 @@ async def lifespan(app: Starlette):
         await store.close()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+        app.state.metrics.close()
 
 
 def configure_logging(level: str) -> None:
@@ -123,7 +126,9 @@ class TrailingSlashMiddleware:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ptgstore application for `settings` (default: from PTGSTORE_* variables)."""
     settings = settings or Settings.from_env()
+    meter = metrics.Metrics(settings)
     middleware = [
+        Middleware(metrics.Instrumentation, metrics=meter, routes=ROUTES),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
     ]
@@ -138,6 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     lifespan=lifespan)
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.metrics = meter
     app.router.redirect_slashes = False
     return app
 

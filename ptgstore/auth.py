@@ -252,7 +252,8 @@ def origin_allowed(scope, allowed: tuple[str, ...]) -> bool:
 
 # -- the gate in front of every route -------------------------------------------------------
 
-PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json"})
+# /metrics decides for itself: open on loopback, a token from elsewhere (metrics.Metrics.may_scrape)
+PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics"})
 PUBLIC_PREFIXES = ("/docs/",)
 
 

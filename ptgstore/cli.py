@@ -5,7 +5,9 @@ import argparse
 import getpass
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 
 from .settings import Settings, SettingsError
 
@@ -31,7 +33,25 @@ def _settings(args) -> Settings:
 MAX_REQUEST_LINE = 64 * 1024
 
 # which settings the server processes must see, as the environment they read
-_ENV_OF = {"redis_url": "REDIS_URL", "data_dir": "DATA_DIR", "auth": "AUTH", "log_level": "LOG_LEVEL"}
+_ENV_OF = {"redis_url": "REDIS_URL", "data_dir": "DATA_DIR", "auth": "AUTH", "log_level": "LOG_LEVEL",
+           "metrics_dir": "METRICS_DIR"}
+
+
+def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:
+    """Workers share their metrics through files in one directory, emptied at each start
+    (stale files from an earlier run would be summed in). Returns the settings and a
+    scratch directory to remove at exit, if one was made."""
+    scratch = None
+    if not settings.metrics_dir:
+        if settings.workers == 1:
+            return settings, None
+        scratch = tempfile.mkdtemp(prefix="ptgstore-metrics-")
+        settings = settings.replace(metrics_dir=scratch)
+    os.makedirs(settings.metrics_dir, exist_ok=True)
+    for name in os.listdir(settings.metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(settings.metrics_dir, name))
+    return settings, scratch
 
 
 def serve(args) -> int:
@@ -54,6 +74,7 @@ def serve(args) -> int:
         # several processes share one private Redis, started here and stopped last
         embedded = EmbeddedRedis(settings.data_dir, settings.redis_fsync)
         settings = settings.replace(redis_url=embedded.start())
+    settings, metrics_scratch = _fresh_metrics_dir(settings)
     for attr, suffix in _ENV_OF.items():
         value = getattr(settings, attr)
         if value is not None and (attr != "auth" or settings.auth_explicit):
@@ -69,12 +90,15 @@ def serve(args) -> int:
     try:
         uvicorn.run(
             "ptgstore.app:app", host=settings.host, port=settings.port, workers=settings.workers,
-            reload=args.reload, log_level=settings.log_level, ws="websockets-sansio",
+            reload=args.reload, log_level=settings.log_level, ws="ptgstore.graceful:GracefulWebSocketProtocol",
             ws_per_message_deflate=False, ws_max_size=settings.max_message, timeout_graceful_shutdown=10,
+            access_log=False,  # ptgstore.access logs each request and socket, with route, user and duration
         )
     finally:
         if embedded is not None:
             embedded.stop()
+        if metrics_scratch is not None:
+            shutil.rmtree(metrics_scratch, ignore_errors=True)
     return 0
 
 

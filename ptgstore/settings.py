@@ -68,6 +68,9 @@ class Settings:
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process
     hub_buffer_bytes: int = 64 * 1024 * 1024
     metrics_public: bool = False  # /metrics without a token from non-loopback clients
+    metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
+    metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
+    metrics_stream_labels: bool = False  # label entry counters by stream (unbounded cardinality)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -108,6 +111,9 @@ class Settings:
             "HUB_BUFFER": ("hub_buffer", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER_BYTES": ("hub_buffer_bytes", lambda n, v: _parse_int(n, v, 0)),
             "METRICS_PUBLIC": ("metrics_public", _parse_bool),
+            "METRICS_TOKEN": ("metrics_token", lambda n, v: v or None),
+            "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
+            "METRICS_STREAM_LABELS": ("metrics_stream_labels", _parse_bool),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
         }
         for suffix, (attr, parse) in readers.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -28,16 +29,22 @@ class StoreUnavailable(Exception):
 
 
 def _guarded(method):
-    """Turn Redis connection failures into StoreUnavailable, with the reason."""
+    """Turn Redis connection failures into StoreUnavailable, with the reason; report the round trip."""
+
+    op = method.__name__
 
     @functools.wraps(method)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
         try:
-            return await method(*args, **kwargs)
+            return await method(self, *args, **kwargs)
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc}".strip()) from exc
         except rexc.BusyLoadingError as exc:
             raise StoreUnavailable("store unavailable: Redis is loading its data") from exc
+        finally:
+            if self.on_roundtrip is not None:
+                self.on_roundtrip(op, time.perf_counter() - started)
 
     return wrapper
 
@@ -167,6 +174,7 @@ class Store:
         # more than the command itself; callers that find it busy use the pool
         self._lane = self.pool.make_connection()
         self._lane_busy = False
+        self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
 
     def key(self, sid: str) -> str:
         return self.prefix + sid

@@ -25,7 +25,9 @@ async def post_entries(request: Request) -> JSONResponse:
             entries.append((sid, "*", await part.read()))
     if not entries:
         raise HTTPException(400, "no file parts in the upload")
-    return JSONResponse(await request.app.state.store.add(entries))
+    ids = await request.app.state.store.add(entries)
+    request.app.state.metrics.entries(request, True, len(ids), sum(len(data) for _, _, data in entries))
+    return JSONResponse(ids)
 
 
 async def get_entries(request: Request) -> Response:
@@ -37,5 +39,6 @@ async def get_entries(request: Request) -> Response:
     requests = [(sid, cursor, count) for sid, cursor in zip(sids, cursors) if cursor != NOW]
     entries = await request.app.state.store.read(requests) if requests else []
     header, blob = pack_entries(entries)
+    request.app.state.metrics.entries(request, False, len(entries), len(blob))
     return Response(blob, media_type="application/octet-stream",
                     headers={"entry-offset": orjson.dumps(header).decode()})

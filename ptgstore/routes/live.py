@@ -12,6 +12,7 @@ from ..framing import (
     NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
+from ..metrics import socket_tally
 from ..store import StoreError, StoreUnavailable
 from . import query_bool
 
@@ -97,6 +98,7 @@ async def _push(ws: WebSocket) -> None:
             raise Refusal(POLICY, "unbatched push goes to one stream; use batch=true for several")
     store = ws.app.state.store
     limit = ws.app.state.settings.max_message
+    tally = socket_tally(ws)
     while True:
         if batched:
             raw_header = await _receive(ws, limit, "text" if options["codec"] == "json" else "bytes", "header")
@@ -112,6 +114,7 @@ async def _push(ws: WebSocket) -> None:
             ids = await store.add(entries)
         except StoreError as exc:
             raise Refusal(INVALID, str(exc)) from None
+        tally(len(ids), len(blob) if batched else len(entries[0][2]))
         if options["ack"]:
             await ws.send_text(",".join(ids))
 
@@ -219,6 +222,7 @@ async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:
 
 async def _deliver(ws: WebSocket, subscription, options, sync, acked: asyncio.Event) -> None:
     binary_header = options["codec"] == "msgpack"
+    tally = socket_tally(ws)
     while True:
         delivery = await subscription.next(options["count"], latest=options["latest"], timeout=options["timeout"])
         if delivery is None:
@@ -236,6 +240,7 @@ async def _deliver(ws: WebSocket, subscription, options, sync, acked: asyncio.Ev
             else:
                 await ws.send_text(encoded.decode())
             await ws.send_bytes(blob)
+            tally(len(delivery.entries), len(blob))
         if sync is not None:
             subscription.sync_to(sync)
         if options["ack"]:

@@ -1,0 +1,348 @@
+"""What the service is doing: Prometheus metrics, the structured access log, and `/metrics`.
+
+`Metrics` owns the counters; `Instrumentation` (ASGI middleware) times every request,
+follows every WebSocket from accept to close and writes one log line per request and
+per socket; handlers only bump entry counts through `socket_tally` / `Metrics.entries`.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import sys
+import time
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
+
+from .auth import AuthError, find_token
+
+log = logging.getLogger("ptgstore.access")
+
+# REST calls take from a millisecond (ping) to seconds (a 16 MiB upload on a slow link)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# one Redis command or script on loopback is tens of microseconds; a pool wait can be seconds
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+# close codes worth a label of their own; any other (clients may send 3000-4999) is "other"
+CLOSE_CODES = frozenset({1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1012})
+HTTP_ERRORS = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 500: "internal", 503: "unavailable"}
+CLOSE_ERRORS = {1003: "unsupported", 1007: "bad_request", 1008: "policy", 1009: "too_large",
+                1011: "server_error"}
+SHUTDOWN_REASON = "server shutting down"
+SOCKET_KEY = "ptgstore.socket"
+
+
+def _use_multiprocess_dir(path: str) -> None:
+    """Point prometheus_client at the directory the worker processes share.
+
+    prometheus_client chooses its value store when it is first imported, so this
+    must run before that; the CLI also sets it before it starts the workers.
+    """
+    os.makedirs(path, exist_ok=True)
+    if "prometheus_client" not in sys.modules:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    elif os.environ.get("PROMETHEUS_MULTIPROC_DIR") != path:
+        logging.getLogger("ptgstore").warning(
+            "PTGSTORE_METRICS_DIR is set but prometheus_client was imported before it: "
+            "metrics of this process are not shared with other workers")
+
+
+class Metrics:
+    """The service's Prometheus metrics, in one registry (or one directory shared by workers)."""
+
+    def __init__(self, settings):
+        self.directory = settings.metrics_dir
+        if self.directory:
+            _use_multiprocess_dir(self.directory)
+        import prometheus_client as prom  # noqa: PLC0415 - after the multiprocess directory is chosen
+
+        self.public = settings.metrics_public
+        self.token = settings.metrics_token
+        self.stream_labels = settings.metrics_stream_labels
+        self.registry = prom.CollectorRegistry()
+        # in multiprocess mode values live in files and a fresh collector reads them at each scrape
+        target = None if self.directory else self.registry
+        if target is not None:
+            prom.ProcessCollector(registry=target)
+        entry_labels = ("via", "stream") if self.stream_labels else ("via",)
+
+        def counter(name, text, labels=()):
+            return prom.Counter(name, text, labels, registry=target)
+
+        self.entries_in = counter("ptgstore_entries_pushed", "Entries stored (WebSocket push or REST upload)",
+                                  entry_labels)
+        self.bytes_in = counter("ptgstore_bytes_pushed", "Entry bytes stored", entry_labels)
+        self.entries_out = counter("ptgstore_entries_pulled", "Entries delivered (WebSocket pull or REST read)",
+                                   entry_labels)
+        self.bytes_out = counter("ptgstore_bytes_pulled", "Entry bytes delivered", entry_labels)
+        self.requests = counter("ptgstore_http_requests", "HTTP requests by route template and status",
+                                ("method", "route", "status"))
+        self.latency = prom.Histogram("ptgstore_http_request_duration_seconds",
+                                      "HTTP request latency by route template", ("method", "route"),
+                                      buckets=LATENCY_BUCKETS, registry=target)
+        self.redis_latency = prom.Histogram("ptgstore_redis_roundtrip_seconds",
+                                            "Time of one store call to Redis (one round trip, pipeline or script)",
+                                            ("op",), buckets=REDIS_BUCKETS, registry=target)
+        self.open_sockets = prom.Gauge("ptgstore_open_sockets", "WebSockets open now", ("kind",),
+                                       multiprocess_mode="livesum", registry=target)
+        self.sockets = counter("ptgstore_sockets", "WebSockets accepted", ("kind",))
+        self.closes = counter("ptgstore_socket_closes", "WebSocket closes by code and by which side",
+                              ("kind", "code", "by"))
+        self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
+
+    # -- counting --------------------------------------------------------------------------------
+
+    def entry_counters(self, via: str, stream: str):
+        """The (entries, bytes) in and out counter children for one socket or request."""
+        labels = (via, stream) if self.stream_labels else (via,)
+        return (self.entries_in.labels(*labels), self.bytes_in.labels(*labels),
+                self.entries_out.labels(*labels), self.bytes_out.labels(*labels))
+
+    def entries(self, request: Request, pushed: bool, count: int, size: int) -> None:
+        """Count entries a REST request stored or delivered."""
+        counters = self.entry_counters("http", request.path_params.get("sid", ""))
+        entries, nbytes = counters[:2] if pushed else counters[2:]
+        entries.inc(count)
+        nbytes.inc(size)
+
+    def redis_roundtrip(self, op: str, seconds: float) -> None:
+        self.redis_latency.labels(op).observe(seconds)
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(HTTP_ERRORS.get(status, f"http_{status}")).inc()
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition format the scraper accepts (Prometheus text 0.0.4 unless it asks for
+        another): this process's registry, or the sum over all workers."""
+        import prometheus_client as prom  # noqa: PLC0415
+        from prometheus_client import exposition, multiprocess  # noqa: PLC0415
+
+        registry = self.registry
+        if self.directory:
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.directory)
+        encode, content_type = exposition.choose_encoder(accept)
+        return encode(registry), content_type
+
+    def may_scrape(self, scope, authenticator) -> bool:
+        """Loopback clients (not via a proxy), everyone when public, else a metrics or API token."""
+        if self.public or _direct_loopback(scope):
+            return True
+        token, _ = find_token(scope)
+        if token is None:
+            return False
+        if self.token and hmac.compare_digest(token.encode(), self.token.encode()):
+            return True
+        try:
+            authenticator.verify(token)
+        except AuthError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Forget this process's live gauges (worker exit), so sums cover running workers only."""
+        if self.directory:
+            from prometheus_client import multiprocess  # noqa: PLC0415
+
+            multiprocess.mark_process_dead(os.getpid(), self.directory)
+
+
+def _direct_loopback(scope) -> bool:
+    # a proxy on the same host makes every client look local: forwarded requests are not
+    client = scope.get("client")
+    if not client:
+        return False
+    for key, _ in scope.get("headers", ()):
+        if key in (b"x-forwarded-for", b"forwarded", b"x-real-ip"):
+            return False
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def scrape(request: Request) -> Response:
+    """`GET /metrics`: Prometheus text format."""
+    metrics: Metrics = request.app.state.metrics
+    if not metrics.may_scrape(request.scope, request.app.state.authenticator):
+        return JSONResponse({"detail": "metrics need a token from a non-loopback client"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    body, content_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
+    return Response(body, headers={"content-type": content_type})
+
+
+# -- per socket -----------------------------------------------------------------------------------
+
+class SocketStats:
+    """One WebSocket's counts, duration and close, for its metrics and its log lines."""
+
+    __slots__ = ("metrics", "kind", "streams", "scope", "started", "accepted", "entries", "bytes",
+                 "code", "reason", "by", "_entries", "_bytes")
+
+    def __init__(self, metrics: Metrics, kind: str, streams: str, scope):
+        self.metrics = metrics
+        self.kind = kind
+        self.streams = streams
+        self.scope = scope
+        self.started = time.monotonic()
+        self.accepted = False
+        self.entries = self.bytes = 0
+        self.code: int | None = None
+        self.reason = ""
+        self.by = ""
+        counters = metrics.entry_counters("websocket", streams)
+        self._entries, self._bytes = counters[:2] if kind == "push" else counters[2:]
+
+    def add(self, count: int, size: int) -> None:
+        """Count entries stored (push) or delivered (pull) on this socket."""
+        self.entries += count
+        self.bytes += size
+        self._entries.inc(count)
+        self._bytes.inc(size)
+
+    def accept(self) -> None:
+        self.accepted = True
+        self.metrics.sockets.labels(self.kind).inc()
+        self.metrics.open_sockets.labels(self.kind).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info("ws_open kind=%s streams=%s user=%s client=%s", self.kind, _quote(self.streams),
+                     _user(self.scope), _client(self.scope))
+
+    def closed(self, code: int, reason: str, by: str) -> None:
+        if self.code is None:  # the first close is the one that ended the socket
+            self.code, self.reason, self.by = code, reason or "", by
+
+    def finish(self) -> None:
+        code = self.code if self.code is not None else 1006
+        if not self.accepted:
+            self.metrics.errors.labels(CLOSE_ERRORS.get(code, "refused")).inc()
+            log.info("ws_refused kind=%s streams=%s client=%s code=%d reason=%s", self.kind,
+                     _quote(self.streams), _client(self.scope), code, _quote(self.reason))
+            return
+        self.metrics.open_sockets.labels(self.kind).dec()
+        self.metrics.closes.labels(self.kind, str(code) if code in CLOSE_CODES else "other", self.by or "none").inc()
+        if self.by == "server" and code in CLOSE_ERRORS:
+            self.metrics.errors.labels(CLOSE_ERRORS[code]).inc()
+        if log.isEnabledFor(logging.INFO):
+            log.info("ws_close kind=%s streams=%s user=%s client=%s entries=%d bytes=%d duration_s=%.3f "
+                     "code=%d by=%s reason=%s", self.kind, _quote(self.streams), _user(self.scope),
+                     _client(self.scope), self.entries, self.bytes, time.monotonic() - self.started, code,
+                     self.by or "none", _quote(self.reason))
+
+
+def _noop(count: int, size: int) -> None:
+    pass
+
+
+def socket_tally(ws):
+    """The function a socket handler calls with (entries, bytes) after each batch."""
+    stats = ws.scope.get(SOCKET_KEY)
+    return stats.add if stats is not None else _noop
+
+
+def _quote(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
+def _user(scope) -> str:
+    caller = scope.get("state", {}).get("caller")
+    return _quote(caller.user) if caller is not None else "-"
+
+
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+# -- the middleware -------------------------------------------------------------------------------
+
+class Instrumentation:
+    """Times HTTP requests by route template and follows WebSockets from accept to close."""
+
+    def __init__(self, app, metrics: Metrics, routes):
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            return await self._http(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await self._socket(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _route(self, scope) -> tuple[str, dict]:
+        """The route template (bounded, unlike raw paths) and path parameters of a request."""
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = dict(scope, path=path.rstrip("/") or "/")
+        partial = None
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return route.path_format, child.get("path_params", {})
+            if match is Match.PARTIAL and partial is None:
+                partial = route.path_format, child.get("path_params", {})
+        return partial or ("unmatched", {})
+
+    async def _http(self, scope, receive, send):
+        started = time.perf_counter()
+        status = 500  # unless a response starts: an exception becomes a 500 further out
+
+        async def sending(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - started
+            route, _ = self._route(scope)
+            self.metrics.request_done(scope["method"], route, status, seconds)
+            if log.isEnabledFor(logging.INFO):
+                log.info("http method=%s route=%s path=%s status=%d duration_ms=%.1f user=%s client=%s",
+                         scope["method"], route, _quote(scope["path"]), status, seconds * 1000,
+                         _user(scope), _client(scope))
+
+    async def _socket(self, scope, receive, send):
+        route, params = self._route(scope)
+        kind = "push" if route.endswith("/push") else "pull" if route.endswith("/pull") else "other"
+        stats = SocketStats(self.metrics, kind, params.get("sid", ""), scope)
+        scope = dict(scope)
+        scope[SOCKET_KEY] = stats
+
+        async def sending(message):
+            kind_of = message["type"]
+            if kind_of == "websocket.accept":
+                stats.accept()
+            elif kind_of == "websocket.close":
+                stats.closed(message.get("code", 1000), message.get("reason", ""), "server")
+            elif kind_of == "websocket.http.response.start":
+                stats.closed(message["status"], "", "server")
+            await send(message)
+
+        async def receiving():
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                by = "server" if message.get("reason") == SHUTDOWN_REASON else "client"
+                stats.closed(message.get("code", 1005), message.get("reason", ""), by)
+            return message
+
+        try:
+            await self.app(scope, receiving, sending)
+        finally:
+            stats.finish()

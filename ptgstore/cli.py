@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("action", choices=["add", "remove", "list"])
     users.add_argument("name", nargs="?")
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+
+    from .commands import add_client_commands  # noqa: PLC0415 - the client side lives in its own module
+    add_client_commands(commands)
     return parser
 
 

@@ -172,6 +172,15 @@ def pack_entries(entries: Iterable[tuple[str, str, bytes]]) -> tuple[list, bytes
     return header, b"".join(chunks)
 
 
+def unpack_entries(header_items: list, blob: bytes) -> list[tuple[str, str, bytes]]:
+    """A server-to-client batch back as `(stream id, entry id, bytes)`; FramingError when malformed."""
+    for i, item in enumerate(header_items):
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and isinstance(item[1], str)):
+            raise FramingError(f"header item {i} is not [stream id, entry id, offset]")
+    spans = _resolve_offsets([_offset(item[2]) for item in header_items], len(blob), "start")
+    return [(sid, entry_id, blob[start:end]) for (sid, entry_id, _), (start, end) in zip(header_items, spans)]
+
+
 # -- client batches ---------------------------------------------------------------------------
 
 OFFSET_MODES = ("auto", "start", "end")

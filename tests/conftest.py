@@ -91,9 +91,9 @@ def rdb(redis_server):
 class LiveServer:
     """The real app served by uvicorn on a free port, in a thread of this process."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, port: int | None = None):
         self.settings = settings
-        self.port = free_port()
+        self.port = port or free_port()
         self.app = create_app(settings.replace(port=self.port))
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio",
@@ -128,8 +128,8 @@ def make_settings(tmp_path: Path, redis_url: str | None, **changes) -> Settings:
 
 
 @contextlib.contextmanager
-def live_server(settings: Settings):
-    server = LiveServer(settings).start()
+def live_server(settings: Settings, port: int | None = None):
+    server = LiveServer(settings, port).start()
     try:
         yield server
     finally:

@@ -1,0 +1,548 @@
+"""Python client for ptgstore: `AsyncClient` for workers, `Client` (the same calls, blocking) for scripts.
+
+    with Client("http://127.0.0.1:7890", username="test", password="test") as client:
+        ids = client.push("cam", [b"frame 1", b"frame 2"])
+        for entry in client.pull("cam", last_entry_id="0", limit=2):
+            print(entry.stream_id, entry.entry_id, len(entry.data))
+
+Every failure is a `PtgError` carrying the server's reason: `AuthError`, `NotFound`, `BadRequest`,
+`ServerError`, `Unreachable`, or `StreamClosed` (a WebSocket closed with a code and reason).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from datetime import datetime, timezone
+from typing import AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
+from urllib.parse import quote, urlencode
+
+import httpx
+import orjson
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from .framing import (
+    BEGINNING, NEWEST, NOW, decode_header, encode_header, format_entry_id, pack_entries, parse_entry_id,
+    unpack_entries,
+)
+
+DEFAULT_URL = "http://127.0.0.1:7890"
+_MAX_SEQ = 2**64 - 1
+# close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
+_TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+class PtgError(Exception):
+    """Anything ptgstore refused or could not do; `str()` is the server's reason."""
+
+    def __init__(self, detail: str, status: int | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class AuthError(PtgError):
+    """No token, or a token or credentials the server refuses (HTTP 401/403)."""
+
+
+class NotFound(PtgError):
+    """The stream or route does not exist."""
+
+
+class BadRequest(PtgError):
+    """The server refused the request as malformed or too large (HTTP 400, 413, 422)."""
+
+
+class ServerError(PtgError):
+    """The server failed or its store is unavailable (HTTP 5xx)."""
+
+
+class Unreachable(PtgError):
+    """No server answers at the URL."""
+
+
+class StreamClosed(PtgError):
+    """A WebSocket ended with a close `code` and `reason` (1007 malformed, 1008 policy, 1009 too big...)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"websocket closed with {code}: {reason}" if reason else f"websocket closed with {code}")
+        self.code = code
+        self.reason = reason
+
+
+def _error_for(status: int, detail: str) -> PtgError:
+    if status in (401, 403):
+        kind = AuthError
+    elif status == 404:
+        kind = NotFound
+    elif status >= 500:
+        kind = ServerError
+    else:
+        kind = BadRequest
+    return kind(detail or f"HTTP {status}", status)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500]
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+def _closed(exc: ConnectionClosed) -> StreamClosed:
+    close = exc.rcvd
+    return StreamClosed(close.code, close.reason) if close else StreamClosed(1006, "connection dropped")
+
+
+# -- values -------------------------------------------------------------------------------------
+
+class Entry(NamedTuple):
+    """One entry: its stream, its id `<ms>-<seq>` and its bytes."""
+
+    stream_id: str
+    entry_id: str
+    data: bytes
+
+
+def _stream_list(stream_ids: str | Sequence[str]) -> list[str]:
+    if isinstance(stream_ids, str):
+        stream_ids = stream_ids.split("+")
+    return list(dict.fromkeys(stream_ids))
+
+
+def _path(stream_ids: Sequence[str]) -> str:
+    # stream ids may hold '/' and ':' (the routes take the rest of the path); '+' separates them
+    return "+".join(quote(sid, safe="/:*@!$&'(),;=") for sid in stream_ids)
+
+
+def cursor_for_time(moment: datetime | float | int) -> str:
+    """The `last_entry_id` that makes a read start at the first entry at or after `moment`.
+
+    `moment` is a datetime (naive means UTC) or epoch seconds.
+    """
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.timestamp()
+    ms = int(round(moment * 1000, 3) // 1)
+    # cursors are exclusive: the id just before `<ms>-0`
+    return format_entry_id((ms - 1, _MAX_SEQ)) if ms > 0 else BEGINNING
+
+
+def _cursor(value) -> str:
+    if isinstance(value, (datetime, int, float)) and not isinstance(value, bool):
+        return cursor_for_time(value)
+    if not isinstance(value, str):
+        raise TypeError(f"last_entry_id must be a string, a datetime or epoch seconds, not {value!r}")
+    return value
+
+
+def _cursors(value, count: int) -> list[str]:
+    """One cursor per stream: a list gives them in order, a single value (or `a+b`) repeats."""
+    if isinstance(value, str):
+        value = value.replace(" ", "+").split("+")
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    cursors = [_cursor(v) for v in value] or [NOW]
+    return [cursors[i % len(cursors)] for i in range(count)]
+
+
+def _after(entry_id: str, cursor: str) -> bool:
+    """Whether `entry_id` lies strictly after `cursor` (an entry id; `*`/`$` accept everything)."""
+    if cursor in (NEWEST, NOW):
+        return True
+    cursor = BEGINNING if cursor in ("0", "-") else cursor
+    return parse_entry_id(entry_id) > parse_entry_id(cursor)
+
+
+def _batches(items: Sequence, max_bytes: int, max_entries: int) -> Iterator[list]:
+    """Consecutive runs of `(sid, ts, data)` items within both bounds (an oversize item goes alone)."""
+    batch: list = []
+    size = 0
+    for item in items:
+        if batch and (size + len(item[2]) > max_bytes or len(batch) >= max_entries):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item[2])
+    if batch:
+        yield batch
+
+
+def _as_entries(entries: bytes | Iterable[bytes]) -> list[bytes]:
+    if isinstance(entries, (bytes, bytearray, memoryview)):
+        return [bytes(entries)]
+    return [bytes(e) if isinstance(e, (bytearray, memoryview)) else e for e in entries]
+
+
+# -- the asynchronous client -------------------------------------------------------------------
+
+class Pusher:
+    """A push WebSocket that sends batches (header + blob) and waits for the ids of each."""
+
+    def __init__(self, ws, max_batch_bytes: int, max_batch_entries: int):
+        self._ws = ws
+        self.max_batch_bytes = max_batch_bytes
+        self.max_batch_entries = max_batch_entries
+
+    async def push(self, stream_id: str, entries: bytes | Iterable[bytes], timestamps: Sequence | None = None
+                   ) -> list[str]:
+        """Store entries in `stream_id`; returns their ids in order.
+
+        `timestamps` (one per entry): epoch seconds, an entry id string to store under, or None for now.
+        """
+        data = _as_entries(entries)
+        stamps = list(timestamps) if timestamps is not None else [None] * len(data)
+        if len(stamps) != len(data):
+            raise ValueError(f"{len(stamps)} timestamps for {len(data)} entries")
+        return await self.push_items([(stream_id, ts, d) for ts, d in zip(stamps, data)])
+
+    async def push_items(self, items: Sequence[tuple[str, object, bytes]]) -> list[str]:
+        """Store `(stream id, timestamp or None, bytes)` items, several streams at once; returns their ids."""
+        ids: list[str] = []
+        for batch in _batches(items, self.max_batch_bytes, self.max_batch_entries):
+            header, blob = pack_entries(batch)
+            try:
+                await self._ws.send(encode_header(header).decode())
+                await self._ws.send(blob)
+                ack = await self._ws.recv()
+            except ConnectionClosed as exc:
+                raise _closed(exc) from None
+            ids += ack.split(",")
+        return ids
+
+
+class AsyncClient:
+    """ptgstore over HTTP and WebSockets, as coroutines and async iterators."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, username: str | None = None,
+                 password: str | None = None, *, timeout: float = 30.0, reconnect_timeout: float = 30.0,
+                 max_batch_bytes: int = 8 * 1024 * 1024, max_batch_entries: int = 1000):
+        self.url = url.rstrip("/")
+        self.ws_url = "ws" + self.url[4:] if self.url.startswith("http") else self.url
+        self.token = token
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.max_batch_bytes = max_batch_bytes
+        self.max_batch_entries = max_batch_entries
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- HTTP plumbing --------------------------------------------------------------------------
+
+    async def _headers(self) -> dict:
+        if self.token is None and self.username is not None:
+            await self.login()
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        headers = await self._headers()
+        try:
+            response = await self._http.request(method, path, headers=headers, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            error = _error_for(response.status_code, _detail(response))
+            if isinstance(error, AuthError) and not self.token:
+                error = AuthError(f"{error.detail} (no token: pass token=..., or username= and password=)",
+                                  error.status)
+            raise error
+        return response
+
+    @contextlib.asynccontextmanager
+    async def _socket(self, path: str, params: dict):
+        url = f"{self.ws_url}{path}?{urlencode(params)}"
+        try:
+            async with ws_connect(url, additional_headers=await self._headers(), max_size=None,
+                                  compression=None, open_timeout=self.timeout, close_timeout=5) as ws:
+                yield ws
+        except InvalidStatus as exc:
+            response = exc.response
+            body = response.body.decode("utf-8", "replace").strip() if response.body else ""
+            try:
+                body = str(orjson.loads(body).get("detail", body))
+            except (ValueError, AttributeError):
+                pass
+            raise _error_for(response.status_code, body or f"handshake refused: HTTP {response.status_code}") \
+                from None
+        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+            raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None
+
+    # -- tokens and streams ---------------------------------------------------------------------
+
+    async def login(self, username: str | None = None, password: str | None = None) -> str:
+        """Get a token from `/token` (and use it from now on)."""
+        form = {"username": username or self.username or "", "password": password or self.password or ""}
+        try:
+            response = await self._http.post("/token", data=form)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
+        if response.status_code >= 400:
+            raise _error_for(response.status_code, _detail(response))
+        self.token = response.json()["access_token"]
+        return self.token
+
+    async def ping(self) -> bool:
+        """True when the server and its store answer."""
+        return (await self._request("GET", "/ping")).json() is True
+
+    async def streams(self, info: bool = False) -> list:
+        """Sorted stream ids, or their info objects with `info=True`."""
+        return (await self._request("GET", "/streams", params={"info": str(info).lower()})).json()
+
+    async def info(self, stream_id: str) -> dict:
+        """A stream's info: `meta`, `length`, `first-entry`, `last-entry` and their times."""
+        body = (await self._request("GET", f"/streams/{_path([stream_id])}")).json()
+        if "error" in body:
+            raise NotFound(body["error"], 200)
+        return body
+
+    async def update(self, stream_id: str, meta: dict, override: bool = False) -> dict:
+        """Merge `meta` into the stream's metadata (replace it with `override=True`); answers the result."""
+        response = await self._request("PUT", f"/streams/{_path([stream_id])}", content=orjson.dumps(meta),
+                                       params={"override": str(override).lower()})
+        return response.json()
+
+    async def delete(self, stream_ids: str | Sequence[str]) -> list[str]:
+        """Delete streams (entries and metadata); answers the ids that existed."""
+        response = await self._request("DELETE", f"/streams/{_path(_stream_list(stream_ids))}")
+        return response.json()["deleted"]
+
+    # -- entries --------------------------------------------------------------------------------
+
+    async def push(self, stream_id: str, entries: bytes | Iterable[bytes], timestamps: Sequence | None = None
+                   ) -> list[str]:
+        """Store one entry (bytes) or many in `stream_id`; answers their ids in order.
+
+        Without timestamps this is one HTTP upload per batch; with them (epoch seconds, or entry id
+        strings to store under) it goes through a push WebSocket.
+        """
+        data = _as_entries(entries)
+        if timestamps is not None:
+            async with self.pusher() as pusher:
+                return await pusher.push(stream_id, data, timestamps)
+        ids: list[str] = []
+        for batch in _batches([(stream_id, None, d) for d in data], self.max_batch_bytes, self.max_batch_entries):
+            files = [("file", (f"{i}", d, "application/octet-stream")) for i, (_, _, d) in enumerate(batch)]
+            ids += (await self._request("POST", f"/data/{_path([stream_id])}", files=files)).json()
+        return ids
+
+    @contextlib.asynccontextmanager
+    async def pusher(self) -> AsyncIterator[Pusher]:
+        """A push WebSocket for many pushes: `async with client.pusher() as p: await p.push(sid, entries)`."""
+        params = {"batch": "true", "ack": "true", "offsets": "start"}
+        async with self._socket("/data/*/push", params) as ws:
+            yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries)
+
+    async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
+        """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""
+        sids = _stream_list(stream_ids)
+        params = {"last_entry_id": "+".join(_cursors(last_entry_id, len(sids))), "count": count}
+        response = await self._request("GET", f"/data/{_path(sids)}", params=params)
+        header = decode_header(response.headers.get("entry-offset", "[]"))
+        return [Entry(*entry) for entry in unpack_entries(header, response.content)]
+
+    async def latest(self, stream_id: str | Sequence[str], count: int = 1) -> list[Entry]:
+        """The newest `count` entries of a stream (of each stream), oldest first."""
+        return await self.read(stream_id, NEWEST, count)
+
+    async def pull(self, stream_ids: str | Sequence[str], last_entry_id="$", count: int = 100, *,
+                   limit: int | None = None, timeout: float | None = None, latest: bool = False
+                   ) -> AsyncIterator[Entry]:
+        """Entries of one or many streams as they arrive, over a pull WebSocket.
+
+        `last_entry_id`: `$` (only new entries), `0` (from the start), `*` (the newest `count`), an entry
+        id, a datetime or epoch seconds; one value or one per stream. `count` is the most entries per
+        stream in one delivery. Ends after `limit` entries, or once `timeout` seconds pass without data;
+        otherwise runs until closed. A dropped connection is reopened from the last entry delivered of
+        each stream, so nothing is lost or repeated.
+        """
+        sids = _stream_list(stream_ids)
+        cursors = dict(zip(sids, await self._resolve_now(sids, _cursors(last_entry_id, len(sids)))))
+        params = {"count": count, "latest": str(latest).lower()}
+        if timeout is not None:
+            params["timeout"] = int(timeout * 1000)
+        delivered = 0
+        lost_at = None
+        while limit is None or delivered < limit:
+            try:
+                async with self._socket(f"/data/{_path(sids)}/pull",
+                                        {**params, "last_entry_id": "+".join(cursors.values())}) as ws:
+                    lost_at = None
+                    while limit is None or delivered < limit:
+                        for entry in await _receive_delivery(ws):
+                            if _after(entry.entry_id, cursors[entry.stream_id]):
+                                cursors[entry.stream_id] = entry.entry_id
+                                delivered += 1
+                                yield entry
+                                if limit is not None and delivered >= limit:
+                                    return
+            except StreamClosed as exc:
+                if exc.code == 1000:
+                    return
+                if exc.code not in _TRANSIENT_CLOSES:
+                    raise
+                lost_at = await self._pause_before_retry(lost_at, exc)
+            except Unreachable as exc:
+                lost_at = await self._pause_before_retry(lost_at, exc)
+
+    async def _resolve_now(self, sids: list[str], cursors: list[str]) -> list[str]:
+        """Turn `$` into the newest id now, so that a reconnection still starts from that moment."""
+        now_sids = [sid for sid, cursor in zip(sids, cursors) if cursor == NOW]
+        if not now_sids:
+            return cursors
+        newest = {entry.stream_id: entry.entry_id for entry in await self.read(now_sids, NEWEST, 1)}
+        return [newest.get(sid, BEGINNING) if cursor == NOW else cursor for sid, cursor in zip(sids, cursors)]
+
+    async def _pause_before_retry(self, lost_at: float | None, exc: PtgError) -> float:
+        """Wait a little before reconnecting; give up with `exc` after `reconnect_timeout` seconds."""
+        now = time.monotonic()
+        lost_at = now if lost_at is None else lost_at
+        if now - lost_at > self.reconnect_timeout:
+            raise exc
+        await asyncio.sleep(min(0.05 + (now - lost_at) / 4, 1.0))
+        return lost_at
+
+
+async def _receive_delivery(ws) -> list[Entry]:
+    """One pull delivery (a JSON header, then the blob) as entries."""
+    try:
+        items = decode_header(await ws.recv())
+        blob = await ws.recv()
+    except ConnectionClosed as exc:
+        raise _closed(exc) from None
+    return [Entry(*entry) for entry in unpack_entries(items, blob)]
+
+
+# -- the blocking client ----------------------------------------------------------------------
+
+class _LoopThread:
+    """A private event loop in a daemon thread (a forgotten `close()` never blocks interpreter exit)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ptgstore-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine):
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def iterate(self, agen) -> Iterator:
+        try:
+            while True:
+                try:
+                    yield self.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self.loop.is_closed():
+                self.run(agen.aclose())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _blocking(method):
+    """The blocking form of an `AsyncClient` coroutine method."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._loop.run(method(self._async, *args, **kwargs))
+
+    return call
+
+
+def _blocking_iter(method):
+    """The blocking form of an `AsyncClient` async-iterator method."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._loop.iterate(method(self._async, *args, **kwargs))
+
+    return call
+
+
+class BlockingPusher:
+    """`Pusher` for scripts: the same methods, blocking."""
+
+    def __init__(self, loop: _LoopThread, pusher: Pusher):
+        self._loop = loop
+        self._async = pusher
+
+    push = _blocking(Pusher.push)
+    push_items = _blocking(Pusher.push_items)
+
+
+class Client:
+    """ptgstore for scripts: the calls of `AsyncClient`, blocking, with iterators instead of async ones."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, username: str | None = None,
+                 password: str | None = None, **options):
+        self._loop = _LoopThread()
+        self._async = AsyncClient(url, token, username, password, **options)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._loop.thread.is_alive():
+            self._loop.run(self._async.aclose())
+            self._loop.stop()
+
+    @property
+    def token(self) -> str | None:
+        return self._async.token
+
+    @property
+    def url(self) -> str:
+        return self._async.url
+
+    login = _blocking(AsyncClient.login)
+    ping = _blocking(AsyncClient.ping)
+    streams = _blocking(AsyncClient.streams)
+    info = _blocking(AsyncClient.info)
+    update = _blocking(AsyncClient.update)
+    delete = _blocking(AsyncClient.delete)
+    push = _blocking(AsyncClient.push)
+    read = _blocking(AsyncClient.read)
+    latest = _blocking(AsyncClient.latest)
+    pull = _blocking_iter(AsyncClient.pull)
+
+    @contextlib.contextmanager
+    def pusher(self) -> Iterator[BlockingPusher]:
+        """A push WebSocket for many pushes: `with client.pusher() as p: p.push(sid, entries)`."""
+        context = self._async.pusher()
+        pusher = self._loop.run(context.__aenter__())
+        try:
+            yield BlockingPusher(self._loop, pusher)
+        except BaseException as exc:
+            if not self._loop.run(context.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self._loop.run(context.__aexit__(None, None, None))

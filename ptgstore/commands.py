@@ -1,0 +1,417 @@
+"""Client commands: `ptgstore streams | push | pull | dump | load | simulate`, over `AsyncClient`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import struct
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import orjson
+from tqdm import tqdm
+
+from .framing import parse_entry_id
+
+if TYPE_CHECKING:
+    from .client import AsyncClient
+
+_ENTRY_ID = re.compile(r"^[0-9]+(-[0-9]+)?$")
+META_FILE = "meta.json"
+ENTRY_SUFFIX = ".bin"
+
+
+# -- shared plumbing ----------------------------------------------------------------------------
+
+def _progress(**kwargs) -> tqdm:
+    # disable=None: bars only on a terminal, so pipes and logs get the summary line alone
+    return tqdm(file=sys.stderr, disable=None, dynamic_ncols=True, **kwargs)
+
+
+def _summary(verb: str, entries: int, size: int, started: float) -> None:
+    elapsed = time.monotonic() - started
+    rate = tqdm.format_sizeof(size / elapsed, "B/s", 1024) if elapsed > 0 else "-"
+    print(f"{verb} {entries} entries, {tqdm.format_sizeof(size, 'B', 1024)} in {elapsed:.2f} s ({rate})",
+          file=sys.stderr)
+
+
+def stream_dirname(stream_id: str) -> str:
+    """A file name for a stream id: percent-encoded (`/` is %2F, `:` is %3A), never `.` or `..`."""
+    name = quote(stream_id, safe="")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def entry_filename(entry_id: str) -> str:
+    return entry_id + ENTRY_SUFFIX
+
+
+def _cursor_arg(text: str):
+    """`--from`: `$`, `0`, `*`, an entry id, or an ISO 8601 time."""
+    if text in ("$", "*", "-") or _ENTRY_ID.match(text):
+        return text
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither $, 0, *, an entry id nor an ISO time") from None
+
+
+def _run(handler):
+    """Run an async command handler with a client from the flags; errors become a reason and exit 1."""
+
+    def command(args) -> int:
+        # imported only now: websockets reads its settings when imported, and `ptgstore serve` sets them first
+        from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError  # noqa: PLC0415
+
+        client = AsyncClient(args.url or DEFAULT_URL, token=args.token, username=args.username,
+                             password=args.password)
+
+        async def main() -> int:
+            async with client:
+                return await handler(client, args)
+
+        try:
+            return asyncio.run(main())
+        except AuthError as exc:
+            print(f"ptgstore: {exc}", file=sys.stderr)
+            if not args.token:
+                print("ptgstore: give a token with --token or PTGSTORE_TOKEN (`ptgstore token` on the server "
+                      "prints one), or log in with --username and --password", file=sys.stderr)
+            return 1
+        except PtgError as exc:
+            print(f"ptgstore: {exc}", file=sys.stderr)
+            return 1
+
+    return command
+
+
+# -- streams ------------------------------------------------------------------------------------
+
+async def streams(client: AsyncClient, args) -> int:
+    """List stream ids, or with --info one line per stream with its length, ends and metadata."""
+    if not args.info:
+        for sid in await client.streams():
+            print(sid)
+        return 0
+    rows = [("stream", "entries", "first entry", "last entry", "last entry time", "meta")]
+    for info in await client.streams(info=True):
+        rows.append((info["sid"], str(info["length"]), info["first-entry"] or "-", info["last-entry"] or "-",
+                     info["last-entry-time"] or "-", orjson.dumps(info["meta"]).decode()))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+# -- push and pull ------------------------------------------------------------------------------
+
+def _read_files(paths: list[str]):
+    """(name, bytes) of each file in order; `-` (or no file at all) is standard input."""
+    for path in paths or ["-"]:
+        if path == "-":
+            yield "-", sys.stdin.buffer.read()
+        else:
+            yield path, Path(path).read_bytes()
+
+
+async def push(client: AsyncClient, args) -> int:
+    """Push each file (or standard input) as one entry, in batches over one WebSocket."""
+    started = time.monotonic()
+    total_bytes = sum(os.path.getsize(p) for p in args.files if p != "-")
+    ids: list[str] = []
+    pushed_bytes = batch_bytes = 0
+    batch: list = []
+    with _progress(total=total_bytes or None, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=f"push {args.stream}") as bar:
+        async with client.pusher() as pusher:
+            for _, data in _read_files(args.files):
+                batch.append((args.stream, None, data))
+                batch_bytes += len(data)
+                if batch_bytes >= client.max_batch_bytes:
+                    ids += await pusher.push_items(batch)
+                    bar.update(batch_bytes)
+                    pushed_bytes += batch_bytes
+                    batch, batch_bytes = [], 0
+            ids += await pusher.push_items(batch)
+            bar.update(batch_bytes)
+            pushed_bytes += batch_bytes
+    if args.ids:
+        print("\n".join(ids))
+    _summary("pushed", len(ids), pushed_bytes, started)
+    return 0
+
+
+async def pull(client: AsyncClient, args) -> int:
+    """Pull entries into one file per entry (`--out`), or as raw bytes to standard output."""
+    started = time.monotonic()
+    out = Path(args.out) if args.out else None
+    entries = size = 0
+    with _progress(total=args.count, unit=" entries", desc=f"pull {args.streams}") as bar:
+        async for entry in client.pull(args.streams, args.start, count=args.batch, limit=args.count,
+                                       timeout=args.timeout):
+            if out is None:
+                sys.stdout.buffer.write(entry.data)
+                sys.stdout.buffer.flush()
+            else:
+                directory = out / stream_dirname(entry.stream_id)
+                directory.mkdir(parents=True, exist_ok=True)
+                (directory / entry_filename(entry.entry_id)).write_bytes(entry.data)
+            entries += 1
+            size += len(entry.data)
+            bar.update(1)
+    _summary("pulled", entries, size, started)
+    return 0
+
+
+# -- dump and load ------------------------------------------------------------------------------
+
+async def dump(client: AsyncClient, args) -> int:
+    """Write streams into DIR/<stream>/meta.json and DIR/<stream>/<entry id>.bin."""
+    started = time.monotonic()
+    root = Path(args.dir)
+    sids = args.streams or await client.streams()
+    infos = [await client.info(sid) for sid in sids]
+    for info in infos:
+        directory = root / stream_dirname(info["sid"])
+        if directory.exists() and any(directory.iterdir()):
+            print(f"ptgstore: {directory} is not empty; dump into a new directory", file=sys.stderr)
+            return 1
+    entries = size = 0
+    with _progress(total=sum(info["length"] for info in infos), unit=" entries", desc="dump") as bar:
+        for info in infos:
+            directory = root / stream_dirname(info["sid"])
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / META_FILE).write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+            written, written_bytes = await _dump_stream(client, info, directory, args.page, bar)
+            entries += written
+            size += written_bytes
+    _summary(f"dumped {len(infos)} streams,", entries, size, started)
+    return 0
+
+
+async def _dump_stream(client: AsyncClient, info: dict, directory: Path, page: int, bar: tqdm
+                       ) -> tuple[int, int]:
+    """Page through a stream up to its last entry at dump time (entries added later are left out);
+    answers the entries and bytes written."""
+    last = info["last-entry"]
+    cursor = "0"
+    entries = size = 0
+    while last is not None and parse_entry_id(cursor) < parse_entry_id(last):
+        batch = [e for e in await client.read(info["sid"], cursor, count=page)
+                 if parse_entry_id(e.entry_id) <= parse_entry_id(last)]
+        if not batch:
+            break
+        for entry in batch:
+            (directory / entry_filename(entry.entry_id)).write_bytes(entry.data)
+            entries += 1
+            size += len(entry.data)
+        bar.update(len(batch))
+        cursor = batch[-1].entry_id
+    return entries, size
+
+
+def _dumped_streams(root: Path, only: list[str]) -> list[tuple[dict, list[Path]]]:
+    """(info, entry files in id order) of each stream dumped under `root`."""
+    found = []
+    for meta_path in sorted(root.glob(f"*/{META_FILE}")):
+        info = orjson.loads(meta_path.read_bytes())
+        if only and info["sid"] not in only:
+            continue
+        files = sorted(meta_path.parent.glob("*" + ENTRY_SUFFIX),
+                       key=lambda p: parse_entry_id(p.name[:-len(ENTRY_SUFFIX)]))
+        found.append((info, files))
+    return found
+
+
+async def load(client: AsyncClient, args) -> int:
+    """Recreate dumped streams: metadata, then every entry under its original id (or new ids)."""
+    started = time.monotonic()
+    dumped = _dumped_streams(Path(args.dir), args.streams)
+    if not dumped:
+        print(f"ptgstore: no dumped streams (*/{META_FILE}) in {args.dir}", file=sys.stderr)
+        return 1
+    entries = size = 0
+    with _progress(total=sum(len(files) for _, files in dumped), unit=" entries", desc="load") as bar:
+        async with client.pusher() as pusher:
+            for info, files in dumped:
+                sid = info["sid"]
+                if args.replace:
+                    await client.delete(sid)
+                if info.get("meta") or not files:
+                    await client.update(sid, info.get("meta") or {}, override=True)
+                for chunk in _chunks(files, client.max_batch_bytes):
+                    items = [(sid, None if args.new_ids else p.name[:-len(ENTRY_SUFFIX)], p.read_bytes())
+                             for p in chunk]
+                    await pusher.push_items(items)
+                    entries += len(items)
+                    size += sum(len(item[2]) for item in items)
+                    bar.update(len(items))
+    _summary(f"loaded {len(dumped)} streams,", entries, size, started)
+    return 0
+
+
+def _chunks(files: list[Path], max_bytes: int):
+    """Runs of files whose sizes add up to about `max_bytes`, so memory stays bounded."""
+    chunk, size = [], 0
+    for path in files:
+        chunk.append(path)
+        size += path.stat().st_size
+        if size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+# -- simulate -----------------------------------------------------------------------------------
+
+DEPTH_WIDTH, DEPTH_HEIGHT = 320, 288
+IMU_SAMPLE = struct.Struct("<d6f")  # capture time, accelerometer xyz (m/s^2), gyroscope xyz (rad/s)
+_JPEG_HEAD = bytes.fromhex("ffd8ffe000104a46494600010100000100010000")  # SOI + JFIF APP0
+_JPEG_TAIL = bytes.fromhex("ffd9")
+
+
+class Sensor:
+    """A synthetic sensor: its stream, its rate and how it makes one entry."""
+
+    def __init__(self, stream_id: str, hz: float, make):
+        self.stream_id = stream_id
+        self.hz = hz
+        self.make = make
+        self.entries = 0
+        self.bytes = 0
+
+
+def _sensors(args) -> list[Sensor]:
+    rng = random.Random(args.seed)
+    noise = rng.randbytes(256 * 1024)
+    depth = b"".join(struct.pack("<H", 500 + (x * 7 + y * 3) % 3500)
+                     for y in range(DEPTH_HEIGHT) for x in range(DEPTH_WIDTH))
+
+    def camera(i: int) -> bytes:
+        size = rng.randint(40 * 1024, 120 * 1024) - len(_JPEG_HEAD) - len(_JPEG_TAIL) - 8
+        start = rng.randrange(len(noise) - size)
+        return _JPEG_HEAD + struct.pack("<Q", i) + noise[start:start + size] + _JPEG_TAIL
+
+    def depth_frame(i: int) -> bytes:
+        shift = (i * 2 * DEPTH_WIDTH) % len(depth)  # the scene drifts one row per frame
+        return depth[shift:] + depth[:shift]
+
+    def imu(i: int) -> bytes:
+        now = time.time()
+        return b"".join(IMU_SAMPLE.pack(now + k / args.imu_hz, rng.gauss(0, 0.05), 9.81 + rng.gauss(0, 0.05),
+                                        rng.gauss(0, 0.05), *(rng.gauss(0, 0.01) for _ in range(3)))
+                        for k in range(args.imu_batch))
+
+    prefix = args.device + ":"
+    return [Sensor(prefix + "main", args.camera_hz, camera),
+            Sensor(prefix + "depthlt", args.depth_hz, depth_frame),
+            Sensor(prefix + "imu", args.imu_hz / args.imu_batch, imu)]
+
+
+async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> None:
+    """Push one entry per tick on the sensor's own socket until the deadline; late ticks do not pile up."""
+    if sensor.hz <= 0:
+        return
+    period = 1 / sensor.hz
+    async with client.pusher() as pusher:
+        tick = time.monotonic()
+        while tick < deadline:
+            data = sensor.make(sensor.entries)
+            await pusher.push(sensor.stream_id, [data])
+            sensor.entries += 1
+            sensor.bytes += len(data)
+            tick = max(tick + period, time.monotonic())
+            await asyncio.sleep(max(0.0, min(tick, deadline) - time.monotonic()))
+
+
+async def simulate(client: AsyncClient, args) -> int:
+    """Push synthetic camera (JPEG), depth and IMU streams at headset rates for --duration seconds."""
+    sensors = _sensors(args)
+    started = time.monotonic()
+    deadline = started + args.duration
+    tasks = [asyncio.ensure_future(_run_sensor(client, sensor, deadline)) for sensor in sensors]
+    with _progress(total=round(args.duration, 1), unit=" s", desc="simulate",
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
+        while not all(task.done() for task in tasks):
+            await asyncio.wait(tasks, timeout=0.5)
+            bar.n = round(min(time.monotonic() - started, args.duration), 1)
+            bar.refresh()
+    for task in tasks:
+        task.result()
+    elapsed = time.monotonic() - started
+    for sensor in sensors:
+        print(f"{sensor.stream_id}: {sensor.entries} entries, {tqdm.format_sizeof(sensor.bytes, 'B', 1024)}, "
+              f"{sensor.entries / elapsed:.1f} Hz", file=sys.stderr)
+    _summary("simulated", sum(s.entries for s in sensors), sum(s.bytes for s in sensors), started)
+    return 0
+
+
+# -- the parser -----------------------------------------------------------------------------------
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    return parse
+
+
+def add_client_commands(commands) -> None:
+    """Register the client commands on the `ptgstore` sub-command parser."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=os.environ.get("PTGSTORE_URL"),
+                            help="server URL (default $PTGSTORE_URL, else http://127.0.0.1:7890)")
+    connection.add_argument("--token", default=os.environ.get("PTGSTORE_TOKEN"),
+                            help="bearer token (default $PTGSTORE_TOKEN)")
+    connection.add_argument("--username", help="log in with this name instead of a token")
+    connection.add_argument("--password", help="the password for --username")
+
+    def command(name, handler, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text, parents=[connection])
+        sub.set_defaults(handler=_run(handler))
+        return sub
+
+    listing = command("streams", streams, "list streams")
+    listing.add_argument("--info", action="store_true", help="with length, first/last entry and metadata")
+
+    pushing = command("push", push, "push files (or standard input) as entries, one per file")
+    pushing.add_argument("stream")
+    pushing.add_argument("files", nargs="*", metavar="FILE", help="files to push; '-' or none: standard input")
+    pushing.add_argument("--ids", action="store_true", help="print the new entry ids")
+
+    pulling = command("pull", pull, "pull entries live or from history")
+    pulling.add_argument("streams", metavar="STREAM[+STREAM]")
+    pulling.add_argument("--from", dest="start", type=_cursor_arg, default="$",
+                         help="$ (new entries only, default), 0 (from the start), *, an entry id or an ISO time")
+    pulling.add_argument("--count", type=_positive(int), help="stop after this many entries")
+    pulling.add_argument("--timeout", type=_positive(float), help="stop after this many seconds without data")
+    pulling.add_argument("--out", help="write DIR/<stream>/<entry id>.bin instead of bytes to standard output")
+    pulling.add_argument("--batch", type=_positive(int), default=100, help="entries per stream per delivery")
+
+    dumping = command("dump", dump, "write streams to a directory: <stream>/meta.json and <entry id>.bin")
+    dumping.add_argument("dir")
+    dumping.add_argument("streams", nargs="*", metavar="STREAM", help="streams to dump (default: all)")
+    dumping.add_argument("--page", type=_positive(int), default=200, help="entries per request")
+
+    loading = command("load", load, "recreate dumped streams from a directory, with their entry ids")
+    loading.add_argument("dir")
+    loading.add_argument("streams", nargs="*", metavar="STREAM", help="streams to load (default: all)")
+    loading.add_argument("--replace", action="store_true", help="delete each stream before loading it")
+    loading.add_argument("--new-ids", action="store_true", help="let the server give the entries new ids")
+
+    sim = command("simulate", simulate, "a headset: synthetic camera, depth and IMU streams for a while")
+    sim.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default %(default)s)")
+    sim.add_argument("--device", default="sim", help="stream ids are DEVICE:main, :depthlt, :imu")
+    sim.add_argument("--camera-hz", type=float, default=30.0, help="JPEG frames per second (40-120 KiB)")
+    sim.add_argument("--depth-hz", type=float, default=5.0, help="320x288 uint16 depth frames per second")
+    sim.add_argument("--imu-hz", type=_positive(float), default=200.0, help="IMU samples per second")
+    sim.add_argument("--imu-batch", type=_positive(int), default=10, help="IMU samples per entry")
+    sim.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")

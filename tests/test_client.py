@@ -1,0 +1,243 @@
+"""The Python client against a live server: every call (blocking and async), typed errors, resume."""
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, live_server, make_settings, wait_until
+from ptgstore.client import (
+    AsyncClient, AuthError, BadRequest, Client, Entry, NotFound, ServerError, StreamClosed, Unreachable,
+    cursor_for_time,
+)
+
+
+def xadd(rdb, sid, *payloads):
+    return [rdb.xadd(sid, {"d": p}).decode() for p in payloads]
+
+
+def stored(rdb, sid):
+    return [(i.decode(), f[b"d"]) for i, f in rdb.xrange(sid)]
+
+
+# -- the blocking client --------------------------------------------------------------------------
+
+def test_blocking_client_every_call(server, rdb):
+    frames = [os.urandom(n) for n in (0, 1, 70_000, 1_000_000)]
+    with Client(server.url, username="test", password="test") as client:
+        assert client.ping() is True
+        assert client.token is None or client.token  # login is lazy
+        assert client.update("glf/left:cam", {"fps": 30, "max_len": 50}) == {"fps": 30, "max_len": 50}
+        assert client.token, "the first call logged in"
+        ids = client.push("glf/left:cam", frames)
+        assert len(ids) == 4 and stored(rdb, "glf/left:cam") == list(zip(ids, frames))
+        assert client.push("other", b"one entry") == [stored(rdb, "other")[0][0]]
+
+        assert client.streams() == ["glf/left:cam", "other"]
+        infos = {info["sid"]: info for info in client.streams(info=True)}
+        assert infos["glf/left:cam"]["length"] == 4 and infos["other"]["length"] == 1
+        info = client.info("glf/left:cam")
+        assert (info["meta"], info["first-entry"], info["last-entry"]) == ({"fps": 30, "max_len": 50}, ids[0], ids[3])
+        assert client.update("glf/left:cam", {"fps": 60}, override=True) == {"fps": 60}
+
+        assert client.read("glf/left:cam", "0", count=2) == [Entry("glf/left:cam", i, f) for i, f in zip(ids[:2], frames)]
+        assert client.read("glf/left:cam", ids[1], count=10) == [Entry("glf/left:cam", i, f)
+                                                                 for i, f in zip(ids[2:], frames[2:])]
+        assert client.read("glf/left:cam", "$") == []
+        assert client.latest("glf/left:cam") == [("glf/left:cam", ids[3], frames[3])]
+        assert [e.entry_id for e in client.latest("glf/left:cam", count=3)] == ids[1:]
+        both = client.latest(["glf/left:cam", "other"])
+        assert [(e.stream_id, e.entry_id) for e in both] == [("glf/left:cam", ids[3]), ("other", client.latest("other")[0][1])]
+
+        pulled = list(client.pull("glf/left:cam", last_entry_id="0", count=3, limit=4))
+        assert pulled == [Entry("glf/left:cam", i, f) for i, f in zip(ids, frames)]
+
+        assert sorted(client.delete(["glf/left:cam", "other", "never"])) == ["glf/left:cam", "other"]
+        assert client.streams() == []
+        with pytest.raises(NotFound, match="does not exist"):
+            client.info("other")
+
+
+def test_blocking_pusher_batches_timestamps_and_several_streams(server, rdb):
+    entries = [os.urandom(3000) for _ in range(25)]
+    with Client(server.url, token=server.token(), max_batch_bytes=10_000, max_batch_entries=4) as client:
+        with client.pusher() as pusher:
+            ids = pusher.push("imu", entries)
+            assert stored(rdb, "imu") == list(zip(ids, entries))
+            # entry id strings are kept as ids; epoch seconds become <ms>-<seq>
+            explicit = pusher.push("replay", [b"a", b"b", b"c"], timestamps=["5-0", "5-1", 7.0011])
+            assert explicit == ["5-0", "5-1", "7001-0"]
+            mixed = pusher.push_items([("x", None, b"1"), ("y", None, b"2"), ("x", None, b"3")])
+        assert [e for e, _ in stored(rdb, "x")] == [mixed[0], mixed[2]] and stored(rdb, "y")[0][0] == mixed[1]
+        assert client.push("replay", [b"d"], timestamps=[10.0]) == ["10000-0"]
+
+
+def test_pull_from_time_per_stream_cursors_and_timeout(server, rdb):
+    with Client(server.url, token=server.token()) as client:
+        client.push("a", [b"a1", b"a2", b"a3"], timestamps=[1000.0, 2000.0, 3000.0])
+        client.push("b", [b"b1", b"b2"], timestamps=["1000000-0", "2000000-0"])
+        from_time = list(client.pull("a", datetime.fromtimestamp(2000, tz=timezone.utc), timeout=0.3))
+        assert [e.data for e in from_time] == [b"a2", b"a3"]
+        assert list(client.pull("a", 2000.0, limit=1)) == [("a", "2000000-0", b"a2")]
+        got = list(client.pull(["a", "b"], ["2000000-0", "0"], timeout=0.3))
+        assert sorted(e.data for e in got) == [b"a3", b"b1", b"b2"]
+        assert [e.data for e in got if e.stream_id == "b"] == [b"b1", b"b2"]
+    assert cursor_for_time(2.0) == "1999-18446744073709551615"
+    assert cursor_for_time(0) == "0-0"
+
+
+def test_readme_script_runs_as_written(server, tmp_path):
+    """The "Using ptgstore from Python" script of the README, against this server."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Using ptgstore from Python", 1)[1].split("\n## ", 1)[0]
+    scripts = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(scripts) == 2
+    outputs = []
+    for i, script in enumerate(scripts):
+        assert "http://127.0.0.1:7890" in script
+        path = tmp_path / f"script{i}.py"
+        path.write_text(script.replace("http://127.0.0.1:7890", server.url))
+        done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert "pulled 3 frames" in outputs[0] and "demo/camera" in outputs[0]
+    assert outputs[0].count("b'frame ") == 3
+    lines = outputs[1].splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["demo/camera"] * 3 + ["demo/imu"] * 10
+
+
+# -- the async client -----------------------------------------------------------------------------
+
+def test_async_client_every_call(server, rdb):
+    async def scenario():
+        async with AsyncClient(server.url, username="test", password="test") as client:
+            assert await client.ping() is True
+            token = await client.login()
+            assert token == client.token
+            await client.update("cam", {"kind": "jpeg"})
+            ids = await client.push("cam", [b"x" * 10, b"y" * 20])
+            assert await client.streams() == ["cam"]
+            assert (await client.streams(info=True))[0]["length"] == 2
+            assert (await client.info("cam"))["meta"] == {"kind": "jpeg"}
+            assert await client.read("cam", "0") == [("cam", ids[0], b"x" * 10), ("cam", ids[1], b"y" * 20)]
+            assert await client.latest("cam") == [("cam", ids[1], b"y" * 20)]
+            async with client.pusher() as pusher:
+                more = await pusher.push("cam", [b"z"])
+
+            # `$` is fixed when the pull starts: only what is pushed afterwards comes
+            pull = client.pull("cam", "$", limit=2)
+            first = asyncio.ensure_future(pull.__anext__())
+            await asyncio.to_thread(wait_until, lambda: "cam" in server.app.state.hub.followers,
+                                    what="the pull socket")
+            newer = await client.push("cam", [b"new1", b"new2"])
+            assert await first == ("cam", newer[0], b"new1")
+            assert [e async for e in pull] == [("cam", newer[1], b"new2")]
+            assert [e.entry_id async for e in client.pull("cam", "0", count=2, limit=5)] == ids + more + newer
+            assert await client.delete("cam") == ["cam"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+# -- typed errors ---------------------------------------------------------------------------------
+
+def test_errors_carry_the_servers_reason(server, rdb):
+    with Client(server.url, token="not-a-token") as client:
+        with pytest.raises(AuthError) as refused:
+            client.streams()
+        assert refused.value.status == 401
+        with pytest.raises(AuthError) as handshake:
+            list(client.pull("cam", "0", limit=1))
+        assert handshake.value.status == 403
+    with Client(server.url) as client:
+        with pytest.raises(AuthError, match="no token"):
+            client.streams()
+        with pytest.raises(AuthError, match="incorrect username or password"):
+            client.login("alice", "wrong")
+    with Client(server.url, token=server.token()) as client:
+        with pytest.raises(BadRequest, match="malformed entry id") as bad:
+            client.read("cam", "12-x")
+        assert bad.value.status == 400 and "12-x" in bad.value.detail
+        with pytest.raises(BadRequest, match="max_len"):
+            client.update("cam", {"max_len": -1})
+        client.push("cam", [b"late"], timestamps=["9000-0"])
+        with client.pusher() as pusher:
+            with pytest.raises(StreamClosed) as stale:
+                pusher.push("cam", [b"early"], timestamps=["10-0"])
+        assert stale.value.code == 1007 and stale.value.reason
+        with pytest.raises(StreamClosed) as refused_pull:
+            list(client.pull("cam", "0", count=0))
+        assert refused_pull.value.code == 1007 and "count" in refused_pull.value.reason
+    assert [e for e, _ in stored(rdb, "cam")] == ["9000-0"]
+    with Client(f"http://127.0.0.1:{free_port()}", token="t") as client:
+        with pytest.raises(Unreachable):
+            client.streams()
+
+
+def test_server_error_when_the_store_is_down(tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with live_server(make_settings(tmp_path, dead)) as down, Client(down.url, token=down.token()) as client:
+        with pytest.raises(ServerError) as failed:
+            client.ping()
+        assert failed.value.status == 503 and "unavailable" in failed.value.detail
+
+
+# -- resume after a dropped connection ------------------------------------------------------------
+
+def test_pull_resumes_after_a_server_restart_without_loss_or_repeat(tmp_path, rdb, redis_server):
+    """The server goes away mid-stream (its sockets are closed), entries arrive meanwhile, a new server
+    starts on the same port: the puller reconnects from the last id of each stream it delivered."""
+    settings = make_settings(tmp_path, redis_server.url)
+    port = free_port()
+    expected = {"a": xadd(rdb, "a", *[b"a%d" % i for i in range(7)]),
+                "b": xadd(rdb, "b", *[b"b%d" % i for i in range(5)])}
+    with live_server(settings, port) as first:
+        client = Client(first.url, token=first.token(), reconnect_timeout=10)
+    got = []
+    try:
+        with live_server(settings, port):
+            pull = client.pull(["a", "b"], "0", count=2)
+            got += [next(pull) for _ in range(5)]  # mid-delivery: more are buffered on the socket
+        expected["a"] += xadd(rdb, "a", b"a-while-down")
+        with live_server(settings, port):
+            expected["b"] += xadd(rdb, "b", b"b-after-restart")
+            while len(got) < 14:
+                got.append(next(pull))
+        pull.close()
+    finally:
+        client.close()
+    for sid in ("a", "b"):
+        assert [e.entry_id for e in got if e.stream_id == sid] == expected[sid]
+    assert len({(e.stream_id, e.entry_id) for e in got}) == 14
+
+
+def test_async_pull_waiting_for_data_survives_a_restart(tmp_path, rdb, redis_server):
+    """A puller blocked waiting for new entries when the server goes away gets every later entry once."""
+    settings = make_settings(tmp_path, redis_server.url)
+    port = free_port()
+    holder = {}
+    ready = threading.Event()
+
+    async def consume(url, token):
+        async with AsyncClient(url, token=token, reconnect_timeout=10) as client:
+            pull = client.pull("cam", "$", limit=3)
+            first = asyncio.ensure_future(pull.__anext__())
+            ready.set()
+            holder["got"] = [await first] + [e async for e in pull]
+
+    with live_server(settings, port) as first_server:
+        thread = threading.Thread(target=asyncio.run, args=(consume(first_server.url, first_server.token()),))
+        thread.start()
+        wait_until(ready.is_set, what="the puller to start")
+        wait_until(lambda: "cam" in first_server.app.state.hub.followers, what="the pull socket")
+    ids = xadd(rdb, "cam", b"while down 1", b"while down 2")
+    with live_server(settings, port):
+        ids += xadd(rdb, "cam", b"after restart")
+        thread.join(20)
+    assert not thread.is_alive()
+    assert [(e.entry_id, e.data) for e in holder["got"]] == list(zip(ids, [b"while down 1", b"while down 2",
+                                                                            b"after restart"]))

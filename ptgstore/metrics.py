@@ -95,6 +95,13 @@ class Metrics:
         self.closes = counter("ptgstore_socket_closes", "WebSocket closes by code and by which side",
                               ("kind", "code", "by"))
         self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
+        # zeros from the start, so a first scrape already lists what will move
+        for kind in ("push", "pull"):
+            self.open_sockets.labels(kind)
+            self.sockets.labels(kind)
+        if not self.stream_labels:
+            for via in ("websocket", "http"):
+                self.entry_counters(via, "")
 
     # -- counting --------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .framing import (
-    BEGINNING, NEWEST, NOW, decode_header, encode_header, format_entry_id, pack_entries, parse_entry_id,
-    unpack_entries,
+    BEGINNING, NEWEST, NOW, FramingError, decode_header, encode_header, format_entry_id, pack_entries,
+    parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
 )
 
 DEFAULT_URL = "http://127.0.0.1:7890"
@@ -38,10 +38,10 @@ _TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
 # -- errors -------------------------------------------------------------------------------------
 
 class PtgError(Exception):
-    """Anything ptgstore refused or could not do; `str()` is the server's reason."""
+    """Anything ptgstore refused or could not do: `.detail` is the server's reason, `.status` its HTTP status."""
 
-    def __init__(self, detail: str, status: int | None = None):
-        super().__init__(detail)
+    def __init__(self, detail: str, status: int | None = None, hint: str = ""):
+        super().__init__(f"{detail} ({hint})" if hint else detail)
         self.detail = detail
         self.status = status
 
@@ -130,7 +130,7 @@ def cursor_for_time(moment: datetime | float | int) -> str:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         moment = moment.timestamp()
-    ms = int(round(moment * 1000, 3) // 1)
+    ms = int(timestamp_spec(moment)[1:])  # `t<ms>`, rounded as the server rounds client times
     # cursors are exclusive: the id just before `<ms>-0`
     return format_entry_id((ms - 1, _MAX_SEQ)) if ms > 0 else BEGINNING
 
@@ -144,21 +144,17 @@ def _cursor(value) -> str:
 
 
 def _cursors(value, count: int) -> list[str]:
-    """One cursor per stream: a list gives them in order, a single value (or `a+b`) repeats."""
-    if isinstance(value, str):
-        value = value.replace(" ", "+").split("+")
-    elif not isinstance(value, (list, tuple)):
-        value = [value]
-    cursors = [_cursor(v) for v in value] or [NOW]
-    return [cursors[i % len(cursors)] for i in range(count)]
+    """One normalised cursor per stream: a list gives them in order, a single value (or `a+b`) repeats."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return parse_cursors("+".join(_cursor(v) for v in values), count)
+    except FramingError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _after(entry_id: str, cursor: str) -> bool:
-    """Whether `entry_id` lies strictly after `cursor` (an entry id; `*`/`$` accept everything)."""
-    if cursor in (NEWEST, NOW):
-        return True
-    cursor = BEGINNING if cursor in ("0", "-") else cursor
-    return parse_entry_id(entry_id) > parse_entry_id(cursor)
+    """Whether `entry_id` lies strictly after a normalised cursor (`*` accepts everything)."""
+    return cursor == NEWEST or parse_entry_id(entry_id) > parse_entry_id(cursor)
 
 
 def _batches(items: Sequence, max_bytes: int, max_entries: int) -> Iterator[list]:
@@ -260,8 +256,7 @@ class AsyncClient:
         if response.status_code >= 400:
             error = _error_for(response.status_code, _detail(response))
             if isinstance(error, AuthError) and not self.token:
-                error = AuthError(f"{error.detail} (no token: pass token=..., or username= and password=)",
-                                  error.status)
+                error = AuthError(error.detail, error.status, "no token: pass token=, or username= and password=")
             raise error
         return response
 
@@ -380,11 +375,12 @@ class AsyncClient:
             params["timeout"] = int(timeout * 1000)
         delivered = 0
         lost_at = None
+        connected = False
         while limit is None or delivered < limit:
             try:
                 async with self._socket(f"/data/{_path(sids)}/pull",
                                         {**params, "last_entry_id": "+".join(cursors.values())}) as ws:
-                    lost_at = None
+                    connected, lost_at = True, None
                     while limit is None or delivered < limit:
                         for entry in await _receive_delivery(ws):
                             if _after(entry.entry_id, cursors[entry.stream_id]):
@@ -400,15 +396,25 @@ class AsyncClient:
                     raise
                 lost_at = await self._pause_before_retry(lost_at, exc)
             except Unreachable as exc:
+                if not connected:
+                    raise  # a wrong URL or a server not started: say so now
                 lost_at = await self._pause_before_retry(lost_at, exc)
 
     async def _resolve_now(self, sids: list[str], cursors: list[str]) -> list[str]:
-        """Turn `$` into the newest id now, so that a reconnection still starts from that moment."""
-        now_sids = [sid for sid, cursor in zip(sids, cursors) if cursor == NOW]
-        if not now_sids:
-            return cursors
-        newest = {entry.stream_id: entry.entry_id for entry in await self.read(now_sids, NEWEST, 1)}
-        return [newest.get(sid, BEGINNING) if cursor == NOW else cursor for sid, cursor in zip(sids, cursors)]
+        """Turn `$` into each stream's last id now, so that a reconnection still starts from that moment."""
+        resolved = list(cursors)
+        now = [i for i, cursor in enumerate(cursors) if cursor == NOW]
+        for i, last_id in zip(now, await asyncio.gather(*(self._last_id(sids[i]) for i in now))):
+            resolved[i] = last_id
+        return resolved
+
+    async def _last_id(self, stream_id: str) -> str:
+        """What `$` means now: the stream's last generated id (`0-0` when it has none yet)."""
+        try:
+            info = await self.info(stream_id)
+        except NotFound:
+            return BEGINNING
+        return info.get("last-generated-id") or BEGINNING
 
     async def _pause_before_retry(self, lost_at: float | None, exc: PtgError) -> float:
         """Wait a little before reconnecting; give up with `exc` after `reconnect_timeout` seconds."""

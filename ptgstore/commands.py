@@ -78,8 +78,8 @@ def _run(handler):
         try:
             return asyncio.run(main())
         except AuthError as exc:
-            print(f"ptgstore: {exc}", file=sys.stderr)
-            if not args.token:
+            print(f"ptgstore: {exc.detail}", file=sys.stderr)
+            if not args.token and not args.username:
                 print("ptgstore: give a token with --token or PTGSTORE_TOKEN (`ptgstore token` on the server "
                       "prints one), or log in with --username and --password", file=sys.stderr)
             return 1

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,10 +31,10 @@ def stored(rdb, sid):
 def test_blocking_client_every_call(server, rdb):
     frames = [os.urandom(n) for n in (0, 1, 70_000, 1_000_000)]
     with Client(server.url, username="test", password="test") as client:
+        assert client.token is None, "constructing a client does no I/O"
         assert client.ping() is True
-        assert client.token is None or client.token  # login is lazy
+        assert server.app.state.authenticator.verify(client.token) == "test", "the first call logged in"
         assert client.update("glf/left:cam", {"fps": 30, "max_len": 50}) == {"fps": 30, "max_len": 50}
-        assert client.token, "the first call logged in"
         ids = client.push("glf/left:cam", frames)
         assert len(ids) == 4 and stored(rdb, "glf/left:cam") == list(zip(ids, frames))
         assert client.push("other", b"one entry") == [stored(rdb, "other")[0][0]]
@@ -154,14 +155,17 @@ def test_errors_carry_the_servers_reason(server, rdb):
             list(client.pull("cam", "0", limit=1))
         assert handshake.value.status == 403
     with Client(server.url) as client:
-        with pytest.raises(AuthError, match="no token"):
+        with pytest.raises(AuthError, match="pass token=, or username= and password=") as missing:
             client.streams()
+        assert missing.value.status == 401 and "username=" not in missing.value.detail, "detail: the server's own"
         with pytest.raises(AuthError, match="incorrect username or password"):
             client.login("alice", "wrong")
     with Client(server.url, token=server.token()) as client:
-        with pytest.raises(BadRequest, match="malformed entry id") as bad:
-            client.read("cam", "12-x")
-        assert bad.value.status == 400 and "12-x" in bad.value.detail
+        with pytest.raises(BadRequest, match="malformed entry id '12-x'"):
+            client.read("cam", "12-x")  # refused before sending, with the server's words
+        with pytest.raises(BadRequest, match="count must be") as bad:
+            client.read("cam", "0", count=0)
+        assert bad.value.status == 400 and "'0'" in bad.value.detail
         with pytest.raises(BadRequest, match="max_len"):
             client.update("cam", {"max_len": -1})
         client.push("cam", [b"late"], timestamps=["9000-0"])
@@ -176,6 +180,10 @@ def test_errors_carry_the_servers_reason(server, rdb):
     with Client(f"http://127.0.0.1:{free_port()}", token="t") as client:
         with pytest.raises(Unreachable):
             client.streams()
+        started = time.monotonic()
+        with pytest.raises(Unreachable):
+            next(client.pull("cam", "0"))
+        assert time.monotonic() - started < 5, "no reconnect loop before the first connection"
 
 
 def test_server_error_when_the_store_is_down(tmp_path):

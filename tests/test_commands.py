@@ -70,6 +70,7 @@ def test_missing_token_says_how_to_get_one(server):
     done = ptgstore(server, "streams", token=False)
     assert done.returncode == 1
     assert b"PTGSTORE_TOKEN" in done.stderr and b"ptgstore token" in done.stderr
+    assert b"token=," not in done.stderr, "the Python hint is not the command's"
     refused = ptgstore(server, "pull", "cam", "--from", "12-x", "--count", "1")
     assert refused.returncode == 2 and b"--from" in refused.stderr
 

@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     authenticator = Authenticator(settings)
     middleware.append(Middleware(AuthMiddleware, authenticator=authenticator,
                                  allowed_origins=settings.ws_allowed_origins))
+    middleware.append(Middleware(errors.PathGuardMiddleware))
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS,
                     lifespan=lifespan)
     app.state.settings = settings

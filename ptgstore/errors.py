@@ -1,7 +1,8 @@
-"""HTTP error replies in the protocol's `{"detail": ...}` shape, and the request body limit."""
+"""HTTP error replies in the protocol's `{"detail": ...}` shape, the request body limit, and the path guard."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote_to_bytes
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -53,3 +54,40 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def path_problem(scope) -> str | None:
+    """Why a request path cannot name anything, or None.
+
+    Both cases would otherwise reach another stream silently: the router's `$` matches
+    before a trailing newline (`/data/cam%0A` would write to `cam`), and the server
+    decodes bytes that are not UTF-8 as U+FFFD (`%FF` and `%FE` would share one stream).
+    """
+    raw = scope.get("raw_path")
+    if raw is not None:
+        try:
+            unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return "the path is not valid UTF-8 once percent-decoded"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in scope.get("path", "")):
+        return "the path contains a control character"
+    return None
+
+
+class PathGuardMiddleware:
+    """Refuse paths that are not UTF-8 or hold control characters: 400, or close 1007 on a WebSocket."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        reason = path_problem(scope) if scope["type"] in ("http", "websocket") else None
+        if reason is None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await receive()  # the websocket.connect event
+            # accepted first, so that the client can read why (as for any other malformed stream id)
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1007, "reason": reason})
+            return
+        await JSONResponse({"detail": reason}, status_code=400)(scope, receive, send)

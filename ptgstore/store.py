@@ -16,6 +16,7 @@ from .framing import BEGINNING, NEWEST, validate_stream_id, FramingError
 log = logging.getLogger("ptgstore.store")
 
 FIELD = b"d"
+_LAST_POSSIBLE_ID = f"{2**64 - 1}-{2**64 - 1}"
 
 Entry = tuple  # (stream id, entry id, bytes)
 
@@ -276,8 +277,10 @@ class Store:
             return "XREVRANGE", self.key(sid), "+", "-", "COUNT", count
         if cursor == BEGINNING:
             return "XRANGE", self.key(sid), "-", "+", "COUNT", count
+        if cursor == _LAST_POSSIBLE_ID:
+            # nothing can follow it, and Redis refuses an exclusive start there: an empty range instead
+            return "XRANGE", self.key(sid), "+", "-", "COUNT", count
         return "XRANGE", self.key(sid), "(" + cursor, "+", "COUNT", count
-
 
     @_guarded
     async def last_ids(self, sids: Sequence[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""`ptgstore serve | token | user`: run the server and manage who may use it."""
+"""`ptgstore serve | token | user`: run the server and manage who may use it;
+`ptgstore streams | push | pull | dump | load | simulate`: use it as a client."""
 from __future__ import annotations
 
 import argparse

@@ -462,7 +462,9 @@ class _LoopThread:
                 except StopAsyncIteration:
                     return
         finally:
-            if not self.loop.is_closed():
+            if threading.current_thread() is self.thread:
+                self.loop.create_task(agen.aclose())  # collected on the loop thread: waiting would deadlock
+            elif not self.loop.is_closed():
                 self.run(agen.aclose())
 
     def stop(self) -> None:

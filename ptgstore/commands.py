@@ -151,20 +151,23 @@ async def pull(client: AsyncClient, args) -> int:
     started = time.monotonic()
     out = Path(args.out) if args.out else None
     entries = size = 0
-    with _progress(total=args.count, unit=" entries", desc=f"pull {args.streams}") as bar:
-        async for entry in client.pull(args.streams, args.start, count=args.batch, limit=args.count,
-                                       timeout=args.timeout):
-            if out is None:
-                sys.stdout.buffer.write(entry.data)
-                sys.stdout.buffer.flush()
-            else:
-                directory = out / stream_dirname(entry.stream_id)
-                directory.mkdir(parents=True, exist_ok=True)
-                (directory / entry_filename(entry.entry_id)).write_bytes(entry.data)
-            entries += 1
-            size += len(entry.data)
-            bar.update(1)
-    _summary("pulled", entries, size, started)
+    try:
+        with _progress(total=args.count, unit=" entries", desc=f"pull {args.streams}") as bar:
+            async for entry in client.pull(args.streams, args.start, count=args.batch, limit=args.count,
+                                           timeout=args.timeout):
+                if out is None:
+                    sys.stdout.buffer.write(entry.data)
+                    sys.stdout.buffer.flush()
+                else:
+                    directory = out / stream_dirname(entry.stream_id)
+                    directory.mkdir(parents=True, exist_ok=True)
+                    (directory / entry_filename(entry.entry_id)).write_bytes(entry.data)
+                entries += 1
+                size += len(entry.data)
+                bar.update(1)
+    finally:
+        # a follow without --count ends with Ctrl-C: still say what was pulled
+        _summary("pulled", entries, size, started)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The client commands end to end: `python -m ptgstore ...` processes against a live server."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import RedisServer, live_server, make_settings
+from conftest import RedisServer, live_server, make_settings, wait_until
 
 STREAMS = ["glf/left", "hololens1:imu", ".hidden", "plain"]
 
@@ -64,6 +65,27 @@ def test_push_streams_and_pull(server, rdb, tmp_path):
                                   "--url", server.url, "--username", "test", "--password", "test"],
                                  capture_output=True, timeout=60))
     assert by_flags.stdout == b"from stdin"
+
+
+def test_following_pull_stopped_by_ctrl_c_reports_what_it_pulled(server, rdb, tmp_path):
+    out = tmp_path / "live"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
+    env.update(PTGSTORE_URL=server.url, PTGSTORE_TOKEN=server.token())
+    follow = subprocess.Popen([sys.executable, "-m", "ptgstore", "pull", "cam", "--out", str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: "cam" in server.app.state.hub.followers, timeout=30, what="the pull socket")
+        ids = [rdb.xadd("cam", {"d": b"live %d" % i}).decode() for i in range(2)]
+        wait_until(lambda: out.exists() and len(list((out / "cam").glob("*.bin"))) == 2, what="two files")
+        follow.send_signal(signal.SIGINT)
+        _, stderr = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(10)
+    assert follow.returncode == 130
+    assert "pulled 2 entries" in stderr.decode()
+    assert [(out / "cam" / f"{i}.bin").read_bytes() for i in ids] == [b"live 0", b"live 1"]
 
 
 def test_missing_token_says_how_to_get_one(server):

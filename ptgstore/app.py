@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     meter = metrics.Metrics(settings)
     middleware = [
-        Middleware(metrics.Instrumentation, metrics=meter, routes=ROUTES),
+        Middleware(metrics.Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
     ]

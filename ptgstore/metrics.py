@@ -17,7 +17,7 @@ import time
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import Match, WebSocketRoute
 
 from .auth import AuthError, find_token
 
@@ -95,6 +95,8 @@ class Metrics:
         self.closes = counter("ptgstore_socket_closes", "WebSocket closes by code and by which side",
                               ("kind", "code", "by"))
         self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
+        self._redis_children: dict = {}
+        self._request_children: dict = {}
         # zeros from the start, so a first scrape already lists what will move
         for kind in ("push", "pull"):
             self.open_sockets.labels(kind)
@@ -119,14 +121,25 @@ class Metrics:
         nbytes.inc(size)
 
     def redis_roundtrip(self, op: str, seconds: float) -> None:
-        self.redis_latency.labels(op).observe(seconds)
+        histogram = self._redis_children.get(op)
+        if histogram is None:
+            histogram = self._redis_children[op] = self.redis_latency.labels(op)
+        histogram.observe(seconds)
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
-        if status >= 400:
-            self.errors.labels(HTTP_ERRORS.get(status, f"http_{status}")).inc()
+        # label lookups cost more than the counting: children are kept per (bounded) label set
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            label = method if method in METHODS else "other"
+            error = self.errors.labels(HTTP_ERRORS.get(status, f"http_{status}")) if status >= 400 else None
+            children = self._request_children[key] = (
+                self.requests.labels(label, route, str(status)), self.latency.labels(label, route), error)
+        count, latency, error = children
+        count.inc()
+        latency.observe(seconds)
+        if error is not None:
+            error.inc()
 
     # -- exposition ------------------------------------------------------------------------------
 
@@ -278,10 +291,15 @@ def _client(scope) -> str:
 class Instrumentation:
     """Times HTTP requests by route template and follows WebSockets from accept to close."""
 
-    def __init__(self, app, metrics: Metrics, routes):
+    def __init__(self, app, metrics: Metrics, routes, access_log: bool = True):
         self.app = app
         self.metrics = metrics
         self.routes = routes
+        self.socket_routes = [route for route in routes if isinstance(route, WebSocketRoute)]
+        # the router leaves the endpoint it chose in the scope: its template is one lookup away
+        self.templates = {getattr(route, "endpoint", None) or getattr(route, "app", None): route.path_format
+                          for route in routes}
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -290,13 +308,13 @@ class Instrumentation:
             return await self._socket(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    def _route(self, scope) -> tuple[str, dict]:
+    def _route(self, scope, routes) -> tuple[str, dict]:
         """The route template (bounded, unlike raw paths) and path parameters of a request."""
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
             scope = dict(scope, path=path.rstrip("/") or "/")
         partial = None
-        for route in self.routes:
+        for route in routes:
             match, child = route.matches(scope)
             if match is Match.FULL:
                 return route.path_format, child.get("path_params", {})
@@ -318,15 +336,15 @@ class Instrumentation:
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
-            route, _ = self._route(scope)
+            route = self.templates.get(scope.get("endpoint")) or self._route(scope, self.routes)[0]
             self.metrics.request_done(scope["method"], route, status, seconds)
-            if log.isEnabledFor(logging.INFO):
+            if self.access_log and log.isEnabledFor(logging.INFO):
                 log.info("http method=%s route=%s path=%s status=%d duration_ms=%.1f user=%s client=%s",
                          scope["method"], route, _quote(scope["path"]), status, seconds * 1000,
                          _user(scope), _client(scope))
 
     async def _socket(self, scope, receive, send):
-        route, params = self._route(scope)
+        route, params = self._route(scope, self.socket_routes)
         kind = "push" if route.endswith("/push") else "pull" if route.endswith("/pull") else "other"
         stats = SocketStats(self.metrics, kind, params.get("sid", ""), scope)
         scope = dict(scope)

@@ -71,6 +71,7 @@ class Settings:
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
     metrics_stream_labels: bool = False  # label entry counters by stream (unbounded cardinality)
+    access_log: bool = True  # a ptgstore.access line per HTTP request (sockets are always logged)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -114,6 +115,7 @@ class Settings:
             "METRICS_TOKEN": ("metrics_token", lambda n, v: v or None),
             "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
             "METRICS_STREAM_LABELS": ("metrics_stream_labels", _parse_bool),
+            "ACCESS_LOG": ("access_log", _parse_bool),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
         }
         for suffix, (attr, parse) in readers.items():

@@ -189,8 +189,12 @@ def test_http_access_line_and_log_level(tmp_path, redis_server, rdb, access_log)
         assert http.get("/data/cam-9").status_code == 200
         assert http.get("/streams").status_code == 200
     assert access_log == [], "info lines are off at log level warning"
-    with live_server(make_settings(tmp_path, redis_server.url)):
-        pass  # back to info for the tests that follow
+    with live_server(make_settings(tmp_path, redis_server.url, access_log=False)) as live, live.http() as http:
+        assert http.get("/data/cam-9").status_code == 200
+        with ws_connect(live, "/data/cam-9/pull", timeout="10") as pull:
+            assert expect_close(pull)[0] == 1000
+        wait_until(lambda: any(line.startswith("ws_close") for line in access_log), what="the socket line")
+    assert not any(line.startswith("http ") for line in access_log), "request lines are off, socket lines stay"
 
 
 def test_cors_origins_setting(tmp_path, redis_server, rdb):

@@ -57,6 +57,17 @@ def rss_mib(pid: int | None) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time a process has used (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def id_pair(entry_id: str) -> tuple[int, int]:
     ms, seq = entry_id.split("-")
     return int(ms), int(seq)
@@ -221,7 +232,10 @@ async def soak(args, url: str, token: str, pids) -> int:
     opened = [asyncio.Event() for _ in pullers]
     pull_tasks = [asyncio.create_task(pull_loop(ws_url, token, p, o, done)) for p, o in zip(pullers, opened)]
     await asyncio.wait_for(asyncio.gather(*(o.wait() for o in opened)), 120)
-    memory = [("start", 0.0, rss_mib(pids[0]), rss_mib(pids[1]()))]
+    def sample(label, t):
+        return (label, t, rss_mib(pids[0]), rss_mib(pids[1]()), cpu_seconds(pids[0]), cpu_seconds(os.getpid()))
+
+    memory = [sample("start", 0.0)]
     started = time.monotonic()
     stop_at = started + args.duration
     push_tasks = [asyncio.create_task(push_loop(ws_url, token, p, args.rate, args.size, stop_at))
@@ -230,7 +244,7 @@ async def soak(args, url: str, token: str, pids) -> int:
     async def sample_memory():
         while True:
             await asyncio.sleep(args.sample)  # a sampling interval, not synchronisation
-            memory.append(("run", time.monotonic() - started, rss_mib(pids[0]), rss_mib(pids[1]())))
+            memory.append(sample("run", time.monotonic() - started))
 
     sampler = asyncio.create_task(sample_memory())
     push_errors = [r for r in await asyncio.gather(*push_tasks, return_exceptions=True) if r is not None]
@@ -240,7 +254,7 @@ async def soak(args, url: str, token: str, pids) -> int:
         await asyncio.sleep(0.05)  # polling the pullers' progress, bounded by --drain
     drained_in = time.monotonic() - started - pushed_in
     sampler.cancel()
-    memory.append(("end", time.monotonic() - started, rss_mib(pids[0]), rss_mib(pids[1]())))
+    memory.append(sample("end", time.monotonic() - started))
     done.set()
     await asyncio.gather(*pull_tasks, return_exceptions=True)
     return report(args, pushers, pullers, memory, push_errors, pushed_in, drained_in)
@@ -278,10 +292,19 @@ def report(args, pushers, pullers, memory, push_errors, pushed_in, drained_in) -
     print(f"\ndelivery latency (push sent -> puller received): p50 {statistics.median(latency) * 1000:.1f} ms, "
           f"p99 {latency[int(len(latency) * 0.99)] * 1000:.1f} ms, max {latency[-1] * 1000:.1f} ms "
           f"over {len(latency)} deliveries")
-    print(f"\n{'memory':<8}{'t (s)':>8}{'server RSS MiB':>16}{'redis RSS MiB':>15}")
-    for label, t, server, redis_rss in memory:
+    print(f"\n{'memory':<8}{'t (s)':>8}{'server RSS MiB':>16}{'redis RSS MiB':>15}{'server CPU %':>14}"
+          f"{'soak CPU %':>12}")
+    previous = memory[0]
+    for label, t, server, redis_rss, server_cpu, own_cpu in memory:
         fmt = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
-        print(f"{label:<8}{t:>8.1f}{fmt(server):>16}{fmt(redis_rss):>15}")
+        span = t - previous[1]
+
+        def share(now, before):
+            return fmt((now - before) / span * 100) if span > 0 and None not in (now, before) else "-"
+
+        print(f"{label:<8}{t:>8.1f}{fmt(server):>16}{fmt(redis_rss):>15}{share(server_cpu, previous[4]):>14}"
+              f"{share(own_cpu, previous[5]):>12}")
+        previous = (label, t, server, redis_rss, server_cpu, own_cpu)
     errors = [p.error for p in pullers if p.error] + [repr(e) for e in push_errors]
     for error in errors[:10]:
         print(f"client error: {error}")

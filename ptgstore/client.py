@@ -182,10 +182,11 @@ def _as_entries(entries: bytes | Iterable[bytes]) -> list[bytes]:
 class Pusher:
     """A push WebSocket that sends batches (header + blob) and waits for the ids of each."""
 
-    def __init__(self, ws, max_batch_bytes: int, max_batch_entries: int):
+    def __init__(self, ws, max_batch_bytes: int, max_batch_entries: int, ack_timeout: float):
         self._ws = ws
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_entries = max_batch_entries
+        self.ack_timeout = ack_timeout
 
     async def push(self, stream_id: str, entries: bytes | Iterable[bytes], timestamps: Sequence | None = None
                    ) -> list[str]:
@@ -207,9 +208,14 @@ class Pusher:
             try:
                 await self._ws.send(encode_header(header).decode())
                 await self._ws.send(blob)
-                ack = await self._ws.recv()
+                ack = await asyncio.wait_for(self._ws.recv(), self.ack_timeout)
             except ConnectionClosed as exc:
                 raise _closed(exc) from None
+            except asyncio.TimeoutError:
+                # a late answer would pass for the next batch's ids: this socket cannot be trusted any more
+                await self._ws.close()
+                raise ServerError(f"no acknowledgement of {len(batch)} entries within {self.ack_timeout} s "
+                                  "(they may still be stored); the pusher is closed") from None
             ids += ack.split(",")
         return ids
 
@@ -343,7 +349,7 @@ class AsyncClient:
         """A push WebSocket for many pushes: `async with client.pusher() as p: await p.push(sid, entries)`."""
         params = {"batch": "true", "ack": "true", "offsets": "start"}
         async with self._socket("/data/*/push", params) as ws:
-            yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries)
+            yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries, self.timeout)
 
     async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
         """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""

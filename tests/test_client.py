@@ -249,3 +249,16 @@ def test_async_pull_waiting_for_data_survives_a_restart(tmp_path, rdb, redis_ser
     assert not thread.is_alive()
     assert [(e.entry_id, e.data) for e in holder["got"]] == list(zip(ids, [b"while down 1", b"while down 2",
                                                                             b"after restart"]))
+
+
+def test_pusher_gives_up_when_no_acknowledgement_comes(server, rdb):
+    """Redis paused for writes: the batch is not stored in time, the pusher says so instead of hanging."""
+    with Client(server.url, token=server.token(), timeout=0.5) as client, client.pusher() as pusher:
+        rdb.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+        try:
+            with pytest.raises(ServerError, match="no acknowledgement of 1 entries within 0.5 s"):
+                pusher.push("cam", [b"x"])
+        finally:
+            rdb.execute_command("CLIENT", "UNPAUSE")
+        with pytest.raises(StreamClosed):
+            pusher.push("cam", [b"y"])  # never mistakes the late answer for this batch's ids

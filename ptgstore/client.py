@@ -331,18 +331,18 @@ class AsyncClient:
                    ) -> list[str]:
         """Store one entry (bytes) or many in `stream_id`; answers their ids in order.
 
-        Without timestamps this is one HTTP upload per batch; with them (epoch seconds, or entry id
-        strings to store under) it goes through a push WebSocket.
+        One entry is one HTTP upload; several, or any with `timestamps` (epoch seconds, or entry id
+        strings to store under), go in batches over one push WebSocket (far faster than a multipart
+        upload of many small parts).
         """
         data = _as_entries(entries)
-        if timestamps is not None:
-            async with self.pusher() as pusher:
-                return await pusher.push(stream_id, data, timestamps)
-        ids: list[str] = []
-        for batch in _batches([(stream_id, None, d) for d in data], self.max_batch_bytes, self.max_batch_entries):
-            files = [("file", (f"{i}", d, "application/octet-stream")) for i, (_, _, d) in enumerate(batch)]
-            ids += (await self._request("POST", f"/data/{_path([stream_id])}", files=files)).json()
-        return ids
+        if not data:
+            return []
+        if len(data) == 1 and timestamps is None:
+            upload = [("file", ("entry", data[0], "application/octet-stream"))]
+            return (await self._request("POST", f"/data/{_path([stream_id])}", files=upload)).json()
+        async with self.pusher() as pusher:
+            return await pusher.push(stream_id, data, timestamps)
 
     @contextlib.asynccontextmanager
     async def pusher(self) -> AsyncIterator[Pusher]:
@@ -374,27 +374,38 @@ class AsyncClient:
         otherwise runs until closed. A dropped connection is reopened from the last entry delivered of
         each stream, so nothing is lost or repeated.
         """
+        async for delivery in self.pull_deliveries(stream_ids, last_entry_id, count, limit=limit,
+                                                   timeout=timeout, latest=latest):
+            for entry in delivery:
+                yield entry
+
+    async def pull_deliveries(self, stream_ids: str | Sequence[str], last_entry_id="$", count: int = 100, *,
+                              limit: int | None = None, timeout: float | None = None, latest: bool = False
+                              ) -> AsyncIterator[list[Entry]]:
+        """Like `pull`, but one list of entries per delivery (for workers that process batches)."""
         sids = _stream_list(stream_ids)
         cursors = dict(zip(sids, await self._resolve_now(sids, _cursors(last_entry_id, len(sids)))))
         params = {"count": count, "latest": str(latest).lower()}
         if timeout is not None:
             params["timeout"] = int(timeout * 1000)
-        delivered = 0
+        remaining = limit
         lost_at = None
         connected = False
-        while limit is None or delivered < limit:
+        while remaining is None or remaining > 0:
             try:
                 async with self._socket(f"/data/{_path(sids)}/pull",
                                         {**params, "last_entry_id": "+".join(cursors.values())}) as ws:
                     connected, lost_at = True, None
-                    while limit is None or delivered < limit:
-                        for entry in await _receive_delivery(ws):
-                            if _after(entry.entry_id, cursors[entry.stream_id]):
-                                cursors[entry.stream_id] = entry.entry_id
-                                delivered += 1
-                                yield entry
-                                if limit is not None and delivered >= limit:
-                                    return
+                    while remaining is None or remaining > 0:
+                        # after a reconnection nothing at or before a stream's cursor is handed out again
+                        fresh = [e for e in await _receive_delivery(ws) if _after(e.entry_id, cursors[e.stream_id])]
+                        fresh = fresh[:remaining]
+                        for entry in fresh:
+                            cursors[entry.stream_id] = entry.entry_id
+                        if remaining is not None:
+                            remaining -= len(fresh)
+                        if fresh:
+                            yield fresh
             except StreamClosed as exc:
                 if exc.code == 1000:
                     return
@@ -489,16 +500,6 @@ def _blocking(method):
     return call
 
 
-def _blocking_iter(method):
-    """The blocking form of an `AsyncClient` async-iterator method."""
-
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        return self._loop.iterate(method(self._async, *args, **kwargs))
-
-    return call
-
-
 class BlockingPusher:
     """`Pusher` for scripts: the same methods, blocking."""
 
@@ -546,7 +547,16 @@ class Client:
     push = _blocking(AsyncClient.push)
     read = _blocking(AsyncClient.read)
     latest = _blocking(AsyncClient.latest)
-    pull = _blocking_iter(AsyncClient.pull)
+    @functools.wraps(AsyncClient.pull_deliveries)
+    def pull_deliveries(self, *args, **kwargs) -> Iterator[list[Entry]]:
+        return self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
+
+    @functools.wraps(AsyncClient.pull)
+    def pull(self, *args, **kwargs) -> Iterator[Entry]:
+        # one hop to the loop thread per delivery, not per entry
+        with contextlib.closing(self.pull_deliveries(*args, **kwargs)) as deliveries:
+            for delivery in deliveries:
+                yield from delivery
 
     @contextlib.contextmanager
     def pusher(self) -> Iterator[BlockingPusher]:

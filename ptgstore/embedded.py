@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class EmbeddedRedis:
 
     `start()` joins a server that an earlier or sibling process left running for this
     data directory (several workers share one), or starts one. Only the process
-    that started it stops it.
+    that started it stops it, and restarts it when it dies on its own.
     """
 
     def __init__(self, data_dir: str | os.PathLike, fsync: str = "everysec"):
@@ -74,6 +75,8 @@ class EmbeddedRedis:
         self.url: str | None = None
         self.binary: str | None = None
         self._process: subprocess.Popen | None = None
+        self._listen: list[str] | None = None
+        self._stopping = threading.Event()
 
     @property
     def owner(self) -> bool:
@@ -94,22 +97,54 @@ class EmbeddedRedis:
                 log.info("joined embedded redis at %s", self.url)
                 return self.url
             self._spawn(timeout)
-            state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
-            (self.dir / "state.json").write_text(json.dumps(state))
-            return self.url
+            self._write_state()
+        threading.Thread(target=self._watch, args=(timeout,), name="ptgstore-embedded-redis", daemon=True).start()
+        return self.url
+
+    def _write_state(self) -> None:
+        state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
+        (self.dir / "state.json").write_text(json.dumps(state))
+
+    def _watch(self, timeout: float) -> None:
+        """Restart the server when it dies on its own (killed, out of memory): acknowledged
+        entries are in its append-only log, and the same socket brings the pool back."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            process = self._process
+            if process is None:
+                return
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("embedded redis exited unexpectedly (status %s); restarting it", code)
+            if process.stderr:
+                process.stderr.close()
+            try:
+                with open(self.dir / "lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    if not self._stopping.is_set():
+                        self._spawn(timeout)
+                        self._write_state()
+                delay = 0.5
+            except (EmbeddedRedisError, OSError) as exc:
+                log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 10.0)
 
     def _spawn(self, timeout: float) -> None:
         self.binary = find_redis_server()
         sock_path = self.dir / "redis.sock"
-        if len(str(sock_path)) <= _MAX_SOCKET_PATH:
-            listen = [f"port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
+        if self._listen is not None:
+            pass  # a restart listens where clients already connect
+        elif len(str(sock_path)) <= _MAX_SOCKET_PATH:
+            self._listen = [f"port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
             self.url = f"unix://{sock_path}"
         else:
             port = _free_loopback_port()
-            listen = [f"port {port}", "bind 127.0.0.1"]
+            self._listen = [f"port {port}", "bind 127.0.0.1"]
             self.url = f"redis://127.0.0.1:{port}/0"
         config = [
-            *listen,
+            *self._listen,
             f'dir "{self.dir}"',
             "appendonly yes",
             f"appendfsync {self.fsync}",
@@ -131,7 +166,8 @@ class EmbeddedRedis:
             if self._process.poll() is not None:
                 raise EmbeddedRedisError(f"redis-server exited at start: {self._log_tail()}")
             if time.monotonic() > deadline:
-                self.stop()
+                self._process.kill()
+                self._process.wait(timeout)
                 raise EmbeddedRedisError(f"redis-server did not answer within {timeout:.0f} s: {self._log_tail()}")
             time.sleep(0.05)
         log.info("started embedded redis (%s) at %s, data in %s", self.binary, self.url, self.dir)
@@ -145,6 +181,7 @@ class EmbeddedRedis:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server if this process started it (Redis flushes its append-only log on SIGTERM)."""
+        self._stopping.set()
         process, self._process = self._process, None
         if process is None:
             return

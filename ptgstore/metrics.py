@@ -96,6 +96,7 @@ class Metrics:
                               ("kind", "code", "by"))
         self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
         self._redis_children: dict = {}
+        self._entry_children: dict = {}
         self._request_children: dict = {}
         # zeros from the start, so a first scrape already lists what will move
         for kind in ("push", "pull"):
@@ -110,8 +111,12 @@ class Metrics:
     def entry_counters(self, via: str, stream: str):
         """The (entries, bytes) in and out counter children for one socket or request."""
         labels = (via, stream) if self.stream_labels else (via,)
-        return (self.entries_in.labels(*labels), self.bytes_in.labels(*labels),
+        children = self._entry_children.get(labels)
+        if children is None:  # prometheus_client keeps every child anyway: this map adds no growth
+            children = self._entry_children[labels] = (
+                self.entries_in.labels(*labels), self.bytes_in.labels(*labels),
                 self.entries_out.labels(*labels), self.bytes_out.labels(*labels))
+        return children
 
     def entries(self, request: Request, pushed: bool, count: int, size: int) -> None:
         """Count entries a REST request stored or delivered."""
@@ -128,13 +133,13 @@ class Metrics:
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         # label lookups cost more than the counting: children are kept per (bounded) label set
+        method = method if method in METHODS else "other"  # clients may invent methods
         key = (method, route, status)
         children = self._request_children.get(key)
         if children is None:
-            label = method if method in METHODS else "other"
             error = self.errors.labels(HTTP_ERRORS.get(status, f"http_{status}")) if status >= 400 else None
             children = self._request_children[key] = (
-                self.requests.labels(label, route, str(status)), self.latency.labels(label, route), error)
+                self.requests.labels(method, route, str(status)), self.latency.labels(method, route), error)
         count, latency, error = children
         count.inc()
         latency.observe(seconds)

@@ -85,7 +85,12 @@ def test_latency_by_route_template_and_no_label_per_stream(server, rdb, http):
                    le="+Inf")
     assert bucket == 3
     assert http.get("/nowhere/at/all").status_code == 404
-    assert value(scrape(server), "ptgstore_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    for invented in ("PROPFIND", "MKCOL"):  # methods HTTP parsers accept, not ours
+        http.request(invented, "/streams")
+    samples = scrape(server)
+    assert value(samples, "ptgstore_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert value(samples, "ptgstore_http_requests_total", method="other", route="/streams", status="405") == 2
+    assert "PROPFIND" not in httpx.get(server.url + "/metrics").text
 
 
 def test_stream_labels_when_configured(tmp_path, redis_server, rdb):

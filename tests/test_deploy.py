@@ -93,6 +93,18 @@ def test_dockerfile_healthcheck_command_passes_against_a_running_server(server):
     assert done.returncode != 0
 
 
+def test_docker_context_holds_only_what_the_dockerfile_copies():
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*", "everything out (the .venv alone is hundreds of MB), then back in by name"
+    kept = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copied = set()
+    for word, args in dockerfile_instructions(DEPLOY / "Dockerfile"):
+        if word == "COPY" and not args.startswith("--from"):
+            copied.update(source.rstrip("/").removeprefix("./") for source in args.split()[:-1])
+    assert copied == kept
+
+
 def test_compose_file_wires_redis_api_and_https_proxy():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]

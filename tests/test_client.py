@@ -85,6 +85,9 @@ def test_pull_from_time_per_stream_cursors_and_timeout(server, rdb):
         from_time = list(client.pull("a", datetime.fromtimestamp(2000, tz=timezone.utc), timeout=0.3))
         assert [e.data for e in from_time] == [b"a2", b"a3"]
         assert list(client.pull("a", 2000.0, limit=1)) == [("a", "2000000-0", b"a2")]
+        deliveries = list(client.pull_deliveries("a", "0", count=2, timeout=0.3))
+        assert [[e.data for e in d] for d in deliveries] == [[b"a1", b"a2"], [b"a3"]]
+        assert [len(d) for d in client.pull_deliveries("a", "0", count=2, limit=3)] == [2, 1]
         got = list(client.pull(["a", "b"], ["2000000-0", "0"], timeout=0.3))
         assert sorted(e.data for e in got) == [b"a3", b"b1", b"b2"]
         assert [e.data for e in got if e.stream_id == "b"] == [b"b1", b"b2"]

@@ -278,3 +278,49 @@ def test_a_generated_secret_is_never_seen_empty_by_a_concurrent_reader(tmp_path)
         assert not failures, f"round {round_}: {failures[0]!r}"
         assert len(seen) == 8 and len(set(seen)) == 1 and len(seen[0]) >= 32, f"round {round_}"
         assert sorted(p.name for p in (tmp_path / f"data{round_}").iterdir()) == ["secret"]
+
+
+# -- anything at all in the credential headers ----------------------------------------------------------
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                      max_size=80)
+
+
+def mutated(token: str, position: int, replacement: str) -> str:
+    """`token` with one character of its header or payload changed (never the signature's last
+    character, whose spare bits do not change the decoded signature)."""
+    signed_part = token.rsplit(".", 1)[0]
+    i = position % len(signed_part)
+    if signed_part[i] == "." or signed_part[i] == replacement:
+        replacement = "A" if signed_part[i] != "A" else "B"
+        if signed_part[i] == ".":
+            i -= 1
+    return token[:i] + replacement + token[i + 1:]
+
+
+def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
+    with live_server(make_settings(tmp_path, redis_server.url)) as live, \
+            httpx.Client(base_url=live.url, timeout=10) as client:
+        good = live.token()
+
+        @hsettings(max_examples=150, deadline=None)
+        @given(authorization=st.one_of(header_text, header_text.map(lambda t: "Bearer " + t)),
+               cookie=st.one_of(header_text, header_text.map(lambda t: f'authorization="Bearer {t}"')),
+               query=st.text(max_size=60), position=st.integers(0, 10_000),
+               replacement=st.sampled_from("AZaz09+/-_=."), place=st.sampled_from(PLACES + ["random"]))
+        def probe(authorization, cookie, query, position, replacement, place):
+            if place == "random":
+                headers = {"Authorization": authorization.encode("latin-1"), "Cookie": cookie.encode("latin-1")}
+                options = {"headers": headers, "params": {"token": query}}
+            else:
+                options = placed(mutated(good, position, replacement), place)
+            client.cookies.clear()
+            reply = client.get("/streams", headers=options["headers"], params=options["params"])
+            assert reply.status_code == 401, (options, reply.text)
+            assert reply.json()["detail"]
+
+        probe()
+        # and the server still answers a good token
+        assert client.get("/streams", headers={"Authorization": f"Bearer {good}"}).status_code == 200

@@ -121,6 +121,10 @@ def _read_files(paths: list[str]):
 
 async def push(client: AsyncClient, args) -> int:
     """Push each file (or standard input) as one entry, in batches over one WebSocket."""
+    missing = [path for path in args.files if path != "-" and not os.path.isfile(path)]
+    if missing:
+        print(f"ptgstore: not a file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     total_bytes = sum(os.path.getsize(p) for p in args.files if p != "-")
     ids: list[str] = []

@@ -265,3 +265,14 @@ def test_pusher_gives_up_when_no_acknowledgement_comes(server, rdb):
             rdb.execute_command("CLIENT", "UNPAUSE")
         with pytest.raises(StreamClosed):
             pusher.push("cam", [b"y"])  # never mistakes the late answer for this batch's ids
+
+
+@pytest.mark.parametrize("sid", ["we ird?#%25&x=1", "caméra/ünï:1", "a;b,c=d@e!"])
+def test_any_valid_stream_id_travels_intact(server, rdb, sid):
+    with Client(server.url, token=server.token()) as client:
+        ids = client.push(sid, [b"one", b"two"]) + client.push(sid, b"three")
+        assert stored(rdb, sid) == list(zip(ids, [b"one", b"two", b"three"]))
+        assert client.update(sid, {"k": 1}) == {"k": 1} and client.info(sid)["length"] == 3
+        assert client.read([sid, "other"], "0") == [(sid, i, d) for i, d in zip(ids, [b"one", b"two", b"three"])]
+        assert [e.entry_id for e in client.pull([sid, "other"], "0", limit=3)] == ids
+        assert sid in client.streams() and client.delete(sid) == [sid]

@@ -95,6 +95,8 @@ def test_missing_token_says_how_to_get_one(server):
     assert b"token=," not in done.stderr, "the Python hint is not the command's"
     refused = ptgstore(server, "pull", "cam", "--from", "12-x", "--count", "1")
     assert refused.returncode == 2 and b"--from" in refused.stderr
+    missing = ptgstore(server, "push", "cam", "no-such-file.jpg")
+    assert missing.returncode == 2 and missing.stderr == b"ptgstore: not a file: no-such-file.jpg\n"
 
 
 def test_dump_then_load_into_a_fresh_store_is_byte_exact(server, rdb, tmp_path):

@@ -42,6 +42,5 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.draining:
             return
         self.draining = True
-        self.stop_keepalive()
         # queued behind the messages already received: the handler stores those first
         self.queue.put_nowait({"type": "websocket.disconnect", "code": GOING_AWAY, "reason": SHUTDOWN_REASON})

@@ -77,16 +77,15 @@ def test_sigterm_mid_push_acks_in_flight_batches_and_closes_1001(tmp_path, redis
         token = server.token()
         pusher = Pusher(f"{server.ws_url}/data/cam/push?batch=true&ack=true&token={token}",
                         deadline=time.monotonic() + 60)
-        pull = connect(f"{server.ws_url}/data/idle/pull?token={token}", open_timeout=10)
-        pusher.start()
-        wait_until(lambda: len(pusher.acked) >= 600 or pusher.error or not pusher.is_alive(), timeout=30,
-                   what="the pusher to get going")
-        assert pusher.error is None and pusher.is_alive()
-        status = server.terminate(timeout=40)
-        pusher.join(30)
-        assert not pusher.is_alive()
-        pull_close = expect_close(pull, timeout=10)
-        pull.close()
+        with connect(f"{server.ws_url}/data/idle/pull?token={token}", open_timeout=10) as pull:
+            pusher.start()
+            wait_until(lambda: len(pusher.acked) >= 600 or pusher.error or not pusher.is_alive(), timeout=30,
+                       what="the pusher to get going")
+            assert pusher.error is None and pusher.is_alive()
+            status = server.terminate(timeout=40)
+            pusher.join(30)
+            assert not pusher.is_alive()
+            pull_close = expect_close(pull, timeout=10)
     finally:
         server.terminate()
     assert pusher.error is None, repr(pusher.error)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections import deque
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -69,9 +70,10 @@ class Pusher(threading.Thread):
         self.acked.update(zip(ids, entries))
 
 
-def test_sigterm_mid_push_acks_in_flight_batches_and_closes_1001(tmp_path, redis_server, rdb):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_mid_push_acks_in_flight_batches_and_closes_1001(tmp_path, redis_server, rdb, workers):
     # no trimming: every stored entry must still be there to compare
-    server = ServeProcess(tmp_path / "data", "--redis-url", redis_server.url,
+    server = ServeProcess(tmp_path / "data", "--redis-url", redis_server.url, "--workers", workers,
                           env={"PTGSTORE_MAX_LEN": "10000000"}).wait_ready()
     try:
         token = server.token()

@@ -312,7 +312,9 @@ def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
                replacement=st.sampled_from("AZaz09+/-_=."), place=st.sampled_from(PLACES + ["random"]))
         def probe(authorization, cookie, query, position, replacement, place):
             if place == "random":
-                headers = {"Authorization": authorization.encode("latin-1"), "Cookie": cookie.encode("latin-1")}
+                # (HTTP allows no surrounding whitespace in a header value: the client would refuse to send it)
+                headers = {"Authorization": authorization.strip(" \t").encode("latin-1"),
+                           "Cookie": cookie.strip(" \t").encode("latin-1")}
                 options = {"headers": headers, "params": {"token": query}}
             else:
                 options = placed(mutated(good, position, replacement), place)

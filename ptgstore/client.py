@@ -268,11 +268,18 @@ class AsyncClient:
 
     @contextlib.asynccontextmanager
     async def _socket(self, path: str, params: dict):
+        ws = await self._connect(path, params)
+        try:
+            yield ws
+        finally:
+            await ws.close()
+
+    async def _connect(self, path: str, params: dict):
+        """An open WebSocket; a refused handshake or an unreachable server as a typed error."""
         url = f"{self.ws_url}{path}?{urlencode(params)}"
         try:
-            async with ws_connect(url, additional_headers=await self._headers(), max_size=None,
-                                  compression=None, open_timeout=self.timeout, close_timeout=5) as ws:
-                yield ws
+            return await ws_connect(url, additional_headers=await self._headers(), max_size=None,
+                                    compression=None, open_timeout=self.timeout, close_timeout=5)
         except InvalidStatus as exc:
             response = exc.response
             body = response.body.decode("utf-8", "replace").strip() if response.body else ""

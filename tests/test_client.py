@@ -180,6 +180,9 @@ def test_errors_carry_the_servers_reason(server, rdb):
             list(client.pull("cam", "0", count=0))
         assert refused_pull.value.code == 1007 and "count" in refused_pull.value.reason
     assert [e for e, _ in stored(rdb, "cam")] == ["9000-0"]
+    with Client(server.url, token=server.token()) as client:
+        with pytest.raises(FileNotFoundError), client.pusher():
+            open(server.settings.data_dir + "/no-such-file")  # the caller's own error passes through unchanged
     with Client(f"http://127.0.0.1:{free_port()}", token="t") as client:
         with pytest.raises(Unreachable):
             client.streams()

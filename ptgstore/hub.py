@@ -35,6 +35,7 @@ class Follower:
         self.sid = sid
         self.refs = 0
         self.waiters: set[asyncio.Event] = set()
+        self.readers: dict["Subscription", int] = {}  # subscription -> index of this stream in its cursors
         self.ids: deque[tuple[int, int]] = deque()  # buffered entry ids, oldest first
         self.entries: deque[tuple[str, bytes]] = deque()  # (entry id, bytes), in step with `ids`
         self.buffered_bytes = 0
@@ -65,7 +66,12 @@ class Follower:
                     continue
                 if reply:
                     self._append(reply[0][1])
+                    await asyncio.sleep(0)  # the woken sockets send before the next read goes out
         finally:
+            # freed now, not when the garbage collector breaks the follower <-> task cycle
+            self.entries.clear()
+            self.ids.clear()
+            self.buffered_bytes = 0
             await client.aclose()
 
     def _append(self, records) -> None:
@@ -81,6 +87,12 @@ class Follower:
         while self.ids and (len(self.ids) > hub.buffer_entries or self.buffered_bytes > hub.buffer_bytes):
             self.floor = self.ids.popleft()
             self.buffered_bytes -= len(self.entries.popleft()[1])
+        if self.readers:
+            # what every reader has passed leaves memory; a socket starting further back reads Redis
+            slowest = min(reader.cursors[i] for reader, i in self.readers.items())
+            while self.ids and self.ids[0] <= slowest:
+                self.floor = self.ids.popleft()
+                self.buffered_bytes -= len(self.entries.popleft()[1])
         for waiter in self.waiters:
             waiter.set()
 
@@ -122,6 +134,7 @@ class Subscription:
                 follower = self.hub._follow(sid)
                 self.followers.append(follower)
                 follower.waiters.add(self.wake)
+                follower.readers[self] = len(self.followers) - 1
             for follower in self.followers:
                 await asyncio.wait_for(follower.ready.wait(), READY_TIMEOUT)
         except asyncio.TimeoutError:
@@ -138,6 +151,7 @@ class Subscription:
     def _leave(self) -> None:
         for follower in self.followers:
             follower.waiters.discard(self.wake)
+            follower.readers.pop(self, None)
             self.hub._unfollow(follower)
         self.followers = []
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import quote, urlencode
@@ -266,14 +268,6 @@ class AsyncClient:
             raise error
         return response
 
-    @contextlib.asynccontextmanager
-    async def _socket(self, path: str, params: dict):
-        ws = await self._connect(path, params)
-        try:
-            yield ws
-        finally:
-            await ws.close()
-
     async def _connect(self, path: str, params: dict):
         """An open WebSocket; a refused handshake or an unreachable server as a typed error."""
         url = f"{self.ws_url}{path}?{urlencode(params)}"
@@ -354,9 +348,11 @@ class AsyncClient:
     @contextlib.asynccontextmanager
     async def pusher(self) -> AsyncIterator[Pusher]:
         """A push WebSocket for many pushes: `async with client.pusher() as p: await p.push(sid, entries)`."""
-        params = {"batch": "true", "ack": "true", "offsets": "start"}
-        async with self._socket("/data/*/push", params) as ws:
+        ws = await self._connect("/data/*/push", {"batch": "true", "ack": "true", "offsets": "start"})
+        try:
             yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries, self.timeout)
+        finally:
+            await ws.close()
 
     async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
         """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""
@@ -400,9 +396,10 @@ class AsyncClient:
         connected = False
         while remaining is None or remaining > 0:
             try:
-                async with self._socket(f"/data/{_path(sids)}/pull",
-                                        {**params, "last_entry_id": "+".join(cursors.values())}) as ws:
-                    connected, lost_at = True, None
+                ws = await self._connect(f"/data/{_path(sids)}/pull",
+                                         {**params, "last_entry_id": "+".join(cursors.values())})
+                connected, lost_at = True, None
+                try:
                     while remaining is None or remaining > 0:
                         # after a reconnection nothing at or before a stream's cursor is handed out again
                         fresh = [e for e in await _receive_delivery(ws) if _after(e.entry_id, cursors[e.stream_id])]
@@ -413,6 +410,8 @@ class AsyncClient:
                             remaining -= len(fresh)
                         if fresh:
                             yield fresh
+                finally:
+                    await ws.close()
             except StreamClosed as exc:
                 if exc.code == 1000:
                     return
@@ -462,6 +461,11 @@ async def _receive_delivery(ws) -> list[Entry]:
 
 # -- the blocking client ----------------------------------------------------------------------
 
+async def _step(agen):
+    # stepped from inside the loop, whose hooks then know the generator and can close it at shutdown
+    return await agen.__anext__()
+
+
 class _LoopThread:
     """A private event loop in a daemon thread (a forgotten `close()` never blocks interpreter exit)."""
 
@@ -482,13 +486,14 @@ class _LoopThread:
         try:
             while True:
                 try:
-                    yield self.run(agen.__anext__())
+                    yield self.run(_step(agen))
                 except StopAsyncIteration:
                     return
         finally:
             if threading.current_thread() is self.thread:
                 self.loop.create_task(agen.aclose())  # collected on the loop thread: waiting would deadlock
-            elif not self.loop.is_closed():
+            elif not self.loop.is_closed() and not sys.is_finalizing():
+                # at interpreter exit the loop's daemon thread no longer runs: the socket just drops
                 self.run(agen.aclose())
 
     def stop(self) -> None:
@@ -518,6 +523,13 @@ class BlockingPusher:
     push_items = _blocking(Pusher.push_items)
 
 
+def _shut_down(loop: _LoopThread, client: AsyncClient) -> None:
+    if loop.thread.is_alive():
+        loop.run(client.aclose())
+        loop.run(loop.loop.shutdown_asyncgens())
+        loop.stop()
+
+
 class Client:
     """ptgstore for scripts: the calls of `AsyncClient`, blocking, with iterators instead of async ones."""
 
@@ -525,6 +537,8 @@ class Client:
                  password: str | None = None, **options):
         self._loop = _LoopThread()
         self._async = AsyncClient(url, token, username, password, **options)
+        # runs at close(), when the client is collected, or at exit while the loop thread still runs
+        self._close = weakref.finalize(self, _shut_down, self._loop, self._async)
 
     def __enter__(self) -> "Client":
         return self
@@ -533,9 +547,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._loop.thread.is_alive():
-            self._loop.run(self._async.aclose())
-            self._loop.stop()
+        """Close the connections, open pulls included, and stop the client's thread."""
+        self._close()
 
     @property
     def token(self) -> str | None:
@@ -556,7 +569,8 @@ class Client:
     latest = _blocking(AsyncClient.latest)
     @functools.wraps(AsyncClient.pull_deliveries)
     def pull_deliveries(self, *args, **kwargs) -> Iterator[list[Entry]]:
-        return self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
+        # a generator of this client, so that the client lives as long as the iteration
+        yield from self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
 
     @functools.wraps(AsyncClient.pull)
     def pull(self, *args, **kwargs) -> Iterator[Entry]:

@@ -279,3 +279,15 @@ def test_any_valid_stream_id_travels_intact(server, rdb, sid):
         assert client.read([sid, "other"], "0") == [(sid, i, d) for i, d in zip(ids, [b"one", b"two", b"three"])]
         assert [e.entry_id for e in client.pull([sid, "other"], "0", limit=3)] == ids
         assert sid in client.streams() and client.delete(sid) == [sid]
+
+
+def test_a_script_that_never_closes_its_client_exits_cleanly(server, rdb):
+    """A forgotten close() and a pull left open: the script still ends at once, with nothing on stderr."""
+    xadd(rdb, "cam", b"a", b"b")
+    script = (f"from ptgstore.client import Client\n"
+              f"client = Client({server.url!r}, token={server.token()!r})\n"
+              f"pull = client.pull('cam', '0')\n"
+              f"print(next(pull).data)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "b'a'\n", "")
+    wait_until(lambda: "cam" not in server.app.state.hub.followers, what="the pull socket to close")

@@ -475,6 +475,9 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coroutine):
+        if self.loop.is_closed():
+            coroutine.close()
+            raise PtgError("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()

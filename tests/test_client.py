@@ -13,7 +13,7 @@ import pytest
 
 from conftest import free_port, live_server, make_settings, wait_until
 from ptgstore.client import (
-    AsyncClient, AuthError, BadRequest, Client, Entry, NotFound, ServerError, StreamClosed, Unreachable,
+    AsyncClient, AuthError, BadRequest, Client, Entry, NotFound, PtgError, ServerError, StreamClosed, Unreachable,
     cursor_for_time,
 )
 
@@ -62,6 +62,13 @@ def test_blocking_client_every_call(server, rdb):
         assert client.streams() == []
         with pytest.raises(NotFound, match="does not exist"):
             client.info("other")
+        open_pull = client.pull("more", "0")
+        client.push("more", b"m")
+        assert next(open_pull).data == b"m"
+    with pytest.raises(PtgError, match="the client is closed"):
+        next(open_pull)  # close() ended the pull too
+    with pytest.raises(PtgError, match="the client is closed"):
+        client.streams()
 
 
 def test_blocking_pusher_batches_timestamps_and_several_streams(server, rdb):

@@ -238,6 +238,7 @@ class AsyncClient:
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_entries = max_batch_entries
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self._sockets: set = set()  # open pull and push sockets, closed with the client
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -246,6 +247,8 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections, open pulls and pushers included."""
+        await asyncio.gather(*(ws.close() for ws in list(self._sockets)))
         await self._http.aclose()
 
     # -- HTTP plumbing --------------------------------------------------------------------------
@@ -272,8 +275,8 @@ class AsyncClient:
         """An open WebSocket; a refused handshake or an unreachable server as a typed error."""
         url = f"{self.ws_url}{path}?{urlencode(params)}"
         try:
-            return await ws_connect(url, additional_headers=await self._headers(), max_size=None,
-                                    compression=None, open_timeout=self.timeout, close_timeout=5)
+            ws = await ws_connect(url, additional_headers=await self._headers(), max_size=None,
+                                  compression=None, open_timeout=self.timeout, close_timeout=5)
         except InvalidStatus as exc:
             response = exc.response
             body = response.body.decode("utf-8", "replace").strip() if response.body else ""
@@ -285,6 +288,12 @@ class AsyncClient:
                 from None
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None
+        self._sockets.add(ws)
+        return ws
+
+    async def _disconnect(self, ws) -> None:
+        self._sockets.discard(ws)
+        await ws.close()
 
     # -- tokens and streams ---------------------------------------------------------------------
 
@@ -352,7 +361,7 @@ class AsyncClient:
         try:
             yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries, self.timeout)
         finally:
-            await ws.close()
+            await self._disconnect(ws)
 
     async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
         """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""
@@ -411,7 +420,7 @@ class AsyncClient:
                         if fresh:
                             yield fresh
                 finally:
-                    await ws.close()
+                    await self._disconnect(ws)
             except StreamClosed as exc:
                 if exc.code == 1000:
                     return

@@ -288,13 +288,26 @@ def test_any_valid_stream_id_travels_intact(server, rdb, sid):
         assert sid in client.streams() and client.delete(sid) == [sid]
 
 
-def test_a_script_that_never_closes_its_client_exits_cleanly(server, rdb):
-    """A forgotten close() and a pull left open: the script still ends at once, with nothing on stderr."""
+ABANDONED_PULLS = {
+    "blocking": "from ptgstore.client import Client\n"
+                "client = Client({url!r}, token={token!r})\n"
+                "pull = client.pull('cam', '0')\n"
+                "print(next(pull).data)\n",
+    "async": "import asyncio\n"
+             "from ptgstore.client import AsyncClient\n"
+             "async def main():\n"
+             "    async with AsyncClient({url!r}, token={token!r}) as client:\n"
+             "        pull = client.pull('cam', '0')\n"
+             "        print((await pull.__anext__()).data)\n"
+             "asyncio.run(main())\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ABANDONED_PULLS))
+def test_a_script_that_leaves_a_pull_open_exits_cleanly(server, rdb, kind):
+    """A pull left open (and, blocking, a forgotten close()): the script ends at once, nothing on stderr."""
     xadd(rdb, "cam", b"a", b"b")
-    script = (f"from ptgstore.client import Client\n"
-              f"client = Client({server.url!r}, token={server.token()!r})\n"
-              f"pull = client.pull('cam', '0')\n"
-              f"print(next(pull).data)\n")
+    script = ABANDONED_PULLS[kind].format(url=server.url, token=server.token())
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout, done.stderr) == (0, "b'a'\n", "")
     wait_until(lambda: "cam" not in server.app.state.hub.followers, what="the pull socket to close")

@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from . import errors, metrics
-from .auth import Authenticator, AuthMiddleware
+from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
@@ -82,6 +82,8 @@ def configure_logging(level: str) -> None:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(level.upper())
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(REDACT_CREDENTIALS)  # the same filter once, however often called
 
 
 def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> None:

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import warnings
@@ -248,6 +249,29 @@ def origin_allowed(scope, allowed: tuple[str, ...]) -> bool:
     if origin in allowed or "*" in allowed:
         return True
     return urlsplit(origin).netloc.lower() == (host or "").lower()
+
+
+# -- keeping tokens out of the log ---------------------------------------------------------------
+
+_QUERY_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+")
+_CREDENTIAL_HEADER = re.compile(r"^([<>]? ?(?:authorization|cookie|set-cookie): ).*$", re.IGNORECASE | re.MULTILINE)
+
+
+class CredentialRedactor(logging.Filter):
+    """Blanks tokens in log records of the server underneath: uvicorn logs every WebSocket
+    handshake's path with its query string (where browsers and headsets carry `token=`),
+    and at debug level the WebSocket library logs the handshake's headers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message or ": " in message:
+            redacted = _CREDENTIAL_HEADER.sub(r"\1***", _QUERY_TOKEN.sub(r"\1***", message))
+            if redacted != message:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+REDACT_CREDENTIALS = CredentialRedactor()
 
 
 # -- the gate in front of every route -------------------------------------------------------

@@ -326,3 +326,52 @@ def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
         probe()
         # and the server still answers a good token
         assert client.get("/streams", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_tokens_and_passwords_never_reach_the_log(tmp_path, rdb, redis_server, level):
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(self.format(record))
+
+    collect = Collect()
+    loggers = [logging.getLogger(name) for name in ("ptgstore", "uvicorn", "uvicorn.error", "uvicorn.access")]
+    # uvicorn logs each WebSocket's path with its query string, and at debug the handshake headers
+    with live_server(make_settings(tmp_path, redis_server.url, log_level=level)) as live:
+        for logger in loggers:
+            logger.addHandler(collect)
+        previous = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(level.upper())
+        try:
+            password = "pass-word-never-logged"
+            login(live, password, password)
+            login(live, "someone", password)
+            secrets_sent = [password, live.token()]
+            for name, token in bad_tokens(live.app.state.authenticator.secret).items():
+                secrets_sent.append(token)
+                for place in PLACES:
+                    options = placed(token, place)
+                    httpx.get(live.url + "/streams", params=options["params"], headers=options["headers"])
+                    ws_handshake(live, "/data/{sid:path}/pull", token, place)
+            for place in PLACES:
+                options = placed(secrets_sent[1], place)
+                httpx.get(live.url + "/streams", params=options["params"], headers=options["headers"])
+                ws_handshake(live, "/data/{sid:path}/push", secrets_sent[1], place)
+        finally:
+            for logger, level in zip(loggers, previous):
+                logger.removeHandler(collect)
+                logger.setLevel(level)
+    text = "\n".join(collect.lines)
+    assert "status=401" in text and "ws_refused" in text  # the requests were logged, just not their secrets
+    for secret in secrets_sent:
+        # whole tokens, and their signatures alone (the part that makes them usable)
+        for part in {secret, secret.rsplit(".", 1)[-1]}:
+            if len(part) >= 8:
+                assert part not in text, f"logged: {part[:20]}..."

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module i
 MAX_MESSAGE = 64 * 1024  # small, so that oversized input is cheap to send
 MAX_U64 = 2**64 - 1
 BYSTANDER = "bystander"
-EXAMPLES = hsettings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+EXAMPLES = hsettings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 FEWER = hsettings(EXAMPLES, max_examples=60)
 
 

@@ -18,7 +18,6 @@ import unicodedata
 import uuid
 from urllib.parse import quote, urlencode
 
-import httpx
 import msgpack
 import orjson
 import pytest

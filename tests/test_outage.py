@@ -5,7 +5,6 @@ import subprocess
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from conftest import RedisServer, live_server, make_settings, wait_until
 from wsutil import expect_close, read_delivery, ws_connect
@@ -120,3 +119,25 @@ def test_outage_refusals_name_the_cause_and_recover_for_batches(tmp_path, durabl
     assert [f[b"d"] for _, f in client.xrange("a")] == [b"abc", b"mno"]
     assert [f[b"d"] for _, f in client.xrange("b")] == [b"def", b"pqr"]
     assert [i.decode() for i, _ in client.xrange("a")] == [first[0], second[0]]
+
+
+def test_server_started_before_its_redis_serves_once_redis_is_up(tmp_path):
+    redis_server = DurableRedis(tmp_path / "late-redis")  # not started yet
+    settings = make_settings(tmp_path, redis_server.url)
+    try:
+        with live_server(settings) as live:
+            down = ping(live)
+            assert down.status_code == 503 and "unavailable" in down.json()["detail"]
+            with ws_connect(live, "/data/cam/pull") as puller:
+                code, reason = expect_close(puller)
+                assert code == 1011 and "unavailable" in reason
+            redis_server.start()
+            wait_until(lambda: ping(live).status_code == 200, timeout=20, what="/ping once Redis is up")
+            with ws_connect(live, "/data/cam/push", ack="true") as pusher:
+                entry_id = push_acked(pusher, b"first")
+            with live.http() as http:
+                reply = http.get("/data/cam", params={"last_entry_id": "0"})
+            assert reply.content == b"first" and entry_id in reply.headers["entry-offset"]
+    finally:
+        if redis_server.process is not None:
+            redis_server.stop()

@@ -110,6 +110,8 @@ return ids
 async def _call(connection, command: tuple):
     """One command and its reply on `connection` (connected on first use and after a failure)."""
     try:
+        if connection.is_connected and await connection.can_read():
+            await connection.disconnect()  # closed by Redis while idle (a restart, a timeout): reconnect
         await connection.send_command(*command)
         return await connection.read_response()
     except rexc.ResponseError:

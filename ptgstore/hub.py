@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -170,9 +171,20 @@ class Subscription:
         if timeout is not None:
             timer = asyncio.get_running_loop().call_later(timeout, self._expire)
         try:
+            backoff = 0.05
             while not self.closed:
                 self.wake.clear()
-                delivery = await self._collect(count, latest)
+                try:
+                    delivery = await self._collect(count, latest)
+                except StoreUnavailable as exc:
+                    # an open pull waits out an outage like its followers do: its cursors
+                    # only move after a read succeeds, so nothing is skipped or repeated
+                    log.warning("pull of %s: %s; retrying in %.2f s", "+".join(self.sids), exc, backoff)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                backoff = 0.05
                 if delivery.entries or delivery.gaps:
                     return delivery
                 await self.wake.wait()

@@ -141,3 +141,23 @@ def test_server_started_before_its_redis_serves_once_redis_is_up(tmp_path):
     finally:
         if redis_server.process is not None:
             redis_server.stop()
+
+
+def test_a_pull_reading_history_waits_out_the_outage(tmp_path, durable_redis):
+    settings = make_settings(tmp_path, durable_redis.url)
+    history = [b"history-%d" % i for i in range(30)]
+    with live_server(settings) as live:
+        with ws_connect(live, "/data/cam/push", ack="true") as pusher:
+            ids = [push_acked(pusher, payload) for payload in history]
+        # one entry per delivery, each acknowledged: the socket works through the history slowly
+        with ws_connect(live, "/data/cam/pull", last_entry_id="0", count="1", ack="true") as puller:
+            received = []
+            for _ in range(10):
+                received += read_delivery(puller)
+                puller.send("ack")
+            durable_redis.crash()
+            durable_redis.start()
+            while len(received) < len(history):
+                received += read_delivery(puller, timeout=20)
+                puller.send("ack")
+    assert [(entry_id, data) for _, entry_id, data in received] == list(zip(ids, history))

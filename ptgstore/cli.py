@@ -31,8 +31,6 @@ def _settings(args) -> Settings:
     )
 
 
-MAX_REQUEST_LINE = 64 * 1024
-
 # which settings the server processes must see, as the environment they read
 _ENV_OF = {"redis_url": "REDIS_URL", "data_dir": "DATA_DIR", "auth": "AUTH", "log_level": "LOG_LEVEL",
            "metrics_dir": "METRICS_DIR"}
@@ -57,9 +55,6 @@ def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:
 
 def serve(args) -> int:
     """Start uvicorn on the app with the configured host, port, workers and reload."""
-    # websockets' handshake parser never answers a request line over 8 KiB (a long `a+b+...`
-    # stream list); its documented knob must be set before uvicorn imports it
-    os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(MAX_REQUEST_LINE))
     import uvicorn  # noqa: PLC0415 - only the serve command needs it
 
     from .embedded import EmbeddedRedis  # noqa: PLC0415

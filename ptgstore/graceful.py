@@ -8,14 +8,22 @@ is told the socket is ending only after the messages already received (so it sto
 and acks them), and once the handler returns the socket is closed with 1001 (going
 away). Use it with `--ws ptgstore.graceful:GracefulWebSocketProtocol`; `ptgstore
 serve` does. uvicorn still cancels whatever is left after `timeout_graceful_shutdown`.
+It also answers handshakes with request lines up to 64 KiB (see MAX_REQUEST_LINE).
 """
 from __future__ import annotations
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets import http11
 
 from .metrics import SHUTDOWN_REASON
 
 GOING_AWAY = 1001
+
+# A long stream list (`/data/a+b+...+z/pull`) makes a request line over websockets' 8 KiB
+# default, and uvicorn's sans-I/O protocol then never answers the handshake at all.
+# This is the value behind websockets' WEBSOCKETS_MAX_LINE_LENGTH knob, read per request.
+MAX_REQUEST_LINE = 64 * 1024
+http11.MAX_LINE_LENGTH = max(http11.MAX_LINE_LENGTH, MAX_REQUEST_LINE)
 
 
 class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):

@@ -96,7 +96,8 @@ class LiveServer:
         self.port = port or free_port()
         self.app = create_app(settings.replace(port=self.port))
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio",
+            self.app, host="127.0.0.1", port=self.port, log_level="warning",
+            ws="ptgstore.graceful:GracefulWebSocketProtocol",  # what `ptgstore serve` uses
             ws_per_message_deflate=False, ws_max_size=settings.max_message, lifespan="on",
             timeout_graceful_shutdown=5,
         )

@@ -225,3 +225,10 @@ def test_pull_from_a_key_that_is_not_a_stream(server, rdb):
     with ws_connect(server, "/data/plain/pull") as ws:
         code, reason = expect_close(ws)
     assert code == 1007 and "not a stream" in reason
+
+
+def test_star_on_an_empty_stream_waits_for_the_first_entry(server, rdb):
+    with ws_connect(server, "/data/fresh/pull", last_entry_id="*", count="5") as ws:
+        wait_until(lambda: "fresh" in server.app.state.hub.followers, what="the follower")
+        ids = push(rdb, "fresh", b"first")
+        assert read_delivery(ws) == [("fresh", ids[0], b"first")]

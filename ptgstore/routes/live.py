@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..framing import (
-    NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
+    BEGINNING, NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
 from ..metrics import socket_tally
@@ -171,11 +171,11 @@ async def _pull(ws: WebSocket) -> None:
     sync = _options(ws, lambda _: _sync_index(options["time_sync_id"], sids))
     store = ws.app.state.store
     # `$` is fixed now, once: nothing pushed after this moment is skipped
-    if NOW in cursors or "*" in cursors:
+    if NOW in cursors:
         now = await ws.app.state.hub.last_ids(sids)
-        if "*" in cursors:
-            cursors = await _newest_cursors(store, sids, cursors, options["count"])
         cursors = [n if c == NOW else c for c, n in zip(cursors, now)]
+    if "*" in cursors:
+        cursors = await _newest_cursors(store, sids, cursors, options["count"])
     await ws.accept()
     acked = asyncio.Event()
     async with ws.app.state.hub.subscribe(sids, cursors, gaps=options["gaps"]) as subscription:
@@ -196,7 +196,8 @@ async def _newest_cursors(store, sids, cursors, count):
         first.setdefault(sid, entry_id)
     for i, (sid, c) in enumerate(zip(sids, cursors)):
         if c == "*":
-            out[i] = _before(first[sid]) if sid in first else NOW
+            # an empty stream: everything it will ever hold is new
+            out[i] = _before(first[sid]) if sid in first else BEGINNING
     return out
 
 

@@ -16,6 +16,7 @@ from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
+from .memory import keep_freed_memory
 from .routes import data, docs, live, misc, streams, tokens
 from .settings import Settings
 from .store import Store, StoreError, StoreUnavailable
@@ -53,6 +54,7 @@ EXCEPTION_HANDLERS = {
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
+    keep_freed_memory(settings.malloc_keep_mb)
     embedded = None
     url = settings.redis_url
     if url is None:

@@ -67,6 +67,7 @@ class Settings:
     redis_pool_size: int = 64
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process
     hub_buffer_bytes: int = 64 * 1024 * 1024
+    malloc_keep_mb: int = 16  # freed memory the C allocator keeps for the next frames (0: its default)
     metrics_public: bool = False  # /metrics without a token from non-loopback clients
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
@@ -111,6 +112,7 @@ class Settings:
             "REDIS_POOL_SIZE": ("redis_pool_size", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER": ("hub_buffer", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER_BYTES": ("hub_buffer_bytes", lambda n, v: _parse_int(n, v, 0)),
+            "MALLOC_KEEP_MB": ("malloc_keep_mb", lambda n, v: _parse_int(n, v, 0)),
             "METRICS_PUBLIC": ("metrics_public", _parse_bool),
             "METRICS_TOKEN": ("metrics_token", lambda n, v: v or None),
             "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),

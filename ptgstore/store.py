@@ -1,6 +1,7 @@
 """The only module that speaks Redis: entries, ranges, metadata, info, retention."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -17,6 +18,8 @@ log = logging.getLogger("ptgstore.store")
 
 FIELD = b"d"
 _LAST_POSSIBLE_ID = f"{2**64 - 1}-{2**64 - 1}"
+MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
+MAX_LEN_CACHE = 10_000  # streams whose max_len is kept
 
 Entry = tuple  # (stream id, entry id, bytes)
 
@@ -110,7 +113,7 @@ return ids
 async def _call(connection, command: tuple):
     """One command and its reply on `connection` (connected on first use and after a failure)."""
     try:
-        if connection.is_connected and await connection.can_read():
+        if _closed_by_peer(connection):
             await connection.disconnect()  # closed by Redis while idle (a restart, a timeout): reconnect
         await connection.send_command(*command)
         return await connection.read_response()
@@ -120,6 +123,13 @@ async def _call(connection, command: tuple):
         # cut short (failure or cancellation): its reply may still come, so never reuse the socket
         await connection.disconnect()
         raise
+
+
+def _closed_by_peer(connection) -> bool:
+    """Whether Redis closed an idle connection, read from its stream reader's state (redis-py's own
+    check reads the socket under a zero timeout, which costs more than the command)."""
+    reader = getattr(connection, "_reader", None)
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 def _data(fields) -> bytes:
@@ -174,9 +184,14 @@ class Store:
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
         self._add = self.redis.register_script(_ADD_SCRIPT)
         # one connection kept for entries in and out, used in turn: leasing from the pool costs
-        # more than the command itself; callers that find it busy use the pool
-        self._lane = self.pool.make_connection()
-        self._lane_busy = False
+        # more than the command itself; callers that find it busy use the pool. It has no
+        # per-command timer (a third of the cost of a command): a watchdog drops it instead when
+        # a command has waited longer than the pool's socket timeout.
+        self._lane = self.pool.connection_class(**{**self.pool.connection_kwargs, "socket_timeout": None,
+                                                   "health_check_interval": 0})
+        self._lane_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._max_lens: dict[str, tuple[int, float]] = {}  # stream id -> (max_len, read at)
         self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
 
     def key(self, sid: str) -> str:
@@ -188,6 +203,8 @@ class Store:
                                        socket_connect_timeout=5)
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self._lane.disconnect()
         await self.redis.aclose()
         await self.pool.disconnect()
@@ -203,6 +220,8 @@ class Store:
         """Store entries `(stream id, id spec, bytes)` all or nothing; return their ids in order."""
         if not entries:
             return []
+        if len(entries) == 1 and entries[0][1] == "*":
+            return [await self._add_one(entries[0][0], entries[0][2])]
         index: dict[str, int] = {}
         args: list = []
         for sid, spec, data in entries:
@@ -218,6 +237,32 @@ class Store:
             raise
         return [i.decode() for i in ids]
 
+    async def _add_one(self, sid: str, data: bytes) -> str:
+        """One entry with a Redis-made id: a plain XADD, atomic by itself. (Redis copies a script's
+        arguments twice over: for a 512 KiB frame the script costs Redis three times the XADD.)"""
+        max_len = await self._max_len(sid)
+        try:
+            entry_id = await self._once("XADD", self.key(sid), "MAXLEN", "~", max_len, "*", FIELD, data)
+        except rexc.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise StoreError(f"{sid} is not a stream") from None
+            raise StoreError(f"{sid}: {exc}") from None
+        return entry_id.decode()
+
+    async def _max_len(self, sid: str) -> int:
+        """The stream's retention, read at most once a second: another process's change to it takes
+        effect here within a second (this process's own at once)."""
+        known = self._max_lens.get(sid)
+        now = time.monotonic()
+        if known is not None and now - known[1] < MAX_LEN_FRESH:
+            return known[0]
+        value = await self._once("HGET", self.maxlen_key, sid)
+        max_len = int(value) if value is not None else self.default_max_len
+        if len(self._max_lens) >= MAX_LEN_CACHE:
+            self._max_lens.clear()
+        self._max_lens[sid] = (max_len, now)
+        return max_len
+
     async def _run_add(self, keys: list, args: list) -> list[bytes]:
         try:
             return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
@@ -230,17 +275,28 @@ class Store:
 
         Without the client's retry layer (and its cost on every entry): a write retried after
         a lost reply could be stored twice."""
-        if self._lane_busy:
+        if self._lane_since is not None:
             connection = await self.pool.get_connection()
             try:
                 return await _call(connection, command)
             finally:
                 await self.pool.release(connection)
-        self._lane_busy = True
+        if self._watchdog is None:
+            self._watch()
+        self._lane_since = time.monotonic()
         try:
             return await _call(self._lane, command)
         finally:
-            self._lane_busy = False
+            self._lane_since = None
+
+    def _watch(self) -> None:
+        """Drop the lane's connection when its command has waited too long (Redis stopped or cut
+        off): the waiting caller then fails as store unavailable instead of hanging."""
+        since, limit = self._lane_since, self.pool.connection_kwargs.get("socket_timeout") or 30
+        if since is not None and time.monotonic() - since > limit:
+            log.warning("Redis did not answer within %.0f s: dropping the connection", limit)
+            asyncio.get_running_loop().create_task(self._lane.disconnect())
+        self._watchdog = asyncio.get_running_loop().call_later(1, self._watch)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -368,6 +424,7 @@ class Store:
                 pipe.hdel(self.maxlen_key, sid)
             return merged
 
+        self._max_lens.pop(sid, None)
         return await self.redis.transaction(update, self.meta_key, value_from_callable=True)
 
     @_guarded
@@ -379,4 +436,6 @@ class Store:
                 pipe.hdel(self.meta_key, sid)
                 pipe.hdel(self.maxlen_key, sid)
             replies = await pipe.execute()
+        for sid in sids:
+            self._max_lens.pop(sid, None)
         return [sid for i, sid in enumerate(sids) if replies[3 * i] or replies[3 * i + 1]]

@@ -16,7 +16,6 @@ from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
-from .memory import keep_freed_memory
 from .routes import data, docs, live, misc, streams, tokens
 from .settings import Settings
 from .store import Store, StoreError, StoreUnavailable
@@ -54,14 +53,13 @@ EXCEPTION_HANDLERS = {
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
-    keep_freed_memory(settings.malloc_keep_mb)
     embedded = None
     url = settings.redis_url
     if url is None:
         embedded = EmbeddedRedis(settings.data_dir, settings.redis_fsync)
         url = await asyncio.to_thread(embedded.start)
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
-                  pool_size=settings.redis_pool_size)
+                  pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)

@@ -65,9 +65,9 @@ class Settings:
     max_message: int = 16 * 1024 * 1024
     redis_fsync: str = "everysec"  # embedded Redis only
     redis_pool_size: int = 64
+    redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process
     hub_buffer_bytes: int = 64 * 1024 * 1024
-    malloc_keep_mb: int = 16  # freed memory the C allocator keeps for the next frames (0: its default)
     metrics_public: bool = False  # /metrics without a token from non-loopback clients
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
@@ -82,7 +82,8 @@ class Settings:
             raise SettingsError(
                 f"PTGSTORE_REDIS_FSYNC must be one of {', '.join(FSYNC_POLICIES)}, not {self.redis_fsync!r}"
             )
-        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "hub_buffer"):
+        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
+                     "hub_buffer"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -110,9 +111,9 @@ class Settings:
             "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),
             "REDIS_FSYNC": ("redis_fsync", lambda n, v: v.strip().lower()),
             "REDIS_POOL_SIZE": ("redis_pool_size", lambda n, v: _parse_int(n, v, 1)),
+            "REDIS_TIMEOUT": ("redis_timeout", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER": ("hub_buffer", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER_BYTES": ("hub_buffer_bytes", lambda n, v: _parse_int(n, v, 0)),
-            "MALLOC_KEEP_MB": ("malloc_keep_mb", lambda n, v: _parse_int(n, v, 0)),
             "METRICS_PUBLIC": ("metrics_public", _parse_bool),
             "METRICS_TOKEN": ("metrics_token", lambda n, v: v or None),
             "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),

@@ -170,13 +170,14 @@ def validate_max_len(meta: dict) -> None:
 class Store:
     """Entries and metadata of streams in one Redis, through one shared connection pool."""
 
-    def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64):
+    def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64,
+                 timeout: float = 30):
         self.url = url
         self.prefix = key_prefix
         self.default_max_len = default_max_len
         # a blocking pool: callers wait for a free connection instead of failing
         self.pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=10, socket_timeout=30,
+            url, max_connections=pool_size, timeout=10, socket_timeout=timeout,
             socket_connect_timeout=5, health_check_interval=30,
         )
         self.redis = aioredis.Redis(connection_pool=self.pool)
@@ -292,7 +293,7 @@ class Store:
     def _watch(self) -> None:
         """Drop the lane's connection when its command has waited too long (Redis stopped or cut
         off): the waiting caller then fails as store unavailable instead of hanging."""
-        since, limit = self._lane_since, self.pool.connection_kwargs.get("socket_timeout") or 30
+        since, limit = self._lane_since, self.pool.connection_kwargs["socket_timeout"]
         if since is not None and time.monotonic() - since > limit:
             log.warning("Redis did not answer within %.0f s: dropping the connection", limit)
             asyncio.get_running_loop().create_task(self._lane.disconnect())

@@ -161,3 +161,24 @@ def test_a_pull_reading_history_waits_out_the_outage(tmp_path, durable_redis):
                 received += read_delivery(puller, timeout=20)
                 puller.send("ack")
     assert [(entry_id, data) for _, entry_id, data in received] == list(zip(ids, history))
+
+
+def test_a_stalled_redis_fails_pushes_after_the_timeout_then_recovers(tmp_path, durable_redis):
+    """Redis stopped (not dead: no reset, no EOF): a push waits PTGSTORE_REDIS_TIMEOUT, then closes 1011."""
+    settings = make_settings(tmp_path, durable_redis.url, redis_timeout=1)
+    with live_server(settings) as live:
+        with ws_connect(live, "/data/cam/push", ack="true") as pusher:
+            first = push_acked(pusher, b"before")
+            durable_redis.process.send_signal(signal.SIGSTOP)
+            try:
+                pusher.send(b"during")
+                code, reason = expect_close(pusher, timeout=10)
+            finally:
+                durable_redis.process.send_signal(signal.SIGCONT)
+        assert code == 1011 and reason.startswith("store unavailable")
+        with ws_connect(live, "/data/cam/push", ack="true") as pusher:
+            second = push_acked(pusher, b"after")
+    # what was refused may or may not have been stored (Redis got it, then stalled): never acked twice
+    client = durable_redis.client()
+    ids = [i.decode() for i, _ in client.xrange("cam")]
+    assert ids[0] == first and ids[-1] == second and len(ids) in (2, 3)

@@ -146,6 +146,35 @@ def test_wrong_type_key_refuses_batch_atomically(server, rdb):
     assert rdb.exists("ok") == 0
 
 
+
+def test_single_entry_on_wrong_type_key_closes_1007(server, rdb):
+    rdb.set("notastream", "x")
+    with ws_connect(server, "/data/notastream/push", ack="true") as ws:
+        ws.send(b"ab")
+        code, reason = expect_close(ws)
+    assert (code, reason) == (1007, "notastream is not a stream")
+    assert rdb.get("notastream") == b"x"
+
+
+def test_single_entries_keep_the_streams_max_len(server, rdb):
+    with server.http() as http:
+        assert http.put("/streams/short", json={"max_len": 5}).status_code == 200
+    with ws_connect(server, "/data/short/push", ack="true") as ws:
+        for i in range(600):
+            ws.send(b"%d" % i)
+            ws.recv(timeout=10)
+        # MAXLEN ~ trims whole nodes: at least max_len kept, far fewer than written
+        assert 5 <= rdb.xlen("short") < 300
+        # a new max_len applies to the very next entry
+        with server.http() as http:
+            assert http.put("/streams/short", json={"max_len": 2000}).status_code == 200
+        kept = rdb.xlen("short")
+        for i in range(300):
+            ws.send(b"more %d" % i)
+            ws.recv(timeout=10)
+    assert rdb.xlen("short") == kept + 300
+    assert stored(rdb, "short")[-1][1] == b"more 299"
+
 MALFORMED = [
     # (query, messages, close code, words in the reason)
     ({}, ["text instead of bytes"], 1003, "binary"),

@@ -43,6 +43,8 @@ class Follower:
         self.floor: tuple[int, int] = (0, 0)  # the buffer holds every entry after this id
         self.newest: tuple[int, int] = (0, 0)  # the newest id seen
         self.ready = asyncio.Event()
+        # what the sockets at one cursor get next, made once for all of them (they mostly move together)
+        self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
 
     async def _run(self) -> None:
@@ -77,6 +79,7 @@ class Follower:
 
     def _append(self, records) -> None:
         hub = self.hub
+        self.shared.clear()
         for raw_id, fields in records:
             entry_id = raw_id.decode()
             data = fields.get(FIELD, b"")
@@ -104,6 +107,21 @@ class Follower:
         start = bisect.bisect_right(self.ids, cursor)
         return [self.entries[i] for i in range(start, min(start + count, len(self.entries)))]
 
+    def delivery_after(self, cursor: tuple[int, int], count: int) -> "Delivery | None":
+        """The entries after `cursor` as a Delivery shared by every socket at that cursor (not to be
+        changed); None when the buffer no longer reaches back."""
+        key = (cursor, count)
+        delivery = self.shared.get(key)
+        if delivery is None:
+            if cursor < self.floor:
+                return None
+            start = bisect.bisect_right(self.ids, cursor)
+            end = min(start + count, len(self.ids))
+            delivery = Delivery([(self.sid, *self.entries[i]) for i in range(start, end)])
+            delivery.last = self.ids[end - 1] if end > start else cursor
+            self.shared[key] = delivery
+        return delivery
+
     def newest_entry(self) -> tuple[str, bytes] | None:
         return self.entries[-1] if self.entries else None
 
@@ -114,6 +132,8 @@ class Delivery:
 
     entries: list = field(default_factory=list)
     gaps: list = field(default_factory=list)
+    last: tuple[int, int] | None = None  # of a shared delivery: the cursor after it
+    encoded: dict = field(default_factory=dict)  # its wire form by header codec, made once
 
 
 class Subscription:
@@ -175,7 +195,7 @@ class Subscription:
             while not self.closed:
                 self.wake.clear()
                 try:
-                    delivery = await self._collect(count, latest)
+                    delivery = self._shared(count, latest) or await self._collect(count, latest)
                 except StoreUnavailable as exc:
                     # an open pull waits out an outage like its followers do: its cursors
                     # only move after a read succeeds, so nothing is skipped or repeated
@@ -192,6 +212,15 @@ class Subscription:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _shared(self, count: int, latest: bool) -> Delivery | None:
+        """One stream, followed in the buffer: the delivery every socket at this cursor shares."""
+        if len(self.followers) != 1 or latest:
+            return None
+        shared = self.followers[0].delivery_after(self.cursors[0], count)
+        if shared is not None:
+            self.cursors[0] = shared.last
+        return shared
 
     async def _collect(self, count: int, latest: bool) -> Delivery:
         delivery = Delivery()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 
 import orjson
 from starlette.requests import Request
@@ -36,6 +37,7 @@ CLOSE_ERRORS = {1003: "unsupported", 1007: "bad_request", 1008: "policy", 1009: 
                 1011: "server_error"}
 SHUTDOWN_REASON = "server shutting down"
 SOCKET_KEY = "ptgstore.socket"
+COUNT_EVERY = 1.0  # seconds between updates of a socket's entry counters
 
 
 def _use_multiprocess_dir(path: str) -> None:
@@ -95,6 +97,7 @@ class Metrics:
         self.closes = counter("ptgstore_socket_closes", "WebSocket closes by code and by which side",
                               ("kind", "code", "by"))
         self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
+        self.open_socket_stats: weakref.WeakSet = weakref.WeakSet()  # brought up to date at each scrape
         self._redis_children: dict = {}
         self._entry_children: dict = {}
         self._request_children: dict = {}
@@ -204,6 +207,8 @@ async def scrape(request: Request) -> Response:
     if not metrics.may_scrape(request.scope, request.app.state.authenticator):
         return JSONResponse({"detail": "metrics need a token from a non-loopback client"}, status_code=401,
                             headers={"WWW-Authenticate": "Bearer"})
+    for stats in list(metrics.open_socket_stats):
+        stats.count()
     body, content_type = await asyncio.to_thread(metrics.render, request.headers.get("accept"))
     return Response(body, headers={"content-type": content_type})
 
@@ -214,7 +219,7 @@ class SocketStats:
     """One WebSocket's counts, duration and close, for its metrics and its log lines."""
 
     __slots__ = ("metrics", "kind", "streams", "scope", "started", "accepted", "entries", "bytes",
-                 "code", "reason", "by", "_entries", "_bytes")
+                 "code", "reason", "by", "_entries", "_bytes", "_counted", "_counted_at", "__weakref__")
 
     def __init__(self, metrics: Metrics, kind: str, streams: str, scope):
         self.metrics = metrics
@@ -229,13 +234,27 @@ class SocketStats:
         self.by = ""
         counters = metrics.entry_counters("websocket", streams)
         self._entries, self._bytes = counters[:2] if kind == "push" else counters[2:]
+        self._counted = (0, 0)  # entries and bytes already in the counters
+        self._counted_at = 0.0
+        metrics.open_socket_stats.add(self)
 
     def add(self, count: int, size: int) -> None:
-        """Count entries stored (push) or delivered (pull) on this socket."""
+        """Count entries stored (push) or delivered (pull) on this socket. They reach the counters
+        at most a second later (at once for a scrape by this process): a fan-out to a thousand
+        sockets would otherwise spend a tenth of its time counting."""
         self.entries += count
         self.bytes += size
-        self._entries.inc(count)
-        self._bytes.inc(size)
+        if time.monotonic() - self._counted_at >= COUNT_EVERY:
+            self.count()
+
+    def count(self) -> None:
+        """Bring the counters up to date with this socket."""
+        entries, nbytes = self._counted
+        if self.entries != entries:
+            self._entries.inc(self.entries - entries)
+            self._bytes.inc(self.bytes - nbytes)
+            self._counted = (self.entries, self.bytes)
+        self._counted_at = time.monotonic()
 
     def accept(self) -> None:
         self.accepted = True
@@ -250,6 +269,8 @@ class SocketStats:
             self.code, self.reason, self.by = code, reason or "", by
 
     def finish(self) -> None:
+        self.count()
+        self.metrics.open_socket_stats.discard(self)
         code = self.code if self.code is not None else 1006
         if not self.accepted:
             self.metrics.errors.labels(CLOSE_ERRORS.get(code, "refused")).inc()

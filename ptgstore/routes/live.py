@@ -251,12 +251,9 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
         for gap in delivery.gaps:
             await send({"type": "websocket.send", "text": orjson.dumps(gap).decode()})
         if delivery.entries:
-            header, blob = pack_entries(delivery.entries)
-            encoded = encode_header(header, options["codec"])
-            if binary_header:
-                await send({"type": "websocket.send", "bytes": encoded})
-            else:
-                await send({"type": "websocket.send", "text": encoded.decode()})
+            header, blob = _wire(delivery, options["codec"])
+            await send({"type": "websocket.send", "bytes": header} if binary_header
+                       else {"type": "websocket.send", "text": header})
             await send({"type": "websocket.send", "bytes": blob})
             tally(len(delivery.entries), len(blob))
         if sync is not None:
@@ -265,3 +262,13 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
             await acked.wait()
             if subscription.closed:
                 return
+
+
+def _wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
+    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
+    wire = delivery.encoded.get(codec)
+    if wire is None:
+        header, blob = pack_entries(delivery.entries)
+        encoded = encode_header(header, codec)
+        wire = delivery.encoded[codec] = (encoded.decode() if codec == "json" else encoded, blob)
+    return wire

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from .settings import Settings
 from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
+GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
@@ -64,6 +66,7 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    tune_garbage_collector()
     try:
         yield
     finally:
@@ -72,6 +75,15 @@ async def lifespan(app: Starlette):
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         app.state.metrics.close()
+
+
+def tune_garbage_collector() -> None:
+    """Collect young objects every 10,000 allocations instead of 700, and leave what exists at
+    start-up (modules, routes, settings) out of full collections. With the defaults, collections
+    paused a fan-out to a thousand pull sockets: p99 latency 65-80 ms instead of 26-34 ms.
+    (50,000 gained nothing more and kept 30 MB more garbage between collections.)"""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
 
 
 def configure_logging(level: str) -> None:

@@ -21,6 +21,7 @@ FIELD = b"d"
 _LAST_POSSIBLE_ID = f"{2**64 - 1}-{2**64 - 1}"
 MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
 MAX_LEN_CACHE = 10_000  # streams whose max_len is kept
+LANES = 8  # connections kept for the hot path, besides the pool
 LARGE_VALUE = 16 * 1024  # bytes from which a command's value is sent as it is, not packed with the rest
 
 Entry = tuple  # (stream id, entry id, bytes)
@@ -195,13 +196,13 @@ class Store:
         self.meta_key = key_prefix + "ptgstore:meta"
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
         self._add = self.redis.register_script(_ADD_SCRIPT)
-        # one connection kept for entries in and out, used in turn: leasing from the pool costs
-        # more than the command itself; callers that find it busy use the pool. It has no
-        # per-command timer (a third of the cost of a command): a watchdog drops it instead when
-        # a command has waited longer than the pool's socket timeout.
-        self._lane = self.pool.connection_class(**{**self.pool.connection_kwargs, "socket_timeout": None,
-                                                   "health_check_interval": 0})
-        self._lane_since: float | None = None
+        # a few connections kept for entries in and out ("lanes"): leasing from the pool costs
+        # more than the command itself. Lanes have no per-command timer (a third of the cost of a
+        # command): a watchdog drops a lane instead when its command has waited too long.
+        self._lane_options = {**self.pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+        self._lanes_free: list = []
+        self._lanes_busy: dict = {}  # lane -> when its command was sent (monotonic)
+        self._max_lanes = min(LANES, pool_size)
         self._watchdog: asyncio.TimerHandle | None = None
         self._max_lens: dict[str, tuple[int, float]] = {}  # stream id -> (max_len, read at)
         self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
@@ -217,7 +218,8 @@ class Store:
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        await self._lane.disconnect()
+        for lane in self._lanes_free + list(self._lanes_busy):
+            await lane.disconnect()
         await self.redis.aclose()
         await self.pool.disconnect()
 
@@ -283,31 +285,39 @@ class Store:
             return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
 
     async def _once(self, *command):
-        """One command of the hot path and its reply, on the lane or else a pooled connection.
+        """One command of the hot path and its reply, on a free lane, a new one, or else (all
+        LANES busy) a pooled connection.
 
         Without the client's retry layer (and its cost on every entry): a write retried after
         a lost reply could be stored twice."""
-        if self._lane_since is not None:
+        if self._lanes_free:
+            lane = self._lanes_free.pop()
+        elif len(self._lanes_busy) < self._max_lanes:
+            lane = self.pool.connection_class(**self._lane_options)
+            if self._watchdog is None:
+                self._watch()
+        else:
             connection = await self.pool.get_connection()
             try:
                 return await _call(connection, command)
             finally:
                 await self.pool.release(connection)
-        if self._watchdog is None:
-            self._watch()
-        self._lane_since = time.monotonic()
+        self._lanes_busy[lane] = time.monotonic()
         try:
-            return await _call(self._lane, command)
+            return await _call(lane, command)
         finally:
-            self._lane_since = None
+            del self._lanes_busy[lane]
+            self._lanes_free.append(lane)
 
     def _watch(self) -> None:
-        """Drop the lane's connection when its command has waited too long (Redis stopped or cut
-        off): the waiting caller then fails as store unavailable instead of hanging."""
-        since, limit = self._lane_since, self.pool.connection_kwargs["socket_timeout"]
-        if since is not None and time.monotonic() - since > limit:
-            log.warning("Redis did not answer within %.0f s: dropping the connection", limit)
-            asyncio.get_running_loop().create_task(self._lane.disconnect())
+        """Drop a lane whose command has waited too long (Redis stopped or cut off): the waiting
+        caller then fails as store unavailable instead of hanging."""
+        limit = self.pool.connection_kwargs["socket_timeout"]
+        now = time.monotonic()
+        for lane, since in list(self._lanes_busy.items()):
+            if now - since > limit:
+                log.warning("Redis did not answer within %.0f s: dropping the connection", limit)
+                asyncio.get_running_loop().create_task(lane.disconnect())
         self._watchdog = asyncio.get_running_loop().call_later(1, self._watch)
 
     # -- reads ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """WebSocket push: single entries, batches in every header form, acks, timestamps, refusals."""
 import os
+from concurrent.futures import ThreadPoolExecutor
 import time
 
 import msgpack
@@ -281,3 +282,20 @@ def test_disconnect_mid_batch_stores_nothing(server, rdb):
         ws.send(b"after")
         assert ws.recv(timeout=10)
     assert [d for _, d in stored(rdb, "cam")] == [b"after"]
+
+
+def test_many_concurrent_pushers_all_land_in_order(server, rdb):
+    """More pushers than the store's kept connections: the rest go through the pool."""
+
+    def pusher(n: int) -> list[str]:
+        with ws_connect(server, f"/data/many-{n}/push", ack="true") as ws:
+            acked = []
+            for i in range(60):
+                ws.send(b"%d:%d" % (n, i))
+                acked.append(ws.recv(timeout=10))
+            return acked
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        acked = list(pool.map(pusher, range(24)))
+    for n, ids in enumerate(acked):
+        assert stored(rdb, f"many-{n}") == [(i, b"%d:%d" % (n, k)) for k, i in enumerate(ids)]

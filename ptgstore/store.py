@@ -130,11 +130,15 @@ async def _call(connection, command: tuple):
 
 def _pack(connection, command: tuple):
     """The command in Redis's protocol: packed in C by hiredis (a fifth of redis-py's cost), except
-    with a large value or a memoryview (a slice of a batch), which redis-py's packer sends as it is."""
-    for arg in command:
-        if isinstance(arg, (memoryview, bytearray)) or (isinstance(arg, bytes) and len(arg) >= LARGE_VALUE):
-            return connection.pack_command(*command)
-    return hiredis.pack_command(command)
+    with a large value (always last) or memoryviews (slices of a batch), which redis-py's packer
+    sends as they are, uncopied."""
+    last = command[-1]
+    if not (isinstance(last, bytes) and len(last) >= LARGE_VALUE):
+        try:
+            return hiredis.pack_command(command)
+        except TypeError:  # a memoryview
+            pass
+    return connection.pack_command(*command)
 
 
 def _closed_by_peer(connection) -> bool:
@@ -254,7 +258,11 @@ class Store:
     async def _add_one(self, sid: str, data: bytes) -> str:
         """One entry with a Redis-made id: a plain XADD, atomic by itself. (Redis copies a script's
         arguments twice over: for a 512 KiB frame the script costs Redis three times the XADD.)"""
-        max_len = await self._max_len(sid)
+        known = self._max_lens.get(sid)
+        if known is not None and time.monotonic() - known[1] < MAX_LEN_FRESH:
+            max_len = known[0]
+        else:
+            max_len = await self._read_max_len(sid)
         try:
             entry_id = await self._once("XADD", self.key(sid), "MAXLEN", "~", max_len, "*", FIELD, data)
         except rexc.ResponseError as exc:
@@ -263,13 +271,10 @@ class Store:
             raise StoreError(f"{sid}: {exc}") from None
         return entry_id.decode()
 
-    async def _max_len(self, sid: str) -> int:
-        """The stream's retention, read at most once a second: another process's change to it takes
-        effect here within a second (this process's own at once)."""
-        known = self._max_lens.get(sid)
+    async def _read_max_len(self, sid: str) -> int:
+        """The stream's retention, kept for MAX_LEN_FRESH seconds: another process's change to it
+        takes effect here within that time (this process's own at once)."""
         now = time.monotonic()
-        if known is not None and now - known[1] < MAX_LEN_FRESH:
-            return known[0]
         value = await self._once("HGET", self.maxlen_key, sid)
         max_len = int(value) if value is not None else self.default_max_len
         if len(self._max_lens) >= MAX_LEN_CACHE:

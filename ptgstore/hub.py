@@ -113,12 +113,11 @@ class Follower:
         key = (cursor, count)
         delivery = self.shared.get(key)
         if delivery is None:
-            if cursor < self.floor:
+            buffered = self.after(cursor, count)
+            if buffered is None:
                 return None
-            start = bisect.bisect_right(self.ids, cursor)
-            end = min(start + count, len(self.ids))
-            delivery = Delivery([(self.sid, *self.entries[i]) for i in range(start, end)])
-            delivery.last = self.ids[end - 1] if end > start else cursor
+            delivery = Delivery([(self.sid, entry_id, data) for entry_id, data in buffered])
+            delivery.last = parse_entry_id(buffered[-1][0]) if buffered else cursor
             self.shared[key] = delivery
         return delivery
 

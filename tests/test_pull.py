@@ -199,6 +199,32 @@ def test_200_sockets_on_one_stream_each_get_every_entry_in_order(server, rdb):
     wait_until(lambda: not server.app.state.hub.followers, what="followers to stop")
 
 
+def test_sockets_at_one_cursor_share_deliveries_in_their_own_count_and_codec(server, rdb):
+    """Sockets following the same stream get the deliveries made once for their cursor and count,
+    each in its own header codec."""
+    queries = [{"count": "3"}, {"count": "3", "header": "msgpack"}, {"count": "100"}, {"count": "3"}]
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(ws_connect(server, "/data/cam/pull", **q)) for q in queries]
+        hub = server.app.state.hub
+        wait_until(lambda: "cam" in hub.followers and len(hub.followers["cam"].readers) == 4, what="4 readers")
+        with rdb.pipeline(transaction=True) as pipe:  # one XREAD returns all ten
+            for i in range(10):
+                pipe.xadd("cam", {"d": b"entry %d" % i})
+            ids = [i.decode() for i in pipe.execute()]
+        expected = [("cam", entry_id, b"entry %d" % i) for i, entry_id in enumerate(ids)]
+        for ws, query in zip(sockets, queries):
+            sizes, got = [], []
+            while len(got) < 10:
+                header = ws.recv(timeout=10)
+                assert isinstance(header, bytes) == (query.get("header") == "msgpack")
+                items = msgpack.unpackb(header) if isinstance(header, bytes) else orjson.loads(header)
+                blob = ws.recv(timeout=10)
+                ends = [item[2] for item in items[1:]] + [len(blob)]
+                got += [(sid, entry_id, blob[start:end]) for (sid, entry_id, start), end in zip(items, ends)]
+                sizes.append(len(items))
+            assert got == expected
+            assert sizes == ([10] if query["count"] == "100" else [3, 3, 3, 1])
+
 def test_slow_socket_falls_behind_and_catches_up_from_redis(tmp_path, rdb, redis_server):
     from conftest import live_server, make_settings
 

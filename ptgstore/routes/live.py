@@ -84,9 +84,9 @@ def _push_options(params):
 
 
 class _Endpoint:
-    """A socket route as a plain ASGI app: Starlette's WebSocket for the handshake, options and
-    close; the bare ASGI receive, and the server's own send for data messages (see
-    `metrics.data_send`), for the messages: a few layers cheaper per message."""
+    """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
+    handshake, options and close, and for its messages the bare ASGI receive and the server's own
+    send (`metrics.data_send`): a few layers cheaper per message."""
 
     def __init__(self, session):
         self.session = session

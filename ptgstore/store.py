@@ -51,7 +51,8 @@ def _guarded(method):
             raise StoreUnavailable("store unavailable: Redis is loading its data") from exc
         finally:
             if self.on_roundtrip is not None:
-                self.on_roundtrip(op, time.perf_counter() - started)
+                # reported once the caller has moved on (sent its reply): off the latency path
+                asyncio.get_running_loop().call_soon(self.on_roundtrip, op, time.perf_counter() - started)
 
     return wrapper
 

@@ -126,9 +126,9 @@ async def _push(ws: WebSocket, receive, send) -> None:
             ids = await store.add(entries)
         except StoreError as exc:
             raise Refusal(INVALID, str(exc)) from None
-        tally(len(ids), len(blob) if batched else len(entries[0][2]))
         if options["ack"]:
             await send({"type": "websocket.send", "text": ",".join(ids)})
+        tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 
 push = _Endpoint(_push_session)

@@ -19,7 +19,7 @@ from typing import Sequence
 from redis import exceptions as rexc
 
 from .framing import BEGINNING, NEWEST, format_entry_id, parse_entry_id
-from .store import FIELD, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")
 
@@ -48,18 +48,18 @@ class Follower:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
 
     async def _run(self) -> None:
-        client = self.hub.store.reader_client()
-        key = self.hub.store.key(self.sid)
+        store = self.hub.store
+        connection = store.blocking_connection()
         backoff = 0.05
         try:
             while True:
                 try:
                     if not self.ready.is_set():
-                        (start,) = await self.hub.store.last_ids([self.sid])
+                        (start,) = await store.last_ids([self.sid])
                         self.floor = self.newest = parse_entry_id(start)
                         self.ready.set()
-                    reply = await client.xread({key: format_entry_id(self.newest)}, count=READ_BATCH,
-                                               block=BLOCK_MS)
+                    records = await store.read_blocking(connection, self.sid, format_entry_id(self.newest),
+                                                        READ_BATCH, BLOCK_MS)
                     backoff = 0.05
                 except (rexc.RedisError, OSError, StoreUnavailable) as exc:
                     # kept alive through outages and odd keys alike: its sockets wait, then resume
@@ -67,22 +67,20 @@ class Follower:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
-                if reply:
-                    self._append(reply[0][1])
+                if records:
+                    self._append(records)
                     await asyncio.sleep(0)  # the woken sockets send before the next read goes out
         finally:
             # freed now, not when the garbage collector breaks the follower <-> task cycle
             self.entries.clear()
             self.ids.clear()
             self.buffered_bytes = 0
-            await client.aclose()
+            await connection.disconnect()
 
     def _append(self, records) -> None:
         hub = self.hub
         self.shared.clear()
-        for raw_id, fields in records:
-            entry_id = raw_id.decode()
-            data = fields.get(FIELD, b"")
+        for entry_id, data in records:
             pair = parse_entry_id(entry_id)
             self.ids.append(pair)
             self.entries.append((entry_id, data))

@@ -215,10 +215,18 @@ class Store:
     def key(self, sid: str) -> str:
         return self.prefix + sid
 
-    def reader_client(self) -> aioredis.Redis:
-        """A client of its own for one long blocking read (kept off the shared pool)."""
-        return aioredis.Redis.from_url(self.url, single_connection_client=True, socket_timeout=None,
-                                       socket_connect_timeout=5)
+    def blocking_connection(self):
+        """A connection of its own for one follower's blocking reads (kept off the pool and lanes)."""
+        return self.pool.connection_class(**self._lane_options)
+
+    async def read_blocking(self, connection, sid: str, cursor: str, count: int, block_ms: int) -> list:
+        """Up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to `block_ms` for the
+        first; [] when none came. Redis errors are raised as they are (the follower retries)."""
+        reply = await _call(connection, ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.key(sid), cursor))
+        if not reply:
+            return []
+        records = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3 or RESP2
+        return [(entry_id.decode(), _data(fields)) for entry_id, fields in records]
 
     async def close(self) -> None:
         if self._watchdog is not None:

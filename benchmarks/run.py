@@ -157,7 +157,7 @@ def table(rows: list[Row]) -> list[str]:
             ratio = ptg / raw if raw else float("nan")
             target = verdict(*sc.targets[metric], ptg, ratio) if metric in sc.targets else ""
             first = i == 0
-            lines.append(f"| {sc.title if first else ''} | {metric} | {fmt(ptg)} | {fmt(raw)} | {ratio:.2f} | {target} "
+            lines.append(f"| {sc.title if first else ''} | {metric} | {fmt(ptg)} | {fmt(raw)} | {ratio:.3f} | {target} "
                          f"| {cpu if first else ''} | {('**LOST %d**' % lost if lost else '0') if first else ''} |")
     return lines
 

@@ -69,7 +69,7 @@ class EmbeddedRedis:
     that started it stops it, and restarts it when it dies on its own.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, fsync: str = "everysec"):
+    def __init__(self, data_dir: str | os.PathLike, fsync: str = "always"):
         self.dir = Path(data_dir).expanduser().resolve() / "redis"
         self.fsync = fsync
         self.url: str | None = None

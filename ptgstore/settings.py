@@ -63,7 +63,7 @@ class Settings:
     key_prefix: str = ""
     max_len: int = 1000
     max_message: int = 16 * 1024 * 1024
-    redis_fsync: str = "everysec"  # embedded Redis only
+    redis_fsync: str = "always"  # embedded Redis only: everysec can lose acknowledged entries in a crash
     redis_pool_size: int = 64
     redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process

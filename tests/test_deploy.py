@@ -160,7 +160,7 @@ def test_redis_conf_is_accepted_and_sets_what_ptgstore_relies_on(tmp_path):
         wait_until(answers, what="redis-server with deploy/redis.conf")
         config = client.config_get("*")
         assert config["appendonly"] == "yes"
-        assert config["appendfsync"] == "everysec"
+        assert config["appendfsync"] == "always"
         assert config["maxmemory-policy"] == "noeviction"
         assert config["save"] == ""
         assert config["timeout"] == "0"

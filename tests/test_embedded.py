@@ -15,6 +15,9 @@ def test_start_keeps_data_across_restarts(tmp_path):
     url = first.start()
     assert first.owner
     client = redis.Redis.from_url(url)
+    # every acknowledged write is fsynced before the reply (everysec may acknowledge unwritten ones)
+    config = client.config_get("append*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "always")
     client.xadd("cam", {"d": b"\x00frame\xff"})
     client.close()
     first.stop()

@@ -185,11 +185,10 @@ def validate_max_len(meta: dict) -> None:
 
 
 class Store:
-    """Entries and metadata of streams in one Redis, through one shared connection pool."""
+    """Entries and metadata of streams in one Redis, through a shared pool and a few kept connections."""
 
     def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64,
                  timeout: float = 30):
-        self.url = url
         self.prefix = key_prefix
         self.default_max_len = default_max_len
         # a blocking pool: callers wait for a free connection instead of failing

@@ -101,6 +101,11 @@ async def verify_landed(ctx: Context, key: str, expected: int, size: int) -> tup
     return max(0, expected - found), corrupt
 
 
+async def landed(ctx: Context, key: str, sent: int, expected: int, size: int, elapsed: float) -> Result:
+    """The throughput of a push run, with what of the `expected` entries did not land intact."""
+    lost, corrupt = await verify_landed(ctx, key, sent, size)
+    return Result({"entries/s": sent / elapsed}, sent, lost + expected - sent, corrupt)
+
 def percentile(values: list, fraction: float) -> float:
     if not values:
         return float("nan")
@@ -122,8 +127,7 @@ async def push_ack_ptg(ctx: Context, key: str, count: int, size: int, limit: flo
             if past(deadline):
                 break
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    return Result({"entries/s": sent / elapsed}, sent, lost + count - sent, corrupt)
+    return await landed(ctx, key, sent, count, size, elapsed)
 
 
 async def push_ack_raw(ctx: Context, key: str, count: int, size: int, limit: float) -> Result:
@@ -137,8 +141,7 @@ async def push_ack_raw(ctx: Context, key: str, count: int, size: int, limit: flo
             if past(deadline):
                 break
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    return Result({"entries/s": sent / elapsed}, sent, lost + count - sent, corrupt)
+    return await landed(ctx, key, sent, count, size, elapsed)
 
 
 async def wait_visible(ctx: Context, key: str, count: int, deadline: float) -> bool:
@@ -162,8 +165,7 @@ async def push_noack_ptg(ctx: Context, key: str, count: int, size: int, limit: f
                 break
         visible = await wait_visible(ctx, key, sent, deadline_after(limit))
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    result = Result({"entries/s": sent / elapsed}, sent, lost + count - sent, corrupt)
+    result = await landed(ctx, key, sent, count, size, elapsed)
     if not visible:
         result.notes.append("last entry never became visible")
     return result
@@ -181,8 +183,7 @@ async def push_noack_raw(ctx: Context, key: str, count: int, size: int, limit: f
                     pipe.xadd(key, {FIELD: payload(i, size)}, maxlen=MAXLEN, approximate=True)
                 sent += len(await pipe.execute())
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    return Result({"entries/s": sent / elapsed}, sent, lost + count - sent, corrupt)
+    return await landed(ctx, key, sent, count, size, elapsed)
 
 
 def batch_of(first: int, per_batch: int, size: int) -> tuple[bytes, bytes]:
@@ -204,8 +205,7 @@ async def batch_ack_ptg(ctx: Context, key: str, batches: int, per_batch: int, si
             if past(deadline):
                 break
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    return Result({"entries/s": sent / elapsed}, sent, lost + batches * per_batch - sent, corrupt)
+    return await landed(ctx, key, sent, batches * per_batch, size, elapsed)
 
 
 async def batch_ack_raw(ctx: Context, key: str, batches: int, per_batch: int, size: int, limit: float) -> Result:
@@ -225,8 +225,7 @@ async def batch_ack_raw(ctx: Context, key: str, batches: int, per_batch: int, si
             if past(deadline):
                 break
         elapsed = time.perf_counter() - start
-    lost, corrupt = await verify_landed(ctx, key, sent, size)
-    return Result({"entries/s": sent / elapsed}, sent, lost + batches * per_batch - sent, corrupt)
+    return await landed(ctx, key, sent, batches * per_batch, size, elapsed)
 
 
 # -- live: 8 pushers at 30 Hz, one puller on all 8 streams ---------------------------------------

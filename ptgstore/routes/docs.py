@@ -10,7 +10,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 WEBSOCKETS = """
-WebSocket routes (OpenAPI cannot describe them; see PROTOCOL.md for the full contract):
+WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repository for the full contract):
 
 * `/data/{sid}/push?batch=false&ack=false&header=json|msgpack&offsets=auto|start|end` —
   unbatched: every binary message is one entry; batched (`batch=true` or sid `*`): messages

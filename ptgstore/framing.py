@@ -1,6 +1,7 @@
 """Pure codec for the wire protocol: stream ids, cursors, headers, offsets, timestamps. No I/O."""
 from __future__ import annotations
 
+import json
 import math
 from typing import Iterable, Sequence
 
@@ -142,6 +143,13 @@ def encode_header(items: list, codec: str = "json") -> bytes:
     return orjson.dumps(items)
 
 
+def ascii_json(value) -> str:
+    """`value` as JSON in ASCII only (`\\u` escapes), for HTTP headers: a header value is Latin-1
+    on the wire, so a stream id such as `日` written as UTF-8 would not survive."""
+    text = orjson.dumps(value).decode()
+    return text if text.isascii() else json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+
+
 def decode_header(raw: bytes | str, codec: str = "json") -> list:
     """A client's batch header as a list of items; FramingError when it does not parse."""
     try:
@@ -251,6 +259,8 @@ def split_batch(
         path_sids: list[str] = []
     else:
         path_sids = split_stream_ids(path_sid)
+    if not header_items and blob:
+        raise FramingError(f"the header lists no entries but the blob holds {len(blob)} bytes")
     parsed = [_parse_item(item, i, path_sids) for i, item in enumerate(header_items)]
     spans = _resolve_offsets([p[2] for p in parsed], len(blob), offsets_mode)
     bare = [p for p in parsed if p[0] is None]

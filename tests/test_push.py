@@ -193,6 +193,8 @@ MALFORMED = [
     ({"batch": "true", "offsets": "start"}, ["[3]", b"abc"], 1007, "start offsets"),
     ({"batch": "true", "header": "msgpack"}, [b"\xc1", b"x"], 1007, "msgpack"),
     ({"batch": "true", "header": "msgpack"}, ["[0]"], 1003, "binary"),
+    ({"batch": "true"}, ["[]", b"orphan bytes"], 1007, "no entries"),
+    ({"batch": "true", "header": "msgpack"}, [msgpack.packb([]), b"orphan bytes"], 1007, "no entries"),
 ]
 
 
@@ -217,6 +219,14 @@ def test_malformed_input_closes_with_code_and_stores_nothing(server, rdb, query,
     assert words.lower() in reason.lower()
     assert len(reason.encode()) <= 123
     assert [d for _, d in stored(rdb, "cam")] == [b"good"]
+
+
+def test_empty_batch_with_empty_blob_is_acknowledged_empty(server, rdb):
+    with ws_connect(server, "/data/cam/push", ack="true", batch="true") as ws:
+        ws.send("[]")
+        ws.send(b"")
+        assert ws.recv(timeout=10) == ""
+    assert rdb.exists("cam") == 0
 
 
 @pytest.mark.parametrize("query,code,words", [

@@ -123,6 +123,19 @@ def test_invalid_stream_ids_are_400(http, sid):
         assert reply.status_code == 400, (sid, reply.text)
 
 
+def test_non_latin1_stream_ids_round_trip_in_the_entry_offset_header(http, rdb):
+    for sid in ("\u65e5", "cam\u65e5\U0001f600", "\u00e9"):
+        upload(http, sid, b"frame " + sid.encode())
+    reply = http.get("/data/\u65e5+cam\u65e5\U0001f600+\u00e9", params={"count": "5"})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers.raw and all(value.isascii() for _, value in reply.headers.raw)
+    got = entries(reply)
+    assert [(sid, data) for sid, _, data in got] == [
+        (sid, b"frame " + sid.encode()) for sid in ("\u65e5", "cam\u65e5\U0001f600", "\u00e9")]
+    alone = http.get("/data/\u65e5")
+    assert alone.status_code == 200 and entries(alone)[0][0] == "\u65e5"
+
+
 def test_valid_stream_ids_with_slashes_and_colons(http, rdb):
     for sid in ("glf/left", "hololens1:imu", "main", "d\u00e9pth"):
         upload(http, sid, b"x")
@@ -141,10 +154,18 @@ def test_put_creates_a_listed_stream_and_merges_metadata(http):
     assert info["meta"] == {"w": 1} and info["length"] == 0 and info["first-entry"] is None
 
 
-@pytest.mark.parametrize("body", [b"[1,2]", b"{nope", b'"text"'])
-def test_put_refuses_non_objects(http, body):
+@pytest.mark.parametrize("body,words", [(b"[1,2]", "an array"), (b"{nope", "JSON object"), (b'"text"', "a string"),
+                                        (b"", "empty"), (b"  \n", "empty"), (b"null", "null"), (b"7", "a number")])
+def test_put_refuses_non_objects(http, body, words):
     reply = http.put("/streams/cam", content=body, headers={"content-type": "application/json"})
-    assert reply.status_code == 400 and reply.json()["detail"]
+    assert reply.status_code == 400 and words in reply.json()["detail"]
+    assert http.get("/streams").json() == []
+
+
+def test_put_without_a_body_is_400(http):
+    reply = http.request("PUT", "/streams/cam")
+    assert reply.status_code == 400 and "empty" in reply.json()["detail"]
+    assert http.get("/streams").json() == []
 
 
 @pytest.mark.parametrize("max_len", [0, -3, "10", 1.5, True])

@@ -1,13 +1,12 @@
 """`/data/{sid}` over HTTP: multipart upload in, concatenated entries out."""
 from __future__ import annotations
 
-import orjson
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..framing import NOW, pack_entries, parse_count, parse_cursors, unique_stream_ids, validate_stream_id
+from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, validate_stream_id
 
 
 async def post_entries(request: Request) -> JSONResponse:
@@ -41,4 +40,4 @@ async def get_entries(request: Request) -> Response:
     header, blob = pack_entries(entries)
     request.app.state.metrics.entries(request, False, len(entries), len(blob))
     return Response(blob, media_type="application/octet-stream",
-                    headers={"entry-offset": orjson.dumps(header).decode()})
+                    headers={"entry-offset": ascii_json(header)})

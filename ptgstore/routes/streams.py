@@ -40,13 +40,23 @@ async def put_stream(request: Request) -> JSONResponse:
     sid = validate_stream_id(request.path_params["sid"])
     override = query_bool(request.query_params, "override")
     body = await request.body()
+    if not body.strip():
+        raise HTTPException(400, "the body is empty: send the metadata as a JSON object (`{}` for none)")
     try:
-        meta = orjson.loads(body) if body.strip() else {}
+        meta = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise HTTPException(400, f"metadata must be a JSON object: {exc}") from None
     if not isinstance(meta, dict):
-        raise HTTPException(400, "metadata must be a JSON object")
+        raise HTTPException(400, f"metadata must be a JSON object, not {_json_kind(meta)}")
     return JSONResponse(await request.app.state.store.set_meta(sid, meta, override=override))
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {list: "an array", str: "a string"}.get(type(value), "a number")
 
 
 async def delete_streams(request: Request) -> JSONResponse:

@@ -132,6 +132,8 @@ def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> 
         log.info("auth policy 'users': accounts from %s", settings.users_path)
     if settings.secret and len(settings.secret.encode()) < 32:
         log.warning("the configured PTGSTORE_SECRET is shorter than 32 bytes: tokens are easier to forge")
+    if settings.metrics_public:
+        log.warning("/metrics is public: served to anyone without a token (PTGSTORE_METRICS_PUBLIC=true)")
     if not settings.token_verify_exp:
         log.warning("INSECURE: token expiry is not verified (PTGSTORE_TOKEN_VERIFY_EXP=false)")
 

@@ -276,7 +276,8 @@ REDACT_CREDENTIALS = CredentialRedactor()
 
 # -- the gate in front of every route -------------------------------------------------------
 
-# /metrics decides for itself: open on loopback, a token from elsewhere (metrics.Metrics.may_scrape)
+# /metrics decides for itself: a metrics token or an API token, or public when configured
+# (metrics.Metrics.may_scrape)
 PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics"})
 PUBLIC_PREFIXES = ("/docs/",)
 

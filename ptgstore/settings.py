@@ -68,7 +68,7 @@ class Settings:
     redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process
     hub_buffer_bytes: int = 64 * 1024 * 1024
-    metrics_public: bool = False  # /metrics without a token from non-loopback clients
+    metrics_public: bool = False  # /metrics without any token, for every client
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
     metrics_stream_labels: bool = False  # label entry counters by stream (unbounded cardinality)

@@ -18,8 +18,7 @@ from conftest import live_server, make_settings
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
 PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/openapi.json"}
 PUBLIC_MOUNTS = {"/docs/static"}
-# answered without a token from loopback clients only (the deploy helper's metrics endpoint)
-LOOPBACK_PUBLIC = {"/metrics"}
+# /metrics is protected like every other route (it also takes the configured metrics token)
 
 # a request each protected REST route would accept with a good token
 BODIES = {
@@ -106,7 +105,7 @@ def ws_handshake(server, path, token, place):
 
 
 def protected_rest(server):
-    return [(m, p) for m, p in rest_routes(server.app) if p not in PUBLIC | LOOPBACK_PUBLIC]
+    return [(m, p) for m, p in rest_routes(server.app) if p not in PUBLIC]
 
 
 def test_the_matrix_covers_every_route(server):

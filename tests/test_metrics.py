@@ -15,6 +15,7 @@ from wsutil import expect_close, read_delivery, ws_connect
 
 def scrape(server, **kwargs) -> dict[tuple, float]:
     """Every sample of `/metrics` as {(name, sorted labels): value}."""
+    kwargs.setdefault("headers", {"Authorization": f"Bearer {server.token()}"})
     reply = httpx.get(server.url + "/metrics", timeout=10, **kwargs)
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -118,21 +119,23 @@ def test_errors_by_reason(server, rdb):
                what="the refused handshake counted")
 
 
-def test_access_open_on_loopback_token_elsewhere(tmp_path, redis_server, rdb):
+def test_metrics_need_a_token_even_from_loopback(tmp_path, redis_server, rdb, startup_log):
     settings = make_settings(tmp_path, redis_server.url, metrics_token="scraper-secret-0123456789")
     with live_server(settings) as live:
         url = live.url + "/metrics"
-        assert httpx.get(url).status_code == 200
-        # through a proxy every client looks local: a forwarded request needs a token
-        forwarded = {"X-Forwarded-For": "203.0.113.9"}
-        refused = httpx.get(url, headers=forwarded)
-        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
-        assert httpx.get(url, headers={**forwarded, "Authorization": "Bearer wrong"}).status_code == 401
-        assert httpx.get(url, headers={**forwarded, "Authorization": "Bearer scraper-secret-0123456789"}) \
-            .status_code == 200
-        assert httpx.get(url, headers={**forwarded, "Authorization": f"Bearer {live.token()}"}).status_code == 200
+        for headers in ({}, {"X-Forwarded-For": "203.0.113.9"}, {"Authorization": "Bearer wrong"}):
+            refused = httpx.get(url, headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"] == "Bearer" and "token" in refused.json()["detail"]
+            assert "ptgstore_" not in refused.text
+        assert httpx.get(url, headers={"Authorization": "Bearer scraper-secret-0123456789"}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": f"Bearer {live.token()}"}).status_code == 200
+        assert httpx.get(url, params={"token": live.token()}).status_code == 200
+    assert not any("/metrics is public" in line for line in startup_log)
     with live_server(make_settings(tmp_path, redis_server.url, metrics_public=True)) as live:
         assert httpx.get(live.url + "/metrics", headers={"Forwarded": "for=203.0.113.9"}).status_code == 200
+        assert httpx.get(live.url + "/metrics").status_code == 200
+    assert any("/metrics is public" in line for line in startup_log)
 
 
 class Lines(logging.Handler):
@@ -142,6 +145,15 @@ class Lines(logging.Handler):
 
     def emit(self, record):
         self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def startup_log():
+    handler = Lines()
+    logger = logging.getLogger("ptgstore")
+    logger.addHandler(handler)
+    yield handler.lines
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

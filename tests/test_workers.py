@@ -14,8 +14,9 @@ from servers import ServeProcess
 from wsutil import read_delivery
 
 
-def counter(url: str, name: str, **labels) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
+def counter(server: ServeProcess, name: str, **labels) -> float:
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {server.token()}"},
+                     timeout=10).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
@@ -42,16 +43,16 @@ def test_push_through_one_server_is_pulled_through_another(tmp_path, redis_serve
         # separate data directories, so separate secrets: each token comes from its own server
         with connect(f"{two.ws_url}/data/cam/pull?last_entry_id=$&count=10&token={two.token()}",
                      open_timeout=10) as pull:
-            wait_until(lambda: counter(two.url, "ptgstore_open_sockets", kind="pull") == 1, what="pull open")
+            wait_until(lambda: counter(two, "ptgstore_open_sockets", kind="pull") == 1, what="pull open")
             frames = [os.urandom(1000), b"", os.urandom(70_000)]
             ids = push_batch(one.ws_url, one.token(), "cam", frames)
             received = read_delivery(pull)
             while len(received) < len(frames):
                 received += read_delivery(pull)
         assert received == [("cam", i, f) for i, f in zip(ids, frames)]
-        assert counter(one.url, "ptgstore_entries_pushed_total", via="websocket") == 3
-        assert counter(two.url, "ptgstore_entries_pulled_total", via="websocket") == 3
-        assert counter(two.url, "ptgstore_entries_pushed_total", via="websocket") == 0
+        assert counter(one, "ptgstore_entries_pushed_total", via="websocket") == 3
+        assert counter(two, "ptgstore_entries_pulled_total", via="websocket") == 3
+        assert counter(two, "ptgstore_entries_pushed_total", via="websocket") == 0
     assert one.process.returncode in (0, -15) and two.process.returncode in (0, -15)
 
 
@@ -68,8 +69,8 @@ def test_two_workers_share_embedded_redis_and_metrics_and_stop_it_cleanly(tmp_pa
             pushed.update(zip(push_batch(server.ws_url, token, "cam", frames), frames))
         # each scrape lands on either worker; each must report the sum over both
         for _ in range(10):
-            assert counter(server.url, "ptgstore_entries_pushed_total", via="websocket") == 100
-            assert counter(server.url, "ptgstore_sockets_total", kind="push") == 20
+            assert counter(server, "ptgstore_entries_pushed_total", via="websocket") == 100
+            assert counter(server, "ptgstore_sockets_total", kind="push") == 20
         assert any(name.endswith(".db") for name in os.listdir(metrics_dir))
         status = server.terminate()
     assert status in (0, -15), server.output[-3000:]

@@ -34,7 +34,7 @@ ROUTES = [
     Route("/metrics", metrics.scrape, methods=["GET"]),
     Route("/openapi.json", docs.openapi, methods=["GET"]),
     Route("/docs", docs.page, methods=["GET"]),
-    docs.assets,
+    Route("/docs/static/{name}", docs.asset, methods=["GET"]),
     Route("/streams", streams.list_streams, methods=["GET"]),
     Route("/streams/{sid:path}", streams.get_stream, methods=["GET"]),
     Route("/streams/{sid:path}", streams.put_stream, methods=["PUT"]),
@@ -160,11 +160,32 @@ class TrailingSlashMiddleware:
         await self.app(scope, receive, send)
 
 
+class RootPathMiddleware:
+    """Undo uvicorn's `--root-path`, which it prepends to every path: routes and the auth gate see
+    paths as clients name them behind the proxy; the prefix is kept for URLs the app writes (docs)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        root = scope.get("root_path", "")
+        if root and scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            if path == root or path.startswith(root + "/"):
+                raw = scope.get("raw_path")
+                if raw is not None and raw.startswith(root.encode()):
+                    raw = raw[len(root):] or b"/"
+                scope = dict(scope, path=path[len(root):] or "/", raw_path=raw, root_path="")
+            scope[docs.ROOT_PATH_KEY] = root
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ptgstore application for `settings` (default: from PTGSTORE_* variables)."""
     settings = settings or Settings.from_env()
     meter = metrics.Metrics(settings)
     middleware = [
+        Middleware(RootPathMiddleware),
         Middleware(metrics.Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -43,6 +44,18 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~!$&()*+,;=:@%-]+)*")
+
+
+def _parse_root_path(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not value.startswith("/"):
+        value = "/" + value
+    if not _ROOT_PATH.fullmatch(value):
+        raise SettingsError(f"{name} must be a URL path such as /store, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration; `Settings.from_env()` reads PTGSTORE_* variables."""
@@ -72,6 +85,7 @@ class Settings:
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
     metrics_stream_labels: bool = False  # label entry counters by stream (unbounded cardinality)
+    root_path: str = ""  # the path prefix a proxy serves ptgstore under (e.g. /store), for URLs the app writes
     access_log: bool = True  # a ptgstore.access line per HTTP request (sockets are always logged)
     log_level: str = "info"
 
@@ -119,6 +133,7 @@ class Settings:
             "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
             "METRICS_STREAM_LABELS": ("metrics_stream_labels", _parse_bool),
             "ACCESS_LOG": ("access_log", _parse_bool),
+            "ROOT_PATH": ("root_path", _parse_root_path),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
         }
         for suffix, (attr, parse) in readers.items():

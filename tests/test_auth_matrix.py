@@ -16,7 +16,7 @@ from websockets.sync.client import connect
 from conftest import live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
-PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/openapi.json"}
+PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/static/{name}", "/openapi.json"}
 PUBLIC_MOUNTS = {"/docs/static"}
 # /metrics is protected like every other route (it also takes the configured metrics token)
 

@@ -1,4 +1,6 @@
 """Health and error shapes: /ping with Redis up and down, JSON errors for 404/405/500."""
+import logging
+
 import httpx
 
 from conftest import RedisServer, live_server, make_settings, wait_until
@@ -39,3 +41,29 @@ def test_trailing_slash_is_optional(http):
     assert http.get("/streams").status_code == 200
     assert http.post("/data/cam/", files=[("f", ("f", b"x"))]).status_code == 200
     assert http.get("/data/cam/").content == b"x"
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_ping_error_logs_one_line_not_a_traceback(server):
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("ptgstore", "uvicorn.error", "uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            reply = httpx.get(server.url + "/ping/error")
+            assert reply.status_code == 500 and reply.json() == {"detail": "internal server error"}
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    errors = [r for r in handler.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 3 and all("/ping/error" in r.getMessage() for r in errors)
+    assert not any(r.exc_info for r in errors)

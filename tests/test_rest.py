@@ -1,8 +1,12 @@
 """REST routes of PROTOCOL.md against a real Redis: streams, metadata, upload, every last_entry_id form."""
 import os
+import re
 
+import httpx
 import orjson
 import pytest
+
+from conftest import LiveServer, live_server, make_settings
 
 
 def upload(http, sid, *payloads, names=None):
@@ -236,3 +240,54 @@ def test_openapi_describes_every_rest_route(server, http):
     assert "http" not in page.text.split("<body>")[1].replace("http-equiv", "")  # nothing from a CDN
     script = httpx.get(server.url + "/docs/static/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+    assert httpx.get(server.url + "/docs/static/swagger-ui.css").status_code == 200
+
+
+def test_docs_serve_only_what_the_page_loads(server):
+    # the bundle's stock index.html fetches a demo spec from the internet
+    for name in ("index.html", "swagger-initializer.js", "oauth2-redirect.html", "swagger-ui.js.map", "../secret"):
+        reply = httpx.get(server.url + "/docs/static/" + name)
+        assert reply.status_code == 404, name
+    assert "validatorUrl: null" in httpx.get(server.url + "/docs").text  # no badge from validator.swagger.io
+
+
+def _docs_urls(page: str) -> list[str]:
+    return re.findall(r'(?:href|src)="([^"]+)"|url: "([^"]+)"', page)
+
+
+def test_docs_under_a_proxy_prefix_from_the_setting(tmp_path, redis_server, rdb):
+    with live_server(make_settings(tmp_path, redis_server.url, root_path="/lab/store")) as live:
+        page = httpx.get(live.url + "/docs").text  # the proxy strips /lab/store
+        urls = [a or b for a, b in _docs_urls(page)]
+        assert urls == ["/lab/store/docs/static/swagger-ui.css", "/lab/store/docs/static/swagger-ui-bundle.js",
+                        "/lab/store/openapi.json"]
+        assert httpx.get(live.url + "/openapi.json").json()["servers"] == [{"url": "/lab/store"}]
+
+
+def test_docs_under_uvicorns_root_path(tmp_path, redis_server, rdb):
+    live = LiveServer(make_settings(tmp_path, redis_server.url))
+    live.server.config.root_path = "/store"  # as `uvicorn --root-path /store`: prepended to every path
+    live.start()
+    try:
+        urls = [a or b for a, b in _docs_urls(httpx.get(live.url + "/docs").text)]
+        assert urls == ["/store/docs/static/swagger-ui.css", "/store/docs/static/swagger-ui-bundle.js",
+                        "/store/openapi.json"]
+        for url in urls:
+            assert httpx.get(live.url + url[len("/store"):]).status_code == 200, url
+        assert httpx.get(live.url + "/ping").json() is True  # public paths stay public
+        with live.http() as http:
+            upload(http, "cam", b"x")
+            assert http.get("/data/cam").content == b"x"
+        assert httpx.get(live.url + "/streams").status_code == 401
+    finally:
+        live.stop()
+
+
+def test_settings_refuse_a_root_path_that_is_not_a_path():
+    from ptgstore.settings import Settings, SettingsError
+
+    assert Settings.from_env({"PTGSTORE_ROOT_PATH": "store/"}).root_path == "/store"
+    assert Settings.from_env({"PTGSTORE_ROOT_PATH": "/"}).root_path == ""
+    for bad in ('/a"b', "/a b", "/<script>", "//x"):
+        with pytest.raises(SettingsError, match="PTGSTORE_ROOT_PATH"):
+            Settings.from_env({"PTGSTORE_ROOT_PATH": bad})

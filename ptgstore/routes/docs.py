@@ -1,13 +1,17 @@
 """`/openapi.json` and `/docs`: the REST API described, and an interactive page served from here."""
 from __future__ import annotations
 
+import html
+import json
+import os
 from importlib.metadata import PackageNotFoundError, version
 
 import swagger_ui_bundle
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Mount
-from starlette.staticfiles import StaticFiles
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+
+ROOT_PATH_KEY = "ptgstore.root_path"
 
 WEBSOCKETS = """
 WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repository for the full contract):
@@ -117,22 +121,41 @@ SPEC = {
 }
 
 
+def root_path(request: Request) -> str:
+    """The prefix a proxy serves ptgstore under: the configured root path, else uvicorn's `--root-path`
+    (kept by app.RootPathMiddleware)."""
+    return request.app.state.settings.root_path or request.scope.get(ROOT_PATH_KEY, "")
+
+
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(SPEC)
+    prefix = root_path(request)
+    return JSONResponse(dict(SPEC, servers=[{"url": prefix or "/"}]) if prefix else SPEC)
 
 
+# validatorUrl null: Swagger UI would otherwise fetch a badge from validator.swagger.io
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ptgstore API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<link rel="stylesheet" href="{prefix}/docs/static/swagger-ui.css"></head>
 <body><div id="ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script>window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui", persistAuthorization: true});</script>
+<script src="{prefix}/docs/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({{url: {spec}, dom_id: "#ui", persistAuthorization: true, validatorUrl: null}});</script>
 </body></html>
 """
 
 
 async def page(request: Request) -> HTMLResponse:
-    return HTMLResponse(PAGE)
+    prefix = root_path(request)
+    spec = json.dumps(prefix + "/openapi.json").replace("<", "\\u003c")
+    return HTMLResponse(PAGE.format(prefix=html.escape(prefix), spec=spec))
 
 
-assets = Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-static")
+# the two files the page loads; the bundle's own index.html (which fetches a demo spec from the
+# internet) and the rest of the directory are not served
+ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
+
+
+async def asset(request: Request) -> FileResponse:
+    name = request.path_params["name"]
+    if name not in ASSETS:
+        raise HTTPException(404, "Not Found")
+    return FileResponse(os.path.join(swagger_ui_bundle.swagger_ui_path, name), media_type=ASSETS[name])

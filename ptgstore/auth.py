@@ -31,11 +31,13 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 class AuthError(Exception):
-    """A refused credential or token; `reason` says why in words a person can act on."""
+    """A refused credential or token; `reason` says why in words a person can act on, `status` is
+    401 (no acceptable credential) or 403 (a credential, but not from here)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, status: int = 401):
         super().__init__(reason)
         self.reason = reason
+        self.status = status
 
 
 # -- passwords and the users file ---------------------------------------------------------
@@ -235,20 +237,42 @@ def find_token(scope) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _same_or_allowed(origin: str, scope, allowed: tuple[str, ...]) -> bool:
+    """Whether `origin` (scheme://host[:port]) is the server's own (its Host) or configured as allowed."""
+    if origin in allowed or "*" in allowed:
+        return True
+    parts = urlsplit(origin)
+    host = _header(scope, b"host") or ""
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and parts.netloc.lower() == host.lower()
+
+
 def origin_allowed(scope, allowed: tuple[str, ...]) -> bool:
     """Whether a cookie-authenticated WebSocket may proceed: no Origin (not a browser),
     the server's own origin, or one configured as allowed."""
-    origin = host = None
-    for key, value in scope.get("headers", ()):
-        if key == b"origin":
-            origin = value.decode("latin-1")
-        elif key == b"host":
-            host = value.decode("latin-1")
+    origin = _header(scope, b"origin")
+    return origin is None or _same_or_allowed(origin, scope, allowed)
+
+
+def request_origin_allowed(scope, allowed: tuple[str, ...]) -> bool:
+    """Whether a cookie-authenticated state-changing request may proceed (CSRF): its Origin, or
+    without one the origin of its Referer, is the server's own or allowed. A request with neither
+    is not a browser's (browsers send Origin with every POST, PUT, DELETE and PATCH): scripts that
+    keep the cookie in a jar, as a widely used client does, go on working."""
+    origin = _header(scope, b"origin")
     if origin is None:
-        return True
-    if origin in allowed or "*" in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == (host or "").lower()
+        referer = _header(scope, b"referer")
+        if referer is None:
+            return True
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return _same_or_allowed(origin, scope, allowed)
 
 
 # -- keeping tokens out of the log ---------------------------------------------------------------
@@ -280,13 +304,15 @@ REDACT_CREDENTIALS = CredentialRedactor()
 # (metrics.Metrics.may_scrape)
 PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics"})
 PUBLIC_PREFIXES = ("/docs/",)
+STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 
 
 class AuthMiddleware:
     """Lets a request through only with a valid token (except public paths).
 
-    REST refusals are 401 with `WWW-Authenticate: Bearer`; a WebSocket is refused
-    at the handshake (HTTP 403) before any of its data is read.
+    Refusals are 401 with `WWW-Authenticate: Bearer` (no acceptable token) or 403 (a cookie
+    sent from another site's page), with `{"detail": reason}`; a WebSocket gets the same answer
+    at the handshake (ASGI denial response), before any of its data is read.
     """
 
     def __init__(self, app, authenticator: Authenticator, allowed_origins: tuple[str, ...] = ()):
@@ -305,23 +331,37 @@ class AuthMiddleware:
             if token is None:
                 raise AuthError("not authenticated: no token in header, query or cookie")
             user = self.authenticator.verify(token)
-            if scope["type"] == "websocket" and source == "cookie" and not origin_allowed(scope, self.allowed_origins):
-                raise AuthError("cookie-authenticated WebSocket from an origin that is not allowed")
+            if source == "cookie":
+                self._check_origin(scope)
         except AuthError as exc:
-            return await self._refuse(scope, receive, send, exc.reason)
+            return await self._refuse(scope, receive, send, exc)
         scope.setdefault("state", {})["caller"] = Caller(user, source)
         return await self.app(scope, receive, send)
 
+    def _check_origin(self, scope) -> None:
+        """A cookie travels with requests that other sites' pages make: those change nothing."""
+        if scope["type"] == "websocket":
+            if not origin_allowed(scope, self.allowed_origins):
+                raise AuthError("cookie-authenticated WebSocket from an origin that is not allowed", 403)
+        elif scope["method"] in STATE_CHANGING and not request_origin_allowed(scope, self.allowed_origins):
+            raise AuthError(f"cross-site request refused: {scope['method']} authenticated by the cookie alone "
+                            "from an origin that is not allowed (send the token in the Authorization header)", 403)
+
     @staticmethod
-    async def _refuse(scope, receive, send, reason: str):
+    async def _refuse(scope, receive, send, error: AuthError):
+        body = json.dumps({"detail": error.reason}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if error.status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
         if scope["type"] == "websocket":
             await receive()  # the websocket.connect event
-            await send({"type": "websocket.close", "code": 1008, "reason": reason[:120]})
+            if "websocket.http.response" in scope.get("extensions", {}):
+                # the ASGI denial response: the client reads the status and the reason
+                await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+                await send({"type": "websocket.http.response.body", "body": body})
+            else:
+                # a server without the extension answers a bare 403
+                await send({"type": "websocket.close", "code": 1008, "reason": error.reason[:120]})
             return
-        body = json.dumps({"detail": reason}).encode()
-        await send({
-            "type": "http.response.start", "status": 401,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer")],
-        })
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

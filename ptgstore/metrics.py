@@ -261,7 +261,9 @@ class SocketStats:
         self.metrics.open_socket_stats.discard(self)
         code = self.code if self.code is not None else 1006
         if not self.accepted:
-            self.metrics.errors.labels(CLOSE_ERRORS.get(code, "refused")).inc()
+            # refused at the handshake: a close code, or the HTTP status of a denial response
+            reason = HTTP_ERRORS.get(code, "refused") if code < 1000 else CLOSE_ERRORS.get(code, "refused")
+            self.metrics.errors.labels(reason).inc()
             log.info("ws_refused kind=%s streams=%s client=%s code=%d reason=%s", self.kind,
                      _quote(self.streams), _client(self.scope), code, _quote(self.reason))
             return
@@ -290,6 +292,14 @@ def socket_tally(ws):
     """The function a socket handler calls with (entries, bytes) after each batch."""
     stats = ws.scope.get(SOCKET_KEY)
     return stats.add if stats is not None else _noop
+
+
+def _detail(body: bytes) -> str:
+    try:
+        detail = orjson.loads(body).get("detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return detail if isinstance(detail, str) else ""
 
 
 def _quote(text: str) -> str:
@@ -380,6 +390,8 @@ class Instrumentation:
                 stats.closed(message.get("code", 1000), message.get("reason", ""), "server")
             elif kind_of == "websocket.http.response.start":
                 stats.closed(message["status"], "", "server")
+            elif kind_of == "websocket.http.response.body" and not stats.reason:
+                stats.reason = _detail(message.get("body", b""))
             await send(message)
 
         async def receiving():

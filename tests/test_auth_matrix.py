@@ -149,7 +149,7 @@ def test_every_websocket_route_refuses_every_bad_token_at_the_handshake(server, 
               for place in PLACES]
     for path in ws_routes(server.app):
         for name, token, place in cases:
-            assert ws_handshake(server, path, token, place) == 403, f"{path} with {name} in {place}"
+            assert ws_handshake(server, path, token, place) == 401, f"{path} with {name} in {place}"
     assert rdb.keys("*") == []
 
 

@@ -163,7 +163,7 @@ def test_errors_carry_the_servers_reason(server, rdb):
         assert refused.value.status == 401
         with pytest.raises(AuthError) as handshake:
             list(client.pull("cam", "0", limit=1))
-        assert handshake.value.status == 403
+        assert handshake.value.status == 401
     with Client(server.url) as client:
         with pytest.raises(AuthError, match="pass token=, or username= and password=") as missing:
             client.streams()

@@ -12,8 +12,9 @@ import websockets.exceptions
 from websockets.sync.client import connect
 
 from ptgstore.auth import Authenticator, hash_password, read_users, verify_password
+from ptgstore.graceful import GracefulWebSocketProtocol
 
-from conftest import live_server, make_settings
+from conftest import LiveServer, live_server, make_settings
 
 
 def login(server, username, password):
@@ -139,7 +140,56 @@ def test_websocket_refusals_fail_the_handshake(server, route):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
             connect(f"{server.ws_url}/data/cam/{route}", additional_headers=headers, open_timeout=5)
-        assert caught.value.response.status_code == 403, case
+        response = caught.value.response
+        assert response.status_code == 401, case
+        assert response.headers["WWW-Authenticate"] == "Bearer", case
+        assert response.headers["Content-Type"] == "application/json", case
+        detail = json.loads(response.body)["detail"]
+        assert ("token" in detail or "signature" in detail or "algorithm" in detail
+                or "subject" in detail), (case, detail)
+
+
+def test_websocket_refusal_says_why(server):
+    expired = jwt.encode({"sub": "test", "exp": int(time.time()) - 5}, server.app.state.authenticator.secret,
+                         algorithm="HS256")
+    with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+        connect(f"{server.ws_url}/data/cam/pull?token={expired}", open_timeout=5)
+    assert caught.value.response.status_code == 401
+    assert json.loads(caught.value.response.body) == {"detail": "token expired"}
+    with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+        connect(f"{server.ws_url}/data/cam/push", open_timeout=5)
+    assert json.loads(caught.value.response.body) == {
+        "detail": "not authenticated: no token in header, query or cookie"}
+
+
+class NoDenialProtocol(GracefulWebSocketProtocol):
+    """The server's WebSocket protocol without the ASGI denial-response extension, as on a server
+    that does not offer it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        application = self.app
+
+        async def without_extension(scope, receive, send):
+            scope = {key: value for key, value in scope.items() if key != "extensions"}
+            await application(scope, receive, send)
+
+        self.app = without_extension
+
+
+def test_websocket_refusal_without_the_denial_extension_is_a_bare_403(tmp_path, rdb, redis_server):
+    live = LiveServer(make_settings(tmp_path, redis_server.url))
+    live.server.config.ws = NoDenialProtocol
+    live.start()
+    try:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+            connect(f"{live.ws_url}/data/cam/push?token=forged", open_timeout=5)
+        assert caught.value.response.status_code == 403
+        with connect(f"{live.ws_url}/data/cam/push?ack=true&token={live.token()}", open_timeout=5) as ws:
+            ws.send(b"x")
+            assert ws.recv(timeout=5).count("-") == 1
+    finally:
+        live.stop()
 
 
 def test_websocket_token_in_query(server):
@@ -159,10 +209,63 @@ def test_cookie_only_websocket_needs_an_allowed_origin(server):
     with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
         connect(f"{server.ws_url}/data/cam/push", additional_headers=foreign, open_timeout=5)
     assert caught.value.response.status_code == 403
+    assert "origin" in json.loads(caught.value.response.body)["detail"]
     # a token in the header is not a browser's ambient credential: any origin may use it
     header = {"Origin": "https://evil.example", "Authorization": f"Bearer {server.token()}"}
     with connect(f"{server.ws_url}/data/cam/push", additional_headers=header, open_timeout=5):
         pass
+
+
+def cookie_headers(server, **extra) -> dict:
+    return {"Cookie": f'authorization="Bearer {server.token()}"', **extra}
+
+
+def state_changing_calls(client, headers):
+    """Every state-changing REST route, each with a body it would accept."""
+    return [
+        ("PUT", client.put("/streams/csrf", json={"k": 1}, headers=headers)),
+        ("POST", client.post("/data/csrf", files=[("f", ("f", b"x"))], headers=headers)),
+        ("DELETE", client.delete("/streams/csrf", headers=headers)),
+    ]
+
+
+def test_cookie_only_writes_from_another_site_are_refused(server, rdb):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for foreign in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                        {"Referer": "https://evil.example/page.html"},
+                        {"Origin": "https://evil.example", "Referer": server.url + "/docs"}):
+            for method, reply in state_changing_calls(client, cookie_headers(server, **foreign)):
+                assert reply.status_code == 403, (method, foreign)
+                assert "cross-site" in reply.json()["detail"], (method, foreign)
+                assert "www-authenticate" not in reply.headers
+        assert rdb.keys("*") == []  # nothing changed
+        # reads are not state-changing; PATCH is refused too (it reaches no route: 405 after the check)
+        assert client.get("/streams", headers=cookie_headers(server, Origin="https://evil.example")).status_code == 200
+        patch = client.patch("/streams/csrf", headers=cookie_headers(server, Origin="https://evil.example"))
+        assert patch.status_code == 403
+
+
+def test_cookie_writes_from_the_own_origin_and_token_writes_from_anywhere_work(server, rdb):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for own in ({"Origin": server.url}, {"Referer": server.url + "/dashboard/index.html"}, {}):
+            for method, reply in state_changing_calls(client, cookie_headers(server, **own)):
+                assert reply.status_code == 200, (method, own, reply.text)
+        token = {"Authorization": f"Bearer {server.token()}", "Origin": "https://evil.example"}
+        for method, reply in state_changing_calls(client, token):
+            assert reply.status_code == 200, (method, reply.text)
+        query = client.put("/streams/csrf", params={"token": server.token()}, json={},
+                           headers={"Origin": "https://evil.example"})
+        assert query.status_code == 200
+        # /token itself is not refused: a login form may post from anywhere
+        login = client.post("/token", data={"username": "u", "password": "u"},
+                            headers=cookie_headers(server, Origin="https://evil.example"))
+        assert login.status_code == 200
+
+
+def test_cookie_is_samesite_lax_and_httponly(server):
+    cookie = login(server, "test", "test").headers["set-cookie"]
+    attributes = [part.strip().lower() for part in cookie.split(";")]
+    assert "samesite=lax" in attributes and "httponly" in attributes
 
 
 def test_configured_origin_is_allowed(tmp_path, rdb, redis_server):
@@ -171,6 +274,9 @@ def test_configured_origin_is_allowed(tmp_path, rdb, redis_server):
         headers = {"Origin": "https://lab.example", "Cookie": f"authorization={live.token()}"}
         with connect(f"{live.ws_url}/data/cam/push", additional_headers=headers, open_timeout=5):
             pass
+        assert httpx.put(live.url + "/streams/cam", json={}, headers=headers).status_code == 200
+        other = {**headers, "Origin": "https://other.example"}
+        assert httpx.put(live.url + "/streams/cam", json={}, headers=other).status_code == 403
 
 
 @pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the original's short secret

@@ -25,7 +25,9 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
 1008 policy or auth, 1009 too big, 1011 store unavailable.
-Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie.
+Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie. A refused handshake is an
+HTTP 401 (token) or 403 (origin) with `{"detail": reason}`. Cookie-only POST/PUT/DELETE from another
+site's page: 403.
 """
 
 

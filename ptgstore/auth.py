@@ -65,6 +65,12 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def password_generation(stored_hash: str) -> str:
+    """A short fingerprint of a user's password hash, carried in their tokens (`gen`): a new
+    password (a new salted hash) revokes every token issued before it."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
+
+
 # characters whose bytes could become '-' or '_' in base64url, written as JSON escapes instead
 _URLSAFE_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in ">?~\x7f"}
 
@@ -135,8 +141,11 @@ class Authenticator:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._secret: str | None = None
-        # token -> (user, exp): a signature check costs more than serving a small request
-        self._verified: dict[str, tuple[str, float | None]] = {}
+        # token -> (user, exp, policy, generation): a signature check costs more than serving a
+        # small request; whether the account still stands is checked at every request (_admit)
+        self._verified: dict[str, tuple[str, float | None, str | None, str | None]] = {}
+        self._users: dict[str, str] = {}
+        self._users_key: tuple | None = None
 
     @property
     def secret(self) -> str:
@@ -162,7 +171,11 @@ class Authenticator:
         JSON escapes (same claims, other bytes).
         """
         now = int(time.time())
-        claims = {"sub": username, "iat": now, "exp": now + self.settings.token_ttl}
+        claims = {"sub": username, "iat": now, "exp": now + self.settings.token_ttl, "pol": self.settings.auth}
+        if self.settings.auth == "users":
+            stored = self.current_users().get(username)
+            if stored is not None:
+                claims["gen"] = password_generation(stored)
         payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
         payload = payload.translate(_URLSAFE_ESCAPES).encode()
         token = jwt.api_jws.encode(payload, self.secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
@@ -172,21 +185,53 @@ class Authenticator:
         return token
 
     def verify(self, token: str) -> str:
-        """The user a token names; AuthError when it is malformed, expired, or not ours."""
+        """The user a token names; AuthError when it is malformed, expired, not ours, or its account
+        no longer stands (policy changed, user removed, password changed)."""
         known = self._verified.get(token)
         if known is not None:
-            user, exp = known
-            if exp is None or not self.settings.token_verify_exp or exp > time.time():
-                return user
-            del self._verified[token]
-            raise AuthError("token expired")
-        user, exp = self._check(token)
-        if len(self._verified) >= VERIFIED_TOKENS:
-            del self._verified[next(iter(self._verified))]  # the oldest
-        self._verified[token] = (user, exp)
+            user, exp, policy, generation = known
+            if exp is not None and self.settings.token_verify_exp and exp <= time.time():
+                del self._verified[token]
+                raise AuthError("token expired")
+        else:
+            user, exp, policy, generation = self._check(token)
+            if len(self._verified) >= VERIFIED_TOKENS:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = (user, exp, policy, generation)
+        self._admit(user, policy, generation)
         return user
 
-    def _check(self, token: str) -> tuple[str, float | None]:
+    def _admit(self, user: str, policy: str | None, generation: str | None) -> None:
+        """Refuse a well-signed token whose account no longer stands. Tokens without a `pol` claim
+        (minted before it existed, or by the original server) are judged by the user alone."""
+        if policy is not None and policy != self.settings.auth:
+            raise AuthError(f"token issued under the {policy!r} policy, which is no longer in force: log in again")
+        if self.settings.auth != "users":
+            return
+        stored = self.current_users().get(user)
+        if stored is None:
+            raise AuthError("token of a user that no longer exists")
+        if policy is not None and generation != password_generation(stored):
+            raise AuthError("token issued before the user's password changed: log in again")
+
+    def current_users(self) -> dict[str, str]:
+        """The users file, read again only when it changed (one stat per call)."""
+        path = self.settings.users_path
+        try:
+            st = path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key != self._users_key:
+            try:
+                users = read_users(path)
+            except (OSError, ValueError) as exc:
+                log.error("cannot read the users file %s (%s): every token is refused until it is fixed", path, exc)
+                users = {}
+            self._users, self._users_key = users, key
+        return self._users
+
+    def _check(self, token: str) -> tuple[str, float | None, str | None, str | None]:
         """Verify signature and claims: the token's user and expiry time."""
         try:
             claims = jwt.decode(
@@ -205,7 +250,10 @@ class Authenticator:
         if not isinstance(user, str) or not user:
             raise AuthError("invalid token: no subject")
         exp = claims.get("exp")
-        return user, exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+        policy, generation = claims.get("pol"), claims.get("gen")
+        if not all(value is None or isinstance(value, str) for value in (policy, generation)):
+            raise AuthError("invalid token: malformed pol or gen claim")
+        return user, exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None, policy, generation
 
 
 def find_token(scope) -> tuple[str | None, str | None]:

@@ -1,6 +1,7 @@
 """POST /token, the credential policies, and every way a token is found or refused."""
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -309,3 +310,94 @@ def test_token_command_prints_a_token_the_server_accepts(server):
     reply = httpx.get(server.url + "/streams", headers={"Authorization": f"Bearer {out}"})
     assert reply.status_code == 200
     assert jwt.decode(out, options={"verify_signature": False})["sub"] == "lab"
+
+
+# -- tokens end with the account or policy they were issued under ---------------------------------
+
+def ptgstore_cli(data_dir, *args, stdin=None, env=None):
+    return subprocess.run([sys.executable, "-m", "ptgstore", *args, "--data-dir", data_dir], input=stdin,
+                          text=True, capture_output=True, timeout=60, env=env)
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_dev_tokens_are_refused_once_the_users_policy_is_in_force(tmp_path, rdb, redis_server):
+    dev = make_settings(tmp_path, redis_server.url)
+    with live_server(dev) as live:
+        anyone = login(live, "mallory", "mallory").json()["access_token"]
+        alice_dev = login(live, "alice", "alice").json()["access_token"]
+        assert httpx.get(live.url + "/streams", headers=bearer(anyone)).status_code == 200
+    ptgstore_cli(dev.data_dir, "user", "add", "alice", "--password-stdin", stdin="s3cret pass\n")
+    with live_server(dev.replace(auth="users")) as live:  # same data directory, same secret
+        for token in (anyone, alice_dev):  # alice exists now, but her token is of the dev policy
+            refused = httpx.get(live.url + "/streams", headers=bearer(token))
+            assert refused.status_code == 401 and "'dev' policy" in refused.json()["detail"]
+            with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+                connect(f"{live.ws_url}/data/cam/pull?token={token}", open_timeout=5)
+            assert caught.value.response.status_code == 401
+        users_token = login(live, "alice", "s3cret pass").json()["access_token"]
+        assert httpx.get(live.url + "/streams", headers=bearer(users_token)).status_code == 200
+    with live_server(dev) as live:  # and back: a users token is not one of the dev policy
+        refused = httpx.get(live.url + "/streams", headers=bearer(users_token))
+        assert refused.status_code == 401 and "'users' policy" in refused.json()["detail"]
+
+
+def test_a_removed_users_tokens_are_refused_at_the_next_request(users_server):
+    data_dir = users_server.settings.data_dir
+    token = login(users_server, "alice", "s3cret pass").json()["access_token"]
+    assert httpx.get(users_server.url + "/streams", headers=bearer(token)).status_code == 200
+    with connect(f"{users_server.ws_url}/data/cam/pull?token={token}", open_timeout=5):
+        pass
+    removed = ptgstore_cli(data_dir, "user", "remove", "alice")
+    assert removed.returncode == 0, removed.stderr
+    refused = httpx.get(users_server.url + "/streams", headers=bearer(token))
+    assert refused.status_code == 401 and "no longer exists" in refused.json()["detail"]
+    with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+        connect(f"{users_server.ws_url}/data/cam/pull?token={token}", open_timeout=5)
+    assert caught.value.response.status_code == 401
+    assert "no longer exists" in json.loads(caught.value.response.body)["detail"]
+    # the same name added again is a new account: the old token stays refused
+    ptgstore_cli(data_dir, "user", "add", "alice", "--password-stdin", stdin="another pass\n")
+    refused = httpx.get(users_server.url + "/streams", headers=bearer(token))
+    assert refused.status_code == 401 and "password changed" in refused.json()["detail"]
+
+
+def test_a_password_change_revokes_the_earlier_tokens(users_server):
+    data_dir = users_server.settings.data_dir
+    old = login(users_server, "alice", "s3cret pass").json()["access_token"]
+    ptgstore_cli(data_dir, "user", "add", "bob", "--password-stdin", stdin="bob's pass\n")
+    bob = login(users_server, "bob", "bob's pass").json()["access_token"]
+    changed = ptgstore_cli(data_dir, "user", "add", "alice", "--password-stdin", stdin="new pass\n")
+    assert changed.returncode == 0, changed.stderr
+    refused = httpx.get(users_server.url + "/streams", headers=bearer(old))
+    assert refused.status_code == 401 and "password changed" in refused.json()["detail"]
+    new = login(users_server, "alice", "new pass").json()["access_token"]
+    assert httpx.get(users_server.url + "/streams", headers=bearer(new)).status_code == 200
+    assert httpx.get(users_server.url + "/streams", headers=bearer(bob)).status_code == 200  # others keep theirs
+
+
+def test_cli_tokens_under_the_users_policy_work_and_carry_no_dash(users_server):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
+    env["PTGSTORE_AUTH"] = "users"
+    minted = ptgstore_cli(users_server.settings.data_dir, "token", "--user", "alice", env=env)
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    head, payload, _ = token.split(".")
+    assert "-" not in head + payload and "_" not in head + payload
+    claims = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["pol"] == "users" and len(claims["gen"]) == 16
+    assert httpx.get(users_server.url + "/streams", headers=bearer(token)).status_code == 200
+
+
+def test_tokens_without_a_policy_claim_need_an_existing_user(users_server):
+    # minted before tokens carried `pol` (or by the original server): judged by the account alone
+    secret = users_server.app.state.authenticator.secret
+    exp = int(time.time()) + 600
+    alice = jwt.encode({"sub": "alice", "exp": exp}, secret, algorithm="HS256")
+    ghost = jwt.encode({"sub": "ghost", "exp": exp}, secret, algorithm="HS256")
+    assert httpx.get(users_server.url + "/streams", headers=bearer(alice)).status_code == 200
+    assert httpx.get(users_server.url + "/streams", headers=bearer(ghost)).status_code == 401
+    ptgstore_cli(users_server.settings.data_dir, "user", "remove", "alice")
+    assert httpx.get(users_server.url + "/streams", headers=bearer(alice)).status_code == 401

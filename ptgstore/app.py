@@ -14,12 +14,12 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from . import errors, metrics
-from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware
+from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
 from .routes import data, docs, live, misc, streams, tokens
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
@@ -58,6 +58,13 @@ EXCEPTION_HANDLERS = {
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
+    if settings.ephemeral_disk:
+        problems = ephemeral_disk_problems(settings)
+        if problems:
+            message = ("PTGSTORE_EPHEMERAL_DISK=true (this host's disk is lost at each restart) needs: "
+                       + "; ".join(problems))
+            log.error(message)
+            raise SettingsError(message)
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -127,7 +134,8 @@ def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> 
         log.info("redis: %s", redact_url(url))
     if settings.auth == "dev":
         log.warning("auth policy 'dev': ANY username is accepted with a password equal to it "
-                    "(set PTGSTORE_AUTH=users for real accounts)")
+                    "(set PTGSTORE_AUTH=users for real accounts)%s", "" if settings.auth_explicit else
+                    "; requests arriving on a non-loopback address are refused (PTGSTORE_AUTH=dev allows them)")
     else:
         log.info("auth policy 'users': accounts from %s", settings.users_path)
     if settings.secret and len(settings.secret.encode()) < 32:
@@ -195,6 +203,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                      allow_methods=["*"], allow_headers=["*"], expose_headers=["entry-offset"],
                                      allow_credentials="*" not in settings.cors_origins))
     authenticator = Authenticator(settings)
+    if settings.auth == "dev" and not settings.auth_explicit:
+        middleware.append(Middleware(DevPolicyGuard))
     middleware.append(Middleware(AuthMiddleware, authenticator=authenticator,
                                  allowed_origins=settings.ws_allowed_origins))
     middleware.append(Middleware(errors.PathGuardMiddleware))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -413,3 +414,75 @@ class AuthMiddleware:
             return
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+# -- the dev policy stays on this machine -----------------------------------------------------
+
+DEV_POLICY_NOT_PUBLIC = ("the 'dev' auth policy (any username, password = username) is not served on a public "
+                         "address: set PTGSTORE_AUTH=users, or PTGSTORE_AUTH=dev to accept the risk")
+
+
+def is_loopback_address(server) -> bool:
+    """Whether the local address a request arrived on (ASGI `server`) is loopback; a unix socket
+    (no IP address) counts as local."""
+    if not server:
+        return True
+    try:
+        address = ipaddress.ip_address(str(server[0]).strip("[]"))
+    except ValueError:
+        return True
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class DevPolicyGuard:
+    """Refuse (403) every request and handshake that arrives on a non-loopback address while the
+    `dev` policy is in force by default, whatever server runs the app (`ptgstore serve` refuses to
+    start instead; under `uvicorn --host 0.0.0.0` the app cannot see the bound address, only the one
+    each request arrived on). An explicit PTGSTORE_AUTH=dev lifts it; then this is not installed."""
+
+    def __init__(self, app):
+        self.app = app
+        self.verdicts: dict = {}  # local address -> loopback or not (a server has few)
+        self.logged = False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        server = scope.get("server")
+        key = tuple(server) if server else None
+        local = self.verdicts.get(key)
+        if local is None:
+            local = self.verdicts[key] = is_loopback_address(server)
+            if not local and not self.logged:
+                self.logged = True
+                log.error("refusing requests on %s: %s", server[0], DEV_POLICY_NOT_PUBLIC)
+        if local:
+            return await self.app(scope, receive, send)
+        return await AuthMiddleware._refuse(scope, receive, send, AuthError(DEV_POLICY_NOT_PUBLIC, 403))
+
+
+def ephemeral_disk_problems(settings: Settings) -> list[str]:
+    """What a host whose disk vanishes at each restart (PTGSTORE_EPHEMERAL_DISK=true) lacks: a
+    generated secret, users added there or an embedded Redis would be lost."""
+    problems = []
+    if not settings.secret:
+        problems.append("PTGSTORE_SECRET (a generated one would change at each restart, ending every token)")
+    if settings.redis_url is None:
+        problems.append("PTGSTORE_REDIS_URL (the embedded Redis would lose every entry at each restart)")
+    if settings.auth != "users":
+        problems.append("PTGSTORE_AUTH=users (the dev policy accepts anyone)")
+    elif not settings.users_file:
+        problems.append("PTGSTORE_USERS_FILE (a users file deployed with the app: one made there is lost)")
+    else:
+        try:
+            users = read_users(settings.users_path)
+        except (OSError, ValueError) as exc:
+            users, reason = {}, str(exc)
+        else:
+            reason = "it holds no users"
+        if not users:
+            problems.append(f"PTGSTORE_USERS_FILE={settings.users_file} ({reason}; "
+                            "make it with `ptgstore user add NAME --data-dir DIR` and deploy it)")
+    return problems

@@ -85,6 +85,7 @@ class Settings:
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
     metrics_stream_labels: bool = False  # label entry counters by stream (unbounded cardinality)
+    ephemeral_disk: bool = False  # the data directory vanishes on restart (Procfile hosts): demand what must persist
     root_path: str = ""  # the path prefix a proxy serves ptgstore under (e.g. /store), for URLs the app writes
     access_log: bool = True  # a ptgstore.access line per HTTP request (sockets are always logged)
     log_level: str = "info"
@@ -134,6 +135,7 @@ class Settings:
             "METRICS_STREAM_LABELS": ("metrics_stream_labels", _parse_bool),
             "ACCESS_LOG": ("access_log", _parse_bool),
             "ROOT_PATH": ("root_path", _parse_root_path),
+            "EPHEMERAL_DISK": ("ephemeral_disk", _parse_bool),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
         }
         for suffix, (attr, parse) in readers.items():

@@ -52,7 +52,15 @@ def test_users_file_defaults_into_data_dir():
     ("PTGSTORE_AUTH", "open", "PTGSTORE_AUTH"),
     ("PTGSTORE_TOKEN_VERIFY_EXP", "maybe", "true or false"),
     ("PTGSTORE_REDIS_FSYNC", "sometimes", "PTGSTORE_REDIS_FSYNC"),
+    ("PTGSTORE_EPHEMERAL_DISK", "perhaps", "true or false"),
+    ("PTGSTORE_ROOT_PATH", "/a b", "PTGSTORE_ROOT_PATH"),
 ])
 def test_bad_values_name_the_variable(name, value, words):
     with pytest.raises(SettingsError, match=words):
         Settings.from_env({name: value})
+
+
+def test_new_settings_default_off_and_are_read():
+    assert Settings.from_env({}).ephemeral_disk is False and Settings.from_env({}).root_path == ""
+    settings = Settings.from_env({"PTGSTORE_EPHEMERAL_DISK": "true", "PTGSTORE_ROOT_PATH": "/lab/store/"})
+    assert settings.ephemeral_disk is True and settings.root_path == "/lab/store"

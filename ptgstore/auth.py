@@ -147,6 +147,8 @@ class Authenticator:
         self._verified: dict[str, tuple[str, float | None, str | None, str | None]] = {}
         self._users: dict[str, str] = {}
         self._users_key: tuple | None = None
+        self._users_file = str(settings.users_path)
+        self._generations: dict[str, str] = {}
 
     @property
     def secret(self) -> str:
@@ -209,27 +211,28 @@ class Authenticator:
             raise AuthError(f"token issued under the {policy!r} policy, which is no longer in force: log in again")
         if self.settings.auth != "users":
             return
-        stored = self.current_users().get(user)
-        if stored is None:
+        if user not in self.current_users():
             raise AuthError("token of a user that no longer exists")
-        if policy is not None and generation != password_generation(stored):
+        if policy is not None and generation != self._generations.get(user):
             raise AuthError("token issued before the user's password changed: log in again")
 
     def current_users(self) -> dict[str, str]:
         """The users file, read again only when it changed (one stat per call)."""
-        path = self.settings.users_path
         try:
-            st = path.stat()
+            st = os.stat(self._users_file)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             key = None
         if key != self._users_key:
+            path = self.settings.users_path
             try:
                 users = read_users(path)
             except (OSError, ValueError) as exc:
                 log.error("cannot read the users file %s (%s): every token is refused until it is fixed", path, exc)
                 users = {}
             self._users, self._users_key = users, key
+            self._generations = {name: password_generation(stored) for name, stored in users.items()
+                                 if isinstance(stored, str)}
         return self._users
 
     def _check(self, token: str) -> tuple[str, float | None, str | None, str | None]:

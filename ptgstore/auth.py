@@ -223,6 +223,8 @@ class Authenticator:
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             key = None
+        except OSError as exc:  # unreadable: read_users below says why, once
+            key = ("unreadable", exc.errno)
         if key != self._users_key:
             path = self.settings.users_path
             try:
@@ -487,5 +489,6 @@ def ephemeral_disk_problems(settings: Settings) -> list[str]:
             reason = "it holds no users"
         if not users:
             problems.append(f"PTGSTORE_USERS_FILE={settings.users_file} ({reason}; "
-                            "make it with `ptgstore user add NAME --data-dir DIR` and deploy it)")
+                            f"make it with `PTGSTORE_USERS_FILE={settings.users_file} ptgstore user add NAME` "
+                            "and deploy it)")
     return problems

@@ -24,7 +24,7 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
   each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
-1008 policy or auth, 1009 too big, 1011 store unavailable.
+1008 policy (bad option), 1009 too big, 1011 store unavailable.
 Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie. A refused handshake is an
 HTTP 401 (token) or 403 (origin) with `{"detail": reason}`. Cookie-only POST/PUT/DELETE from another
 site's page: 403.

@@ -285,7 +285,7 @@ class AsyncClient:
                 body = str(orjson.loads(body).get("detail", body))
             except (ValueError, AttributeError):
                 pass
-            raise _error_for(response.status_code, body or f"handshake refused: HTTP {response.status_code}") \
+            raise _error_for(response.status_code, body or "no reason given") \
                 from None
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None

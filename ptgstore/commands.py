@@ -513,7 +513,7 @@ def add_client_commands(commands) -> None:
     pulling.add_argument("streams", metavar="STREAM[+STREAM]")
     pulling.add_argument("--from", dest="start", type=_cursor_arg,
                          help="$ (new entries only; the default), 0 (from the start; the default with --history), "
-                              "* (the newest), an entry id or an ISO time")
+                              "* (the newest --batch entries, at most --limit), an entry id or an ISO time")
     pulling.add_argument("--history", action="store_true",
                          help="read what is stored (up to each stream's last entry now), then stop: never wait")
     pulling.add_argument("--limit", type=_positive(int), metavar="N", help="stop after N entries in all")

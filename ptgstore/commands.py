@@ -206,10 +206,15 @@ async def _warn_missing(client: AsyncClient, sids: list[str], history: bool) -> 
     """Say on stderr which pulled streams do not exist (a typo would otherwise just wait, or print nothing)."""
     from .client import NotFound  # noqa: PLC0415
 
-    for sid in sids:
+    async def exists(sid: str) -> bool:
         try:
             await client.info(sid)
         except NotFound:
+            return False
+        return True
+
+    for sid, found in zip(sids, await asyncio.gather(*(exists(sid) for sid in sids))):
+        if not found:
             print(f"ptgstore: warning: stream {sid!r} does not exist"
                   + ("; nothing to read" if history else " (yet); waiting for its first entry"), file=sys.stderr)
 
@@ -518,8 +523,9 @@ def add_client_commands(commands) -> None:
                          help="read what is stored (up to each stream's last entry now), then stop: never wait")
     pulling.add_argument("--limit", type=_positive(int), metavar="N", help="stop after N entries in all")
     pulling.add_argument("--count", type=_positive(int), help=argparse.SUPPRESS)  # the old name of --limit
-    pulling.add_argument("--timeout", type=_positive(float), help="stop after this many seconds without data")
-    pulling.add_argument("--out", help="write DIR/<stream>/<entry id>.bin instead of bytes to standard output")
+    pulling.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                         help="stop after this many seconds without data")
+    pulling.add_argument("--out", metavar="DIR", help="write DIR/<stream>/<entry id>.bin instead of bytes to standard output")
     pulling.add_argument("--batch", type=_positive(int), default=100, metavar="N",
                          help="fetch at most N entries per stream in one delivery (default %(default)s); "
                               "does not limit the total")

@@ -2,6 +2,7 @@
 import io
 import os
 import pty
+import re
 import signal
 import struct
 import subprocess
@@ -334,9 +335,9 @@ def test_token_without_the_servers_secret_refuses(tmp_path, server):
 
 
 def test_refused_websocket_is_one_line(server, rdb):
-    bad = ptgstore(server, "pull", "cam", "--from", "0", "--limit", "1", "--out", "unused",
-                   env_extra={"PTGSTORE_TOKEN": "not-a-token"})
+    # push opens its WebSocket first: the handshake is what the server refuses
+    bad = ptgstore(server, "push", "cam", "-", stdin=b"x", env_extra={"PTGSTORE_TOKEN": "not-a-token"})
     assert bad.returncode == 1
-    lines = bad.stderr.decode().strip().splitlines()
-    assert lines[0].startswith("ptgstore: refused (HTTP 40"), lines
-    assert "Traceback" not in bad.stderr.decode() and len(lines) <= 2
+    # one line: the status and the server's reason (a body, when the server gives one)
+    assert re.fullmatch(rb"ptgstore: refused \(HTTP 40[13]\): [^\n]+\n", bad.stderr), bad.stderr
+    assert rdb.exists("cam") == 0

@@ -341,3 +341,31 @@ def test_refused_websocket_is_one_line(server, rdb):
     # one line: the status and the server's reason (a body, when the server gives one)
     assert re.fullmatch(rb"ptgstore: refused \(HTTP 40[13]\): [^\n]+\n", bad.stderr), bad.stderr
     assert rdb.exists("cam") == 0
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads the read(2) syscall number of x86_64")
+def test_one_ctrl_c_stops_a_push_typed_at_the_terminal(server, rdb):
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "ptgstore", "push", "cam", "-"], env=_env(server),
+                               stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    try:
+        def reading_stdin():
+            try:
+                return Path(f"/proc/{process.pid}/syscall").read_text().startswith("0 0x0 ")  # read(0, ...)
+            except OSError:
+                return False
+
+        wait_until(reading_stdin, timeout=30, what="the push to wait on its terminal")
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+    assert process.returncode == 130
+    assert b"Traceback" not in process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    assert rdb.exists("cam") == 0

@@ -75,6 +75,12 @@ def _bind_error(host: str, port: int) -> OSError | None:
     return None
 
 
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    _, at, where = rest.rpartition("@")
+    return f"{scheme}://***@{where}" if at else url
+
+
 def _redis_error(url: str) -> str | None:
     """Why the configured Redis does not answer a PING, or None when it does."""
     import redis  # noqa: PLC0415
@@ -108,11 +114,10 @@ def serve(args) -> int:
                  if getattr(refused, "errno", None) == errno.EADDRINUSE else ""), file=sys.stderr)
         return 1
     if not settings.embedded:
-        from .app import redact_url  # noqa: PLC0415
-
+        # (not ptgstore.app's helper: importing that module builds its app before the settings are exported)
         unreachable = _redis_error(settings.redis_url)
         if unreachable is not None:
-            print(f"ptgstore: Redis at {redact_url(settings.redis_url)} does not answer ({unreachable}): start it, "
+            print(f"ptgstore: Redis at {_without_password(settings.redis_url)} does not answer ({unreachable}): start it, "
                   "or fix --redis-url / PTGSTORE_REDIS_URL (unset, ptgstore runs its own embedded Redis)",
                   file=sys.stderr)
             return 1
@@ -131,7 +136,7 @@ def serve(args) -> int:
         if value is not None and (attr != "auth" or settings.auth_explicit):
             os.environ["PTGSTORE_" + suffix] = str(value)
     redis_text = "embedded (private redis-server, data in %s)" % os.path.join(settings.data_dir, "redis") \
-        if settings.embedded or embedded else settings.redis_url
+        if settings.embedded or embedded else _without_password(settings.redis_url)
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"

@@ -58,6 +58,8 @@ EXCEPTION_HANDLERS = {
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
+    # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
+    await asyncio.to_thread(lambda: app.state.authenticator.secret)
     embedded = None
     url = settings.redis_url
     if url is None:

@@ -121,10 +121,6 @@ def serve(args) -> int:
                   "or fix --redis-url / PTGSTORE_REDIS_URL (unset, ptgstore runs its own embedded Redis)",
                   file=sys.stderr)
             return 1
-    # the token signing secret exists from the start, so that `ptgstore token` signs with the same one
-    from .auth import load_or_create_secret  # noqa: PLC0415
-
-    load_or_create_secret(settings)
     embedded = None
     if settings.embedded and (settings.workers > 1 or args.reload):
         # several processes share one private Redis, started here and stopped last

@@ -64,11 +64,9 @@ def _cursor_arg(text: str):
 
 
 def _password(args) -> str | None:
-    """--password, else $PTGSTORE_PASSWORD, else a prompt without echo when a person is at a terminal."""
-    if args.password is not None or not args.username:
+    """--password (or $PTGSTORE_PASSWORD), else a prompt without echo when a person is at a terminal."""
+    if args.password or not args.username:
         return args.password
-    if os.environ.get("PTGSTORE_PASSWORD"):
-        return os.environ["PTGSTORE_PASSWORD"]
     if not sys.stdin.isatty():
         raise UsageError("--username needs a password: give --password, set PTGSTORE_PASSWORD, "
                          "or run at a terminal to be asked for it")
@@ -497,7 +495,7 @@ def add_client_commands(commands) -> None:
     connection.add_argument("--token", default=os.environ.get("PTGSTORE_TOKEN"),
                             help="bearer token (default $PTGSTORE_TOKEN)")
     connection.add_argument("--username", help="log in with this name instead of a token")
-    connection.add_argument("--password", help="the password for --username (default $PTGSTORE_PASSWORD, "
+    connection.add_argument("--password", default=os.environ.get("PTGSTORE_PASSWORD"), help="the password for --username (default $PTGSTORE_PASSWORD, "
                             "else asked for at a terminal)")
 
     def command(name, handler, help_text, prepare=None):

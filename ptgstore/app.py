@@ -65,6 +65,8 @@ async def lifespan(app: Starlette):
                        + "; ".join(problems))
             log.error(message)
             raise SettingsError(message)
+    # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
+    await asyncio.to_thread(lambda: app.state.authenticator.secret)
     embedded = None
     url = settings.redis_url
     if url is None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import ipaddress
 import os
 import shutil
+import socket
 import sys
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from .settings import Settings, SettingsError
 
@@ -27,7 +31,7 @@ def _settings(args) -> Settings:
         redis_url=getattr(args, "redis_url", None), host=getattr(args, "host", None),
         port=getattr(args, "port", None), workers=getattr(args, "workers", None),
         data_dir=getattr(args, "data_dir", None), auth=getattr(args, "auth", None),
-        log_level=getattr(args, "log_level", None),
+        log_level=(getattr(args, "log_level", None) or "").lower() or None,
     )
 
 
@@ -53,6 +57,44 @@ def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:
     return settings, scratch
 
 
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why (host, port) cannot be listened on (e.g. already in use), or None when it can."""
+    if port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    _, at, where = rest.rpartition("@")
+    return f"{scheme}://***@{where}" if at else url
+
+
+def _redis_error(url: str) -> str | None:
+    """Why the configured Redis does not answer a PING, or None when it does."""
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    return None
+
+
 def serve(args) -> int:
     """Start uvicorn on the app with the configured host, port, workers and reload."""
     import uvicorn  # noqa: PLC0415 - only the serve command needs it
@@ -65,6 +107,20 @@ def serve(args) -> int:
               "set PTGSTORE_AUTH=users (see `ptgstore user add`), or PTGSTORE_AUTH=dev to accept the risk",
               file=sys.stderr)
         return 2
+    refused = _bind_error(settings.host, settings.port)
+    if refused is not None:
+        print(f"ptgstore: cannot listen on {settings.host}:{settings.port}: {refused.strerror or refused}"
+              + (" (another ptgstore, or another program, listens there): stop it or choose another --port"
+                 if getattr(refused, "errno", None) == errno.EADDRINUSE else ""), file=sys.stderr)
+        return 1
+    if not settings.embedded:
+        # (not ptgstore.app's helper: importing that module builds its app before the settings are exported)
+        unreachable = _redis_error(settings.redis_url)
+        if unreachable is not None:
+            print(f"ptgstore: Redis at {_without_password(settings.redis_url)} does not answer ({unreachable}): start it, "
+                  "or fix --redis-url / PTGSTORE_REDIS_URL (unset, ptgstore runs its own embedded Redis)",
+                  file=sys.stderr)
+            return 1
     embedded = None
     if settings.embedded and (settings.workers > 1 or args.reload):
         # several processes share one private Redis, started here and stopped last
@@ -76,7 +132,7 @@ def serve(args) -> int:
         if value is not None and (attr != "auth" or settings.auth_explicit):
             os.environ["PTGSTORE_" + suffix] = str(value)
     redis_text = "embedded (private redis-server, data in %s)" % os.path.join(settings.data_dir, "redis") \
-        if settings.embedded or embedded else settings.redis_url
+        if settings.embedded or embedded else _without_password(settings.redis_url)
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"
@@ -103,6 +159,14 @@ def token(args) -> int:
     from .auth import Authenticator  # noqa: PLC0415
 
     settings = _settings(args)
+    secret = Path(settings.data_dir) / "secret"
+    if not settings.secret and not secret.exists():
+        # a new secret here would sign tokens that the server (with its own secret) refuses
+        print(f"ptgstore token: no token signing secret in {secret}: run this where the server runs, with its "
+              "data directory (--data-dir or PTGSTORE_DATA_DIR, as given to `ptgstore serve`, which creates the "
+              "secret), or its PTGSTORE_SECRET; or ask the server: curl -d 'username=NAME&password=PASSWORD' "
+              "http://HOST:PORT/token", file=sys.stderr)
+        return 1
     print(Authenticator(settings).issue(args.user or getpass.getuser()))
     return 0
 
@@ -143,8 +207,16 @@ def user(args) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return version("ptgstore")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptgstore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ptgstore {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name, handler, help_text):
@@ -160,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reload", action="store_true", help="restart when the code changes (development)")
     run.add_argument("--redis-url", help="use this Redis instead of the embedded one")
     run.add_argument("--auth", choices=["dev", "users"], help="credential policy")
-    run.add_argument("--log-level", help="debug, info, warning, error")
+    run.add_argument("--log-level", help="critical, error, warning, info (default), debug or trace")
 
     mint = command("token", token, "print a fresh token")
     mint.add_argument("--user", help="the token's subject (default: your login name)")
@@ -178,12 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
     except SettingsError as exc:
         print(f"ptgstore: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`ptgstore streams | head -1`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # the status of a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

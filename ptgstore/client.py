@@ -228,7 +228,8 @@ class AsyncClient:
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, username: str | None = None,
                  password: str | None = None, *, timeout: float = 30.0, reconnect_timeout: float = 30.0,
                  max_batch_bytes: int = 8 * 1024 * 1024, max_batch_entries: int = 1000):
-        self.url = url.rstrip("/")
+        # `host:port` alone means plain HTTP, as in a browser's address bar
+        self.url = (url if "://" in url else "http://" + url).rstrip("/")
         self.ws_url = "ws" + self.url[4:] if self.url.startswith("http") else self.url
         self.token = token
         self.username = username
@@ -284,7 +285,7 @@ class AsyncClient:
                 body = str(orjson.loads(body).get("detail", body))
             except (ValueError, AttributeError):
                 pass
-            raise _error_for(response.status_code, body or f"handshake refused: HTTP {response.status_code}") \
+            raise _error_for(response.status_code, body or "no reason given") \
                 from None
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None
@@ -376,27 +377,37 @@ class AsyncClient:
         return await self.read(stream_id, NEWEST, count)
 
     async def pull(self, stream_ids: str | Sequence[str], last_entry_id="$", count: int = 100, *,
-                   limit: int | None = None, timeout: float | None = None, latest: bool = False
-                   ) -> AsyncIterator[Entry]:
+                   limit: int | None = None, timeout: float | None = None, latest: bool = False,
+                   stop_when_caught_up: bool = False) -> AsyncIterator[Entry]:
         """Entries of one or many streams as they arrive, over a pull WebSocket.
 
-        `last_entry_id`: `$` (only new entries), `0` (from the start), `*` (the newest `count`), an entry
-        id, a datetime or epoch seconds; one value or one per stream. `count` is the most entries per
-        stream in one delivery. Ends after `limit` entries, or once `timeout` seconds pass without data;
-        otherwise runs until closed. A dropped connection is reopened from the last entry delivered of
-        each stream, so nothing is lost or repeated.
+        `last_entry_id`: `$` (only new entries), `0` (from the start), `*` (the newest `count`, or the
+        newest `limit` when fewer), an entry id, a datetime or epoch seconds; one value or one per stream.
+        `count` is the most entries per stream in one delivery; `limit` the most entries in all. Ends
+        after `limit` entries, or once `timeout` seconds pass without data; otherwise runs until closed.
+        A dropped connection is reopened from the last entry delivered of each stream, so nothing is
+        lost or repeated. `stop_when_caught_up=True` reads history instead: the entries stored up to
+        each stream's last entry when the call began, then ends (never waits for new entries).
         """
         async for delivery in self.pull_deliveries(stream_ids, last_entry_id, count, limit=limit,
-                                                   timeout=timeout, latest=latest):
+                                                   timeout=timeout, latest=latest,
+                                                   stop_when_caught_up=stop_when_caught_up):
             for entry in delivery:
                 yield entry
 
     async def pull_deliveries(self, stream_ids: str | Sequence[str], last_entry_id="$", count: int = 100, *,
-                              limit: int | None = None, timeout: float | None = None, latest: bool = False
-                              ) -> AsyncIterator[list[Entry]]:
+                              limit: int | None = None, timeout: float | None = None, latest: bool = False,
+                              stop_when_caught_up: bool = False) -> AsyncIterator[list[Entry]]:
         """Like `pull`, but one list of entries per delivery (for workers that process batches)."""
         sids = _stream_list(stream_ids)
+        if limit is not None:
+            # never fetch more than will be handed out: `*` then means the newest `limit` entries
+            count = max(1, min(count, limit))
         cursors = dict(zip(sids, await self._resolve_now(sids, _cursors(last_entry_id, len(sids)))))
+        if stop_when_caught_up:
+            async for delivery in self._history(cursors, count, limit):
+                yield delivery
+            return
         params = {"count": count, "latest": str(latest).lower()}
         if timeout is not None:
             params["timeout"] = int(timeout * 1000)
@@ -431,6 +442,36 @@ class AsyncClient:
                 if not connected:
                     raise  # a wrong URL or a server not started: say so now
                 lost_at = await self._pause_before_retry(lost_at, exc)
+
+    async def _history(self, cursors: dict[str, str], count: int, limit: int | None
+                       ) -> AsyncIterator[list[Entry]]:
+        """Pages of stored entries (REST reads, which never wait) after each cursor, up to the stream's
+        last entry when the reading began; a stream that does not exist or has nothing more is done."""
+        cursors = dict(cursors)
+        ends = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        active = [sid for sid, end in ends.items()
+                  if end is not None and (cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end))]
+        remaining = limit
+        while active and (remaining is None or remaining > 0):
+            page = await self.read(active, [cursors[sid] for sid in active], count)
+            delivery = [e for e in page if parse_entry_id(e.entry_id) <= parse_entry_id(ends[e.stream_id])]
+            delivery = delivery[:remaining]
+            for entry in delivery:
+                cursors[entry.stream_id] = entry.entry_id
+            moved = {entry.stream_id for entry in delivery}
+            active = [sid for sid in active
+                      if sid in moved and parse_entry_id(cursors[sid]) < parse_entry_id(ends[sid])]
+            if remaining is not None:
+                remaining -= len(delivery)
+            if delivery:
+                yield delivery
+
+    async def _last_entry(self, stream_id: str) -> str | None:
+        """The id of the stream's newest entry, or None when it has none (or does not exist)."""
+        try:
+            return (await self.info(stream_id)).get("last-entry")
+        except NotFound:
+            return None
 
     async def _resolve_now(self, sids: list[str], cursors: list[str]) -> list[str]:
         """Turn `$` into each stream's last id now, so that a reconnection still starts from that moment."""

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import random
 import re
 import struct
 import sys
 import time
+from array import array
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,15 +63,40 @@ def _cursor_arg(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is neither $, 0, *, an entry id nor an ISO time") from None
 
 
-def _run(handler):
-    """Run an async command handler with a client from the flags; errors become a reason and exit 1."""
+def _password(args) -> str | None:
+    """--password (or $PTGSTORE_PASSWORD), else a prompt without echo when a person is at a terminal."""
+    if args.password or not args.username:
+        return args.password
+    if not sys.stdin.isatty():
+        raise UsageError("--username needs a password: give --password, set PTGSTORE_PASSWORD, "
+                         "or run at a terminal to be asked for it")
+    return getpass.getpass(f"password for {args.username}: ")
+
+
+class UsageError(Exception):
+    """A command used in a way that cannot work: the reason goes to stderr, exit status 2."""
+
+
+def _run(handler, prepare=None):
+    """Run an async command handler with a client from the flags; errors become a reason and exit 1.
+
+    `prepare(args)` runs first, before any connection: checks of the command line and the terminal,
+    and reading standard input (a blocking read inside the event loop would swallow the first Ctrl-C).
+    """
 
     def command(args) -> int:
         # imported only now: websockets reads its settings when imported, and `ptgstore serve` sets them first
         from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError  # noqa: PLC0415
 
+        try:
+            if prepare is not None:
+                prepare(args)
+            password = _password(args)
+        except UsageError as exc:
+            print(f"ptgstore {args.command}: {exc}", file=sys.stderr)
+            return 2
         client = AsyncClient(args.url or DEFAULT_URL, token=args.token, username=args.username,
-                             password=args.password)
+                             password=password)
 
         async def main() -> int:
             async with client:
@@ -78,7 +105,8 @@ def _run(handler):
         try:
             return asyncio.run(main())
         except AuthError as exc:
-            print(f"ptgstore: {exc.detail}", file=sys.stderr)
+            print(f"ptgstore: refused (HTTP {exc.status}): {exc.detail}" if exc.status else f"ptgstore: {exc.detail}",
+                  file=sys.stderr)
             if not args.token and not args.username:
                 print("ptgstore: give a token with --token or PTGSTORE_TOKEN (`ptgstore token` on the server "
                       "prints one), or log in with --username and --password", file=sys.stderr)
@@ -110,21 +138,31 @@ async def streams(client: AsyncClient, args) -> int:
 
 # -- push and pull ------------------------------------------------------------------------------
 
-def _read_files(paths: list[str]):
-    """(name, bytes) of each file in order; `-` (or no file at all) is standard input."""
-    for path in paths or ["-"]:
+def _prepare_push(args) -> None:
+    """Standard input is one entry when piped in or given as `-`; a terminal with no file is a mistake."""
+    if not args.files:
+        if sys.stdin.isatty():
+            raise UsageError("no FILE given and standard input is a terminal: name files to push, "
+                             "pipe data in (cat frame.jpg | ptgstore push STREAM), or give '-' to type it")
+        args.files = ["-"]
+    missing = [path for path in args.files if path != "-" and not os.path.isfile(path)]
+    if missing:
+        raise UsageError(f"not a file: {', '.join(missing)}")
+    # read here, outside the event loop, so that Ctrl-C interrupts the read at once
+    args.stdin_data = sys.stdin.buffer.read() if "-" in args.files else b""
+
+
+def _read_files(paths: list[str], stdin_data: bytes):
+    """(name, bytes) of each file in order; `-` is standard input (read once, before)."""
+    for path in paths:
         if path == "-":
-            yield "-", sys.stdin.buffer.read()
+            yield "-", stdin_data
         else:
             yield path, Path(path).read_bytes()
 
 
 async def push(client: AsyncClient, args) -> int:
     """Push each file (or standard input) as one entry, in batches over one WebSocket."""
-    missing = [path for path in args.files if path != "-" and not os.path.isfile(path)]
-    if missing:
-        print(f"ptgstore: not a file: {', '.join(missing)}", file=sys.stderr)
-        return 2
     started = time.monotonic()
     total_bytes = sum(os.path.getsize(p) for p in args.files if p != "-")
     ids: list[str] = []
@@ -133,7 +171,7 @@ async def push(client: AsyncClient, args) -> int:
     with _progress(total=total_bytes or None, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=f"push {args.stream}") as bar:
         async with client.pusher() as pusher:
-            for _, data in _read_files(args.files):
+            for _, data in _read_files(args.files, args.stdin_data):
                 batch.append((args.stream, None, data))
                 batch_bytes += len(data)
                 if batch_bytes >= client.max_batch_bytes:
@@ -150,15 +188,45 @@ async def push(client: AsyncClient, args) -> int:
     return 0
 
 
+def _prepare_pull(args) -> None:
+    if args.count is not None:
+        print("ptgstore pull: --count is deprecated, use --limit (entries in all; --batch is per delivery)",
+              file=sys.stderr)
+        args.limit = args.limit or args.count
+    if args.start is None:
+        args.start = "0" if args.history else "$"
+    if args.out is None and sys.stdout.isatty():
+        raise UsageError("entries are raw bytes and standard output is a terminal: "
+                         "give --out DIR, or redirect standard output (> file, | program)")
+
+
+async def _warn_missing(client: AsyncClient, sids: list[str], history: bool) -> None:
+    """Say on stderr which pulled streams do not exist (a typo would otherwise just wait, or print nothing)."""
+    from .client import NotFound  # noqa: PLC0415
+
+    async def exists(sid: str) -> bool:
+        try:
+            await client.info(sid)
+        except NotFound:
+            return False
+        return True
+
+    for sid, found in zip(sids, await asyncio.gather(*(exists(sid) for sid in sids))):
+        if not found:
+            print(f"ptgstore: warning: stream {sid!r} does not exist"
+                  + ("; nothing to read" if history else " (yet); waiting for its first entry"), file=sys.stderr)
+
+
 async def pull(client: AsyncClient, args) -> int:
     """Pull entries into one file per entry (`--out`), or as raw bytes to standard output."""
     started = time.monotonic()
     out = Path(args.out) if args.out else None
     entries = size = 0
+    await _warn_missing(client, list(dict.fromkeys(args.streams.split("+"))), args.history)
     try:
-        with _progress(total=args.count, unit=" entries", desc=f"pull {args.streams}") as bar:
-            async for entry in client.pull(args.streams, args.start, count=args.batch, limit=args.count,
-                                           timeout=args.timeout):
+        with _progress(total=args.limit, unit=" entries", desc=f"pull {args.streams}") as bar:
+            async for entry in client.pull(args.streams, args.start, count=args.batch, limit=args.limit,
+                                           timeout=args.timeout, stop_when_caught_up=args.history):
                 if out is None:
                     sys.stdout.buffer.write(entry.data)
                     sys.stdout.buffer.flush()
@@ -242,6 +310,20 @@ async def load(client: AsyncClient, args) -> int:
     if not dumped:
         print(f"ptgstore: no dumped streams (*/{META_FILE}) in {args.dir}", file=sys.stderr)
         return 1
+    if not (args.replace or args.new_ids):
+        # original ids only go after a stream's newest entry: refuse before anything is written
+        from .client import NotFound  # noqa: PLC0415
+
+        for info, _ in dumped:
+            try:
+                existing = await client.info(info["sid"])
+            except NotFound:
+                continue
+            if existing["length"]:
+                print(f"ptgstore: stream {info['sid']!r} already exists ({existing['length']} entries); nothing "
+                      "was loaded: add --replace to delete and recreate it, or --new-ids to append the entries "
+                      "under new ids", file=sys.stderr)
+                return 1
     entries = size = 0
     with _progress(total=sum(len(files) for _, files in dumped), unit=" entries", desc="load") as bar:
         async with client.pusher() as pusher:
@@ -279,8 +361,6 @@ def _chunks(files: list[Path], max_bytes: int):
 
 DEPTH_WIDTH, DEPTH_HEIGHT = 320, 288
 IMU_SAMPLE = struct.Struct("<d6f")  # capture time, accelerometer xyz (m/s^2), gyroscope xyz (rad/s)
-_JPEG_HEAD = bytes.fromhex("ffd8ffe000104a46494600010100000100010000")  # SOI + JFIF APP0
-_JPEG_TAIL = bytes.fromhex("ffd9")
 
 
 class Sensor:
@@ -294,20 +374,56 @@ class Sensor:
         self.bytes = 0
 
 
+def camera_frames() -> list[bytes]:
+    """The 640x360 baseline JPEG test-pattern frames shipped in the package (tools/make_sim_frames.py)."""
+    from importlib.resources import files  # noqa: PLC0415
+
+    folder = files("ptgstore") / "simdata"
+    return [folder.joinpath(f"camera-{n}.jpg").read_bytes() for n in range(4)]
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """The JPEG with a comment segment (COM) after its JFIF header: still the same image, unique bytes."""
+    comment = text.encode()
+    segment = b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment
+    app0_end = 4 + struct.unpack(">H", jpeg[4:6])[0]  # SOI, then APP0 (JFIF) with its length
+    return jpeg[:app0_end] + segment + jpeg[app0_end:]
+
+
+def depth_frames(count: int = 16) -> list[bytes]:
+    """Depth images: little-endian uint16 millimetres, row-major, 320x288 (a HoloLens 2 long-throw frame).
+
+    The scene: a wall 2-2.6 m away sloping left to right, a floor coming closer towards the bottom
+    rows, and a box 0.9 m away that slides across; 0 (no reading) on the outermost pixels."""
+    rows = []
+    for y in range(DEPTH_HEIGHT):
+        floor = max(0, y - 180) * 12
+        row = array("H", (0 if x in (0, DEPTH_WIDTH - 1) else 2000 + 2 * x - floor for x in range(DEPTH_WIDTH)))
+        rows.append(row)
+    frames = []
+    for i in range(count):
+        left = 20 + i * (DEPTH_WIDTH - 100) // count
+        image = array("H")
+        for y, row in enumerate(rows):
+            if 90 <= y < 190:
+                row = row[:left] + array("H", [900] * 60) + row[left + 60:]
+            image.extend(row)
+        if sys.byteorder != "little":
+            image.byteswap()
+        frames.append(image.tobytes())
+    return frames
+
+
 def _sensors(args) -> list[Sensor]:
     rng = random.Random(args.seed)
-    noise = rng.randbytes(256 * 1024)
-    depth = b"".join(struct.pack("<H", 500 + (x * 7 + y * 3) % 3500)
-                     for y in range(DEPTH_HEIGHT) for x in range(DEPTH_WIDTH))
+    jpegs = camera_frames()
+    depths = depth_frames()
 
     def camera(i: int) -> bytes:
-        size = rng.randint(40 * 1024, 120 * 1024) - len(_JPEG_HEAD) - len(_JPEG_TAIL) - 8
-        start = rng.randrange(len(noise) - size)
-        return _JPEG_HEAD + struct.pack("<Q", i) + noise[start:start + size] + _JPEG_TAIL
+        return with_comment(jpegs[i % len(jpegs)], f"ptgstore simulate {args.device} frame {i}")
 
     def depth_frame(i: int) -> bytes:
-        shift = (i * 2 * DEPTH_WIDTH) % len(depth)  # the scene drifts one row per frame
-        return depth[shift:] + depth[:shift]
+        return depths[i % len(depths)]
 
     def imu(i: int) -> bytes:
         now = time.time()
@@ -379,29 +495,38 @@ def add_client_commands(commands) -> None:
     connection.add_argument("--token", default=os.environ.get("PTGSTORE_TOKEN"),
                             help="bearer token (default $PTGSTORE_TOKEN)")
     connection.add_argument("--username", help="log in with this name instead of a token")
-    connection.add_argument("--password", help="the password for --username")
+    connection.add_argument("--password", default=os.environ.get("PTGSTORE_PASSWORD"), help="the password for --username (default $PTGSTORE_PASSWORD, "
+                            "else asked for at a terminal)")
 
-    def command(name, handler, help_text):
+    def command(name, handler, help_text, prepare=None):
         sub = commands.add_parser(name, help=help_text, description=help_text, parents=[connection])
-        sub.set_defaults(handler=_run(handler))
+        sub.set_defaults(handler=_run(handler, prepare))
         return sub
 
     listing = command("streams", streams, "list streams")
     listing.add_argument("--info", action="store_true", help="with length, first/last entry and metadata")
 
-    pushing = command("push", push, "push files (or standard input) as entries, one per file")
+    pushing = command("push", push, "push files (or standard input) as entries, one per file", _prepare_push)
     pushing.add_argument("stream")
-    pushing.add_argument("files", nargs="*", metavar="FILE", help="files to push; '-' or none: standard input")
+    pushing.add_argument("files", nargs="*", metavar="FILE",
+                         help="files to push; '-' (or none, when data is piped in): standard input")
     pushing.add_argument("--ids", action="store_true", help="print the new entry ids")
 
-    pulling = command("pull", pull, "pull entries live or from history")
+    pulling = command("pull", pull, "pull entries live or from history", _prepare_pull)
     pulling.add_argument("streams", metavar="STREAM[+STREAM]")
-    pulling.add_argument("--from", dest="start", type=_cursor_arg, default="$",
-                         help="$ (new entries only, default), 0 (from the start), *, an entry id or an ISO time")
-    pulling.add_argument("--count", type=_positive(int), help="stop after this many entries")
-    pulling.add_argument("--timeout", type=_positive(float), help="stop after this many seconds without data")
-    pulling.add_argument("--out", help="write DIR/<stream>/<entry id>.bin instead of bytes to standard output")
-    pulling.add_argument("--batch", type=_positive(int), default=100, help="entries per stream per delivery")
+    pulling.add_argument("--from", dest="start", type=_cursor_arg,
+                         help="$ (new entries only; the default), 0 (from the start; the default with --history), "
+                              "* (the newest --batch entries, at most --limit), an entry id or an ISO time")
+    pulling.add_argument("--history", action="store_true",
+                         help="read what is stored (up to each stream's last entry now), then stop: never wait")
+    pulling.add_argument("--limit", type=_positive(int), metavar="N", help="stop after N entries in all")
+    pulling.add_argument("--count", type=_positive(int), help=argparse.SUPPRESS)  # the old name of --limit
+    pulling.add_argument("--timeout", type=_positive(float), metavar="SECONDS",
+                         help="stop after this many seconds without data")
+    pulling.add_argument("--out", metavar="DIR", help="write DIR/<stream>/<entry id>.bin instead of bytes to standard output")
+    pulling.add_argument("--batch", type=_positive(int), default=100, metavar="N",
+                         help="fetch at most N entries per stream in one delivery (default %(default)s); "
+                              "does not limit the total")
 
     dumping = command("dump", dump, "write streams to a directory: <stream>/meta.json and <entry id>.bin")
     dumping.add_argument("dir")
@@ -417,7 +542,7 @@ def add_client_commands(commands) -> None:
     sim = command("simulate", simulate, "a headset: synthetic camera, depth and IMU streams for a while")
     sim.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default %(default)s)")
     sim.add_argument("--device", default="sim", help="stream ids are DEVICE:main, :depthlt, :imu")
-    sim.add_argument("--camera-hz", type=float, default=30.0, help="JPEG frames per second (40-120 KiB)")
+    sim.add_argument("--camera-hz", type=float, default=30.0, help="640x360 JPEG frames per second (about 45 KiB)")
     sim.add_argument("--depth-hz", type=float, default=5.0, help="320x288 uint16 depth frames per second")
     sim.add_argument("--imu-hz", type=_positive(float), default=200.0, help="IMU samples per second")
     sim.add_argument("--imu-batch", type=_positive(int), default=10, help="IMU samples per entry")

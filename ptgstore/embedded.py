@@ -1,6 +1,7 @@
 """A private redis-server for when no Redis URL is configured: started, joined, stopped."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -61,12 +62,35 @@ def _run_id(url: str) -> str | None:
         return None
 
 
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _listen_for(url: str) -> list[str]:
+    """The redis.conf lines that make a server answer at `url` (a restart listens where clients connect)."""
+    if url.startswith("unix://"):
+        return ["port 0", f"unixsocket {url[len('unix://'):]}", "unixsocketperm 700"]
+    port = url.rsplit(":", 1)[1].split("/", 1)[0]
+    return [f"port {port}", "bind 127.0.0.1"]
+
+
 class EmbeddedRedis:
     """A redis-server whose files, append-only log and socket live in `data_dir/redis`.
 
     `start()` joins a server that an earlier or sibling process left running for this
-    data directory (several workers share one), or starts one. Only the process
-    that started it stops it, and restarts it when it dies on its own.
+    data directory (several workers, or several `ptgstore serve`, share one), or starts
+    one. Every process using it holds a shared lock on `redis/users.lock` (the kernel
+    drops it when a process dies): the server stops when the last of them stops, so
+    no process is left talking to a server that another one took away. Whoever uses
+    it restarts it when it dies on its own.
     """
 
     def __init__(self, data_dir: str | os.PathLike, fsync: str = "always"):
@@ -76,28 +100,41 @@ class EmbeddedRedis:
         self.binary: str | None = None
         self._process: subprocess.Popen | None = None
         self._listen: list[str] | None = None
+        self._use = None  # the open users.lock holding this process's shared lock
         self._stopping = threading.Event()
 
     @property
     def owner(self) -> bool:
         return self._process is not None
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Only one process at a time starts, joins, restarts or stops the server of this directory."""
+        with open(self.dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _state(self) -> dict:
+        try:
+            return json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def start(self, timeout: float = 15.0) -> str:
         """Join or start the server; return its URL."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.dir / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = json.loads((self.dir / "state.json").read_text())
-            except (OSError, ValueError):
-                state = {}
+        with self._locked():
+            state = self._state()
             # the run id proves that what answers is our server, not another one on a reused port
             if state.get("url") and state.get("run_id") and _run_id(state["url"]) == state["run_id"]:
                 self.url = state["url"]
+                self._listen = _listen_for(self.url)
                 log.info("joined embedded redis at %s", self.url)
-                return self.url
-            self._spawn(timeout)
-            self._write_state()
+            else:
+                self._spawn(timeout)
+                self._write_state()
+            self._use = open(self.dir / "users.lock", "a")  # noqa: SIM115 - held until stop()
+            fcntl.flock(self._use, fcntl.LOCK_SH)
         threading.Thread(target=self._watch, args=(timeout,), name="ptgstore-embedded-redis", daemon=True).start()
         return self.url
 
@@ -107,29 +144,42 @@ class EmbeddedRedis:
 
     def _watch(self, timeout: float) -> None:
         """Restart the server when it dies on its own (killed, out of memory): acknowledged
-        entries are in its append-only log, and the same socket brings the pool back."""
+        entries are in its append-only log, and the same socket brings the pool back. The
+        process that started it sees it exit; one that joined polls (the starter may be gone)."""
         delay = 0.5
         while not self._stopping.is_set():
             process = self._process
-            if process is None:
-                return
-            code = process.wait()
-            if self._stopping.is_set():
-                return
-            log.error("embedded redis exited unexpectedly (status %s); restarting it", code)
-            if process.stderr:
-                process.stderr.close()
+            if process is not None:
+                code = process.wait()
+                if self._stopping.is_set():
+                    return
+                log.error("embedded redis exited unexpectedly (status %s); restarting it", code)
+                if process.stderr:
+                    process.stderr.close()
+            elif self._stopping.wait(1.0) or _run_id(self.url) is not None:
+                continue
+            else:
+                log.error("embedded redis at %s stopped answering; restarting it", self.url)
             try:
-                with open(self.dir / "lock", "w") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
+                with self._locked():
                     if not self._stopping.is_set():
-                        self._spawn(timeout)
-                        self._write_state()
+                        self._revive(timeout)
                 delay = 0.5
             except (EmbeddedRedisError, OSError) as exc:
                 log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)
+
+    def _revive(self, timeout: float) -> None:
+        """Start the server again where it listened, unless it still runs or another user revived it."""
+        state = self._state()
+        if state.get("run_id") and _run_id(self.url) == state["run_id"]:
+            self._process = None  # another process restarted it (or it was only slow): join it
+            return
+        if self._process is None and _pid_alive(state.get("pid")):
+            return  # alive but slow: never start a second server on the same files
+        self._spawn(timeout)
+        self._write_state()
 
     def _spawn(self, timeout: float) -> None:
         self.binary = find_redis_server()
@@ -180,11 +230,55 @@ class EmbeddedRedis:
             return "(no log)"
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the server if this process started it (Redis flushes its append-only log on SIGTERM)."""
+        """Stop using the server; stop the server too when no other process uses it (Redis
+        flushes its append-only log on SIGTERM and SHUTDOWN)."""
         self._stopping.set()
         process, self._process = self._process, None
-        if process is None:
+        use, self._use = self._use, None
+        if use is None:
             return
+        with self._locked():
+            try:
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)  # granted only when no one else holds it
+                last = True
+            except BlockingIOError:
+                last = False
+            finally:
+                use.close()
+            if not last:
+                if process is not None and process.stderr:
+                    process.stderr.close()
+                log.info("embedded redis left running at %s for the other processes that use it", self.url)
+                return
+            if process is not None:
+                self._terminate(process, timeout)
+            else:
+                self._shut_down_joined(timeout)
+            try:
+                (self.dir / "state.json").unlink()
+            except OSError:
+                pass
+        log.info("stopped embedded redis")
+
+    def _shut_down_joined(self, timeout: float) -> None:
+        """Stop a server this process joined (its starter has gone): SHUTDOWN, then wait for it to exit."""
+        state = self._state()
+        if not state.get("run_id") or _run_id(self.url) != state["run_id"]:
+            return  # already gone, or not ours
+        client = redis.Redis.from_url(self.url, socket_timeout=timeout)
+        try:
+            client.shutdown()
+        except redis.RedisError as exc:
+            log.error("embedded redis did not shut down: %s", exc)
+            return
+        finally:
+            client.close()
+        deadline = time.monotonic() + timeout
+        while _pid_alive(state.get("pid")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    @staticmethod
+    def _terminate(process: subprocess.Popen, timeout: float) -> None:
         if process.poll() is None:
             process.terminate()
             try:
@@ -195,8 +289,3 @@ class EmbeddedRedis:
                 process.wait(timeout)
         if process.stderr:
             process.stderr.close()
-        try:
-            (self.dir / "state.json").unlink()
-        except OSError:
-            pass
-        log.info("stopped embedded redis")

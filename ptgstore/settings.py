@@ -10,6 +10,8 @@ from typing import Mapping
 
 AUTH_POLICIES = ("dev", "users")
 FSYNC_POLICIES = ("always", "everysec", "no")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's names
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class SettingsError(ValueError):
@@ -97,6 +99,12 @@ class Settings:
             raise SettingsError(
                 f"PTGSTORE_REDIS_FSYNC must be one of {', '.join(FSYNC_POLICIES)}, not {self.redis_fsync!r}"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"PTGSTORE_LOG_LEVEL (--log-level) must be one of {', '.join(LOG_LEVELS)}, "
+                                f"not {self.log_level!r}")
+        if self.redis_url is not None and not self.redis_url.lower().startswith(REDIS_URL_SCHEMES):
+            raise SettingsError(f"PTGSTORE_REDIS_URL (--redis-url) must start with {', '.join(REDIS_URL_SCHEMES)}, "
+                                f"not {self.redis_url!r} (unset, ptgstore runs its own embedded Redis)")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
                      "hub_buffer"):
             value = getattr(self, name)

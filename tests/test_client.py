@@ -311,3 +311,67 @@ def test_a_script_that_leaves_a_pull_open_exits_cleanly(server, rdb, kind):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert (done.returncode, done.stdout, done.stderr) == (0, "b'a'\n", "")
     wait_until(lambda: "cam" not in server.app.state.hub.followers, what="the pull socket to close")
+
+
+# -- first run: the newest entry, history that ends, refusals with their reason ---------------------
+
+def test_pull_from_newest_with_limit_one_gives_the_newest_entry(server, rdb):
+    ids = xadd(rdb, "cam", *(b"entry %d" % i for i in range(150)))
+    with Client(server.url, token=server.token()) as client:
+        assert list(client.pull("cam", last_entry_id="*", limit=1)) == [Entry("cam", ids[-1], b"entry 149")]
+        assert [e.entry_id for e in client.pull("cam", "*", limit=3)] == ids[-3:]
+
+    async def newest():
+        async with AsyncClient(server.url, token=server.token()) as client:
+            return [e async for e in client.pull("cam", "*", limit=1)]
+
+    assert asyncio.run(newest()) == [Entry("cam", ids[-1], b"entry 149")]
+
+
+def test_history_stops_at_the_last_entries_of_when_it_began(server, rdb):
+    a = xadd(rdb, "a", *(b"a%d" % i for i in range(5)))
+    b = xadd(rdb, "b", b"b0", b"b1")
+    with Client(server.url, token=server.token()) as client:
+        got = []
+        for n, delivery in enumerate(client.pull_deliveries("a+b+ghost", "0", count=2, stop_when_caught_up=True)):
+            if n == 0:
+                xadd(rdb, "a", b"later")  # after the reading began: not history
+                xadd(rdb, "b", b"later")
+            got += delivery
+        assert sorted((e.stream_id, e.entry_id) for e in got) == sorted([("a", i) for i in a] + [("b", i) for i in b])
+        assert [e.data for e in got if e.stream_id == "a"] == [b"a%d" % i for i in range(5)]
+        assert list(client.pull("ghost", "0", stop_when_caught_up=True)) == []
+        assert list(client.pull("a", "$", stop_when_caught_up=True)) == []
+        assert [e.entry_id for e in client.pull("a", a[1], limit=2, stop_when_caught_up=True)] == a[2:4]
+        assert [e.data for e in client.pull("a", "*", count=1, stop_when_caught_up=True)] == [b"later"]
+
+
+def test_url_without_a_scheme_means_http(server):
+    with Client(server.url.removeprefix("http://"), token=server.token()) as client:
+        assert client.url == server.url
+        assert client.ping() is True
+
+
+@pytest.mark.parametrize("body,reason", [(b"token expired: log in again\n", "token expired: log in again"),
+                                         (b'{"detail": "origin not allowed"}', "origin not allowed"),
+                                         (b"", "no reason given")])
+def test_refused_handshake_carries_the_reason_in_the_body(body, reason):
+    """A handshake refused with an HTTP denial response (a status and a body): the error carries both.
+    The refusing server is a real websockets server on loopback that answers every handshake so."""
+    from websockets.asyncio.server import serve
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
+    def refuse(connection, request):
+        return Response(403, "Forbidden", Headers({"Content-Length": str(len(body))}), body)
+
+    async def scenario():
+        async with serve(lambda ws: ws.close(), "127.0.0.1", 0, process_request=refuse) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with AsyncClient(f"http://127.0.0.1:{port}", token="t") as client:
+                with pytest.raises(AuthError) as refused:
+                    await asyncio.wait_for(client.pull("cam", "0").__anext__(), 30)
+        return refused.value
+
+    error = asyncio.run(scenario())
+    assert (error.status, error.detail) == (403, reason)

@@ -1,12 +1,19 @@
 """The client commands end to end: `python -m ptgstore ...` processes against a live server."""
+import io
 import os
+import pty
+import re
 import signal
+import struct
 import subprocess
 import sys
+import time
+from array import array
 from pathlib import Path
 
 import orjson
 import pytest
+from PIL import Image
 
 from conftest import RedisServer, live_server, make_settings, wait_until
 
@@ -96,7 +103,7 @@ def test_missing_token_says_how_to_get_one(server):
     refused = ptgstore(server, "pull", "cam", "--from", "12-x", "--count", "1")
     assert refused.returncode == 2 and b"--from" in refused.stderr
     missing = ptgstore(server, "push", "cam", "no-such-file.jpg")
-    assert missing.returncode == 2 and missing.stderr == b"ptgstore: not a file: no-such-file.jpg\n"
+    assert missing.returncode == 2 and missing.stderr == b"ptgstore push: not a file: no-such-file.jpg\n"
 
 
 def test_dump_then_load_into_a_fresh_store_is_byte_exact(server, rdb, tmp_path):
@@ -131,8 +138,13 @@ def test_dump_then_load_into_a_fresh_store_is_byte_exact(server, rdb, tmp_path):
                 assert http.get("/streams/declared-only").json()["meta"] == {"fps": 30}
                 assert http.get("/streams/glf/left").json()["meta"] == {"camera": "left", "max_len": 5000}
 
-            again = ptgstore(fresh, "load", str(backup), "plain")
-            assert again.returncode == 1 and b"1007" in again.stderr, "ids older than the stream's are refused"
+            before = {sid: stored(copy, sid) for sid in STREAMS}
+            copy.delete("glf/left")  # of two streams to load, only the second one exists
+            again = ptgstore(fresh, "load", str(backup), "glf/left", "plain")
+            assert again.returncode == 1
+            assert b"'plain' already exists" in again.stderr and b"--replace" in again.stderr, again.stderr
+            assert stored(copy, "glf/left") == [] and stored(copy, "plain") == before["plain"], \
+                "nothing is written before the refusal"
             ok(ptgstore(fresh, "load", str(backup), "plain", "--replace"))
             assert stored(copy, "plain") == expected["plain"]
             ok(ptgstore(fresh, "load", str(backup), "plain", "--new-ids"))
@@ -151,12 +163,22 @@ def test_simulate_pushes_headset_streams_at_their_rates(server, rdb):
     camera, depth, imu = stored(rdb, "hl2:main"), stored(rdb, "hl2:depthlt"), stored(rdb, "hl2:imu")
     # 2 s at 30, 5 and 200/20 Hz; a loaded test machine may fall behind, never ahead
     assert 30 <= len(camera) <= 61 and 5 <= len(depth) <= 11 and 10 <= len(imu) <= 21
-    for _, frame in camera:
-        assert 40 * 1024 <= len(frame) <= 120 * 1024
-        assert frame[:2] == b"\xff\xd8" and frame[-2:] == b"\xff\xd9"
-    assert {len(frame) for _, frame in depth} == {320 * 288 * 2}
+    comments = set()
+    for n, (_, frame) in enumerate(camera):
+        with Image.open(io.BytesIO(frame)) as image:
+            assert (image.format, image.size, image.mode) == ("JPEG", (640, 360), "RGB")
+            image.load()  # decodes every scan: a truncated or corrupt frame raises here
+            comments.add(image.info["comment"])
+        assert 30 * 1024 <= len(frame) <= 120 * 1024
+    assert comments == {f"ptgstore simulate hl2 frame {n}".encode() for n in range(len(camera))}
+    for _, frame in depth:
+        image = array("H", frame)  # documented: little-endian uint16 millimetres, row-major 320x288
+        assert len(image) == 320 * 288
+        assert image[0] == 0 and 500 <= image[144 * 320 + 5] <= 5000 and max(image) <= 5000
     assert depth[0][1] != depth[1][1]
     assert {len(packet) for _, packet in imu} == {20 * 32}
+    sample = struct.unpack("<d6f", imu[0][1][:32])
+    assert abs(sample[0] - time.time()) < 60 and 9 < sample[2] < 10.5  # capture time, gravity on y
     assert f"hl2:main: {len(camera)} entries" in summary
 
 
@@ -167,3 +189,183 @@ def test_stream_directory_names_are_safe(sid, dirname):
 
     assert stream_dirname(sid) == dirname
     assert "/" not in stream_dirname(sid) and stream_dirname(sid) not in (".", "..")
+
+
+# -- first run: what a new user trips over ---------------------------------------------------------
+
+def test_pull_from_newest_with_limit_one_prints_the_newest_entry(server, rdb):
+    payloads = [b"entry %d" % i for i in range(150)]
+    for data in payloads:
+        rdb.xadd("cam", {"d": data})
+    assert ok(ptgstore(server, "pull", "cam", "--from", "*", "--limit", "1")).stdout == payloads[-1]
+    assert ok(ptgstore(server, "pull", "cam", "--from", "*", "--limit", "3")).stdout == b"".join(payloads[-3:])
+    # `*` is the newest --batch entries (at most --limit); --history then stops instead of waiting
+    assert ok(ptgstore(server, "pull", "cam", "--from", "*", "--batch", "2", "--history")).stdout == \
+        b"".join(payloads[-2:])
+    old = ok(ptgstore(server, "pull", "cam", "--from", "*", "--count", "1"))
+    assert old.stdout == payloads[-1] and b"--count is deprecated, use --limit" in old.stderr
+    usage = ok(ptgstore(server, "pull", "--help")).stdout.decode()
+    assert "--limit N" in usage and "--batch N" in usage and "--count" not in usage
+
+
+def test_history_pull_stops_when_caught_up_and_warns_of_missing_streams(server, rdb, tmp_path):
+    ids = [rdb.xadd("cam", {"d": b"frame %d" % i}).decode() for i in range(3)]
+    out = tmp_path / "frames"
+    done = ok(ptgstore(server, "pull", "cam+depth", "--history", "--limit", "100", "--out", str(out)))
+    assert sorted(p.name for p in (out / "cam").iterdir()) == sorted(f"{i}.bin" for i in ids)
+    assert not (out / "depth").exists()
+    assert "stream 'depth' does not exist; nothing to read" in done.stderr.decode()
+    assert "pulled 3 entries" in done.stderr.decode()
+    newest = ok(ptgstore(server, "pull", "cam", "--history", "--from", ids[0], "--out", str(tmp_path / "rest")))
+    assert sorted(p.name for p in (tmp_path / "rest" / "cam").iterdir()) == sorted(f"{i}.bin" for i in ids[1:])
+    assert "pulled 2 entries" in newest.stderr.decode()
+
+
+def _on_terminal(args, env, *, stdin_tty: bool, stdout_tty: bool, answer: bytes | None = None, timeout=30):
+    """Run `python -m ptgstore ARGS` with stdin and/or stdout (and stderr) on a pseudo-terminal;
+    answers (status, what the terminal showed)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "ptgstore", *args], env=env, start_new_session=True,
+                               stdin=slave if stdin_tty else subprocess.DEVNULL,
+                               stdout=slave if stdout_tty else subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None or _readable(master):
+            assert time.monotonic() < deadline, f"still running after {timeout} s; terminal shows {shown!r}"
+            if _readable(master, 0.1):
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the terminal's other side is closed: everything was read
+                    break
+                shown += chunk
+                if answer is not None and b"password for" in shown:
+                    os.write(master, answer)
+                    answer = None
+        return process.wait(10), shown
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+
+
+def _readable(fd, timeout=0.0) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def _env(server, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
+    env.update(PTGSTORE_URL=server.url, PTGSTORE_TOKEN=server.token(), **extra)
+    return env
+
+
+def test_push_without_a_file_on_a_terminal_is_a_usage_error(server, rdb):
+    status, shown = _on_terminal(["push", "cam"], _env(server), stdin_tty=True, stdout_tty=True)
+    assert status == 2, shown
+    assert b"no FILE given and standard input is a terminal" in shown
+    assert rdb.exists("cam") == 0
+
+
+def test_pull_refuses_to_write_entries_into_a_terminal(server, rdb):
+    rdb.xadd("cam", {"d": b"\x00\x1b[2J binary"})
+    status, shown = _on_terminal(["pull", "cam", "--from", "0", "--limit", "1"], _env(server),
+                                 stdin_tty=False, stdout_tty=True)
+    assert status == 2, shown
+    assert b"give --out DIR, or redirect standard output" in shown and b"binary" not in shown
+
+
+def test_username_without_password_asks_at_a_terminal_without_echo(server, rdb):
+    rdb.xadd("asked", {"d": b"x"})
+    env = _env(server)
+    del env["PTGSTORE_TOKEN"]
+    status, shown = _on_terminal(["streams", "--username", "alice"], env, stdin_tty=True, stdout_tty=True,
+                                 answer=b"alice\n")
+    assert status == 0, shown
+    prompt = shown.index(b"password for alice:")
+    assert b"alice" not in shown[prompt + len(b"password for alice:"):].replace(b"asked", b""), "the password echoed"
+    assert b"asked" in shown
+    from_env = ptgstore(server, "streams", "--username", "alice", token=False, stdin=b"",
+                        env_extra={"PTGSTORE_PASSWORD": "alice"})
+    assert ok(from_env).stdout == b"asked\n"
+    no_password = ptgstore(server, "streams", "--username", "alice", token=False, stdin=b"")
+    assert no_password.returncode == 2 and b"PTGSTORE_PASSWORD" in no_password.stderr
+
+
+def test_streams_into_a_closed_pipe_exits_quietly(server, rdb):
+    for i in range(20):
+        rdb.xadd(f"stream-{i:02d}", {"d": b"x"})
+    process = subprocess.Popen([sys.executable, "-m", "ptgstore", "streams"], env=_env(server),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written, as `| head -1` after its line
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 141
+    assert stderr == b"", stderr.decode()
+
+
+def test_url_without_a_scheme_means_http(server, rdb):
+    rdb.xadd("cam", {"d": b"x"})
+    done = ok(ptgstore(server, "streams", "--url", server.url.removeprefix("http://")))
+    assert done.stdout == b"cam\n"
+
+
+def test_version():
+    from importlib.metadata import version
+
+    done = ok(subprocess.run([sys.executable, "-m", "ptgstore", "--version"], capture_output=True, timeout=60))
+    assert done.stdout.decode().strip() == f"ptgstore {version('ptgstore')}"
+
+
+def test_token_without_the_servers_secret_refuses(tmp_path, server):
+    elsewhere = tmp_path / "not-the-server"
+    done = subprocess.run([sys.executable, "-m", "ptgstore", "token", "--data-dir", str(elsewhere)],
+                          capture_output=True, timeout=60, env=_env(server))
+    assert done.returncode == 1 and done.stdout == b""
+    assert f"no token signing secret in {elsewhere / 'secret'}".encode() in done.stderr
+    assert b"PTGSTORE_DATA_DIR" in done.stderr
+    assert not (elsewhere / "secret").exists()
+
+
+def test_refused_websocket_is_one_line(server, rdb):
+    # push opens its WebSocket first: the handshake is what the server refuses
+    bad = ptgstore(server, "push", "cam", "-", stdin=b"x", env_extra={"PTGSTORE_TOKEN": "not-a-token"})
+    assert bad.returncode == 1
+    # one line: the status and the server's reason (a body, when the server gives one)
+    assert re.fullmatch(rb"ptgstore: refused \(HTTP 40[13]\): [^\n]+\n", bad.stderr), bad.stderr
+    assert rdb.exists("cam") == 0
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads the read(2) syscall number of x86_64")
+def test_one_ctrl_c_stops_a_push_typed_at_the_terminal(server, rdb):
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "ptgstore", "push", "cam", "-"], env=_env(server),
+                               stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    try:
+        def reading_stdin():
+            try:
+                return Path(f"/proc/{process.pid}/syscall").read_text().startswith("0 0x0 ")  # read(0, ...)
+            except OSError:
+                return False
+
+        wait_until(reading_stdin, timeout=30, what="the push to wait on its terminal")
+        process.send_signal(signal.SIGINT)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        os.close(master)
+    assert process.returncode == 130
+    assert b"Traceback" not in process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
+    assert rdb.exists("cam") == 0

@@ -1,5 +1,7 @@
 """The embedded default: a private redis-server the service starts, joins and stops itself."""
+import json
 import os
+import signal
 
 import httpx
 import pytest
@@ -7,7 +9,7 @@ import redis
 
 from ptgstore.embedded import EmbeddedRedis, find_redis_server
 
-from conftest import live_server, make_settings
+from conftest import live_server, make_settings, wait_until
 
 
 def test_start_keeps_data_across_restarts(tmp_path):
@@ -82,3 +84,49 @@ def test_app_without_url_serves_from_embedded_redis_and_keeps_data(tmp_path):
     assert reply.content == b"kept \x00 bytes"
     assert reply.headers["entry-offset"] == f'[["cam","{ids[0]}",0]]'
     assert not (tmp_path / "data" / "redis" / "state.json").exists(), "embedded redis left running"
+
+
+def test_the_server_outlives_its_starter_while_another_process_uses_it(tmp_path):
+    """The first user stops: the server stays for the second, which stops it when it leaves."""
+    owner, joiner = EmbeddedRedis(tmp_path), EmbeddedRedis(tmp_path)
+    url = owner.start()
+    try:
+        assert joiner.start() == url
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        client.xadd("cam", {"d": b"before"})
+        owner.stop()
+        client.xadd("cam", {"d": b"after the starter left"})
+        assert [f[b"d"] for _, f in client.xrange("cam")] == [b"before", b"after the starter left"]
+        assert (tmp_path / "redis" / "state.json").exists()
+        client.close()
+    finally:
+        owner.stop()
+        joiner.stop()  # the last user: the server goes, its log flushed
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    assert not (tmp_path / "redis" / "state.json").exists()
+    again = EmbeddedRedis(tmp_path)
+    client = redis.Redis.from_url(again.start())
+    try:
+        assert [f[b"d"] for _, f in client.xrange("cam")] == [b"before", b"after the starter left"]
+    finally:
+        client.close()
+        again.stop()
+
+
+def test_a_joined_process_restarts_the_server_when_it_dies(tmp_path):
+    owner, joiner = EmbeddedRedis(tmp_path), EmbeddedRedis(tmp_path)
+    url = owner.start()
+    try:
+        joiner.start()
+        owner.stop()
+        first = json.loads((tmp_path / "redis" / "state.json").read_text())
+        os.kill(first["pid"], signal.SIGKILL)
+        wait_until(lambda: json.loads((tmp_path / "redis" / "state.json").read_text())["pid"] != first["pid"]
+                   and redis.Redis.from_url(url, socket_timeout=1).ping(), timeout=20,
+                   what="the joined process to restart the server at the same address")
+        assert joiner.owner
+    finally:
+        owner.stop()
+        joiner.stop()
+    assert not (tmp_path / "redis" / "state.json").exists()

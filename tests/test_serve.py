@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
 from conftest import free_port, wait_until
+from servers import ServeProcess
 
 
 def start(args, env_extra, tmp_path):
@@ -86,3 +88,78 @@ def test_serve_refuses_dev_policy_beyond_loopback_unless_explicit(tmp_path):
     output = stop(process) if process.wait(30) is None else process.stdout.read()
     assert process.returncode == 2
     assert "PTGSTORE_AUTH=users" in output
+
+
+def run_serve(tmp_path, *args, timeout=60):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PTGSTORE_", "WEBSOCKETS_"))}
+    env["PTGSTORE_DATA_DIR"] = str(tmp_path / "data")
+    return subprocess.run([sys.executable, "-m", "ptgstore", "serve", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--log-level", "verbose"], "PTGSTORE_LOG_LEVEL (--log-level) must be one of critical, error, warning"),
+    (["--redis-url", "http://127.0.0.1:6379"], "PTGSTORE_REDIS_URL (--redis-url) must start with redis://"),
+    (["--port", "-1"], "PTGSTORE_PORT"),
+])
+def test_bad_settings_are_one_line_and_exit_2(tmp_path, args, words):
+    done = run_serve(tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and words in done.stderr, done.stderr
+    assert "listening" not in done.stdout
+
+
+def test_busy_port_and_unreachable_redis_are_reported_before_listening(tmp_path, redis_server):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_serve(tmp_path, "--port", str(port), "--redis-url", redis_server.url)
+    assert busy.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in busy.stderr, busy.stderr
+    assert "listening" not in busy.stdout and "Traceback" not in busy.stderr
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    unreachable = run_serve(tmp_path, "--port", str(free_port()), "--redis-url", dead)
+    assert unreachable.returncode == 1
+    assert f"Redis at {dead} does not answer" in unreachable.stderr, unreachable.stderr
+    assert "listening" not in unreachable.stdout and "Traceback" not in unreachable.stderr
+
+
+def test_token_from_the_command_line_is_accepted_by_a_fresh_server(tmp_path, redis_server, rdb):
+    port = free_port()
+    process = start(["ptgstore", "serve", "--port", str(port), "--redis-url", redis_server.url], {}, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(url) or process.poll() is not None, timeout=30, what="ptgstore serve")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
+        token = subprocess.run([sys.executable, "-m", "ptgstore", "token", "--user", "lab",
+                                "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True,
+                               timeout=60)
+        assert token.returncode == 0, token.stderr
+        reply = httpx.get(url + "/streams", headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+        assert reply.status_code == 200, reply.text
+    finally:
+        stop(process)
+
+
+def test_second_serve_on_one_data_dir_keeps_working_when_the_first_stops(tmp_path):
+    """Both share the data directory's embedded Redis; it stays while either uses it."""
+    with ServeProcess(tmp_path / "data") as first:
+        first.wait_ready()
+        with ServeProcess(tmp_path / "data") as second:
+            second.wait_ready()
+            token = second.token()
+            headers = {"Authorization": f"Bearer {token}"}
+            assert httpx.post(first.url + "/data/cam", files=[("f", ("f", b"one"))], headers=headers).status_code == 200
+            assert first.terminate() in (0, -signal.SIGTERM)
+            pushed = httpx.post(second.url + "/data/cam", files=[("f", ("f", b"two"))], headers=headers, timeout=10)
+            assert pushed.status_code == 200, pushed.text
+            reply = httpx.get(second.url + "/data/cam", params={"last_entry_id": "0", "count": "10"},
+                              headers=headers, timeout=10)
+            assert reply.content == b"onetwo"
+            state = json.loads((tmp_path / "data" / "redis" / "state.json").read_text())
+            assert second.terminate() in (0, -signal.SIGTERM)
+        assert "left running" in first.output
+    assert not (tmp_path / "data" / "redis" / "state.json").exists(), "the last user stops the embedded Redis"
+    wait_until(lambda: not os.path.exists(f"/proc/{state['pid']}") or
+               open(f"/proc/{state['pid']}/stat").read().split()[2] == "Z", what="embedded redis to exit")

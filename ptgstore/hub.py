@@ -87,6 +87,8 @@ class Follower:
             while True:
                 try:
                     if not self.ready.is_set():
+                        # deletes are heard of from before the state is read: none falls in between
+                        await self.hub.watching.wait()
                         asked = self.invalidations
                         (state,) = await store.states([self.sid])
                         if self.invalidations != asked:
@@ -454,6 +456,7 @@ class Hub:
         self._states = _Questions(store.states, "ptgstore-stream-states")
         self._epochs = _Questions(store.epochs, "ptgstore-epochs")
         self._watcher: asyncio.Task | None = None
+        self.watching = asyncio.Event()  # set once the deletions channel is listened to
 
     async def states(self, sids: Sequence[str]) -> list[tuple[int, str]]:
         """`(epoch, what `$` means now)` for each stream (`Store.states`).
@@ -479,8 +482,11 @@ class Hub:
         return Subscription(self, sids, cursors, gaps=gaps, epochs=epochs)
 
     def _deleted(self, sid: str | None) -> None:
-        """A stream was deleted through some process (None: any may have been)."""
+        """A stream was deleted through some process (None: listening (again), any may have been)."""
         if sid is None:
+            if not self.watching.is_set():
+                self.watching.set()  # the first time: followers read their streams' state from now on
+                return
             for follower in self.followers.values():
                 follower.invalidate()
         elif sid in self.followers:
@@ -488,6 +494,7 @@ class Hub:
 
     def _follow(self, sid: str) -> Follower:
         if self._watcher is None:
+            self.watching = asyncio.Event()
             self._watcher = asyncio.get_running_loop().create_task(
                 self.store.watch_deletes(self._deleted), name="ptgstore-deletions")
         follower = self.followers.get(sid)

@@ -110,7 +110,8 @@ class Follower:
                     mark = None
                     if records and length <= len(records):
                         # Redis keeps nothing up to `newest`: trimming may have taken unseen entries too
-                        records, mark = await self._count_unseen(records)
+                        records, mark, later = await self._count_unseen(records)
+                        length += later
                     elif self.added is not None:
                         self.added += len(records)
                     backoff = 0.05
@@ -140,14 +141,15 @@ class Follower:
         """Whether entries added after `newest` were trimmed before they could be read: compares
         what the stream was ever given with what was read (one more round trip, only when Redis
         keeps nothing older than what was just read, and only for sockets that asked for gaps).
-        Returns the records (plus any added meanwhile) and the id after the gap, or None."""
+        Returns the records (plus any added meanwhile), the id after the gap (or None) and how many
+        were added meanwhile."""
         if not any(reader.gaps for reader in self.readers):
             self.added = None  # uncounted until a socket asks for gaps
-            return records, None
+            return records, None, 0
         added, later = await self.hub.store.added_after(self.sid, records[-1][0])
         unseen = 0 if added is None or self.added is None else added - self.added - len(records) - len(later)
         self.added = added
-        return records + later, (parse_entry_id(records[0][0]) if unseen > 0 else None)
+        return records + later, (parse_entry_id(records[0][0]) if unseen > 0 else None), len(later)
 
     def _append(self, records, length: int, mark: tuple[int, int] | None) -> None:
         hub = self.hub
@@ -245,6 +247,7 @@ class Subscription:
         self.epochs: list[int | None] = list(epochs) if epochs is not None else [None] * len(self.sids)
         # `0` at the start means "from the oldest kept": no gap then, only once the pull has read
         self.fresh = [c == (0, 0) for c in self.cursors]
+        self._reread: list[int | None] = [None] * len(self.sids)  # follower invalidations this socket asked for
         self.gaps = gaps
         self.wake = asyncio.Event()
         self.closed = False
@@ -302,8 +305,14 @@ class Subscription:
                     self.fresh[i] = True
                 self.epochs[i] = follower.epoch
             elif self.epochs[i] > follower.epoch:
-                follower.invalidate()
-                in_step = False
+                if self._reread[i] == follower.invalidations:
+                    # read again since this socket asked, and still older: Redis lost its data
+                    # (flushed or restarted empty), so the stream is new here too
+                    self.cursors[i], self.fresh[i], self.epochs[i] = (0, 0), True, follower.epoch
+                else:
+                    follower.invalidate()
+                    self._reread[i] = follower.invalidations
+                    in_step = False
         return in_step
 
     async def confirm(self) -> None:

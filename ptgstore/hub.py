@@ -121,7 +121,7 @@ class Follower:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
-                if records:
+                if records and self.ready.is_set():  # (not when invalidated meanwhile: read again first)
                     self._append(records, length, mark)
                     await asyncio.sleep(0)  # the woken sockets send before the next read goes out
         finally:

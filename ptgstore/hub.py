@@ -351,7 +351,8 @@ class Subscription:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.05
-                self.fresh = [False] * len(self.sids)
+                if True in self.fresh:
+                    self.fresh = [False] * len(self.sids)
                 if delivery.entries or delivery.gaps:
                     return delivery
                 await self.wake.wait()

@@ -53,7 +53,8 @@ class Follower:
         self.gap_marks: deque[tuple[int, int]] = deque()  # buffered ids right after entries trimmed unseen
         self.invalidations = 0
         self.ready = asyncio.Event()
-        self._read: asyncio.Task | None = None
+        self._waiting = False  # in the blocking read (which `invalidate` interrupts)
+        self._interrupted = False
         # what the sockets at one cursor get next, made once for all of them (they mostly move together)
         self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
@@ -64,8 +65,9 @@ class Follower:
         self.invalidations += 1
         self.ready.clear()
         self._forget()
-        if self._read is not None:
-            self._read.cancel()
+        if self._waiting and not self._interrupted:
+            self._interrupted = True
+            self.task.cancel()
 
     def _forget(self) -> None:
         self.entries.clear()
@@ -81,7 +83,6 @@ class Follower:
     async def _run(self) -> None:
         store = self.hub.store
         connection = store.blocking_connection()
-        loop = asyncio.get_running_loop()
         backoff = 0.05
         try:
             while True:
@@ -94,16 +95,18 @@ class Follower:
                         if self.invalidations != asked:
                             continue  # invalidated while asking: the answer may predate the delete
                         self._start(*state)
-                    self._read = loop.create_task(store.follow(
-                        connection, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS))
+                    self._waiting = True
                     try:
-                        await asyncio.wait((self._read,))
+                        records, epoch, length = await store.follow(
+                            connection, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
+                    except asyncio.CancelledError:
+                        # interrupted by `invalidate` (and by nothing else): read the state again
+                        if not self._interrupted or asyncio.current_task().uncancel() > 0:
+                            raise
+                        self._interrupted = False
+                        continue
                     finally:
-                        read, self._read = self._read, None
-                        read.cancel()  # (when this task is the one cancelled)
-                    if read.cancelled():
-                        continue  # invalidated: read the state again
-                    records, epoch, length = read.result()
+                        self._waiting = False
                     if epoch != self.epoch:
                         self.invalidate()  # deleted (and perhaps re-created) since the buffer began
                         continue

@@ -187,14 +187,18 @@ async def _pull(ws: WebSocket, send) -> None:
     store = ws.app.state.store
     # `$` is fixed now, once: nothing pushed after this moment is skipped. The streams' generations
     # are read with it (first): entries of a stream deleted before now are never served from memory.
-    states = await ws.app.state.hub.states(sids)
-    cursors = [now if c == NOW else c for c, (_, now) in zip(cursors, states)]
+    hub = ws.app.state.hub
+    if NOW in cursors:
+        states = await hub.states(sids)
+        cursors = [now if c == NOW else c for c, (_, now) in zip(cursors, states)]
+        epochs = [epoch for epoch, _ in states]
+    else:
+        epochs = await hub.epochs(sids)
     if "*" in cursors:
         cursors = await _newest_cursors(store, sids, cursors, options["count"])
     await ws.accept()
     acked = asyncio.Event()
-    async with ws.app.state.hub.subscribe(sids, cursors, gaps=options["gaps"],
-                                          epochs=[epoch for epoch, _ in states]) as subscription:
+    async with hub.subscribe(sids, cursors, gaps=options["gaps"], epochs=epochs) as subscription:
         listener = asyncio.get_running_loop().create_task(_listen(ws, subscription, acked))
         try:
             await _deliver(ws, send, subscription, options, sync, acked)

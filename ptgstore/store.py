@@ -71,8 +71,28 @@ local function split(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
+local function info(key)
+  local fields, out = redis.call('XINFO', 'STREAM', key), {}
+  for i = 1, #fields - 1, 2 do out[fields[i]] = fields[i + 1] end
+  return out
+end
 local function undo(reason)
+  -- a stream keeps the count of entries it was ever given (Redis 7): put it back, so that the
+  -- refused entries do not look like trimmed ones (a gap) to pulls
+  local before, count = {}, {}
+  for i = 1, #added do
+    local k = added[i][1]
+    if existed[k] == 1 and before[k] == nil then before[k] = info(KEYS[k]) end
+    count[k] = (count[k] or 0) + 1
+  end
   for i = #added, 1, -1 do redis.call('XDEL', KEYS[added[i][1]], added[i][2]) end
+  for k, state in pairs(before) do
+    local top = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+    if state['entries-added'] and top[1] then
+      redis.pcall('XSETID', KEYS[k], top[1][1], 'ENTRIESADDED', state['entries-added'] - count[k],
+                  'MAXDELETEDID', state['max-deleted-entry-id'])
+    end
+  end
   for k = 1, nstreams do
     if existed[k] == 0 and redis.call('EXISTS', KEYS[k]) == 1 and redis.call('XLEN', KEYS[k]) == 0 then
       redis.call('DEL', KEYS[k])

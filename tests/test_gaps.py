@@ -115,3 +115,18 @@ def test_without_gaps_no_notice_is_sent(server, rdb):
         while len(got) < len(kept):
             got += read_delivery(ws)
         assert [e[1] for e in got] == kept
+
+
+def test_a_refused_batch_does_not_make_a_gap(server, rdb):
+    """Entries added and taken back by a refused batch are not trimmed ones."""
+    from wsutil import expect_close
+
+    ids = push(rdb, "cam", b"a", b"b", id="5000-*")
+    with ws_connect(server, "/data/cam/push", batch="true") as ws:
+        ws.send(json.dumps([["cam", "9000-0", 0], ["cam", "100-0", 1]]))
+        ws.send(b"xy")
+        code, reason = expect_close(ws)
+    assert code == 1007 and ("older" in reason or "newer" in reason)
+    assert [i.decode() for i, _ in rdb.xrange("cam")] == ids
+    with ws_connect(server, "/data/cam/pull", last_entry_id="1000", count="10", gaps="true") as ws:
+        assert [e[1] for e in read_message(ws)] == ids

@@ -488,16 +488,19 @@ class Store:
     async def read_noting_gaps(self, requests: Sequence[tuple[str, str, int]]) -> tuple[list[Entry], dict]:
         """Like `read`, and in the same snapshot (MULTI), for each stream whose oldest kept entry is
         after its cursor while entries were removed from it (trimmed or deleted), that oldest id:
-        `{stream id: oldest kept id}`. A stream never trimmed has no gap, whatever the cursor."""
+        `{stream id: oldest kept id}`. A stream never trimmed has no gap, whatever the cursor (Redis 7
+        counts the entries a stream was ever given; with 6.2, a stream shorter than its `max_len`
+        counts as never trimmed)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for request in requests:
                 pipe.execute_command(*self._range(*request))
                 pipe.xinfo_stream(self.key(request[0]))
+                pipe.hget(self.maxlen_key, request[0])
             replies = await pipe.execute(raise_on_error=False)
         out: list[Entry] = []
         gaps = {}
         for i, (sid, cursor, _) in enumerate(requests):
-            reply, info = replies[2 * i], replies[2 * i + 1]
+            reply, info, max_len = replies[3 * i: 3 * i + 3]
             if isinstance(reply, rexc.ResponseError):
                 if "WRONGTYPE" in str(reply):
                     raise StoreError(f"{sid} is not a stream")
@@ -506,8 +509,11 @@ class Store:
             if isinstance(info, rexc.ResponseError) or cursor == NEWEST:
                 continue
             first = info.get("first-entry")
-            added = info.get("entries-added")
-            removed = added is None or int(added) > int(info.get("length", 0))
+            added, length = info.get("entries-added"), int(info.get("length", 0))
+            if added is not None:
+                removed = int(added) > length
+            else:  # Redis 6.2 does not count: a stream below its retention was not trimmed by it
+                removed = length >= (int(max_len) if isinstance(max_len, bytes) else self.default_max_len)
             if first and removed and _pair(first[0].decode()) > _pair(cursor):
                 gaps[sid] = first[0].decode()
         return out, gaps

@@ -146,3 +146,19 @@ def test_two_uvicorn_processes_on_one_redis(tmp_path, rdb, redis_server):
             with ws_connect(two, "/data/cam/pull", last_entry_id="0", count="10", token=two.token()) as fresh:
                 assert read_delivery(fresh) == [("cam", loaded[0], b"loaded")]
             assert read_delivery(across) == [("cam", loaded[0], b"loaded")]
+
+
+def test_refilled_stream_on_redis_6_2(tmp_path, redis_6_2):
+    rdb = redis_6_2.client()
+    rdb.flushall()
+    with live_server(make_settings(tmp_path / "one", redis_6_2.url)) as one, \
+            live_server(make_settings(tmp_path / "two", redis_6_2.url)) as two:
+        with ws_connect(one, "/data/cam/pull", count="1", ack="true") as consumer:
+            following(one, "cam")
+            old = push_together(rdb, "cam", b"a", b"b")
+            assert read_delivery(consumer) == [("cam", old[0], b"a")]
+            assert delete(two, "cam") == ["cam"]
+            loaded = push_at(rdb, "cam", ["1000-0"], [b"loaded"])
+            consumer.send("next")
+            assert read_delivery(consumer) == [("cam", loaded[0], b"loaded")]
+    rdb.close()

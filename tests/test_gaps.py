@@ -130,3 +130,19 @@ def test_a_refused_batch_does_not_make_a_gap(server, rdb):
     assert [i.decode() for i, _ in rdb.xrange("cam")] == ids
     with ws_connect(server, "/data/cam/pull", last_entry_id="1000", count="10", gaps="true") as ws:
         assert [e[1] for e in read_message(ws)] == ids
+
+
+def test_untrimmed_and_trimmed_streams_on_redis_6_2(tmp_path, redis_6_2):
+    from conftest import live_server, make_settings
+
+    rdb = redis_6_2.client()
+    rdb.flushall()
+    with live_server(make_settings(tmp_path, redis_6_2.url, max_len=5)) as server:
+        ids = push(rdb, "cam", b"a", id="5000-0") + push(rdb, "cam", b"b", id="5000-1")
+        with ws_connect(server, "/data/cam/pull", last_entry_id="1000", count="10", gaps="true") as ws:
+            assert [e[1] for e in read_message(ws)] == ids
+        more = push(rdb, "cam", *[b"%d" % i for i in range(6)], maxlen=5, approximate=False)
+        with ws_connect(server, "/data/cam/pull", last_entry_id="1000", count="10", gaps="true") as ws:
+            assert read_message(ws) == {"gap": {"sid": "cam", "after": "1000-0", "oldest": more[1]}}
+            assert [e[1] for e in read_message(ws)] == more[1:]
+    rdb.close()

@@ -323,8 +323,10 @@ class Subscription:
         delivery the client asked for: an ack). Shared with the other sockets asking meanwhile."""
         epochs = await self.hub.epochs(self.sids)
         for follower, epoch in zip(self.followers, epochs):
-            if epoch > follower.epoch:
-                follower.invalidate()  # then `_in_step` waits for it, and starts the cursor again
+            if epoch > follower.epoch and follower.ready.is_set():
+                # then `_in_step` waits for it, and starts the cursor again (one reading again
+                # already is not interrupted: many acks at once must not keep it from finishing)
+                follower.invalidate()
 
     async def next(self, count: int, *, latest: bool = False, timeout: float | None = None,
                    confirm: bool = False) -> Delivery | None:

@@ -251,18 +251,11 @@ class Store:
         """A connection of its own for one follower's blocking reads (kept off the pool and lanes)."""
         return self.pool.connection_class(**self._lane_options)
 
-    async def read_blocking(self, connection, sid: str, cursor: str, count: int, block_ms: int) -> list:
-        """Up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to `block_ms` for the
-        first; [] when none came. Redis errors are raised as they are (the follower retries)."""
-        reply = await _call(connection, ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.key(sid), cursor))
-        if not reply:
-            return []
-        records = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3 or RESP2
-        return [(entry_id.decode(), _data(fields)) for entry_id, fields in records]
-
     async def follow(self, connection, sid: str, cursor: str, count: int, block_ms: int):
-        """A follower's wait: `read_blocking`, then in the same round trip (pipelined, run by Redis
-        right after the read is served) the stream's generation and length: `(records, epoch, length)`."""
+        """A follower's wait: up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to
+        `block_ms` for the first ([] when none came), then in the same round trip (pipelined, run by
+        Redis right after the read is served) the stream's generation and length:
+        `(records, epoch, length)`. Redis errors are raised as they are (the follower retries)."""
         key = self.key(sid)
         commands = [("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, cursor),
                      ("GET", self.epoch_key(sid)), ("XLEN", key)]

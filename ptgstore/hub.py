@@ -29,7 +29,13 @@ READY_TIMEOUT = 10.0
 
 
 class Follower:
-    """Follows one stream: one blocking reader, a bounded buffer of the newest entries."""
+    """Follows one stream: one blocking reader, a bounded buffer of the newest entries.
+
+    The buffer only ever holds entries of one generation of the stream (its `epoch`, bumped by
+    each delete): every wait reads the epoch and the stream's length with the entries, and a
+    delete heard of on the deletions channel, or a newer epoch seen by a socket, makes it forget
+    the buffer (`invalidate`) and read the stream's state again before anything more is served.
+    """
 
     def __init__(self, hub: "Hub", sid: str):
         self.hub = hub
@@ -42,10 +48,37 @@ class Follower:
         self.buffered_bytes = 0
         self.floor: tuple[int, int] = (0, 0)  # the buffer holds every entry after this id
         self.newest: tuple[int, int] = (0, 0)  # the newest id seen
+        self.epoch = 0  # the generation of the stream the buffer belongs to (valid once ready)
+        self.added: int | None = None  # entries the stream was ever given, up to `newest` (Redis 7)
+        self.gap_marks: deque[tuple[int, int]] = deque()  # buffered ids right after entries trimmed unseen
+        self.invalidations = 0
         self.ready = asyncio.Event()
+        self._waiting = False  # in the blocking read (which `invalidate` interrupts)
+        self._interrupted = False
         # what the sockets at one cursor get next, made once for all of them (they mostly move together)
         self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
+
+    def invalidate(self) -> None:
+        """Forget the buffer (the stream was deleted, or may have been): nothing is served from
+        memory until the stream's state has been read again."""
+        self.invalidations += 1
+        self.ready.clear()
+        self._forget()
+        if self._waiting and not self._interrupted:
+            self._interrupted = True
+            self.task.cancel()
+
+    def _forget(self) -> None:
+        self.entries.clear()
+        self.ids.clear()
+        self.gap_marks.clear()
+        self.shared.clear()
+        self.buffered_bytes = 0
+
+    def _wake(self) -> None:
+        for waiter in self.waiters:
+            waiter.set()
 
     async def _run(self) -> None:
         store = self.hub.store
@@ -55,11 +88,35 @@ class Follower:
             while True:
                 try:
                     if not self.ready.is_set():
-                        (start,) = await store.last_ids([self.sid])
-                        self.floor = self.newest = parse_entry_id(start)
-                        self.ready.set()
-                    records = await store.read_blocking(connection, self.sid, format_entry_id(self.newest),
-                                                        READ_BATCH, BLOCK_MS)
+                        # deletes are heard of from before the state is read: none falls in between
+                        await self.hub.watching.wait()
+                        asked = self.invalidations
+                        (state,) = await store.states([self.sid])
+                        if self.invalidations != asked:
+                            continue  # invalidated while asking: the answer may predate the delete
+                        self._start(*state)
+                    self._waiting = True
+                    try:
+                        records, epoch, length = await store.follow(
+                            connection, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
+                    except asyncio.CancelledError:
+                        # interrupted by `invalidate` (and by nothing else): read the state again
+                        if not self._interrupted or asyncio.current_task().uncancel() > 0:
+                            raise
+                        self._interrupted = False
+                        continue
+                    finally:
+                        self._waiting = False
+                    if epoch != self.epoch:
+                        self.invalidate()  # deleted (and perhaps re-created) since the buffer began
+                        continue
+                    mark = None
+                    if records and length <= len(records):
+                        # Redis keeps nothing up to `newest`: trimming may have taken unseen entries too
+                        records, mark, later = await self._count_unseen(records)
+                        length += later
+                    elif self.added is not None:
+                        self.added += len(records)
                     backoff = 0.05
                 except (rexc.RedisError, OSError, StoreUnavailable) as exc:
                     # kept alive through outages and odd keys alike: its sockets wait, then resume
@@ -67,25 +124,52 @@ class Follower:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
                     continue
-                if records:
-                    self._append(records)
+                if records and self.ready.is_set():  # (not when invalidated meanwhile: read again first)
+                    self._append(records, length, mark)
                     await asyncio.sleep(0)  # the woken sockets send before the next read goes out
         finally:
             # freed now, not when the garbage collector breaks the follower <-> task cycle
-            self.entries.clear()
-            self.ids.clear()
-            self.buffered_bytes = 0
+            self._forget()
             await connection.disconnect()
 
-    def _append(self, records) -> None:
+    def _start(self, epoch: int, newest: str, added: int | None) -> None:
+        self._forget()
+        self.epoch = epoch
+        self.added = added
+        self.floor = self.newest = parse_entry_id(newest)
+        self.ready.set()
+        self._wake()  # sockets waiting for this follower (or reset by the new epoch) go on
+
+    async def _count_unseen(self, records):
+        """Whether entries added after `newest` were trimmed before they could be read: compares
+        what the stream was ever given with what was read (one more round trip, only when Redis
+        keeps nothing older than what was just read, and only for sockets that asked for gaps).
+        Returns the records (plus any added meanwhile), the id after the gap (or None) and how many
+        were added meanwhile."""
+        if not any(reader.gaps for reader in self.readers):
+            self.added = None  # uncounted until a socket asks for gaps
+            return records, None, 0
+        added, later = await self.hub.store.added_after(self.sid, records[-1][0])
+        unseen = 0 if added is None or self.added is None else added - self.added - len(records) - len(later)
+        self.added = added
+        return records + later, (parse_entry_id(records[0][0]) if unseen > 0 else None), len(later)
+
+    def _append(self, records, length: int, mark: tuple[int, int] | None) -> None:
         hub = self.hub
         self.shared.clear()
+        if mark is not None:
+            self.gap_marks.append(mark)
         for entry_id, data in records:
             pair = parse_entry_id(entry_id)
             self.ids.append(pair)
             self.entries.append((entry_id, data))
             self.buffered_bytes += len(data)
             self.newest = pair
+        # entries Redis no longer keeps (trimmed) leave memory: the buffer holds at most the newest
+        # `length` (an entry added after that count only makes this keep one more)
+        while len(self.ids) > length:
+            self.floor = self.ids.popleft()
+            self.buffered_bytes -= len(self.entries.popleft()[1])
         while self.ids and (len(self.ids) > hub.buffer_entries or self.buffered_bytes > hub.buffer_bytes):
             self.floor = self.ids.popleft()
             self.buffered_bytes -= len(self.entries.popleft()[1])
@@ -95,19 +179,34 @@ class Follower:
             while self.ids and self.ids[0] <= slowest:
                 self.floor = self.ids.popleft()
                 self.buffered_bytes -= len(self.entries.popleft()[1])
-        for waiter in self.waiters:
-            waiter.set()
+        while self.gap_marks and self.gap_marks[0] <= self.floor:
+            self.gap_marks.popleft()
+        self._wake()
 
     def after(self, cursor: tuple[int, int], count: int) -> list[tuple[str, bytes]] | None:
-        """Up to `count` buffered entries after `cursor`; None when the buffer no longer reaches back."""
-        if cursor < self.floor:
+        """Up to `count` buffered entries after `cursor`; None when the buffer no longer reaches back
+        (or is being read again). A delivery stops before a gap mark: the next one starts with it."""
+        if cursor < self.floor or not self.ready.is_set():
             return None
         start = bisect.bisect_right(self.ids, cursor)
-        return [self.entries[i] for i in range(start, min(start + count, len(self.entries)))]
+        end = min(start + count, len(self.entries))
+        if self.gap_marks and start < end:
+            k = bisect.bisect_right(self.gap_marks, self.ids[start])
+            if k < len(self.gap_marks) and self.gap_marks[k] <= self.ids[end - 1]:
+                end = bisect.bisect_left(self.ids, self.gap_marks[k], start, end)
+        return [self.entries[i] for i in range(start, end)]
+
+    def gap_before(self, entry_id: str) -> bool:
+        """Whether entries right before this buffered one were trimmed before they could be read."""
+        if not self.gap_marks:
+            return False
+        pair = parse_entry_id(entry_id)
+        k = bisect.bisect_left(self.gap_marks, pair)
+        return k < len(self.gap_marks) and self.gap_marks[k] == pair
 
     def delivery_after(self, cursor: tuple[int, int], count: int) -> "Delivery | None":
         """The entries after `cursor` as a Delivery shared by every socket at that cursor (not to be
-        changed); None when the buffer no longer reaches back."""
+        changed), with the gap notice due before them; None when the buffer no longer reaches back."""
         key = (cursor, count)
         delivery = self.shared.get(key)
         if delivery is None:
@@ -116,11 +215,17 @@ class Follower:
                 return None
             delivery = Delivery([(self.sid, entry_id, data) for entry_id, data in buffered])
             delivery.last = parse_entry_id(buffered[-1][0]) if buffered else cursor
+            if buffered and self.gap_before(buffered[0][0]):
+                delivery.gaps = [_gap(self.sid, cursor, buffered[0][0])]
             self.shared[key] = delivery
         return delivery
 
     def newest_entry(self) -> tuple[str, bytes] | None:
-        return self.entries[-1] if self.entries else None
+        return self.entries[-1] if self.entries and self.ready.is_set() else None
+
+
+def _gap(sid: str, cursor: tuple[int, int], oldest: str) -> dict:
+    return {"gap": {"sid": sid, "after": format_entry_id(cursor), "oldest": oldest}}
 
 
 @dataclass
@@ -136,10 +241,16 @@ class Delivery:
 class Subscription:
     """One pull socket's position in each of its streams."""
 
-    def __init__(self, hub: "Hub", sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False):
+    def __init__(self, hub: "Hub", sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False,
+                 epochs: Sequence[int] | None = None):
         self.hub = hub
         self.sids = list(sids)
         self.cursors = [parse_entry_id(c) for c in cursors]
+        # the generation of each stream the cursors belong to (read when the socket opened)
+        self.epochs: list[int | None] = list(epochs) if epochs is not None else [None] * len(self.sids)
+        # `0` at the start means "from the oldest kept": no gap then, only once the pull has read
+        self.fresh = [c == (0, 0) for c in self.cursors]
+        self._reread: list[int | None] = [None] * len(self.sids)  # follower invalidations this socket asked for
         self.gaps = gaps
         self.wake = asyncio.Event()
         self.closed = False
@@ -161,6 +272,7 @@ class Subscription:
         except BaseException:
             self._leave()
             raise
+        self._in_step()
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -182,8 +294,44 @@ class Subscription:
         self.timed_out = True
         self.close()
 
-    async def next(self, count: int, *, latest: bool = False, timeout: float | None = None) -> Delivery | None:
-        """The next delivery, waiting for new entries; None once closed or timed out (`timed_out`)."""
+    def _in_step(self) -> bool:
+        """Whether every follower is ready and of the generation of this socket's cursors. A follower
+        behind the socket's generation is made to read the stream again; a cursor of an older
+        generation (the stream was deleted since) starts again from the beginning of the new stream."""
+        in_step = True
+        for i, follower in enumerate(self.followers):
+            if not follower.ready.is_set():
+                in_step = False
+            elif self.epochs[i] is None or self.epochs[i] < follower.epoch:
+                if self.epochs[i] is not None:
+                    self.cursors[i] = (0, 0)
+                    self.fresh[i] = True
+                self.epochs[i] = follower.epoch
+            elif self.epochs[i] > follower.epoch:
+                if self._reread[i] == follower.invalidations:
+                    # read again since this socket asked, and still older: Redis lost its data
+                    # (flushed or restarted empty), so the stream is new here too
+                    self.cursors[i], self.fresh[i], self.epochs[i] = (0, 0), True, follower.epoch
+                else:
+                    follower.invalidate()
+                    self._reread[i] = follower.invalidations
+                    in_step = False
+        return in_step
+
+    async def confirm(self) -> None:
+        """Check now, in Redis, that no stream was deleted since its follower last looked (before a
+        delivery the client asked for: an ack). Shared with the other sockets asking meanwhile."""
+        epochs = await self.hub.epochs(self.sids)
+        for follower, epoch in zip(self.followers, epochs):
+            if epoch > follower.epoch and follower.ready.is_set():
+                # then `_in_step` waits for it, and starts the cursor again (one reading again
+                # already is not interrupted: many acks at once must not keep it from finishing)
+                follower.invalidate()
+
+    async def next(self, count: int, *, latest: bool = False, timeout: float | None = None,
+                   confirm: bool = False) -> Delivery | None:
+        """The next delivery, waiting for new entries; None once closed or timed out (`timed_out`).
+        With `confirm`, the streams' generations are checked in Redis first (`confirm`)."""
         timer = None
         if timeout is not None:
             timer = asyncio.get_running_loop().call_later(timeout, self._expire)
@@ -192,6 +340,12 @@ class Subscription:
             while not self.closed:
                 self.wake.clear()
                 try:
+                    if confirm:
+                        await self.confirm()
+                        confirm = False
+                    if not self._in_step():
+                        await self.wake.wait()  # a follower reads its stream again, then wakes us
+                        continue
                     delivery = self._shared(count, latest) or await self._collect(count, latest)
                 except StoreUnavailable as exc:
                     # an open pull waits out an outage like its followers do: its cursors
@@ -202,6 +356,8 @@ class Subscription:
                     backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.05
+                if True in self.fresh:
+                    self.fresh = [False] * len(self.sids)
                 if delivery.entries or delivery.gaps:
                     return delivery
                 await self.wake.wait()
@@ -215,13 +371,17 @@ class Subscription:
         if len(self.followers) != 1 or latest:
             return None
         shared = self.followers[0].delivery_after(self.cursors[0], count)
-        if shared is not None:
-            self.cursors[0] = shared.last
+        if shared is None:
+            return None
+        self.cursors[0] = shared.last
+        if shared.gaps and (self.fresh[0] or not self.gaps):
+            # the same entries without the notice (made once per socket, only at a gap)
+            return Delivery(shared.entries, [], shared.last, shared.encoded)
         return shared
 
     async def _collect(self, count: int, latest: bool) -> Delivery:
         delivery = Delivery()
-        behind = []  # (index, stream id, cursor) to read from Redis
+        behind = []  # (index, stream id, cursor, count) to read from Redis
         for i, (sid, follower, cursor) in enumerate(zip(self.sids, self.followers, self.cursors)):
             if cursor >= follower.newest:
                 continue
@@ -236,11 +396,20 @@ class Subscription:
             if buffered is None:
                 behind.append((i, sid, format_entry_id(cursor), count))
             else:
+                if buffered and self.gaps and not self.fresh[i] and follower.gap_before(buffered[0][0]):
+                    delivery.gaps.append(_gap(sid, cursor, buffered[0][0]))
                 delivery.entries += [(sid, entry_id, data) for entry_id, data in buffered]
         if behind:
-            if self.gaps:
-                delivery.gaps = await self._find_gaps(behind)
-            delivery.entries += await self.hub.store.read([(sid, c, n) for _, sid, c, n in behind])
+            checked = [(sid, c, n) for i, sid, c, n in behind
+                       if self.gaps and not latest and not self.fresh[i] and c != NEWEST]
+            unchecked = [(sid, c, n) for i, sid, c, n in behind
+                         if not (self.gaps and not latest and not self.fresh[i] and c != NEWEST)]
+            if checked:
+                entries, oldest = await self.hub.store.read_noting_gaps(checked)
+                delivery.gaps += [_gap(sid, parse_entry_id(c), oldest[sid]) for sid, c, _ in checked if sid in oldest]
+                delivery.entries += entries
+            if unchecked:
+                delivery.entries += await self.hub.store.read(unchecked)
         if len(self.sids) > 1:
             delivery.entries.sort(key=lambda entry: parse_entry_id(entry[1]))
         for sid, entry_id, _ in delivery.entries:
@@ -248,20 +417,47 @@ class Subscription:
             self.cursors[i] = max(self.cursors[i], parse_entry_id(entry_id))
         return delivery
 
-    async def _find_gaps(self, behind) -> list[dict]:
-        gaps = []
-        for i, sid, cursor, _ in behind:
-            if cursor in (NEWEST, BEGINNING):
-                continue
-            oldest = await self.hub.store.first_id(sid)
-            if oldest is not None and parse_entry_id(oldest) > self.cursors[i]:
-                gaps.append({"gap": {"sid": sid, "after": cursor, "oldest": oldest}})
-        return gaps
-
     def sync_to(self, index: int) -> None:
         """Move every cursor up to stream `index`'s (time_sync_id)."""
         clock = self.cursors[index]
         self.cursors = [max(c, clock) for c in self.cursors]
+
+
+class _Questions:
+    """Questions about streams asked by many sockets at once, answered together: one round trip
+    (`fetch(stream ids)`) at a time, each question by a round trip sent after it was asked."""
+
+    def __init__(self, fetch, name: str):
+        self.fetch = fetch
+        self.name = name
+        self._asked: dict[str, list[asyncio.Future]] = {}
+        self._answering: asyncio.Task | None = None
+
+    async def ask(self, sids: Sequence[str]) -> list:
+        loop = asyncio.get_running_loop()
+        answers = []
+        for sid in sids:
+            answers.append(loop.create_future())
+            self._asked.setdefault(sid, []).append(answers[-1])
+        if self._answering is None or self._answering.done():
+            self._answering = loop.create_task(self._answer(), name=self.name)
+        return list(await asyncio.gather(*answers))
+
+    async def _answer(self) -> None:
+        while self._asked:
+            asked, self._asked = self._asked, {}
+            try:
+                values = await self.fetch(list(asked))
+            except Exception as exc:  # noqa: BLE001 - handed to every asker, who raises it
+                for waiting in asked.values():
+                    for answer in waiting:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                continue
+            for waiting, value in zip(asked.values(), values):
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_result(value)
 
 
 class Hub:
@@ -272,46 +468,50 @@ class Hub:
         self.buffer_entries = buffer_entries
         self.buffer_bytes = buffer_bytes
         self.followers: dict[str, Follower] = {}
-        self._asked: dict[str, list[asyncio.Future]] = {}  # `$` questions waiting for the next round trip
-        self._answering: asyncio.Task | None = None
+        self._states = _Questions(store.states, "ptgstore-stream-states")
+        self._epochs = _Questions(store.epochs, "ptgstore-epochs")
+        self._watcher: asyncio.Task | None = None
+        self.watching = asyncio.Event()  # set once the deletions channel is listened to
 
-    async def last_ids(self, sids: Sequence[str]) -> list[str]:
-        """What `$` means now for each stream (`Store.last_ids`).
+    async def states(self, sids: Sequence[str]) -> list[tuple[int, str]]:
+        """`(epoch, what `$` means now)` for each stream (`Store.states`).
 
         Sockets opening together share round trips (one at a time), so a thousand pullers
         connecting at once do not each take a Redis connection. Each question is answered
         by a round trip sent after it was asked, so `$` is never older than the question.
         """
-        loop = asyncio.get_running_loop()
-        answers = []
-        for sid in sids:
-            answers.append(loop.create_future())
-            self._asked.setdefault(sid, []).append(answers[-1])
-        if self._answering is None or self._answering.done():
-            self._answering = loop.create_task(self._answer(), name="ptgstore-last-ids")
-        return list(await asyncio.gather(*answers))
+        return [(epoch, last) for epoch, last, _ in await self._states.ask(sids)]
 
-    async def _answer(self) -> None:
-        while self._asked:
-            asked, self._asked = self._asked, {}
-            try:
-                ids = await self.store.last_ids(list(asked))
-            except Exception as exc:  # noqa: BLE001 - handed to every asker, who raises it
-                for waiting in asked.values():
-                    for answer in waiting:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                continue
-            for waiting, entry_id in zip(asked.values(), ids):
-                for answer in waiting:
-                    if not answer.done():
-                        answer.set_result(entry_id)
+    async def last_ids(self, sids: Sequence[str]) -> list[str]:
+        """What `$` means now for each stream (see `states`)."""
+        return [last for _, last in await self.states(sids)]
 
-    def subscribe(self, sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False) -> Subscription:
-        """A subscription (use with `async with`) from concrete cursors (entry ids)."""
-        return Subscription(self, sids, cursors, gaps=gaps)
+    async def epochs(self, sids: Sequence[str]) -> list[int]:
+        """Each stream's generation, read after this was asked (shared like `states`)."""
+        return await self._epochs.ask(sids)
+
+    def subscribe(self, sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False,
+                  epochs: Sequence[int] | None = None) -> Subscription:
+        """A subscription (use with `async with`) from concrete cursors (entry ids), of the streams'
+        generations `epochs` (from `states`, read before the cursors were resolved)."""
+        return Subscription(self, sids, cursors, gaps=gaps, epochs=epochs)
+
+    def _deleted(self, sid: str | None) -> None:
+        """A stream was deleted through some process (None: listening (again), any may have been)."""
+        if sid is None:
+            if not self.watching.is_set():
+                self.watching.set()  # the first time: followers read their streams' state from now on
+                return
+            for follower in self.followers.values():
+                follower.invalidate()
+        elif sid in self.followers:
+            self.followers[sid].invalidate()
 
     def _follow(self, sid: str) -> Follower:
+        if self._watcher is None:
+            self.watching = asyncio.Event()
+            self._watcher = asyncio.get_running_loop().create_task(
+                self.store.watch_deletes(self._deleted), name="ptgstore-deletions")
         follower = self.followers.get(sid)
         if follower is None:
             follower = self.followers[sid] = Follower(self, sid)
@@ -323,10 +523,16 @@ class Hub:
         if follower.refs <= 0 and self.followers.get(follower.sid) is follower:
             del self.followers[follower.sid]
             follower.task.cancel()
+            if not self.followers and self._watcher is not None:
+                self._watcher.cancel()  # nothing buffered: deletes matter again with the next follower
+                self._watcher = None
 
     async def close(self) -> None:
         """Stop every follower (server shutdown)."""
         tasks = [f.task for f in self.followers.values()]
+        if self._watcher is not None:
+            tasks.append(self._watcher)
+            self._watcher = None
         self.followers.clear()
         for task in tasks:
             task.cancel()

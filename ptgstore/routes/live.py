@@ -185,15 +185,20 @@ async def _pull(ws: WebSocket, send) -> None:
     cursors = _options(ws, lambda _: parse_cursors(options["last_entry_id"], len(sids)))
     sync = _options(ws, lambda _: _sync_index(options["time_sync_id"], sids))
     store = ws.app.state.store
-    # `$` is fixed now, once: nothing pushed after this moment is skipped
+    # `$` is fixed now, once: nothing pushed after this moment is skipped. The streams' generations
+    # are read with it (first): entries of a stream deleted before now are never served from memory.
+    hub = ws.app.state.hub
     if NOW in cursors:
-        now = await ws.app.state.hub.last_ids(sids)
-        cursors = [n if c == NOW else c for c, n in zip(cursors, now)]
+        states = await hub.states(sids)
+        cursors = [now if c == NOW else c for c, (_, now) in zip(cursors, states)]
+        epochs = [epoch for epoch, _ in states]
+    else:
+        epochs = await hub.epochs(sids)
     if "*" in cursors:
         cursors = await _newest_cursors(store, sids, cursors, options["count"])
     await ws.accept()
     acked = asyncio.Event()
-    async with ws.app.state.hub.subscribe(sids, cursors, gaps=options["gaps"]) as subscription:
+    async with hub.subscribe(sids, cursors, gaps=options["gaps"], epochs=epochs) as subscription:
         listener = asyncio.get_running_loop().create_task(_listen(ws, subscription, acked))
         try:
             await _deliver(ws, send, subscription, options, sync, acked)
@@ -242,8 +247,11 @@ async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:
 async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyncio.Event) -> None:
     binary_header = options["codec"] == "msgpack"
     tally = socket_tally(ws)
+    confirm = False
     while True:
-        delivery = await subscription.next(options["count"], latest=options["latest"], timeout=options["timeout"])
+        # after an ack the client asked for more: a stream deleted meanwhile is checked for in Redis
+        delivery = await subscription.next(options["count"], latest=options["latest"], timeout=options["timeout"],
+                                           confirm=confirm)
         if delivery is None:
             if subscription.timed_out:
                 await _close(ws, NORMAL, "timeout without data")
@@ -263,6 +271,7 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
             await acked.wait()
             if subscription.closed:
                 return
+            confirm = True
 
 
 def _wire(delivery, codec: str) -> tuple[str | bytes, bytes]:

@@ -277,8 +277,8 @@ REDACT_CREDENTIALS = CredentialRedactor()
 # -- the gate in front of every route -------------------------------------------------------
 
 # /metrics decides for itself: open on loopback, a token from elsewhere (metrics.Metrics.may_scrape)
-PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics"})
-PUBLIC_PREFIXES = ("/docs/",)
+PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics", "/"})
+PUBLIC_PREFIXES = ("/docs/", "/static/")  # the dashboard's page and assets: its data calls need a token
 
 
 class AuthMiddleware:

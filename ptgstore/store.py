@@ -200,6 +200,7 @@ class Store:
         self.meta_key = key_prefix + "ptgstore:meta"
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
         self._add = self.redis.register_script(_ADD_SCRIPT)
+        self._summary = None  # the summaries script, registered on first use
         # a few connections kept for entries in and out ("lanes"): leasing from the pool costs
         # more than the command itself. Lanes have no per-command timer (a third of the cost of a
         # command): a watchdog drops a lane instead when its command has waited too long.
@@ -474,3 +475,64 @@ class Store:
         for sid in sids:
             self._max_lens.pop(sid, None)
         return [sid for i, sid in enumerate(sids) if replies[3 * i] or replies[3 * i + 1]]
+
+    # -- summaries (the dashboard's overview) ---------------------------------------------------
+
+    @_guarded
+    async def summaries(self, sids: Sequence[str]) -> list[dict]:
+        """A short summary of each stream that exists, in one round trip whatever their number, without
+        any entry's bytes leaving Redis: length, newest and oldest ids, entries ever added (Redis 7+,
+        else None), the newest entry's size, max_len and metadata."""
+        if self._summary is None:
+            self._summary = self.redis.register_script(_SUMMARY_SCRIPT)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.meta_key)
+            for sid in sids:
+                await self._summary(keys=[self.key(sid)], client=pipe)
+            meta_raw, *replies = await pipe.execute(raise_on_error=False)
+        metas = {} if isinstance(meta_raw, Exception) else {k.decode(): v for k, v in meta_raw.items()}
+        out = []
+        for sid, reply in zip(sids, replies):
+            meta = orjson.loads(metas[sid]) if sid in metas else {}
+            if isinstance(reply, Exception) or (not reply and not meta):
+                continue  # gone since it was listed, or not a stream
+            length, last_id, added, first, last, size = reply or (0, b"0-0", -1, b"", b"", 0)
+            out.append({
+                "sid": sid, "length": length, "last-generated-id": _text(last_id),
+                "entries-added": added if added >= 0 else None,
+                "first-entry": _text(first) or None, "last-entry": _text(last) or None, "last-entry-size": size,
+                "max_len": meta.get("max_len", self.default_max_len), "meta": meta,
+            })
+        return out
+
+    @_guarded
+    async def server_info(self) -> dict:
+        """Which Redis this is and how it fares (a few fields of INFO)."""
+        info = await self.redis.info()
+        keep = ("redis_version", "redis_mode", "uptime_in_seconds", "used_memory", "used_memory_human",
+                "connected_clients", "aof_enabled", "role")
+        return {key: _text(info[key]) for key in keep if key in info}
+
+
+# KEYS[1]: a stream. Its summary without sending any entry: length, last generated id, entries ever
+# added (-1 before Redis 7), oldest and newest entry ids, the newest entry's size in bytes.
+_SUMMARY_SCRIPT = """
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+if type(info) ~= 'table' or info.err then return false end
+local out = {0, '0-0', -1, '', '', 0}
+for i = 1, #info, 2 do
+  local k, v = info[i], info[i + 1]
+  if k == 'length' then out[1] = v
+  elseif k == 'last-generated-id' then out[2] = v
+  elseif k == 'entries-added' then out[3] = v
+  elseif k == 'first-entry' and v then out[4] = v[1]
+  elseif k == 'last-entry' and v then
+    out[5] = v[1]
+    local fields = v[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'd' then out[6] = string.len(fields[j + 1]) end
+    end
+  end
+end
+return out
+"""

@@ -6,6 +6,7 @@ WebSockets to the same host.
 """
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
+
+from ..auth import AuthError, find_token
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
@@ -26,10 +29,30 @@ def content_security_policy(host: str | None) -> str:
             "form-action 'self'; frame-ancestors 'none'")
 
 
+def signed_in_user(request: Request) -> str:
+    """Who the request's token names ("" when none or invalid): the page then opens on its login form
+    instead of probing an API route for a 401."""
+    token, _ = find_token(request.scope)
+    if token is None:
+        return ""
+    try:
+        return request.app.state.authenticator.verify(token)
+    except AuthError:
+        return ""
+
+
+def features(request: Request) -> str:
+    """Optional parts of the server the page shows panels for."""
+    paths = {getattr(route, "path", "") for route in request.app.routes}
+    return "recordings" if any(path.startswith("/recordings") for path in paths) else ""
+
+
 async def page(request: Request) -> Response:
     """The dashboard (a login form when not signed in)."""
-    html = (STATIC_DIR / "index.html").read_bytes()
-    return Response(html, media_type="text/html; charset=utf-8", headers={
+    text = (STATIC_DIR / "index.html").read_text()
+    text = text.replace("{{user}}", html.escape(signed_in_user(request), quote=True))
+    text = text.replace("{{features}}", features(request))
+    return Response(text, media_type="text/html; charset=utf-8", headers={
         "content-security-policy": content_security_policy(request.headers.get("host")),
         "x-content-type-options": "nosniff",
         "x-frame-options": "DENY",

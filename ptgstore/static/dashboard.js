@@ -348,7 +348,7 @@ async function stepBack(delta) {
       if (!handleAuth(error)) showError($("preview-error"), error);
       return;
     }
-    streamView.index = streamView.history.length;
+    streamView.index = streamView.history.length - 1; // the newest, as live showed it
   }
   const { history } = streamView;
   if (!history.length) {

@@ -181,7 +181,7 @@ def test_sign_in_and_see_streams_with_a_live_rate(signed_in, server):
         expect(row).to_be_visible()
         rate = row.locator("td").nth(3)
         expect(rate).to_have_text(re.compile(r"^(?:[1-9]\d*|\d+\.\d*[1-9]\d*)"), timeout=WAIT)
-        assert 5 <= float(rate.inner_text()) <= 40
+        assert 1 <= float(rate.inner_text().replace(",", "")) <= 60  # pushed at up to 20 per second
         # the overview keeps up as pushes continue
         length = row.locator("td").nth(2)
         before = length.inner_text()

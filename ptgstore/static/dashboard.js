@@ -20,6 +20,7 @@ const state = {
   summaries: new Map(), // sid -> newest summary
   clockOffset: 0, // server clock minus this browser's, in ms
   checked: new Set(),
+  deleted: new Map(), // sid -> server time of its deletion by this page
   stop: [], // what to close when the view changes
 };
 
@@ -211,6 +212,11 @@ function updateOverview(reply) {
   let previous = null;
   for (const summary of reply.streams) {
     const { sid } = summary;
+    // a snapshot taken before this page deleted the stream still lists it: skip it
+    if (state.deleted.has(sid)) {
+      if (reply.now <= state.deleted.get(sid)) continue;
+      state.deleted.delete(sid);
+    }
     seen.add(sid);
     state.summaries.set(sid, summary);
     let entry = state.rows.get(sid);
@@ -221,7 +227,10 @@ function updateOverview(reply) {
       if (previous) previous.row.after(entry.row); else body.prepend(entry.row);
     }
     previous = entry;
-    entry.samples.push({ t: reply.now, added: summary["entries-added"], length: summary.length });
+    const newest = entry.samples[entry.samples.length - 1];
+    if (!newest || newest.t !== reply.now) { // the server shares one snapshot a second between callers
+      entry.samples.push({ t: reply.now, added: summary["entries-added"], length: summary.length });
+    }
     if (entry.samples.length > RATE_WINDOW) entry.samples.shift();
     const rate = rateOf(entry.samples);
     summary.rate = rate;
@@ -416,6 +425,7 @@ async function deleteStream() {
   if (!window.confirm(`Delete stream "${sid}" and all its entries? This cannot be undone.`)) return;
   try {
     await store.deleteStreams(sid);
+    state.deleted.set(sid, serverNow() + 1000); // allow for clocks a second apart
     const entry = state.rows.get(sid);
     if (entry) entry.row.remove();
     state.rows.delete(sid);

@@ -183,3 +183,18 @@ def test_a_client_that_stops_reading_holds_no_frames(server):
     finally:
         stalled.close()
     wait_until(lambda: "cam" not in hub.followers, timeout=10, what="the stalled client to be released")
+
+
+def test_static_files_are_package_data():
+    """`pip install .` (not editable) must carry the stand-by image and the dashboard: every file
+    under ptgstore/static matches pyproject's package-data."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ptgstore"]
+    files = [p.relative_to(root / "ptgstore").as_posix() for p in (root / "ptgstore" / "static").rglob("*") if p.is_file()]
+    assert {"static/standby.jpg", "static/index.html", "static/ptgstore.js"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in patterns), name

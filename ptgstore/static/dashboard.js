@@ -185,6 +185,13 @@ function rateOf(samples) {
   return Math.max(0, last.length - first.length) / seconds;
 }
 
+/** Bytes per second, estimated as entries per second times the newest entry's size. */
+function bytesRate(summary) {
+  if (summary.rate === null || summary.rate === undefined) return "–";
+  if (summary.rate === 0) return "0";
+  return `≈ ${formatBytes(summary.rate * summary["last-entry-size"])}`;
+}
+
 function makeRow(sid) {
   const check = el("input", { attrs: { type: "checkbox", "aria-label": `choose ${sid} for the grid` } });
   check.checked = state.checked.has(sid);
@@ -237,7 +244,7 @@ function updateOverview(reply) {
     const { cells } = entry;
     setText(cells.length, summary.length.toLocaleString("en"));
     setText(cells.rate, formatRate(rate));
-    setText(cells.bytes, rate === null ? "–" : `≈ ${formatBytes(rate * summary["last-entry-size"])}`);
+    setText(cells.bytes, bytesRate(summary));
     const age = summary["last-entry"] ? reply.now - entryTime(summary["last-entry"]) : null;
     setText(cells.age, age === null ? "empty" : formatAge(age));
     cells.age.classList.toggle("stale", age !== null && age > 5000);
@@ -381,7 +388,7 @@ function updateStreamStats() {
   const rows = [
     ["length", summary.length.toLocaleString("en")], ["max_len", String(summary.max_len)],
     ["entries/s", formatRate(summary.rate)],
-    ["bytes/s", summary.rate === null ? "–" : `≈ ${formatBytes(summary.rate * summary["last-entry-size"])}`],
+    ["bytes/s", bytesRate(summary)],
     ["newest entry", summary["last-entry"] || "–"], ["oldest entry", summary["first-entry"] || "–"],
     ["newest size", formatBytes(summary["last-entry-size"])],
   ];

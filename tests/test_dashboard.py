@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__
                                 reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
 expect = sync_api.expect
 WAIT = 15_000  # ms: the longest any expectation waits
+expect.set_options(timeout=WAIT)
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
 
@@ -197,6 +198,24 @@ def test_filter_by_name(signed_in, server):
     page.fill("#filter", "cam")
     expect(page.locator("#streams tbody tr:visible")).to_have_count(2)
     expect(page.locator("#stream-count")).to_have_text("2 of 3 streams")
+
+
+def test_overview_of_500_streams_updates_and_filters(signed_in, server, rdb):
+    page = signed_in.page
+    pipe = rdb.pipeline(transaction=False)
+    for i in range(500):
+        pipe.xadd(f"sensor/{i:03d}", {"d": b"x" * 10})
+    pipe.execute()
+    rows = page.locator("#streams tbody tr")
+    expect(rows).to_have_count(500)
+    expect(page.locator("#stream-count")).to_have_text("500 streams")
+    page.fill("#filter", "sensor/12")
+    expect(page.locator("#streams tbody tr:visible")).to_have_count(10)  # 120-129
+    with pushing(server, "sensor/123", hz=20):
+        rate = page.locator("#streams tbody tr[data-sid='sensor/123'] td").nth(3)
+        expect(rate).to_have_text(re.compile(r"^[1-9]"))
+    page.fill("#filter", "")
+    expect(page.locator("#streams tbody tr:visible")).to_have_count(500)
 
 
 def test_camera_frames_show_as_images_in_the_preview_and_in_an_mjpeg_img(signed_in, server):

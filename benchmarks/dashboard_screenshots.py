@@ -100,12 +100,17 @@ def main(argv=None) -> None:
                 expect(page.locator("#meta")).to_have_value(re.compile("PV camera"), timeout=15_000)
                 page.wait_for_timeout(1500)  # a few preview updates and a rate
                 page.screenshot(path=str(out / "dashboard-stream.png"))
+                page.set_viewport_size({"width": 1280, "height": 400})
+                page.goto(server.url + "/#/grid?s=main&s=gll&s=imu%3Aaccel")
+                expect(page.locator(".tile img")).to_have_count(2, timeout=15_000)
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(out / "dashboard-grid.png"))
                 browser.close()
         finally:
             stop.set()
             for thread in feeders:
                 thread.join(15)
-    print(f"wrote {out / 'dashboard-overview.png'} and {out / 'dashboard-stream.png'}")
+    print(f"wrote dashboard-overview.png, dashboard-stream.png and dashboard-grid.png in {out}")
 
 
 if __name__ == "__main__":

@@ -483,7 +483,7 @@ class Store:
     async def summaries(self, sids: Sequence[str]) -> list[dict]:
         """A short summary of each stream that exists, in one round trip whatever their number, without
         any entry's bytes leaving Redis: length, newest and oldest ids, entries ever added (Redis 7+,
-        else None), the newest entry's size, max_len and metadata."""
+        else None), the newest entry's size and image type, max_len and metadata."""
         if self._summary is None:
             self._summary = self.redis.register_script(_SUMMARY_SCRIPT)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -503,11 +503,12 @@ class Store:
             meta = orjson.loads(metas[sid]) if sid in metas else {}
             if isinstance(reply, Exception) or (not reply and not meta):
                 continue  # gone since it was listed, or not a stream
-            length, last_id, added, first, last, size = reply or (0, b"0-0", -1, b"", b"", 0)
+            length, last_id, added, first, last, size, kind = reply or (0, b"0-0", -1, b"", b"", 0, b"")
             out.append({
                 "sid": sid, "length": length, "last-generated-id": _text(last_id),
                 "entries-added": added if added >= 0 else None,
                 "first-entry": _text(first) or None, "last-entry": _text(last) or None, "last-entry-size": size,
+                "last-entry-type": _text(kind) or None,
                 "max_len": meta.get("max_len", self.default_max_len), "meta": meta,
             })
         return out
@@ -522,16 +523,17 @@ class Store:
 
 
 # KEYS: streams. For each, its summary without sending any entry: length, last generated id, entries
-# ever added (-1 before Redis 7), oldest and newest entry ids, the newest entry's size in bytes; false
+# ever added (-1 before Redis 7), oldest and newest entry ids, the newest entry's size in bytes and
+# its image type when it starts with a JPEG or PNG signature; false
 # for a key that is missing or not a stream. One call for all: a script call costs more than XINFO.
-_SUMMARY_SCRIPT = """
+_SUMMARY_SCRIPT = r"""
 local out = {}
 for n = 1, #KEYS do
   local info = redis.pcall('XINFO', 'STREAM', KEYS[n])
   if type(info) ~= 'table' or info.err then
     out[n] = false
   else
-    local row = {0, '0-0', -1, '', '', 0}
+    local row = {0, '0-0', -1, '', '', 0, ''}
     for i = 1, #info, 2 do
       local k, v = info[i], info[i + 1]
       if k == 'length' then row[1] = v
@@ -542,7 +544,12 @@ for n = 1, #KEYS do
         row[5] = v[1]
         local fields = v[2]
         for j = 1, #fields, 2 do
-          if fields[j] == 'd' then row[6] = string.len(fields[j + 1]) end
+          if fields[j] == 'd' then
+            local data = fields[j + 1]
+            row[6] = string.len(data)
+            if string.sub(data, 1, 3) == '\255\216\255' then row[7] = 'image/jpeg'
+            elseif string.sub(data, 1, 8) == '\137PNG\r\n\026\n' then row[7] = 'image/png' end
+          end
         end
       end
     end

@@ -328,6 +328,18 @@ def test_camera_grid_side_by_side(signed_in, server):
     assert abs(a["y"] - b["y"]) < 5 and a["x"] < b["x"], "tiles are side by side"
 
 
+def test_cameras_view_shows_every_camera_stream(signed_in, server):
+    page = signed_in.page
+    push(server, "cam/a", jpeg((255, 0, 0)))
+    push(server, "cam/b", jpeg((0, 0, 255)))
+    push(server, "imu", b'{"x": 1}')
+    expect(page.locator("#streams tbody tr")).to_have_count(3)
+    page.click("#nav a[data-view=grid]")
+    expect(page.locator(".tile")).to_have_count(2)
+    wait_for_colour(page.locator(".tile[data-sid='cam/a'] img"), (255, 0, 0))
+    wait_for_colour(page.locator(".tile[data-sid='cam/b'] img"), (0, 0, 255))
+
+
 def test_server_panel_shows_store_sockets_and_rates(signed_in, server):
     page = signed_in.page
     page.click("#nav a[data-view=server]")

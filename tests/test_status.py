@@ -34,12 +34,22 @@ def test_stream_summaries_without_entry_bytes(server, http):
     cam = rows["cam"]
     assert cam["length"] == 3 and cam["entries-added"] == 3
     assert cam["last-entry-size"] == 3000
+    assert cam["last-entry-type"] is None
     assert cam["max_len"] == 50 and cam["meta"] == {"max_len": 50, "sensor": "rgb"}
     info = http.get("/streams/cam").json()
     assert cam["first-entry"] == info["first-entry"] and cam["last-entry"] == info["last-entry"]
     assert cam["last-generated-id"] == info["last-entry"]
     planned = rows["planned"]
     assert planned["length"] == 0 and planned["last-entry"] is None and planned["max_len"] == 1000
+
+
+def test_image_type_of_the_newest_entry(server, http):
+    push(server, "jpeg", b"\xff\xd8\xff\xe0 rest of a jpeg")
+    push(server, "png", b"\x89PNG\r\n\x1a\n rest of a png")
+    push(server, "almost", b"\xff\xd8 too short a signature")
+    rows = {row["sid"]: row for row in fresh(http, "/status/streams", int(time.time() * 1000))["streams"]}
+    assert {sid: row["last-entry-type"] for sid, row in rows.items()} == {
+        "almost": None, "jpeg": "image/jpeg", "png": "image/png"}
 
 
 def test_entries_added_counts_past_trimming(server, http):

@@ -391,6 +391,7 @@ function updateStreamStats() {
     ["bytes/s", bytesRate(summary)],
     ["newest entry", summary["last-entry"] || "–"], ["oldest entry", summary["first-entry"] || "–"],
     ["newest size", formatBytes(summary["last-entry-size"])],
+    ["newest type", summary["last-entry-type"] || "not an image"],
   ];
   info.replaceChildren(...rows.flatMap(([name, value]) => [el("dt", { text: name }), el("dd", { text: value })]));
 }
@@ -445,11 +446,21 @@ async function deleteStream() {
 
 // -- camera grid ----------------------------------------------------------------------------------
 
+const GRID_MAX = 12; // tiles shown when the grid picks the cameras itself
+
+/** The grid of every stream whose newest entry is an image (once the summaries are known). */
+async function gridOfCameras() {
+  for (let tries = 0; !state.summaries.size && tries < 50 && state.view === "grid"; tries += 1) await sleep(100);
+  if (state.view !== "grid") return;
+  const cameras = [...state.summaries.values()].filter((s) => s["last-entry-type"]).map((s) => s.sid);
+  openGrid(cameras.slice(0, GRID_MAX));
+}
+
 function openGrid(sids) {
   const tiles = $("tiles");
   tiles.replaceChildren();
   if (!sids.length) {
-    tiles.append(el("p", { className: "muted", text: "Check streams in the overview, then “Show checked in grid”." }));
+    tiles.append(el("p", { className: "muted", text: "No camera streams: check streams in the overview, then “Show checked in grid”." }));
     return;
   }
   for (const sid of sids) {
@@ -591,7 +602,12 @@ function route() {
   } else if (hash.startsWith("/grid")) {
     show("grid");
     const query = new URLSearchParams(hash.split("?")[1] || "");
-    openGrid(query.getAll("s"));
+    const chosen = query.getAll("s");
+    if (chosen.length) {
+      openGrid(chosen);
+    } else {
+      gridOfCameras();
+    }
   } else if (hash === "/server") {
     show("server");
   } else if (hash === "/recordings" && features.has("recordings")) {

@@ -152,6 +152,14 @@ def test_bad_query_is_a_400_with_a_reason(server, query, reason):
     assert reason in reply.json()["detail"]
 
 
+def test_head_answers_the_headers_only(server):
+    reply = httpx.head(f"{server.url}/mjpeg/cam", params={"token": server.token()}, timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+    assert reply.content == b""
+    assert "cam" not in server.app.state.hub.followers
+
+
 def test_a_client_that_leaves_releases_the_stream(server):
     hub = server.app.state.hub
     with open_mjpeg(server, "cam") as response:

@@ -77,6 +77,9 @@ class MJPEGResponse:
             (b"cache-control", b"no-cache, no-store, must-revalidate"),
             (b"x-content-type-options", b"nosniff"),
         ]})
+        if scope["method"] == "HEAD":  # the headers only: the body would never end
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         hub = self.request.app.state.hub
         async with hub.subscribe([self.sid], [self.cursor]) as subscription:
             watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))

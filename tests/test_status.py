@@ -98,3 +98,9 @@ def test_status_needs_a_token(server):
     for path in ("/status", "/status/streams"):
         reply = httpx.get(server.url + path, timeout=10)
         assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
+
+
+def test_openapi_describes_the_browser_routes(server):
+    paths = httpx.get(server.url + "/openapi.json", timeout=10).json()["paths"]
+    for path in ("/mjpeg/{sid}", "/status", "/status/streams"):
+        assert "get" in paths[path], path

@@ -18,7 +18,7 @@ from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGu
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
-from .routes import data, docs, live, misc, streams, tokens
+from .routes import dashboard, data, docs, live, misc, mjpeg, status, streams, tokens
 from .settings import Settings, SettingsError
 from .store import Store, StoreError, StoreUnavailable
 
@@ -43,6 +43,11 @@ ROUTES = [
     Route("/data/{sid:path}", data.post_entries, methods=["POST"]),
     WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live._Endpoint)
     WebSocketRoute("/data/{sid:path}/pull", live.pull),
+    Route("/mjpeg/{sid:path}", mjpeg.stream, methods=["GET"]),
+    Route("/status", status.server, methods=["GET"]),
+    Route("/status/streams", status.streams, methods=["GET"]),
+    Route("/", dashboard.page, methods=["GET"]),
+    dashboard.static,
 ]
 
 EXCEPTION_HANDLERS = {

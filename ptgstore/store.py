@@ -24,6 +24,7 @@ MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
 MAX_LEN_CACHE = 10_000  # streams whose max_len is kept
 LANES = 8  # connections kept for the hot path, besides the pool
 LARGE_VALUE = 16 * 1024  # bytes from which a command's value is sent as it is, not packed with the rest
+SUMMARY_CHUNK = 100  # streams per summary script call: Redis serves others between two (about 2 ms each)
 
 Entry = tuple  # (stream id, entry id, bytes)
 
@@ -227,6 +228,7 @@ class Store:
         self.maxlen_key = key_prefix + "ptgstore:maxlen"
         self.deleted_channel = key_prefix + "ptgstore:deleted"  # every process hears of every delete
         self._add = self.redis.register_script(_ADD_SCRIPT)
+        self._summary = None  # the summaries script, registered on first use
         # a few connections kept for entries in and out ("lanes"): leasing from the pool costs
         # more than the command itself. Lanes have no per-command timer (a third of the cost of a
         # command): a watchdog drops a lane instead when its command has waited too long.
@@ -621,3 +623,85 @@ class Store:
                     await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    # -- summaries (the dashboard's overview) ---------------------------------------------------
+
+    @_guarded
+    async def summaries(self, sids: Sequence[str]) -> list[dict]:
+        """A short summary of each stream that exists, in one round trip whatever their number, without
+        any entry's bytes leaving Redis: length, newest and oldest ids, entries ever added (Redis 7+,
+        else None), the newest entry's size and image type, max_len and metadata."""
+        if self._summary is None:
+            self._summary = self.redis.register_script(_SUMMARY_SCRIPT)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.meta_key)
+            for start in range(0, len(sids), SUMMARY_CHUNK):
+                chunk = sids[start:start + SUMMARY_CHUNK]
+                await self._summary(keys=[self.key(sid) for sid in chunk], client=pipe)
+            meta_raw, *chunks = await pipe.execute(raise_on_error=False)
+        replies = []
+        for chunk in chunks:
+            if isinstance(chunk, Exception):
+                raise chunk
+            replies += chunk
+        metas = {} if isinstance(meta_raw, Exception) else {k.decode(): v for k, v in meta_raw.items()}
+        out = []
+        for sid, reply in zip(sids, replies):
+            meta = orjson.loads(metas[sid]) if sid in metas else {}
+            if isinstance(reply, Exception) or (not reply and not meta):
+                continue  # gone since it was listed, or not a stream
+            length, last_id, added, first, last, size, kind = reply or (0, b"0-0", -1, b"", b"", 0, b"")
+            out.append({
+                "sid": sid, "length": length, "last-generated-id": _text(last_id),
+                "entries-added": added if added >= 0 else None,
+                "first-entry": _text(first) or None, "last-entry": _text(last) or None, "last-entry-size": size,
+                "last-entry-type": _text(kind) or None,
+                "max_len": meta.get("max_len", self.default_max_len), "meta": meta,
+            })
+        return out
+
+    @_guarded
+    async def server_info(self) -> dict:
+        """Which Redis this is and how it fares (a few fields of INFO)."""
+        info = await self.redis.info()
+        keep = ("redis_version", "redis_mode", "uptime_in_seconds", "used_memory", "used_memory_human",
+                "connected_clients", "aof_enabled", "role")
+        return {key: _text(info[key]) for key in keep if key in info}
+
+
+# KEYS: streams. For each, its summary without sending any entry: length, last generated id, entries
+# ever added (-1 before Redis 7), oldest and newest entry ids, the newest entry's size in bytes and
+# its image type when it starts with a JPEG or PNG signature; false
+# for a key that is missing or not a stream. One call for all: a script call costs more than XINFO.
+_SUMMARY_SCRIPT = r"""
+local out = {}
+for n = 1, #KEYS do
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[n])
+  if type(info) ~= 'table' or info.err then
+    out[n] = false
+  else
+    local row = {0, '0-0', -1, '', '', 0, ''}
+    for i = 1, #info, 2 do
+      local k, v = info[i], info[i + 1]
+      if k == 'length' then row[1] = v
+      elseif k == 'last-generated-id' then row[2] = v
+      elseif k == 'entries-added' then row[3] = v
+      elseif k == 'first-entry' and v then row[4] = v[1]
+      elseif k == 'last-entry' and v then
+        row[5] = v[1]
+        local fields = v[2]
+        for j = 1, #fields, 2 do
+          if fields[j] == 'd' then
+            local data = fields[j + 1]
+            row[6] = string.len(data)
+            if string.sub(data, 1, 3) == '\255\216\255' then row[7] = 'image/jpeg'
+            elseif string.sub(data, 1, 8) == '\137PNG\r\n\026\n' then row[7] = 'image/png' end
+          end
+        end
+      end
+    end
+    out[n] = row
+  end
+end
+return out
+"""

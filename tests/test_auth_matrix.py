@@ -16,8 +16,8 @@ from websockets.sync.client import connect
 from conftest import live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
-PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/static/{name}", "/openapi.json"}
-PUBLIC_MOUNTS = {"/docs/static"}
+PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/static/{name}", "/openapi.json", "/"}  # "/": the dashboard's login form
+PUBLIC_MOUNTS = {"/docs/static", "/static"}  # the dashboard's scripts and styles
 # /metrics is protected like every other route (it also takes the configured metrics token)
 
 # a request each protected REST route would accept with a good token
@@ -25,6 +25,8 @@ BODIES = {
     ("PUT", "/streams/{sid:path}"): {"content": b"{}", "headers": {"content-type": "application/json"}},
     ("POST", "/data/{sid:path}"): {"files": {"f": ("f", b"payload")}},
 }
+# answers that never end while the client reads: only their status is looked at
+STREAMING = {("GET", "/mjpeg/{sid:path}")}
 
 
 def rest_routes(app):
@@ -88,6 +90,11 @@ def rest_call(client, method, path, token, place):
     extra = BODIES.get((method, path), {})
     headers = {**options["headers"], **extra.get("headers", {})}
     client.cookies.clear()
+    if (method, path) in STREAMING:
+        with client.stream(method, concrete(path), params=options["params"], headers=headers) as reply:
+            if reply.status_code != 200:
+                reply.read()
+        return reply
     return client.request(method, concrete(path), params=options["params"], headers=headers,
                           content=extra.get("content"), files=extra.get("files"))
 
@@ -190,6 +197,9 @@ def test_public_routes_answer_whatever_token_is_sent(server):
             assert ping.status_code == 200 and ping.json() is True, (name, place)
     assert httpx.get(server.url + "/openapi.json").status_code == 200
     assert httpx.get(server.url + "/docs").status_code == 200
+    page = httpx.get(server.url + "/", headers={"Cookie": f"authorization={stale['expired']}"})
+    assert page.status_code == 200 and '<meta name="ptgstore-user" content="">' in page.text  # the login form
+    assert httpx.get(server.url + "/static/ptgstore.js").status_code == 200
 
 
 def test_expiry_is_enforced_to_the_second(server):

@@ -103,6 +103,27 @@ PATHS = {
                          "type": "array", "items": {"type": "string", "format": "binary"}}}}}}},
                  "responses": _replies("the new entry ids", JSON_ANY, ("413", "body larger than the maximum"))},
     },
+    "/mjpeg/{sid}": {"get": {
+        "summary": "A camera stream as MJPEG for an `<img>` tag (`multipart/x-mixed-replace; boundary=frame`): "
+                   "the newest JPEG/PNG entries as they arrive, a stand-by image while there are none",
+        "parameters": [SID,
+                       _param("last_entry_id", "query", "start cursor, as on pull sockets",
+                              {"type": "string", "default": "$"}),
+                       _param("count", "query", "entries per read with latest=false",
+                              {"type": "integer", "default": 1, "minimum": 1}),
+                       _param("latest", "query", "each part is the newest image (skip backlog)",
+                              {"type": "boolean", "default": True})],
+        "responses": _replies("an endless multipart body", {"multipart/x-mixed-replace": {"schema": {}}}),
+    }},
+    "/status/streams": {"get": {
+        "summary": "Every stream's summary (length, entries added, newest id, size and image type, max_len, "
+                   "metadata) and the server clock `now`: a snapshot shared for up to a second",
+        "responses": _replies("summaries", JSON_ANY),
+    }},
+    "/status": {"get": {
+        "summary": "Server status: Redis reachable and which, open push/pull sockets, entry counters",
+        "responses": _replies("status", JSON_ANY),
+    }},
 }
 
 

@@ -1,0 +1,295 @@
+// ptgstore.js: a browser client for ptgstore (an ES module, no dependencies, no build step).
+//
+//   import { PtgStore } from "/static/ptgstore.js";
+//   const store = new PtgStore();                 // same origin; or new PtgStore({url, token})
+//   await store.login("test", "test");            // POST /token (also sets the cookie)
+//   const ids = await store.streams();
+//   const pusher = store.pusher("main");          // WebSocket push, one entry per message
+//   await pusher.push(new Uint8Array([1, 2, 3])); // resolves with the entry id (ack=true)
+//   for await (const entry of store.pull("main", { latest: true })) {
+//     entry.sid; entry.id; entry.data;            // data: Uint8Array; entry.time: epoch ms of the id
+//   }
+//
+// The token travels as `Authorization: Bearer` on HTTP and `?token=` on WebSockets when the client
+// holds one; otherwise the `authorization` cookie set by `/token` does (same origin only).
+// Wire protocol: docs/protocol.md (pull deliveries are a JSON header, then one binary blob).
+
+/** An error from the server: an HTTP status or a WebSocket close code, with its reason. */
+export class PtgStoreError extends Error {
+  constructor(message, { status = null, code = null } = {}) {
+    super(message);
+    this.name = "PtgStoreError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const encoder = new TextEncoder();
+
+/** The epoch milliseconds of an entry id `<ms>-<seq>`. */
+export function entryTime(entryId) {
+  return Number(String(entryId).split("-")[0]);
+}
+
+/** Split one pull delivery (header items `[sid, id, start]` and the blob) into entries. */
+export function splitDelivery(items, blob) {
+  const bytes = blob instanceof Uint8Array ? blob : new Uint8Array(blob);
+  return items.map(([sid, id, start], i) => {
+    const end = i + 1 < items.length ? items[i + 1][2] : bytes.length;
+    return { sid, id, time: entryTime(id), data: bytes.subarray(start, end) };
+  });
+}
+
+function asBytes(data) {
+  if (typeof data === "string") return encoder.encode(data);
+  if (data instanceof ArrayBuffer || ArrayBuffer.isView(data) || data instanceof Blob) return data;
+  throw new TypeError("an entry is a string, an ArrayBuffer, a typed array or a Blob");
+}
+
+export class PtgStore {
+  /**
+   * @param {object} options
+   * @param {string} [options.url] the server's base URL (default: this page's origin)
+   * @param {string} [options.token] a bearer token (default: none, the cookie is used)
+   */
+  constructor({ url = globalThis.location?.origin, token = null } = {}) {
+    this.url = String(url).replace(/\/+$/, "");
+    this.token = token;
+  }
+
+  /** The WebSocket URL of `path` (with the token in the query when the client holds one). */
+  socketUrl(path, query = {}) {
+    const url = new URL(this.url + path);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
+    }
+    if (this.token) url.searchParams.set("token", this.token);
+    return url.toString();
+  }
+
+  /** Any HTTP call: the parsed reply (JSON, or the Response itself with `raw`); PtgStoreError on failure. */
+  async request(method, path, { query = {}, json, body, headers = {}, raw = false, signal } = {}) {
+    const url = new URL(this.url + path);
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
+    }
+    const sent = { ...headers };
+    if (this.token) sent.Authorization = `Bearer ${this.token}`;
+    if (json !== undefined) {
+      sent["Content-Type"] = "application/json";
+      body = JSON.stringify(json);
+    }
+    const response = await fetch(url, { method, headers: sent, body, signal, credentials: "same-origin" });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try {
+        detail = (await response.json()).detail ?? detail;
+      } catch {
+        // not a JSON error body: keep the status text
+      }
+      throw new PtgStoreError(String(detail), { status: response.status });
+    }
+    return raw ? response : response.json();
+  }
+
+  /** Log in with the password form; keeps the token (the server also sets its cookie). */
+  async login(username, password) {
+    const form = new URLSearchParams({ username, password });
+    const reply = await this.request("POST", "/token", {
+      body: form, headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    });
+    this.token = reply.access_token;
+    return reply;
+  }
+
+  /** Sorted stream ids, or info objects with `{info: true}`. */
+  streams({ info = false } = {}) {
+    return this.request("GET", "/streams", { query: { info } });
+  }
+
+  /** One stream's info object. */
+  info(sid) {
+    return this.request("GET", `/streams/${encodeURIComponent(sid)}`, { query: { report_error: true } });
+  }
+
+  /** A summary of every stream and the server's clock: `{now, streams: [...]}` (GET /status/streams). */
+  summaries() {
+    return this.request("GET", "/status/streams");
+  }
+
+  /** The server's status: store, open sockets, entry counters (GET /status). */
+  status() {
+    return this.request("GET", "/status");
+  }
+
+  /** Merge metadata into a stream's (replace it with `{override: true}`); `max_len` sets retention. */
+  setMeta(sid, meta, { override = false } = {}) {
+    return this.request("PUT", `/streams/${encodeURIComponent(sid)}`, { query: { override }, json: meta });
+  }
+
+  /** Delete streams (`a+b` for several): `{deleted: [...]}`. */
+  deleteStreams(sid) {
+    return this.request("DELETE", `/streams/${encodeURIComponent(sid).replaceAll("%2B", "+")}`);
+  }
+
+  /** The newest `count` entries of a stream (REST), oldest first. */
+  async latest(sid, count = 1) {
+    const response = await this.request("GET", `/data/${encodeURIComponent(sid)}`, {
+      query: { last_entry_id: "*", count }, raw: true,
+    });
+    const items = JSON.parse(response.headers.get("entry-offset") || "[]");
+    return splitDelivery(items, await response.arrayBuffer());
+  }
+
+  /** Upload entries over HTTP (one multipart request); resolves with their ids. */
+  upload(sid, entries) {
+    const form = new FormData();
+    entries.forEach((entry, i) => {
+      const data = asBytes(entry);
+      form.append("entries", data instanceof Blob ? data : new Blob([data]), `${i}`);
+    });
+    return this.request("POST", `/data/${encodeURIComponent(sid)}`, { body: form });
+  }
+
+  /** A push socket (`/data/{sid}/push`); `push(data)` resolves with the new entry id when `ack`. */
+  pusher(sid, { ack = true } = {}) {
+    return new Pusher(this.socketUrl(`/data/${encodeURIComponent(sid)}/push`, { ack }), ack);
+  }
+
+  /**
+   * Pull entries as an async iterator (`/data/{sid}/pull`), `sid` one stream or `a+b`.
+   * With `ack` (default) the server sends the next delivery only once the previous one is consumed,
+   * so a slow consumer is never flooded; with `latest` each delivery holds only the newest entry.
+   */
+  pull(sid, { lastEntryId = "$", count = 1, latest = false, ack = true, timeout, timeSyncId, gaps } = {}) {
+    const path = `/data/${encodeURIComponent(sid).replaceAll("%2B", "+")}/pull`;
+    const query = { last_entry_id: lastEntryId, count, latest, ack, timeout, time_sync_id: timeSyncId, gaps };
+    return new Pull(this.socketUrl(path, query), ack);
+  }
+}
+
+/** Close a socket; one still connecting is closed once open (closing it earlier is logged as an error). */
+function closeSocket(socket) {
+  if (socket.readyState === WebSocket.CONNECTING) {
+    socket.addEventListener("open", () => socket.close(1000), { once: true });
+  } else if (socket.readyState === WebSocket.OPEN) {
+    socket.close(1000);
+  }
+}
+
+function closeError(event) {
+  const reason = event.reason || (event.code === 1006 ? "connection refused or lost" : `closed with ${event.code}`);
+  return new PtgStoreError(reason, { code: event.code });
+}
+
+/** A WebSocket push: one binary message per entry. */
+export class Pusher {
+  constructor(url, ack) {
+    this.ack = ack;
+    this.waiting = []; // [resolve, reject] of pushes awaiting their ack, in order
+    this.error = null;
+    this.socket = new WebSocket(url);
+    this.socket.binaryType = "arraybuffer";
+    this.opened = new Promise((resolve, reject) => {
+      this.socket.addEventListener("open", resolve, { once: true });
+      this.socket.addEventListener("close", (event) => reject(closeError(event)), { once: true });
+    });
+    this.opened.catch(() => {}); // reported by push()
+    this.socket.addEventListener("message", (event) => {
+      const next = this.waiting.shift();
+      if (next) next[0](String(event.data));
+    });
+    this.socket.addEventListener("close", (event) => {
+      this.error = event.code === 1000 ? new PtgStoreError("push socket closed", { code: 1000 }) : closeError(event);
+      for (const [, reject] of this.waiting.splice(0)) reject(this.error);
+    });
+  }
+
+  /** Send one entry; resolves with its id (with ack), else once it is sent. */
+  async push(data) {
+    await this.opened;
+    if (this.error) throw this.error;
+    const reply = this.ack ? new Promise((resolve, reject) => this.waiting.push([resolve, reject])) : null;
+    this.socket.send(asBytes(data));
+    return reply;
+  }
+
+  close() {
+    closeSocket(this.socket);
+  }
+}
+
+/** A WebSocket pull as an async iterator of entries `{sid, id, time, data}`. */
+export class Pull {
+  constructor(url, ack) {
+    this.ack = ack;
+    this.entries = [];
+    this.header = null;
+    this.owed = false; // an ack is due before the next delivery
+    this.wake = null;
+    this.done = false;
+    this.error = null;
+    this.gaps = []; // gap notices `{sid, after, oldest}` (pull with `gaps: true`)
+    this.socket = new WebSocket(url);
+    this.socket.binaryType = "arraybuffer";
+    this.socket.addEventListener("message", (event) => this.receive(event.data));
+    this.socket.addEventListener("close", (event) => {
+      this.done = true;
+      if (event.code !== 1000 && !this.closing) this.error = closeError(event);
+      this.notify();
+    });
+  }
+
+  receive(data) {
+    if (typeof data === "string") {
+      const parsed = JSON.parse(data);
+      if (Array.isArray(parsed)) this.header = parsed;
+      else if (parsed.gap) this.gaps.push(parsed.gap);
+      return;
+    }
+    this.entries.push(...splitDelivery(this.header || [], data));
+    this.header = null;
+    this.owed = this.ack;
+    this.notify();
+  }
+
+  notify() {
+    if (this.wake) {
+      const wake = this.wake;
+      this.wake = null;
+      wake();
+    }
+  }
+
+  async next() {
+    for (;;) {
+      if (this.entries.length) return { value: this.entries.shift(), done: false };
+      if (this.done) {
+        if (this.error) throw this.error;
+        return { value: undefined, done: true };
+      }
+      if (this.owed && this.socket.readyState === WebSocket.OPEN) {
+        this.owed = false;
+        this.socket.send("ack");
+      }
+      await new Promise((resolve) => { this.wake = resolve; });
+    }
+  }
+
+  async return() {
+    this.close();
+    return { value: undefined, done: true };
+  }
+
+  close() {
+    this.closing = true;
+    this.done = true;
+    closeSocket(this.socket);
+    this.notify();
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+}

@@ -1,0 +1,208 @@
+"""`/mjpeg/{sid}`: multipart framing, the stand-by image, cursors and count, auth, clients leaving."""
+from __future__ import annotations
+
+import io
+import socket
+import time
+from importlib import resources
+
+import httpx
+import pytest
+from PIL import Image
+
+from conftest import wait_until
+from wsutil import ws_connect
+
+STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()
+HEAD = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"
+
+
+def jpeg(colour=(255, 0, 0), size=(32, 24)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+class Parts:
+    """Reads an MJPEG response part by part (each read bounded by the client's timeout)."""
+
+    def __init__(self, response: httpx.Response):
+        self.response = response
+        self.chunks = response.iter_raw()
+        self.buffer = b""
+        self.raw = b""
+
+    def next(self, deadline_s: float = 10.0) -> tuple[str, bytes]:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            parsed = self._parse()
+            if parsed is not None:
+                return parsed
+            assert time.monotonic() < deadline, "no complete part in time"
+            chunk = next(self.chunks)
+            self.buffer += chunk
+            self.raw += chunk
+
+    def _parse(self):
+        if not self.buffer.startswith(b"--frame\r\n"):
+            assert len(self.buffer) < 9 or False, f"part does not start with the boundary: {self.buffer[:40]!r}"
+            return None
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return None
+        headers = self.buffer[9:head_end].decode()
+        content_type = headers.split(":", 1)[1].strip()
+        # a part ends at CRLF followed by the next boundary; the newest one is complete once the
+        # image's own end marker is in
+        body_start = head_end + 4
+        following = self.buffer.find(b"\r\n--frame\r\n", body_start)
+        if following >= 0:
+            body, self.buffer = self.buffer[body_start:following], self.buffer[following + 2:]
+            return content_type, body
+        end = {"image/jpeg": b"\xff\xd9\r\n", "image/png": b"IEND\xaeB`\x82\r\n"}[content_type]
+        if self.buffer.endswith(end):
+            body, self.buffer = self.buffer[body_start:-2], b""
+            return content_type, body
+        return None
+
+
+def push(server, sid, *entries):
+    with ws_connect(server, f"/data/{sid}/push", ack="true") as ws:
+        ids = []
+        for entry in entries:
+            ws.send(entry)
+            ids.append(ws.recv(timeout=10))
+        return ids
+
+
+def open_mjpeg(server, sid, client=None, **query):
+    client = client or httpx.Client(timeout=10)
+    query.setdefault("token", server.token())
+    return client.stream("GET", f"{server.url}/mjpeg/{sid}", params=query)
+
+
+def test_standby_while_empty_then_frames_as_they_arrive(server):
+    red, blue = jpeg((255, 0, 0)), jpeg((0, 0, 255))
+    with open_mjpeg(server, "cam") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", STANDBY)
+        push(server, "cam", red)
+        assert parts.next() == ("image/jpeg", red)
+        push(server, "cam", blue)
+        assert parts.next() == ("image/jpeg", blue)
+    # byte for byte the original's framing
+    assert parts.raw.startswith(HEAD + STANDBY + b"\r\n" + HEAD + red + b"\r\n" + HEAD + blue)
+
+
+def test_newest_frame_at_once_with_star_and_no_standby(server):
+    frames = [jpeg((i * 60, 0, 0)) for i in range(3)]
+    push(server, "cam", *frames)
+    with open_mjpeg(server, "cam", last_entry_id="*") as response:
+        assert Parts(response).next() == ("image/jpeg", frames[-1])
+
+
+def test_in_order_from_a_cursor_with_count(server):
+    frames = [jpeg((0, i * 40, 0)) for i in range(5)]
+    ids = push(server, "cam", *frames)
+    with open_mjpeg(server, "cam", last_entry_id=ids[0], count=2, latest="false") as response:
+        parts = Parts(response)
+        assert [parts.next()[1] for _ in range(4)] == frames[1:]
+    with open_mjpeg(server, "cam", last_entry_id="0", latest="false") as response:
+        parts = Parts(response)
+        assert [parts.next()[1] for _ in range(5)] == frames
+
+
+def test_png_is_sent_as_png_and_other_entries_are_skipped(server):
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(out, format="PNG")
+    png, frame = out.getvalue(), jpeg()
+    with open_mjpeg(server, "mixed", last_entry_id="0", latest="false") as response:
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", STANDBY)
+        push(server, "mixed", b'{"not": "an image"}', png, b"\x00\x01", frame)
+        assert parts.next() == ("image/png", png)
+        assert parts.next() == ("image/jpeg", frame)
+
+
+def test_token_by_query_or_cookie_and_refused_without(server):
+    push(server, "cam", jpeg())
+    with httpx.Client(timeout=10) as client:
+        refused = client.get(f"{server.url}/mjpeg/cam")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        forged = client.get(f"{server.url}/mjpeg/cam", params={"token": "not.a.token"})
+        assert forged.status_code == 401
+        login = client.post(f"{server.url}/token", data={"username": "test", "password": "test"})
+        assert login.status_code == 200 and "authorization" in client.cookies
+        with client.stream("GET", f"{server.url}/mjpeg/cam", params={"last_entry_id": "*"}) as response:
+            assert response.status_code == 200
+            assert Parts(response).next()[1] == jpeg()
+
+
+@pytest.mark.parametrize("query, reason", [
+    ({"last_entry_id": "bogus"}, "malformed entry id"),
+    ({"count": "0"}, "count"),
+    ({"latest": "maybe"}, "latest"),
+])
+def test_bad_query_is_a_400_with_a_reason(server, query, reason):
+    reply = httpx.get(f"{server.url}/mjpeg/cam", params={"token": server.token(), **query}, timeout=10)
+    assert reply.status_code == 400
+    assert reason in reply.json()["detail"]
+
+
+def test_head_answers_the_headers_only(server):
+    reply = httpx.head(f"{server.url}/mjpeg/cam", params={"token": server.token()}, timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+    assert reply.content == b""
+    assert "cam" not in server.app.state.hub.followers
+
+
+def test_a_client_that_leaves_releases_the_stream(server):
+    hub = server.app.state.hub
+    with open_mjpeg(server, "cam") as response:
+        Parts(response).next()
+        assert "cam" in hub.followers
+    wait_until(lambda: "cam" not in hub.followers, timeout=10, what="the follower to be released")
+
+
+def test_a_client_that_stops_reading_holds_no_frames(server):
+    """A client that never reads: the server stops taking frames for it once its socket buffers fill,
+    and the hub keeps only its bounded buffer; other viewers go on getting every frame."""
+    frame = b"\xff\xd8\xff" + bytes(200_000) + b"\xff\xd9"
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET /mjpeg/cam?token={server.token()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        hub = server.app.state.hub
+        wait_until(lambda: "cam" in hub.followers, timeout=10, what="the stalled client to subscribe")
+        with open_mjpeg(server, "cam") as response:
+            parts = Parts(response)
+            assert parts.next()[1] == STANDBY
+            for i in range(60):
+                frame_i = frame[:100] + bytes([i]) + frame[101:]
+                push(server, "cam", frame_i)
+                assert parts.next()[1] == frame_i
+        follower = hub.followers["cam"]
+        assert len(follower.entries) <= hub.buffer_entries
+        assert follower.buffered_bytes <= hub.buffer_bytes
+    finally:
+        stalled.close()
+    wait_until(lambda: "cam" not in hub.followers, timeout=10, what="the stalled client to be released")
+
+
+def test_static_files_are_package_data():
+    """`pip install .` (not editable) must carry the stand-by image and the dashboard: every file
+    under ptgstore/static matches pyproject's package-data."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ptgstore"]
+    files = [p.relative_to(root / "ptgstore").as_posix() for p in (root / "ptgstore" / "static").rglob("*") if p.is_file()]
+    assert {"static/standby.jpg", "static/index.html", "static/ptgstore.js"} <= set(files)
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in patterns), name

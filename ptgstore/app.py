@@ -78,7 +78,9 @@ async def lifespan(app: Starlette):
         embedded = EmbeddedRedis(settings.data_dir, settings.redis_fsync)
         url = await asyncio.to_thread(embedded.start)
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
-                  pool_size=settings.redis_pool_size, timeout=settings.redis_timeout)
+                  pool_size=settings.redis_pool_size, timeout=settings.redis_timeout,
+                  cluster=settings.redis_cluster, group_separator=settings.group_separator)
+    await migrate_layout(store)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
@@ -94,6 +96,16 @@ async def lifespan(app: Starlette):
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         app.state.metrics.close()
+
+
+async def migrate_layout(store: Store) -> None:
+    """Bring data of an earlier version's key layout into this one's (idempotent): at start-up, so
+    that nothing is served from the old layout; a Redis down at start-up is left to the routes."""
+    try:
+        await store.migrate()
+    except StoreUnavailable as exc:
+        log.warning("key layout not checked (%s): metadata of an earlier version stays unread "
+                    "until a restart with Redis reachable", exc)
 
 
 async def collect_garbage(open_sockets) -> None:

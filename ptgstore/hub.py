@@ -16,10 +16,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from redis import exceptions as rexc
-
 from .framing import BEGINNING, NEWEST, format_entry_id, parse_entry_id
-from .store import Store, StoreUnavailable
+from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")
 
@@ -82,7 +80,7 @@ class Follower:
 
     async def _run(self) -> None:
         store = self.hub.store
-        connection = store.blocking_connection()
+        tail = store.tail(self.sid)
         backoff = 0.05
         try:
             while True:
@@ -98,7 +96,7 @@ class Follower:
                     self._waiting = True
                     try:
                         records, epoch, length = await store.follow(
-                            connection, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
+                            tail, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
                     except asyncio.CancelledError:
                         # interrupted by `invalidate` (and by nothing else): read the state again
                         if not self._interrupted or asyncio.current_task().uncancel() > 0:
@@ -118,7 +116,7 @@ class Follower:
                     elif self.added is not None:
                         self.added += len(records)
                     backoff = 0.05
-                except (rexc.RedisError, OSError, StoreUnavailable) as exc:
+                except (StoreUnavailable, StoreError) as exc:
                     # kept alive through outages and odd keys alike: its sockets wait, then resume
                     log.warning("follower %s: redis unavailable (%s); retrying in %.2f s", self.sid, exc, backoff)
                     await asyncio.sleep(backoff)
@@ -130,7 +128,7 @@ class Follower:
         finally:
             # freed now, not when the garbage collector breaks the follower <-> task cycle
             self._forget()
-            await connection.disconnect()
+            await tail.disconnect()
 
     def _start(self, epoch: int, newest: str, added: int | None) -> None:
         self._forget()

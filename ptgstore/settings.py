@@ -63,6 +63,8 @@ class Settings:
     """The service's configuration; `Settings.from_env()` reads PTGSTORE_* variables."""
 
     redis_url: str | None = None  # None: start a private (embedded) redis-server
+    redis_cluster: bool = False  # the URL names any node of a Redis Cluster
+    group_separator: str = ":"  # a stream's group (its placement on a cluster): its id up to this
     host: str = "127.0.0.1"
     port: int = 7890
     workers: int = 1
@@ -105,6 +107,12 @@ class Settings:
         if self.redis_url is not None and not self.redis_url.lower().startswith(REDIS_URL_SCHEMES):
             raise SettingsError(f"PTGSTORE_REDIS_URL (--redis-url) must start with {', '.join(REDIS_URL_SCHEMES)}, "
                                 f"not {self.redis_url!r} (unset, ptgstore runs its own embedded Redis)")
+        if self.redis_cluster and (self.redis_url is None or self.redis_url.lower().startswith("unix://")):
+            raise SettingsError("PTGSTORE_REDIS_CLUSTER needs PTGSTORE_REDIS_URL naming a node of the cluster "
+                                "(redis:// or rediss://)")
+        if not self.group_separator or "+" in self.group_separator:
+            raise SettingsError(f"PTGSTORE_GROUP_SEPARATOR must be a non-empty string without '+', "
+                                f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
                      "hub_buffer"):
             value = getattr(self, name)
@@ -118,6 +126,8 @@ class Settings:
         values: dict = {}
         readers = {
             "REDIS_URL": ("redis_url", lambda n, v: v.strip() or None),
+            "REDIS_CLUSTER": ("redis_cluster", _parse_bool),
+            "GROUP_SEPARATOR": ("group_separator", lambda n, v: v),
             "HOST": ("host", lambda n, v: v.strip()),
             "PORT": ("port", lambda n, v: _parse_int(n, v, 0)),
             "WORKERS": ("workers", lambda n, v: _parse_int(n, v, 1)),

@@ -1,4 +1,8 @@
-"""The only module that speaks Redis: entries, ranges, metadata, info, retention."""
+"""The streams' domain in Redis: entries, ranges, metadata, info, retention.
+
+Connections (kept lanes, the watchdog, packing, cluster routing) are `connections.py`'s; key names
+are `keys.py`'s.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +13,12 @@ import time
 from datetime import datetime, timezone
 from typing import Sequence
 
-import hiredis
 import orjson
-import redis.asyncio as aioredis
-from redis import exceptions as rexc
 
+from . import connections as conn
+from .connections import Connections, NoScriptError, ResponseError, WatchError
 from .framing import BEGINNING, NEWEST, validate_stream_id, FramingError
+from .keys import META_SUFFIX, Keys
 
 log = logging.getLogger("ptgstore.store")
 
@@ -22,8 +26,6 @@ FIELD = b"d"
 _LAST_POSSIBLE_ID = f"{2**64 - 1}-{2**64 - 1}"
 MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
 MAX_LEN_CACHE = 10_000  # streams whose max_len is kept
-LANES = 8  # connections kept for the hot path, besides the pool
-LARGE_VALUE = 16 * 1024  # bytes from which a command's value is sent as it is, not packed with the rest
 SUMMARY_CHUNK = 100  # streams per summary script call: Redis serves others between two (about 2 ms each)
 
 Entry = tuple  # (stream id, entry id, bytes)
@@ -37,6 +39,10 @@ class StoreUnavailable(Exception):
     """Redis cannot be reached or did not answer in time."""
 
 
+class CrossGroupBatch(StoreError):
+    """A batch over streams of several groups, on a cluster (where it could not be stored atomically)."""
+
+
 def _guarded(method):
     """Turn Redis connection failures into StoreUnavailable, with the reason; report the round trip."""
 
@@ -47,10 +53,8 @@ def _guarded(method):
         started = time.perf_counter()
         try:
             return await method(self, *args, **kwargs)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}".strip()) from exc
-        except rexc.BusyLoadingError as exc:
-            raise StoreUnavailable("store unavailable: Redis is loading its data") from exc
+        except conn.UNAVAILABLE as exc:
+            raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
         finally:
             if self.on_roundtrip is not None:
                 # reported once the caller has moved on (sent its reply): off the latency path
@@ -59,14 +63,13 @@ def _guarded(method):
     return wrapper
 
 
-# Adds a batch atomically. KEYS: the distinct stream keys, then the max_len hash.
+# Adds a batch atomically. KEYS: the distinct stream keys, then their metadata hashes (in the same order).
 # ARGV: default max_len, n streams, their ids (fields of the max_len hash), then for
 # each entry: stream index (1-based), id spec (`*`, `t<ms>` or `ms-seq`), bytes.
 # Entries with client times get `ms-0`, or `ms-(seq+1)` within the newest millisecond.
 # On any refusal the entries already added are removed again: no half batches.
 _ADD_SCRIPT = """
 local nstreams = tonumber(ARGV[2])
-local maxlen_key = KEYS[nstreams + 1]
 local last, existed, added = {}, {}, {}
 local function split(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -129,46 +132,11 @@ for i = base, #ARGV, 3 do
   ids[#ids + 1] = ok
 end
 for k = 1, nstreams do
-  local max = tonumber(redis.call('HGET', maxlen_key, ARGV[2 + k])) or tonumber(ARGV[1])
+  local max = tonumber(redis.call('HGET', KEYS[nstreams + k], 'max_len')) or tonumber(ARGV[1])
   redis.call('XTRIM', KEYS[k], 'MAXLEN', '~', max)
 end
 return ids
 """
-
-
-async def _call(connection, command: tuple):
-    """One command and its reply on `connection` (connected on first use and after a failure)."""
-    try:
-        if _closed_by_peer(connection):
-            await connection.disconnect()  # closed by Redis while idle (a restart, a timeout): reconnect
-        await connection.send_packed_command(_pack(connection, command), check_health=False)
-        return await connection.read_response()
-    except rexc.ResponseError:
-        raise
-    except BaseException:
-        # cut short (failure or cancellation): its reply may still come, so never reuse the socket
-        await connection.disconnect()
-        raise
-
-
-def _pack(connection, command: tuple):
-    """The command in Redis's protocol: packed in C by hiredis (a fifth of redis-py's cost), except
-    with a large value (always last) or memoryviews (slices of a batch), which redis-py's packer
-    sends as they are, uncopied."""
-    last = command[-1]
-    if not (isinstance(last, bytes) and len(last) >= LARGE_VALUE):
-        try:
-            return hiredis.pack_command(command)
-        except TypeError:  # a memoryview
-            pass
-    return connection.pack_command(*command)
-
-
-def _closed_by_peer(connection) -> bool:
-    """Whether Redis closed an idle connection, read from its stream reader's state (redis-py's own
-    check reads the socket under a zero timeout, which costs more than the command)."""
-    reader = getattr(connection, "_reader", None)
-    return reader is not None and (reader.at_eof() or reader.exception() is not None)
 
 
 def _data(fields) -> bytes:
@@ -212,85 +180,77 @@ def validate_max_len(meta: dict) -> None:
 
 
 class Store:
-    """Entries and metadata of streams in one Redis, through a shared pool and a few kept connections."""
+    """Entries and metadata of streams in one Redis or one Redis Cluster."""
 
     def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64,
-                 timeout: float = 30):
+                 timeout: float = 30, cluster: bool = False, group_separator: str = ":"):
         self.prefix = key_prefix
         self.default_max_len = default_max_len
-        # a blocking pool: callers wait for a free connection instead of failing
-        self.pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=10, socket_timeout=timeout,
-            socket_connect_timeout=5, health_check_interval=30,
-        )
-        self.redis = aioredis.Redis(connection_pool=self.pool)
-        self.meta_key = key_prefix + "ptgstore:meta"
-        self.maxlen_key = key_prefix + "ptgstore:maxlen"
-        self.deleted_channel = key_prefix + "ptgstore:deleted"  # every process hears of every delete
+        self.connections = Connections(url, cluster=cluster, pool_size=pool_size, timeout=timeout)
+        self.cluster = cluster
+        self.redis = self.connections.client
+        self.keys = Keys(key_prefix, separator=group_separator, tagged=cluster)
         self._add = self.redis.register_script(_ADD_SCRIPT)
         self._summary = None  # the summaries script, registered on first use
-        # a few connections kept for entries in and out ("lanes"): leasing from the pool costs
-        # more than the command itself. Lanes have no per-command timer (a third of the cost of a
-        # command): a watchdog drops a lane instead when its command has waited too long.
-        self._lane_options = {**self.pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
-        self._lanes_free: list = []
-        self._lanes_busy: dict = {}  # lane -> when its command was sent (monotonic)
-        self._max_lanes = min(LANES, pool_size)
-        self._watchdog: asyncio.TimerHandle | None = None
         self._max_lens: dict[str, tuple[int, float]] = {}  # stream id -> (max_len, read at)
         self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
 
     def key(self, sid: str) -> str:
-        return self.prefix + sid
+        return self.keys.stream(sid)
 
     def epoch_key(self, sid: str) -> str:
-        """The stream's generation counter, bumped by each delete: the stream key plus a suffix that
-        no stream id can end with (`+` is not allowed in one), so a hash tag of the stream key keeps
-        both in one cluster slot."""
-        return self.prefix + sid + "+epoch"
+        """The stream's generation counter, bumped by each delete (in the stream's slot)."""
+        return self.keys.epoch(sid)
 
-    def blocking_connection(self):
+    def _by_slot(self, items: Sequence, sid_of=lambda item: item) -> list[list]:
+        """`items` grouped by the hash slot of their stream (one group on a single Redis), in order."""
+        if not self.cluster:
+            return [list(items)]
+        groups: dict[int, list] = {}
+        for item in items:
+            groups.setdefault(self.connections.slot(self.key(sid_of(item))), []).append(item)
+        return list(groups.values())
+
+    def tail(self, sid: str):
         """A connection of its own for one follower's blocking reads (kept off the pool and lanes)."""
-        return self.pool.connection_class(**self._lane_options)
+        return self.connections.tail(self.key(sid))
 
-    async def follow(self, connection, sid: str, cursor: str, count: int, block_ms: int):
+    async def follow(self, tail, sid: str, cursor: str, count: int, block_ms: int):
         """A follower's wait: up to `count` entries `(entry id, bytes)` after `cursor`, waiting up to
         `block_ms` for the first ([] when none came), then in the same round trip (pipelined, run by
         Redis right after the read is served) the stream's generation and length:
-        `(records, epoch, length)`. Redis errors are raised as they are (the follower retries)."""
+        `(records, epoch, length)`. Failures are raised as StoreUnavailable (the follower retries)."""
         key = self.key(sid)
         commands = [("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, cursor),
-                     ("GET", self.epoch_key(sid)), ("XLEN", key)]
+                    ("GET", self.epoch_key(sid)), ("XLEN", key)]
         try:
-            if _closed_by_peer(connection):
-                await connection.disconnect()
-            await connection.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands),
-                                                 check_health=False)
-            reply = await connection.read_response()
-            epoch = await connection.read_response()
-            length = await connection.read_response()
-        except BaseException:
-            # cut short (failure or cancellation): its replies may still come, so never reuse the socket
-            await connection.disconnect()
-            raise
+            reply, epoch, length = await tail.pipelined(commands)
+        except (*conn.UNAVAILABLE, ResponseError) as exc:
+            raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}") from exc
         if not reply:
             return [], int(epoch or 0), length
         records = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]  # RESP3 or RESP2
         return [(entry_id.decode(), _data(fields)) for entry_id, fields in records], int(epoch or 0), length
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        for lane in self._lanes_free + list(self._lanes_busy):
-            await lane.disconnect()
-        await self.redis.aclose()
-        await self.pool.disconnect()
+        await self.connections.close()
 
     @_guarded
     async def ping(self) -> bool:
+        if self.cluster:
+            return bool(await self.redis.ping(target_nodes=self.redis.ALL_NODES))
         return bool(await self.redis.ping())
 
     # -- writes -------------------------------------------------------------------------------
+
+    def check_batch(self, sids) -> None:
+        """On a cluster, refuse a batch over several groups: it could not be stored atomically."""
+        if self.cluster:
+            groups = {self.keys.group(sid) for sid in sids}
+            if len(groups) > 1:
+                names = ", ".join(repr(g) if g else "default" for g in sorted(groups)[:3])
+                raise CrossGroupBatch(f"a batch must stay in one group (id up to the first "
+                                      f"{self.keys.separator!r}); this one spans {names}")
 
     @_guarded
     async def add(self, entries: Sequence[tuple[str, str, bytes]]) -> list[str]:
@@ -304,10 +264,11 @@ class Store:
         for sid, spec, data in entries:
             k = index.setdefault(sid, len(index) + 1)
             args += (k, spec, data)
-        keys = [self.key(sid) for sid in index] + [self.maxlen_key]
+        self.check_batch(index)
+        keys = [self.key(sid) for sid in index] + [self.keys.meta(sid) for sid in index]
         try:
             ids = await self._run_add(keys, [self.default_max_len, len(index), *index, *args])
-        except rexc.ResponseError as exc:
+        except ResponseError as exc:
             message = str(exc)
             if message.startswith(("PTGSTALE", "PTGTYPE")):
                 raise StoreError(message.split(" ", 1)[1]) from None
@@ -322,9 +283,12 @@ class Store:
             max_len = known[0]
         else:
             max_len = await self._read_max_len(sid)
+        key = self.key(sid)
         try:
-            entry_id = await self._once("XADD", self.key(sid), "MAXLEN", "~", max_len, "*", FIELD, data)
-        except rexc.ResponseError as exc:
+            entry_id = await self.connections.once(key, "XADD", key, "MAXLEN", "~", max_len, "*", FIELD, data)
+        except ResponseError as exc:
+            if conn.is_unavailable(exc):
+                raise
             if "WRONGTYPE" in str(exc):
                 raise StoreError(f"{sid} is not a stream") from None
             raise StoreError(f"{sid}: {exc}") from None
@@ -334,7 +298,13 @@ class Store:
         """The stream's retention, kept for MAX_LEN_FRESH seconds: another process's change to it
         takes effect here within that time (this process's own at once)."""
         now = time.monotonic()
-        value = await self._once("HGET", self.maxlen_key, sid)
+        meta_key = self.keys.meta(sid)
+        try:
+            value = await self.connections.once(meta_key, "HGET", meta_key, "max_len")
+        except ResponseError as exc:
+            if conn.is_unavailable(exc):
+                raise
+            value = None  # not a hash (written by someone else): the default
         max_len = int(value) if value is not None else self.default_max_len
         if len(self._max_lens) >= MAX_LEN_CACHE:
             self._max_lens.clear()
@@ -343,46 +313,10 @@ class Store:
 
     async def _run_add(self, keys: list, args: list) -> list[bytes]:
         try:
-            return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
-        except rexc.NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
+            return await self.connections.once(keys[0], "EVALSHA", self._add.sha, len(keys), *keys, *args)
+        except NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
             await self.redis.script_load(_ADD_SCRIPT)
-            return await self._once("EVALSHA", self._add.sha, len(keys), *keys, *args)
-
-    async def _once(self, *command):
-        """One command of the hot path and its reply, on a free lane, a new one, or else (all
-        LANES busy) a pooled connection.
-
-        Without the client's retry layer (and its cost on every entry): a write retried after
-        a lost reply could be stored twice."""
-        if self._lanes_free:
-            lane = self._lanes_free.pop()
-        elif len(self._lanes_busy) < self._max_lanes:
-            lane = self.pool.connection_class(**self._lane_options)
-            if self._watchdog is None:
-                self._watch()
-        else:
-            connection = await self.pool.get_connection()
-            try:
-                return await _call(connection, command)
-            finally:
-                await self.pool.release(connection)
-        self._lanes_busy[lane] = time.monotonic()
-        try:
-            return await _call(lane, command)
-        finally:
-            del self._lanes_busy[lane]
-            self._lanes_free.append(lane)
-
-    def _watch(self) -> None:
-        """Drop a lane whose command has waited too long (Redis stopped or cut off): the waiting
-        caller then fails as store unavailable instead of hanging."""
-        limit = self.pool.connection_kwargs["socket_timeout"]
-        now = time.monotonic()
-        for lane, since in list(self._lanes_busy.items()):
-            if now - since > limit:
-                log.warning("Redis did not answer within %.0f s: dropping the connection", limit)
-                asyncio.get_running_loop().create_task(lane.disconnect())
-        self._watchdog = asyncio.get_running_loop().call_later(1, self._watch)
+            return await self.connections.once(keys[0], "EVALSHA", self._add.sha, len(keys), *keys, *args)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -396,8 +330,10 @@ class Store:
         if len(requests) == 1:
             # the common case (one stream) without a pipeline's bookkeeping
             try:
-                replies = [await self._once(*self._range(*requests[0]))]
-            except rexc.ResponseError as exc:
+                replies = [await self.connections.once(self.key(requests[0][0]), *self._range(*requests[0]))]
+            except ResponseError as exc:
+                if conn.is_unavailable(exc):
+                    raise
                 replies = [exc]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -406,10 +342,8 @@ class Store:
                 replies = await pipe.execute(raise_on_error=False)
         out: list[Entry] = []
         for (sid, cursor, _), reply in zip(requests, replies):
-            if isinstance(reply, rexc.ResponseError):
-                if "WRONGTYPE" in str(reply):
-                    raise StoreError(f"{sid} is not a stream")
-                raise reply
+            if isinstance(reply, Exception):
+                _raise_reply(sid, reply)
             if cursor == NEWEST:
                 reply = reversed(reply)
             out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in reply]
@@ -444,9 +378,11 @@ class Store:
         states = []
         for i, sid in enumerate(sids):
             epoch, reply = replies[2 * i], replies[2 * i + 1]
-            if isinstance(epoch, rexc.ResponseError):
+            if isinstance(epoch, Exception):
                 raise epoch
-            if isinstance(reply, rexc.ResponseError):
+            if isinstance(reply, Exception):
+                if conn.is_unavailable(reply):
+                    raise reply
                 if "WRONGTYPE" in str(reply):
                     raise StoreError(f"{sid} is not a stream")
                 states.append((int(epoch or 0), BEGINNING, 0))
@@ -473,35 +409,46 @@ class Store:
             pipe.xinfo_stream(self.key(sid))
             pipe.xrange(self.key(sid), "(" + entry_id, "+")
             info, records = await pipe.execute(raise_on_error=False)
-        if isinstance(records, rexc.ResponseError):
-            raise records
-        added = None if isinstance(info, rexc.ResponseError) else info.get("entries-added")
+        if isinstance(records, Exception):
+            _raise_reply(sid, records)
+        added = None if isinstance(info, Exception) else info.get("entries-added")
         return (int(added) if added is not None else None,
                 [(entry_id.decode(), _data(fields)) for entry_id, fields in records])
 
     @_guarded
     async def read_noting_gaps(self, requests: Sequence[tuple[str, str, int]]) -> tuple[list[Entry], dict]:
-        """Like `read`, and in the same snapshot (MULTI), for each stream whose oldest kept entry is
-        after its cursor while entries were removed from it (trimmed or deleted), that oldest id:
-        `{stream id: oldest kept id}`. A stream never trimmed has no gap, whatever the cursor (Redis 7
-        counts the entries a stream was ever given; with 6.2, a stream shorter than its `max_len`
-        counts as never trimmed)."""
+        """Like `read`, and in the same snapshot (MULTI; on a cluster one per slot), for each stream
+        whose oldest kept entry is after its cursor while entries were removed from it (trimmed or
+        deleted), that oldest id: `{stream id: oldest kept id}`. A stream never trimmed has no gap,
+        whatever the cursor (Redis 7 counts the entries a stream was ever given; with 6.2, a stream
+        shorter than its `max_len` counts as never trimmed)."""
+        groups = self._by_slot(requests, lambda request: request[0])
+        replies = await asyncio.gather(*(self._gap_snapshot(group) for group in groups))
+        out: list[Entry] = []
+        gaps = {}
+        for group, group_replies in zip(groups, replies):
+            entries, group_gaps = self._noting_gaps(group, group_replies)
+            out += entries
+            gaps.update(group_gaps)
+        return out, gaps
+
+    async def _gap_snapshot(self, requests) -> list:
         async with self.redis.pipeline(transaction=True) as pipe:
             for request in requests:
                 pipe.execute_command(*self._range(*request))
                 pipe.xinfo_stream(self.key(request[0]))
-                pipe.hget(self.maxlen_key, request[0])
-            replies = await pipe.execute(raise_on_error=False)
+                pipe.hget(self.keys.meta(request[0]), "max_len")
+            return await pipe.execute(raise_on_error=False)
+
+    def _noting_gaps(self, requests, replies) -> tuple[list[Entry], dict]:
         out: list[Entry] = []
         gaps = {}
         for i, (sid, cursor, _) in enumerate(requests):
             reply, info, max_len = replies[3 * i: 3 * i + 3]
-            if isinstance(reply, rexc.ResponseError):
-                if "WRONGTYPE" in str(reply):
-                    raise StoreError(f"{sid} is not a stream")
-                raise reply
+            if isinstance(reply, Exception):
+                _raise_reply(sid, reply)
             out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in reply]
-            if isinstance(info, rexc.ResponseError) or cursor == NEWEST:
+            if isinstance(info, Exception) or cursor == NEWEST:
                 continue
             first = info.get("first-entry")
             added, length = info.get("entries-added"), int(info.get("length", 0))
@@ -523,17 +470,18 @@ class Store:
 
     @_guarded
     async def stream_ids(self) -> list[str]:
-        """Sorted ids of streams holding entries or having metadata."""
+        """Sorted ids of streams holding entries or having metadata (on every master of a cluster)."""
         found = set()
-        pattern = self.prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?").replace("[", "\\[") + "*"
-        async for key in self.redis.scan_iter(match=pattern, count=1000, _type="stream"):
-            found.add(key.decode("utf-8", "surrogateescape")[len(self.prefix):])
-        found.update(k.decode() for k in await self.redis.hkeys(self.meta_key))
+        pattern = self.keys.pattern
+        async for key in self.connections.scan(pattern, "stream"):
+            found.add(self.keys.sid_of(key.decode("utf-8", "surrogateescape")))
+        async for key in self.connections.scan(pattern[:-1] + "*" + META_SUFFIX, "hash"):
+            found.add(self.keys.sid_of(key.decode("utf-8", "surrogateescape"), META_SUFFIX))
         valid = []
         for sid in found:
             try:
                 valid.append(validate_stream_id(sid))
-            except FramingError:
+            except (FramingError, TypeError):  # (None: not a key of ptgstore's layout)
                 continue
         return sorted(valid)
 
@@ -541,10 +489,15 @@ class Store:
     async def info(self, sid: str) -> dict | None:
         """Metadata, length and first/last entries of a stream; None when it does not exist."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self.meta_key, sid)
+            pipe.hget(self.keys.meta(sid), "meta")
             pipe.xinfo_stream(self.key(sid))
             meta_raw, stream = await pipe.execute(raise_on_error=False)
-        if isinstance(stream, rexc.ResponseError):
+        for reply in (meta_raw, stream):
+            if isinstance(reply, Exception) and conn.is_unavailable(reply):
+                raise reply
+        if isinstance(meta_raw, Exception):
+            meta_raw = None
+        if isinstance(stream, Exception):
             if "no such key" not in str(stream).lower():
                 raise StoreError(f"{sid} is not a stream")
             if meta_raw is None:
@@ -568,20 +521,21 @@ class Store:
     async def set_meta(self, sid: str, meta: dict, override: bool = False) -> dict:
         """Merge `meta` into the stream's metadata (or replace it); `max_len` sets retention."""
         validate_max_len(meta)
+        meta_key = self.keys.meta(sid)
 
         async def update(pipe):
-            current = {} if override else orjson.loads(await pipe.hget(self.meta_key, sid) or b"{}")
+            current = {} if override else orjson.loads(await pipe.hget(meta_key, "meta") or b"{}")
             merged = {**current, **meta}
             pipe.multi()
-            pipe.hset(self.meta_key, sid, orjson.dumps(merged))
+            pipe.hset(meta_key, "meta", orjson.dumps(merged))
             if "max_len" in merged:
-                pipe.hset(self.maxlen_key, sid, merged["max_len"])
+                pipe.hset(meta_key, "max_len", merged["max_len"])
             else:
-                pipe.hdel(self.maxlen_key, sid)
+                pipe.hdel(meta_key, "max_len")
             return merged
 
         self._max_lens.pop(sid, None)
-        return await self.redis.transaction(update, self.meta_key, value_from_callable=True)
+        return await self.redis.transaction(update, meta_key, value_from_callable=True)
 
     @_guarded
     async def delete(self, sids: Sequence[str]) -> list[str]:
@@ -589,18 +543,25 @@ class Store:
 
         Each stream's epoch is bumped in the same transaction (a follower that reads it with its
         entries can tell a re-created stream from the one it buffered), and every process is told
-        at once on the deletions channel (so its followers stop serving from memory)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for sid in sids:
-                pipe.delete(self.key(sid))
-                pipe.hdel(self.meta_key, sid)
-                pipe.hdel(self.maxlen_key, sid)
-                pipe.incr(self.epoch_key(sid))
-                pipe.publish(self.deleted_channel, sid)
-            replies = await pipe.execute()
-        for sid in sids:
-            self._max_lens.pop(sid, None)
-        return [sid for i, sid in enumerate(sids) if replies[5 * i] or replies[5 * i + 1]]
+        at once on the deletions channel (so its followers stop serving from memory). On a cluster,
+        the streams of one slot are deleted together, and the news follows each transaction."""
+        existed = set()
+        for group in self._by_slot(sids):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for sid in group:
+                    pipe.delete(self.key(sid))
+                    pipe.delete(self.keys.meta(sid))
+                    pipe.incr(self.epoch_key(sid))
+                    if not self.cluster:
+                        pipe.publish(self.keys.deleted_channel, sid)
+                replies = await pipe.execute()
+            step = 3 if self.cluster else 4
+            existed.update(sid for i, sid in enumerate(group) if replies[step * i] or replies[step * i + 1])
+            for sid in group:
+                self._max_lens.pop(sid, None)
+                if self.cluster:  # PUBLISH reaches every node of the cluster
+                    await self.redis.publish(self.keys.deleted_channel, sid)
+        return [sid for sid in sids if sid in existed]
 
     async def watch_deletes(self, on_deleted) -> None:
         """Call `on_deleted(sid)` for each stream deleted through any process on this Redis, and
@@ -608,49 +569,87 @@ class Store:
         Runs until cancelled; an outage is waited out."""
         backoff = 0.05
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = None
             try:
-                await pubsub.subscribe(self.deleted_channel)
+                pubsub = await self.connections.subscribe(self.keys.deleted_channel)
                 on_deleted(None)
                 backoff = 0.05
                 async for message in pubsub.listen():
                     if message["type"] == "message":
                         on_deleted(message["data"].decode("utf-8", "surrogateescape"))
-            except (rexc.RedisError, OSError) as exc:
+            except (*conn.UNAVAILABLE, ResponseError) as exc:
                 log.warning("deletions channel: %s; resubscribing in %.2f s", exc, backoff)
             finally:
-                with contextlib.suppress(rexc.RedisError, OSError):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    # -- the layout of earlier versions -------------------------------------------------------
+
+    @_guarded
+    async def migrate(self) -> int:
+        """Move metadata from the global hashes of earlier versions (`ptgstore:meta`,
+        `ptgstore:maxlen`) into each stream's own hash; idempotent, safe with several processes
+        starting at once (the first one moves, the others find nothing). Returns how many streams'
+        metadata moved."""
+        legacy = (self.keys.legacy_meta, self.keys.legacy_maxlen)
+        if self.cluster or not await self.redis.exists(*legacy):
+            return 0
+
+        async def move(pipe):
+            metas, max_lens = await pipe.hgetall(legacy[0]), await pipe.hgetall(legacy[1])
+            pipe.multi()
+            for sid in {*metas, *max_lens}:
+                name = self.keys.meta(sid.decode("utf-8", "surrogateescape"))
+                if sid in metas:
+                    pipe.hset(name, "meta", metas[sid])
+                if sid in max_lens:
+                    pipe.hset(name, "max_len", max_lens[sid])
+            pipe.delete(*legacy)
+            return len({*metas, *max_lens})
+
+        try:
+            moved = await self.redis.transaction(move, *legacy, value_from_callable=True)
+        except WatchError:
+            return 0
+        log.info("moved the metadata of %d streams to per-stream keys (the layout of this version)", moved)
+        return moved
 
     # -- summaries (the dashboard's overview) ---------------------------------------------------
 
     @_guarded
     async def summaries(self, sids: Sequence[str]) -> list[dict]:
-        """A short summary of each stream that exists, in one round trip whatever their number, without
-        any entry's bytes leaving Redis: length, newest and oldest ids, entries ever added (Redis 7+,
-        else None), the newest entry's size and image type, max_len and metadata."""
+        """A short summary of each stream that exists, in one round trip whatever their number (on a
+        cluster, one per master), without any entry's bytes leaving Redis: length, newest and oldest
+        ids, entries ever added (Redis 7+, else None), the newest entry's size and image type,
+        max_len and metadata."""
         if self._summary is None:
             self._summary = self.redis.register_script(_SUMMARY_SCRIPT)
+        chunks = []
+        for group in self._by_slot(sids):
+            chunks += [group[start:start + SUMMARY_CHUNK] for start in range(0, len(group), SUMMARY_CHUNK)]
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.meta_key)
-            for start in range(0, len(sids), SUMMARY_CHUNK):
-                chunk = sids[start:start + SUMMARY_CHUNK]
-                await self._summary(keys=[self.key(sid) for sid in chunk], client=pipe)
-            meta_raw, *chunks = await pipe.execute(raise_on_error=False)
-        replies = []
-        for chunk in chunks:
-            if isinstance(chunk, Exception):
-                raise chunk
-            replies += chunk
-        metas = {} if isinstance(meta_raw, Exception) else {k.decode(): v for k, v in meta_raw.items()}
+            for chunk in chunks:
+                await self._summary(keys=[k for sid in chunk for k in (self.key(sid), self.keys.meta(sid))],
+                                    client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        by_sid = {}
+        for chunk, reply in zip(chunks, replies):
+            if isinstance(reply, Exception):
+                raise reply
+            by_sid.update(zip(chunk, reply))
         out = []
-        for sid, reply in zip(sids, replies):
-            meta = orjson.loads(metas[sid]) if sid in metas else {}
-            if isinstance(reply, Exception) or (not reply and not meta):
+        for sid in sids:
+            reply = by_sid.get(sid)
+            if not reply:
+                continue
+            row, meta_raw = reply
+            meta = orjson.loads(meta_raw) if meta_raw else {}
+            if not row and not meta:
                 continue  # gone since it was listed, or not a stream
-            length, last_id, added, first, last, size, kind = reply or (0, b"0-0", -1, b"", b"", 0, b"")
+            length, last_id, added, first, last, size, kind = row or (0, b"0-0", -1, b"", b"", 0, b"")
             out.append({
                 "sid": sid, "length": length, "last-generated-id": _text(last_id),
                 "entries-added": added if added >= 0 else None,
@@ -662,23 +661,39 @@ class Store:
 
     @_guarded
     async def server_info(self) -> dict:
-        """Which Redis this is and how it fares (a few fields of INFO)."""
-        info = await self.redis.info()
+        """Which Redis this is and how it fares (a few fields of INFO; on a cluster, of one node)."""
+        if self.cluster:
+            info = await self.redis.info(target_nodes=self.redis.get_random_node())
+        else:
+            info = await self.redis.info()
         keep = ("redis_version", "redis_mode", "uptime_in_seconds", "used_memory", "used_memory_human",
                 "connected_clients", "aof_enabled", "role")
-        return {key: _text(info[key]) for key in keep if key in info}
+        out = {key: _text(info[key]) for key in keep if key in info}
+        if self.cluster:
+            out["masters"] = len(self.redis.get_primaries())
+        return out
 
 
-# KEYS: streams. For each, its summary without sending any entry: length, last generated id, entries
-# ever added (-1 before Redis 7), oldest and newest entry ids, the newest entry's size in bytes and
-# its image type when it starts with a JPEG or PNG signature; false
-# for a key that is missing or not a stream. One call for all: a script call costs more than XINFO.
+def _raise_reply(sid: str, reply: Exception):
+    """Raise what an error reply about a stream means."""
+    if not conn.is_unavailable(reply) and "WRONGTYPE" in str(reply):
+        raise StoreError(f"{sid} is not a stream")
+    raise reply
+
+
+# KEYS: pairs of a stream and its metadata hash. For each stream `{summary, metadata JSON}`, the summary
+# without sending any entry: length, last generated id, entries ever added (-1 before Redis 7), oldest
+# and newest entry ids, the newest entry's size in bytes and its image type when it starts with a JPEG
+# or PNG signature; false for a key that is missing or not a stream (and for missing metadata).
+# One call for all: a script call costs more than XINFO.
 _SUMMARY_SCRIPT = r"""
 local out = {}
-for n = 1, #KEYS do
-  local info = redis.pcall('XINFO', 'STREAM', KEYS[n])
+for n = 1, #KEYS / 2 do
+  local info = redis.pcall('XINFO', 'STREAM', KEYS[2 * n - 1])
+  local meta = redis.pcall('HGET', KEYS[2 * n], 'meta')
+  if type(meta) == 'table' then meta = false end
   if type(info) ~= 'table' or info.err then
-    out[n] = false
+    out[n] = {false, meta}
   else
     local row = {0, '0-0', -1, '', '', 0, ''}
     for i = 1, #info, 2 do
@@ -700,7 +715,7 @@ for n = 1, #KEYS do
         end
       end
     end
-    out[n] = row
+    out[n] = {row, meta}
   end
 end
 return out

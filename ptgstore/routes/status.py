@@ -85,7 +85,7 @@ async def server(request: Request) -> Response:
     async def compute() -> bytes:
         settings = app.state.settings
         now = int(time.time() * 1000)
-        redis = {"embedded": settings.redis_url is None, "address": _address(app.state.store)}
+        redis = {"embedded": settings.redis_url is None, "address": app.state.store.connections.address}
         try:
             redis.update(await app.state.store.server_info(), reachable=True)
         except StoreUnavailable as exc:
@@ -100,13 +100,6 @@ async def server(request: Request) -> Response:
         })
 
     return _json(await _snapshot(request, "server", compute).get())
-
-
-def _address(store) -> str:
-    kwargs = store.pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
 def _counters(metrics) -> dict:

@@ -1,0 +1,352 @@
+"""Connections to Redis, a single server or a Redis Cluster: the only module touching redis-py internals.
+
+- `Connections.client`: redis-py's client (a blocking pool, or `RedisCluster` doing discovery and
+  routing) for pipelines, transactions, scripts and scans.
+- Lanes: a few connections kept per server (per master on a cluster), created lazily and capped,
+  for the one-command hot path (`once`): leasing from a pool costs more than the command itself.
+  Lanes have no per-command timer (a third of the cost of a command): a watchdog drops a lane
+  whose command has waited too long instead.
+- `Tail`: a connection of its own for one follower's blocking reads, to the master owning the
+  followed stream, following the cluster when the slot moves.
+- Redis failures come out as `Unavailable` (never as a refusal): `MOVED`, `ASK` and `TRYAGAIN` are
+  followed here, and if they cannot be, they mean "not reachable now", not "empty" or "bad request".
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+
+import hiredis
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+log = logging.getLogger("ptgstore.connections")
+
+LANES = 8  # connections kept per server for the hot path, besides the pool
+LARGE_VALUE = 16 * 1024  # bytes from which a command's value is sent as it is, not packed with the rest
+REDIRECTS = 16  # MOVED/ASK/TRYAGAIN followed for one command before giving up (a slot in migration)
+
+ResponseError = rexc.ResponseError
+NoScriptError = rexc.NoScriptError
+WatchError = rexc.WatchError
+
+# failures that mean "Redis cannot serve this now"; MOVED/ASK that could not be followed included
+UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.BusyLoadingError, rexc.ClusterError,
+               rexc.ClusterDownError, rexc.TryAgainError, rexc.AskError, rexc.SlotNotCoveredError,
+               rexc.MasterDownError)
+
+
+class Unavailable(Exception):
+    """Redis cannot be reached, or did not answer in time, or cannot serve the key now."""
+
+
+def reason(exc: BaseException) -> str:
+    """What to say about a Redis failure."""
+    if isinstance(exc, rexc.BusyLoadingError):
+        return "Redis is loading its data"
+    if isinstance(exc, (rexc.AskError, rexc.TryAgainError)):
+        return f"a cluster slot is moving: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, UNAVAILABLE)
+
+
+async def _call(connection, command: tuple, asking: bool = False):
+    """One command and its reply on `connection` (connected on first use and after a failure); with
+    `asking`, preceded by ASKING (a slot being imported by this node)."""
+    try:
+        if _closed_by_peer(connection):
+            await connection.disconnect()  # closed by Redis while idle (a restart, a timeout): reconnect
+        packed = _pack(connection, command)
+        if asking:
+            packed = [hiredis.pack_command(("ASKING",)), *([packed] if isinstance(packed, bytes) else packed)]
+        await connection.send_packed_command(packed, check_health=False)
+        if asking:
+            await connection.read_response()
+        return await connection.read_response()
+    except rexc.ResponseError:
+        raise
+    except BaseException:
+        # cut short (failure or cancellation): its reply may still come, so never reuse the socket
+        await connection.disconnect()
+        raise
+
+
+def _pack(connection, command: tuple):
+    """The command in Redis's protocol: packed in C by hiredis (a fifth of redis-py's cost), except
+    with a large value (always last) or memoryviews (slices of a batch), which redis-py's packer
+    sends as they are, uncopied."""
+    last = command[-1]
+    if not (isinstance(last, bytes) and len(last) >= LARGE_VALUE):
+        try:
+            return hiredis.pack_command(command)
+        except TypeError:  # a memoryview
+            pass
+    return connection.pack_command(*command)
+
+
+def _closed_by_peer(connection) -> bool:
+    """Whether Redis closed an idle connection, read from its stream reader's state (redis-py's own
+    check reads the socket under a zero timeout, which costs more than the command)."""
+    reader = getattr(connection, "_reader", None)
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)
+
+
+class _Lanes:
+    """The connections kept for one server."""
+
+    def __init__(self, make, cap: int):
+        self.make = make
+        self.cap = cap
+        self.free: list = []
+        self.busy: dict = {}  # lane -> when its command was sent (monotonic)
+
+    def take(self):
+        """A free lane, a new one, or None when all `cap` are busy."""
+        if self.free:
+            return self.free.pop()
+        if len(self.busy) < self.cap:
+            return self.make()
+        return None
+
+    async def call(self, lane, command: tuple, asking: bool = False):
+        self.busy[lane] = time.monotonic()
+        try:
+            return await _call(lane, command, asking)
+        finally:
+            del self.busy[lane]
+            self.free.append(lane)
+
+    async def close(self) -> None:
+        for lane in self.free + list(self.busy):
+            await lane.disconnect()
+
+
+class Connections:
+    """Redis for one process: a single server, or a cluster when `cluster` (the URL names any node)."""
+
+    def __init__(self, url: str, *, cluster: bool = False, pool_size: int = 64, timeout: float = 30):
+        self.cluster = cluster
+        self.timeout = timeout
+        self.lane_cap = min(LANES, pool_size)
+        self._lanes: dict[str, _Lanes] = {}  # by server ("" for the single server)
+        self._watchdog: asyncio.TimerHandle | None = None
+        if cluster:
+            self.pool = None
+            self.client = RedisCluster.from_url(
+                url, max_connections=pool_size, socket_timeout=timeout, socket_connect_timeout=5,
+                health_check_interval=30, require_full_coverage=False)
+            self.address = url.split("@")[-1]  # without any password
+        else:
+            # a blocking pool: callers wait for a free connection instead of failing
+            self.pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=pool_size, timeout=10, socket_timeout=timeout,
+                socket_connect_timeout=5, health_check_interval=30,
+            )
+            self.client = aioredis.Redis(connection_pool=self.pool)
+            kwargs = self.pool.connection_kwargs
+            self.address = (f"unix:{kwargs['path']}" if "path" in kwargs
+                            else f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
+            options = {**kwargs, "socket_timeout": None, "health_check_interval": 0}
+            self._lane_class, self._lane_options = self.pool.connection_class, options
+
+    # -- where keys live ----------------------------------------------------------------------
+
+    def slot(self, key: str) -> int:
+        """The key's hash slot on a cluster (0 on a single server: everything is together)."""
+        return key_slot(key.encode("utf-8", "surrogateescape")) if self.cluster else 0
+
+    async def _node(self, key: str):
+        """The master owning the key's slot, as the cluster client knows it now."""
+        await self.client.initialize()  # at once when already done; discovery after a failure
+        return self.client.get_node_from_key(key)
+
+    async def _learn(self, exc: rexc.MovedError) -> None:
+        """Take a MOVED reply into the slot map (a slot changed owner: resharding, failover)."""
+        moved = self.client.nodes_manager.move_slot(exc)
+        if inspect.isawaitable(moved):  # redis-py 6+
+            await moved
+
+    def _node_options(self, node) -> tuple:
+        return node.connection_class, {**node.connection_kwargs, "socket_timeout": None,
+                                       "health_check_interval": 0}
+
+    def _lanes_of(self, node=None) -> _Lanes:
+        name = "" if node is None else node.name
+        lanes = self._lanes.get(name)
+        if lanes is None:
+            cls, options = (self._lane_class, self._lane_options) if node is None else self._node_options(node)
+            lanes = self._lanes[name] = _Lanes(lambda: cls(**options), self.lane_cap)
+        return lanes
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    async def once(self, key: str, *command):
+        """One command about `key` and its reply, on a kept connection to the server holding the key
+        (MOVED and ASK followed on a cluster). Without the client's retry layer (and its cost on
+        every entry): a write retried after a lost reply could be stored twice; a redirection is
+        safe to follow (the command did not run)."""
+        if not self.cluster:
+            return await self._on(self._lanes_of(), command)
+        asking_node = None
+        for _ in range(REDIRECTS):
+            node = asking_node or await self._node(key)
+            try:
+                return await self._on(self._lanes_of(node), command, asking_node is not None)
+            except rexc.MovedError as exc:  # (a subclass of AskError: first)
+                asking_node = None
+                await self._learn(exc)
+            except rexc.AskError as exc:
+                asking_node = self.client.nodes_manager.get_node(host=exc.host, port=exc.port)
+                if asking_node is None:
+                    raise
+            except rexc.TryAgainError:
+                asking_node = None
+                await asyncio.sleep(0.05)  # a multi-key command during a slot migration
+        raise rexc.ClusterError(f"{command[0]} {key}: still redirected after {REDIRECTS} tries")
+
+    async def _on(self, lanes: _Lanes, command: tuple, asking: bool = False):
+        lane = lanes.take()
+        if lane is None:  # every lane busy
+            if self.pool is not None:
+                connection = await self.pool.get_connection()
+                try:
+                    return await _call(connection, command)
+                finally:
+                    await self.pool.release(connection)
+            lane = lanes.make()  # (on a cluster: a lane more, freed again after its command)
+            try:
+                return await _call(lane, command, asking)
+            finally:
+                await lane.disconnect()
+        if self._watchdog is None:
+            self._watch()
+        return await lanes.call(lane, command, asking)
+
+    def _watch(self) -> None:
+        """Drop a lane whose command has waited too long (Redis stopped or cut off): the waiting
+        caller then fails as unavailable instead of hanging."""
+        now = time.monotonic()
+        for lanes in self._lanes.values():
+            for lane, since in list(lanes.busy.items()):
+                if now - since > self.timeout:
+                    log.warning("Redis did not answer within %.0f s: dropping the connection", self.timeout)
+                    asyncio.get_running_loop().create_task(lane.disconnect())
+        self._watchdog = asyncio.get_running_loop().call_later(1, self._watch)
+
+    # -- followers ----------------------------------------------------------------------------
+
+    def tail(self, key: str) -> "Tail":
+        """A connection of its own for blocking reads about `key` (kept off the pool and lanes)."""
+        return Tail(self, key)
+
+    # -- the whole deployment -----------------------------------------------------------------
+
+    async def scan(self, match: str, type_: str):
+        """Every key matching `match` of type `type_`, on every master."""
+        async for key in self.client.scan_iter(match=match, count=1000, _type=type_):
+            yield key
+
+    async def subscribe(self, channel: str):
+        """A pub/sub subscribed to `channel` (on a cluster, on any one node: PUBLISH reaches every node)."""
+        if self.cluster:
+            await self.client.initialize()
+            node = self.client.get_random_node()
+            pool = aioredis.ConnectionPool(connection_class=node.connection_class, max_connections=2,
+                                           **{**node.connection_kwargs, "socket_timeout": None})
+            pubsub = aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True).pubsub()
+        else:
+            pubsub = self.client.pubsub()
+        await pubsub.subscribe(channel)
+        return pubsub
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for lanes in self._lanes.values():
+            await lanes.close()
+        await self.client.aclose()
+        if self.pool is not None:
+            await self.pool.disconnect()
+
+
+class Tail:
+    """One follower's connection, to the master holding its stream (moved with the stream's slot)."""
+
+    def __init__(self, connections: Connections, key: str):
+        self.connections = connections
+        self.key = key
+        self.connection = None
+        self.node_name = None
+
+    async def _connection(self):
+        conns = self.connections
+        if not conns.cluster:
+            if self.connection is None:
+                self.connection = conns._lane_class(**conns._lane_options)
+            return self.connection
+        node = await conns._node(self.key)
+        if self.connection is None or node.name != self.node_name:
+            await self.disconnect()
+            cls, options = conns._node_options(node)
+            self.connection, self.node_name = cls(**options), node.name
+        return self.connection
+
+    async def pipelined(self, commands: list[tuple]) -> list:
+        """The replies of `commands` sent together (Redis serves them one after the other); a reply
+        that is an error is raised. MOVED is followed (nothing ran); during a slot's migration the
+        commands are sent with ASKING to the node importing it."""
+        asking = None
+        for _ in range(REDIRECTS):
+            temporary = asking is not None
+            connection = await self._ask_connection(asking) if temporary else await self._connection()
+            try:
+                return await self._send(connection, commands, temporary)
+            except rexc.MovedError as exc:
+                asking = None
+                await self.connections._learn(exc)
+            except rexc.AskError as exc:
+                asking = (exc.host, exc.port)
+            except rexc.TryAgainError:
+                asking = None
+                await asyncio.sleep(0.05)
+            finally:
+                if temporary:
+                    await connection.disconnect()
+        raise rexc.ClusterError(f"{self.key}: still redirected after {REDIRECTS} tries")
+
+    async def _ask_connection(self, address):
+        node = self.connections.client.nodes_manager.get_node(host=address[0], port=address[1])
+        if node is None:
+            raise rexc.ClusterError(f"ASK to an unknown node {address[0]}:{address[1]}")
+        cls, options = self.connections._node_options(node)
+        return cls(**options)
+
+    @staticmethod
+    async def _send(connection, commands, asking: bool) -> list:
+        if asking:
+            commands = [c for command in commands for c in (("ASKING",), command)]
+        try:
+            if _closed_by_peer(connection):
+                await connection.disconnect()
+            await connection.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands),
+                                                 check_health=False)
+            replies = [await connection.read_response() for _ in commands]
+        except BaseException:
+            # cut short (failure, error reply or cancellation): replies may still come, never reuse it
+            await connection.disconnect()
+            raise
+        return replies[1::2] if asking else replies
+
+    async def disconnect(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.disconnect()
+        self.connection = None

@@ -35,10 +35,11 @@ ResponseError = rexc.ResponseError
 NoScriptError = rexc.NoScriptError
 WatchError = rexc.WatchError
 
-# failures that mean "Redis cannot serve this now"; MOVED/ASK that could not be followed included
+# failures that mean "Redis cannot serve this now"; MOVED/ASK that could not be followed included, and
+# a cluster none of whose nodes answers (RedisClusterException, redis-py's "cannot be connected")
 UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.BusyLoadingError, rexc.ClusterError,
                rexc.ClusterDownError, rexc.TryAgainError, rexc.AskError, rexc.SlotNotCoveredError,
-               rexc.MasterDownError)
+               rexc.MasterDownError, rexc.RedisClusterException)
 
 
 class Unavailable(Exception):
@@ -254,18 +255,26 @@ class Connections:
         async for key in self.client.scan_iter(match=match, count=1000, _type=type_):
             yield key
 
-    async def subscribe(self, channel: str):
+    @contextlib.asynccontextmanager
+    async def subscribed(self, channel: str):
         """A pub/sub subscribed to `channel` (on a cluster, on any one node: PUBLISH reaches every node)."""
+        pool = None
         if self.cluster:
             await self.client.initialize()
             node = self.client.get_random_node()
             pool = aioredis.ConnectionPool(connection_class=node.connection_class, max_connections=2,
                                            **{**node.connection_kwargs, "socket_timeout": None})
-            pubsub = aioredis.Redis(connection_pool=pool, auto_close_connection_pool=True).pubsub()
+            pubsub = aioredis.Redis(connection_pool=pool).pubsub()
         else:
             pubsub = self.client.pubsub()
-        await pubsub.subscribe(channel)
-        return pubsub
+        try:
+            await pubsub.subscribe(channel)
+            yield pubsub
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            if pool is not None:
+                await pool.disconnect()
 
     async def close(self) -> None:
         if self._watchdog is not None:

@@ -6,7 +6,6 @@ are `keys.py`'s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -312,11 +311,15 @@ class Store:
         return max_len
 
     async def _run_add(self, keys: list, args: list) -> list[bytes]:
+        return await self._script(self._add, _ADD_SCRIPT, keys, args)
+
+    async def _script(self, script, text: str, keys: list, args) -> list:
+        """Run a script on the server holding its keys (one slot)."""
         try:
-            return await self.connections.once(keys[0], "EVALSHA", self._add.sha, len(keys), *keys, *args)
+            return await self.connections.once(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
-            await self.redis.script_load(_ADD_SCRIPT)
-            return await self.connections.once(keys[0], "EVALSHA", self._add.sha, len(keys), *keys, *args)
+            await self.redis.script_load(text)
+            return await self.connections.once(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -569,20 +572,15 @@ class Store:
         Runs until cancelled; an outage is waited out."""
         backoff = 0.05
         while True:
-            pubsub = None
             try:
-                pubsub = await self.connections.subscribe(self.keys.deleted_channel)
-                on_deleted(None)
-                backoff = 0.05
-                async for message in pubsub.listen():
-                    if message["type"] == "message":
-                        on_deleted(message["data"].decode("utf-8", "surrogateescape"))
+                async with self.connections.subscribed(self.keys.deleted_channel) as pubsub:
+                    on_deleted(None)
+                    backoff = 0.05
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            on_deleted(message["data"].decode("utf-8", "surrogateescape"))
             except (*conn.UNAVAILABLE, ResponseError) as exc:
                 log.warning("deletions channel: %s; resubscribing in %.2f s", exc, backoff)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
@@ -630,11 +628,15 @@ class Store:
         chunks = []
         for group in self._by_slot(sids):
             chunks += [group[start:start + SUMMARY_CHUNK] for start in range(0, len(group), SUMMARY_CHUNK)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for chunk in chunks:
-                await self._summary(keys=[k for sid in chunk for k in (self.key(sid), self.keys.meta(sid))],
-                                    client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
+        keys = [[k for sid in chunk for k in (self.key(sid), self.keys.meta(sid))] for chunk in chunks]
+        if self.cluster:  # (a cluster pipeline runs no scripts: the chunks go out side by side)
+            replies = await asyncio.gather(*(self._script(self._summary, _SUMMARY_SCRIPT, k, ()) for k in keys),
+                                           return_exceptions=True)
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for chunk_keys in keys:
+                    await self._summary(keys=chunk_keys, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
         by_sid = {}
         for chunk, reply in zip(chunks, replies):
             if isinstance(reply, Exception):

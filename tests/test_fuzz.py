@@ -279,7 +279,7 @@ def test_rest_query_strings(env, populated, last_entry_id, count, info, report_e
         assert got_ids == [i for i in ids if i in set(got_ids)]  # a subset, in order, no repeats
     assert stored(env, sid) == [(i, b"%d" % n) for n, i in enumerate(ids)]
     env.redis.delete(f"{sid}-other")
-    env.settled(before, allowed={f"{sid}+meta".encode()}  # a PUT with {} creates the metadata)
+    env.settled(before, allowed={f"{sid}+meta".encode()})  # a PUT with {} creates the metadata
 
 
 @FEWER

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import hmac
 import logging
 import time
 
@@ -81,6 +83,7 @@ async def lifespan(app: Starlette):
                   pool_size=settings.redis_pool_size, timeout=settings.redis_timeout,
                   cluster=settings.redis_cluster, group_separator=settings.group_separator)
     await migrate_layout(store)
+    await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
@@ -106,6 +109,21 @@ async def migrate_layout(store: Store) -> None:
     except StoreUnavailable as exc:
         log.warning("key layout not checked (%s): metadata of an earlier version stays unread "
                     "until a restart with Redis reachable", exc)
+
+
+async def share_secret(store: Store, secret: str) -> None:
+    """Say at start-up when another process on this Redis signs tokens with another secret (its
+    tokens would be refused here, and ours there): the fingerprint (an HMAC, not the secret) of
+    each process's secret is kept in Redis, the newest process's winning."""
+    fingerprint = hmac.new(secret.encode(), b"ptgstore token secret fingerprint", hashlib.sha256).hexdigest()[:16]
+    try:
+        before = await store.share_fingerprint(fingerprint)
+    except StoreUnavailable:
+        return
+    if before is not None:
+        log.error("another ptgstore process on this Redis signs tokens with a different secret (fingerprint "
+                  "%s, ours %s): tokens it issued are refused here and ours there; give every process the "
+                  "same PTGSTORE_SECRET", before, fingerprint)
 
 
 async def collect_garbage(open_sockets) -> None:

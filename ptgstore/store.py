@@ -584,6 +584,17 @@ class Store:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
+    @_guarded
+    async def share_fingerprint(self, fingerprint: str) -> str | None:
+        """Record this process's token secret fingerprint in Redis; return the one recorded before
+        when it differs (a process whose tokens this one cannot verify, or the other way round)."""
+        key = self.keys.secret_fingerprint
+        before = await self.connections.once(key, "GET", key)
+        if before is not None and before.decode() == fingerprint:
+            return None
+        await self.connections.once(key, "SET", key, fingerprint)
+        return before.decode() if before is not None else None
+
     # -- the layout of earlier versions -------------------------------------------------------
 
     @_guarded

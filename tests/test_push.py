@@ -247,7 +247,7 @@ def test_star_items_must_name_valid_streams(server, rdb):
             ws.send(b"x")
             code, reason = expect_close(ws)
             assert code == 1007, (header, reason)
-    assert rdb.dbsize() == 0
+    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]
 
 
 def test_invalid_path_stream_id(server):

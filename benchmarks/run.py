@@ -216,7 +216,14 @@ def main(argv=None) -> int:
     parser.add_argument("--fanout", default="10,100,1000", help="puller counts of the fan-out scenario")
     parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, live, "
                                        "fanout<N>, drain, rest, rest2)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="scale-out figures instead: 1 Redis vs a cluster of 1 and 3 masters, 1 and 2 "
+                             "processes (benchmarks/cluster.py)")
     args = parser.parse_args(argv)
+    if args.cluster:
+        from . import cluster  # noqa: PLC0415
+
+        return cluster.main(["--repeats", str(args.repeats or 3)])
     args.repeats = args.repeats or (1 if args.quick else 5)
     args.scale = args.scale or (0.2 if args.quick else 1.0)
     try:

@@ -157,6 +157,7 @@ class Connections:
                             else f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
             options = {**kwargs, "socket_timeout": None, "health_check_interval": 0}
             self._lane_class, self._lane_options = self.pool.connection_class, options
+            self._single = self._lanes_of()
 
     # -- where keys live ----------------------------------------------------------------------
 
@@ -194,8 +195,19 @@ class Connections:
         (MOVED and ASK followed on a cluster). Without the client's retry layer (and its cost on
         every entry): a write retried after a lost reply could be stored twice; a redirection is
         safe to follow (the command did not run)."""
-        if not self.cluster:
-            return await self._on(self._lanes_of(), command)
+        if not self.cluster:  # (the hot path of a single Redis, kept to as few calls as before)
+            lanes = self._single
+            lane = lanes.free.pop() if lanes.free else lanes.take()
+            if lane is None:
+                return await self._on(lanes, command)
+            if self._watchdog is None:
+                self._watch()
+            lanes.busy[lane] = time.monotonic()
+            try:
+                return await _call(lane, command)
+            finally:
+                del lanes.busy[lane]
+                lanes.free.append(lane)
         asking_node = None
         for _ in range(REDIRECTS):
             node = asking_node or await self._node(key)
@@ -297,10 +309,6 @@ class Tail:
 
     async def _connection(self):
         conns = self.connections
-        if not conns.cluster:
-            if self.connection is None:
-                self.connection = conns._lane_class(**conns._lane_options)
-            return self.connection
         node = await conns._node(self.key)
         if self.connection is None or node.name != self.node_name:
             await self.disconnect()
@@ -312,6 +320,10 @@ class Tail:
         """The replies of `commands` sent together (Redis serves them one after the other); a reply
         that is an error is raised. MOVED is followed (nothing ran); during a slot's migration the
         commands are sent with ASKING to the node importing it."""
+        if not self.connections.cluster:
+            if self.connection is None:
+                self.connection = self.connections._lane_class(**self.connections._lane_options)
+            return await self._send(self.connection, commands, False)
         asking = None
         for _ in range(REDIRECTS):
             temporary = asking is not None

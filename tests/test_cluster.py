@@ -141,3 +141,27 @@ def test_an_unreachable_cluster_is_an_outage_not_a_refusal(tmp_path):
         with live.http() as http:
             assert http.get("/data/main", params={"last_entry_id": "0"}).status_code == 503
             assert http.get("/ping").status_code == 503
+
+
+def test_dump_from_one_redis_then_load_into_the_cluster(tmp_path, server, rdb, cluster, groups):
+    """The way from one Redis to a cluster: `ptgstore dump`, then `ptgstore load`, byte-exact, same ids."""
+    from test_commands import ok, ptgstore
+
+    sids = [f"{g}:cam" for g in groups] + ["main"]
+    with server.http() as http:
+        assert http.put(f"/streams/{sids[0]}", json={"max_len": 5000, "camera": "left"}).status_code == 200
+    for n, sid in enumerate(sids):
+        for i in range(n + 2):
+            rdb.xadd(sid, {"d": b"%s %d" % (sid.encode(), i)})
+    expected = {sid: [(i.decode(), f[b"d"]) for i, f in rdb.xrange(sid)] for sid in sids}
+    ok(ptgstore(server, "dump", str(tmp_path / "backup")))
+    with live_server(make_settings(tmp_path / "c", cluster.url, redis_cluster=True)) as target:
+        ok(ptgstore(target, "load", str(tmp_path / "backup")))
+        with target.http() as http:
+            assert http.get("/streams").json() == sorted(sids)
+            assert http.get(f"/streams/{sids[0]}").json()["meta"] == {"max_len": 5000, "camera": "left"}
+            for sid, entries in expected.items():
+                reply = http.get(f"/data/{sid}", params={"last_entry_id": "0", "count": "10"})
+                header = orjson.loads(reply.headers["entry-offset"])
+                assert [item[1] for item in header] == [i for i, _ in entries]
+                assert reply.content == b"".join(data for _, data in entries)

@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import time
+from urllib.parse import urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
@@ -144,7 +145,8 @@ class Connections:
             self.client = RedisCluster.from_url(
                 url, max_connections=pool_size, socket_timeout=timeout, socket_connect_timeout=5,
                 health_check_interval=30, require_full_coverage=False)
-            self.address = url.split("@")[-1]  # without any password
+            parts = urlsplit(url)
+            self.address = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379} (cluster)"  # no password
         else:
             # a blocking pool: callers wait for a free connection instead of failing
             self.pool = aioredis.BlockingConnectionPool.from_url(
@@ -169,6 +171,13 @@ class Connections:
         """The master owning the key's slot, as the cluster client knows it now."""
         await self.client.initialize()  # at once when already done; discovery after a failure
         return self.client.get_node_from_key(key)
+
+    def _lost(self, exc: BaseException) -> None:
+        """A node failed on a connection of ours: have the cluster client discover the topology again
+        before the next command (a replica may be taking over)."""
+        if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterDownError,
+                            rexc.MasterDownError)):
+            self.client._initialize = True  # what RedisCluster does after such a failure of its own
 
     async def _learn(self, exc: rexc.MovedError) -> None:
         """Take a MOVED reply into the slot map (a slot changed owner: resharding, failover)."""
@@ -223,6 +232,9 @@ class Connections:
             except rexc.TryAgainError:
                 asking_node = None
                 await asyncio.sleep(0.05)  # a multi-key command during a slot migration
+            except BaseException as exc:
+                self._lost(exc)
+                raise
         raise rexc.ClusterError(f"{command[0]} {key}: still redirected after {REDIRECTS} tries")
 
     async def _on(self, lanes: _Lanes, command: tuple, asking: bool = False):
@@ -338,6 +350,9 @@ class Tail:
             except rexc.TryAgainError:
                 asking = None
                 await asyncio.sleep(0.05)
+            except BaseException as exc:
+                self.connections._lost(exc)
+                raise
             finally:
                 if temporary:
                     await connection.disconnect()

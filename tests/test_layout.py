@@ -42,3 +42,17 @@ def test_metadata_of_the_earlier_layout_moves_at_start_up_once(tmp_path, rdb, re
                 http.post("/data/cam", files=[("e", ("e", b"x")) for _ in range(100)])
             assert 5 <= rdb.xlen("cam") < 300  # the migrated max_len governs retention
     assert rdb.hgetall("cam+meta") == {b"meta": orjson.dumps({"fps": 30, "max_len": 5}), b"max_len": b"5"}
+
+
+def test_cluster_settings_are_checked():
+    from ptgstore.settings import Settings, SettingsError
+
+    settings = Settings.from_env({"PTGSTORE_REDIS_URL": "rediss://:pw@node-1:6380", "PTGSTORE_REDIS_CLUSTER": "true",
+                                  "PTGSTORE_GROUP_SEPARATOR": "/"})
+    assert settings.redis_cluster and settings.group_separator == "/"
+    for env, words in (({"PTGSTORE_REDIS_CLUSTER": "true"}, "PTGSTORE_REDIS_URL"),
+                       ({"PTGSTORE_REDIS_CLUSTER": "true", "PTGSTORE_REDIS_URL": "unix:///tmp/r.sock"}, "node"),
+                       ({"PTGSTORE_REDIS_CLUSTER": "maybe"}, "true or false"),
+                       ({"PTGSTORE_GROUP_SEPARATOR": "+"}, "PTGSTORE_GROUP_SEPARATOR")):
+        with pytest.raises(SettingsError, match=words):
+            Settings.from_env(env)

@@ -221,7 +221,7 @@ class Connections:
         for _ in range(REDIRECTS):
             node = asking_node or await self._node(key)
             try:
-                return await self._on(self._lanes_of(node), command, asking_node is not None)
+                return await self._on(self._lanes_of(node), command, asking_node is not None, node)
             except rexc.MovedError as exc:  # (a subclass of AskError: first)
                 asking_node = None
                 await self._learn(exc)
@@ -237,20 +237,20 @@ class Connections:
                 raise
         raise rexc.ClusterError(f"{command[0]} {key}: still redirected after {REDIRECTS} tries")
 
-    async def _on(self, lanes: _Lanes, command: tuple, asking: bool = False):
+    async def _on(self, lanes: _Lanes, command: tuple, asking: bool = False, node=None):
         lane = lanes.take()
-        if lane is None:  # every lane busy
-            if self.pool is not None:
+        if lane is None:  # every lane busy: a pooled connection (of the node, on a cluster)
+            if node is None:
                 connection = await self.pool.get_connection()
                 try:
                     return await _call(connection, command)
                 finally:
                     await self.pool.release(connection)
-            lane = lanes.make()  # (on a cluster: a lane more, freed again after its command)
+            connection = node.acquire_connection()
             try:
-                return await _call(lane, command, asking)
+                return await _call(connection, command, asking)
             finally:
-                await lane.disconnect()
+                node.release(connection)
         if self._watchdog is None:
             self._watch()
         return await lanes.call(lane, command, asking)

@@ -25,7 +25,7 @@ def wait_until(*args, **kwargs):
     return wait(*args, **kwargs)
 
 
-def _free_port(bus_too: bool) -> int:
+def _free_port(bus_too: bool) -> int:  # (also used by tests/test_deploy_cluster.py)
     """A free loopback port; with `bus_too`, one whose port + 10000 is free as well."""
     for _ in range(200):
         with socket.socket() as sock:

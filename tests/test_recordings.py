@@ -118,3 +118,191 @@ def test_record_three_streams_at_30hz_reads_back_exactly(rec_server):
     # the start and the stop are announced as the original did
     events = http.get("/data/event:recording:id", params={"last_entry_id": "0", "count": 10})
     assert events.content == b"kitchen-1"
+
+
+def record_session(server, name: str, count: int = 30, hz: float = 30, streams: str | None = None):
+    http = server.http()
+    params = {"rec_id": name, **({"sid": streams} if streams else {})}
+    assert http.put("/recordings/start", params=params).json() == name
+    pushed = push_at(server, payloads(), hz=hz, count=count)
+    assert http.put("/recordings/stop").json() == 1
+    return pushed
+
+
+def read_stream(http, sid: str) -> list[tuple[str, bytes]]:
+    response = http.get(f"/data/{sid}", params={"last_entry_id": "0", "count": 100000})
+    header = json.loads(response.headers["entry-offset"])
+    starts = [item[2] for item in header] + [len(response.content)]
+    return [(item[1], response.content[starts[i]:starts[i + 1]]) for i, item in enumerate(header)]
+
+
+def replay_socket(server, **query):
+    return ws_connect(server, "/recordings/replay", **query)
+
+
+def run_replay(server, **query) -> tuple[list[dict], int]:
+    """The progress reports of a replay and the close code that ends it."""
+    reports = []
+    with replay_socket(server, **query) as ws:
+        while True:
+            try:
+                reports.append(json.loads(ws.recv(timeout=60)))
+            except ConnectionClosed as closed:
+                return reports, closed.rcvd.code
+
+
+def test_replay_fullspeed_recreates_entries_byte_for_byte(rec_server):
+    pushed = record_session(rec_server, "session-a")
+    http = rec_server.http()
+    reports, code = run_replay(rec_server, rec_id="session-a", sid="cam+imu", prefix="replay:", fullspeed="true",
+                               interval="0.05")
+    assert code == 1000
+    final = reports[-1]
+    assert final["active"] == [] and set(final["durations"]) == {"cam", "imu"}
+    assert sum(r["updates"].get("cam", 0) for r in reports) == len(pushed["cam"])
+    assert final["current"]["cam"] == pytest.approx(final["durations"]["cam"])
+    for sid in ("cam", "imu"):
+        replayed = read_stream(http, f"replay:{sid}")
+        assert [d for _, d in replayed] == [d for _, d in pushed[sid]]
+    assert read_stream(http, "replay:depth") == []
+
+
+def test_replay_keep_ids_into_empty_streams_and_refused_into_full_ones(rec_server):
+    pushed = record_session(rec_server, "session-k", count=10)
+    http = rec_server.http()
+    assert run_replay(rec_server, rec_id="session-k", prefix="copy:", fullspeed="true", keep_ids="true")[1] == 1000
+    for sid in pushed:
+        assert read_stream(http, f"copy:{sid}") == pushed[sid]
+    with replay_socket(rec_server, rec_id="session-k", prefix="copy:", keep_ids="true") as ws:
+        code, reason = expect_close(ws)
+        assert code == 1008 and "empty" in reason
+
+
+def test_replay_refusals(rec_server):
+    record_session(rec_server, "session-r", count=3)
+    for query, code, words in [({"rec_id": "nope"}, 1008, "no recording"),
+                               ({"rec_id": "session-r", "sid": "ghost"}, 1008, "no stream"),
+                               ({"rec_id": "../etc"}, 1008, "'/'"),
+                               ({"rec_id": "session-r", "interval": "x"}, 1007, "number")]:
+        with replay_socket(rec_server, **query) as ws:
+            got_code, reason = expect_close(ws)
+            assert (got_code, words in reason) == (code, True), reason
+
+
+def test_record_selected_streams_and_streams_appearing_later(rec_server):
+    http = rec_server.http()
+    http.put("/recordings/start", params={"rec_id": "only-cam", "sid": "cam"})
+    pushed = push_at(rec_server, payloads(), hz=30, count=10)
+    http.put("/recordings/stop")
+    assert set(recorded(root_of(rec_server), "only-cam")) == {"cam"}
+    assert recorded(root_of(rec_server), "only-cam")["cam"] == pushed["cam"]
+
+    http.put("/recordings/start", params={"rec_id": "everything"})
+    late = push_at(rec_server, {"late-stream": lambda i: b"late %d" % i}, hz=30, count=40)  # created while recording
+    http.put("/recordings/stop")
+    got = recorded(root_of(rec_server), "everything")
+    assert got["late-stream"] == late["late-stream"]
+    assert "event:recording:id" not in got
+
+
+def test_original_client_recording_calls_run_unchanged(rec_server):
+    """The HTTP requests ptgctl's `recordings` commands make, with its cookie authentication."""
+    cookies = {"authorization": f"Bearer {rec_server.token()}"}
+    api = httpx.Client(base_url=rec_server.url, cookies=cookies, timeout=60)
+    assert api.get("/recordings", params={"info": None}).json() == []
+    name = api.put("/recordings/start", params={"rec_id": "coffee-test-1"}).json()
+    assert name == "coffee-test-1"
+    assert api.get("/recordings/current", params={}).json() == "coffee-test-1"
+    assert api.get("/recordings/current", params={"info": True}).json()["active"] is True
+    push_at(rec_server, {"main": lambda i: JPEG + bytes([i])}, hz=30, count=10)
+    assert api.put("/recordings/stop").json() == 1
+    assert api.put("/recordings/stop").json() == 0
+    assert api.get("/recordings", params={"info": False}).json() == ["coffee-test-1"]
+    infos = api.get("/recordings", params={"info": True}).json()
+    assert infos[0]["name"] == "coffee-test-1" and infos[0]["streams"]["main"]["count"] == 10
+    assert api.get("/recordings/coffee-test-1").json()["duration_secs"] > 0
+    assert api.delete("/recordings/cache", params={}).json() == {}
+    assert api.put("/recordings/coffee-test-1/rename/coffee-test-2").json() == [True, True]
+    files = api.get("/recordings/coffee-test-2").json()["files"]
+    download = api.get(f"/recordings/static/coffee-test-2/{files[0]}")
+    assert download.status_code == 200 and download.content == (root_of(rec_server) / "coffee-test-2" / files[0]).read_bytes()
+    # the replay socket, read as ptgctl's ReplayStream does: progress until `active` is empty
+    with replay_socket(rec_server, rec_id="coffee-test-2", sid="main", prefix="replay:", fullspeed="true",
+                       interval="0.05") as ws:
+        while True:
+            progress = json.loads(ws.recv(timeout=30))
+            for sid in progress["updates"]:
+                int(progress["durations"][sid]), int(progress["current"][sid])
+            if not progress["active"]:
+                break
+        assert expect_close(ws)[0] == 1000
+    assert api.delete("/recordings/coffee-test-2").json() == [True, True]
+    assert api.get("/recordings").json() == []
+    no_token = httpx.Client(base_url=rec_server.url, timeout=10)
+    assert no_token.get("/recordings").status_code == 401
+    assert no_token.put("/recordings/start").status_code == 401
+
+
+def test_rename_hide_delete_static_and_refused_names(rec_server):
+    http = rec_server.http()
+    record_session(rec_server, "r1", count=5)
+    default = http.put("/recordings/start").json()  # a date-time id
+    assert len(default) == len("2026.01.31-12.00.00") and default[4] == "."
+    assert http.put("/recordings/start", params={"rec_id": "other"}).status_code == 409
+    assert http.delete(f"/recordings/{default}").status_code == 409  # active
+    http.put("/recordings/stop")
+
+    assert http.put("/recordings/r1/hide").json() is True
+    assert "r1" not in http.get("/recordings").json()
+    assert "r1" in http.get("/recordings", params={"hidden": "true"}).json()
+    assert http.get("/recordings/r1").json()["hidden"] is True
+    assert http.put("/recordings/r1/unhide").json() is True
+    assert "r1" in http.get("/recordings").json()
+
+    assert http.put(f"/recordings/r1/rename/{default}").status_code == 409  # exists
+    assert http.put("/recordings/r1/rename/r2").status_code == 200
+    assert http.get("/recordings/r1").status_code == 404
+    info = http.get("/recordings/r2").json()
+    assert info["name"] == "r2" and info["streams"]["cam"]["count"] == 5
+    assert http.get("/recordings/static/r2/info.json").json()["streams"]["cam"]["count"] == 5
+    assert http.get("/recordings/static/r2/nothing.mcap").status_code == 404
+
+    for bad in ["../etc", "a/b", "..", ".hidden", "current"]:
+        assert http.put("/recordings/start", params={"rec_id": bad}).status_code == 400, bad
+    assert http.get("/recordings/a%2Fb").status_code == 400
+    assert http.get("/recordings/static/r2/..%2F..%2Fsecret").status_code == 400
+    assert http.put("/recordings/r2/rename/..%2Fescaped").status_code == 400
+    assert http.put("/recordings/r2/rename/x%2Fy").status_code == 400
+    assert not (root_of(rec_server).parent / "escaped").exists()
+    assert http.delete("/recordings/r2").json() == [True, True]
+    assert http.get("/recordings/static/r2/info.json").status_code == 404
+    assert not (root_of(rec_server) / "r2").exists()
+
+
+def test_upload_an_mcap_file_creates_a_recording_that_replays(rec_server, tmp_path):
+    pushed = record_session(rec_server, "source", count=8)
+    http = rec_server.http()
+    merged = tmp_path / "session.mcap"
+    files = sorted((root_of(rec_server) / "source").glob("*.mcap"))
+    # one file written by the mcap package itself from what the recording holds
+    from mcap.writer import Writer
+    with open(merged, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        channels = {}
+        for m in read_messages(files):
+            if m.sid not in channels:
+                channels[m.sid] = writer.register_channel(m.sid, "application/octet-stream", 0)
+            ms, seq = (int(x) for x in m.entry_id.split("-"))
+            writer.add_message(channels[m.sid], log_time=m.log_time, data=m.data, publish_time=m.log_time,
+                               sequence=seq)
+        writer.finish()
+    with open(merged, "rb") as f:
+        reply = http.post("/recordings/upload/uploaded/session.mcap", files={"file": f})
+    assert reply.status_code == 200, reply.text
+    info = http.get("/recordings/uploaded").json()
+    assert {sid: s["count"] for sid, s in info["streams"].items()} == {sid: len(v) for sid, v in pushed.items()}
+    assert recorded(root_of(rec_server), "uploaded") == pushed
+    bad = http.post("/recordings/upload/broken/x.mcap", files={"file": io.BytesIO(b"not an mcap file")})
+    assert bad.status_code == 400 and "MCAP" in bad.json()["detail"]
+    assert "broken" not in http.get("/recordings").json()

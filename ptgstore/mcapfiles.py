@@ -180,9 +180,9 @@ def summarize(files: Iterable[Path]) -> dict[str, dict]:
 
 
 def add_to_stats(streams: dict[str, dict], sid: str, entry_id: str, size: int) -> None:
-    stats = streams.get(sid)
-    if stats is None:
-        stats = streams[sid] = {"count": 0, "bytes": 0, "first-entry": entry_id, "last-entry": entry_id}
+    stats = streams.setdefault(sid, {})
+    if "count" not in stats:
+        stats.update({"count": 0, "bytes": 0, "first-entry": entry_id, "last-entry": entry_id})
     stats["count"] += 1
     stats["bytes"] += size
     stats["last-entry"] = entry_id

@@ -84,10 +84,12 @@ def _seconds_between(first: str | None, last: str | None) -> float | None:
 def build_info(rec_id: str, rec_dir: Path, stats: dict[str, dict], gaps: list[dict], **extra) -> dict:
     """The info object of a recording from its per-stream stats, gaps and files."""
     streams = {}
+    stats = {sid: {k: v for k, v in s.items() if k != "index"} for sid, s in stats.items() if "count" in s}
     for sid, s in sorted(stats.items()):
         streams[sid] = {**s, "first-entry-time": _iso_of(s["first-entry"]), "last-entry-time": _iso_of(s["last-entry"]),
                         "duration_secs": _seconds_between(s["first-entry"], s["last-entry"]),
-                        "gaps": sum(1 for g in gaps if g["sid"] == sid)}
+                        "gaps": sum(1 for g in gaps if g["sid"] == sid),
+                        "lost": sum(g.get("lost", 0) for g in gaps if g["sid"] == sid)}
     firsts = [s["first-entry"] for s in stats.values()]
     lasts = [s["last-entry"] for s in stats.values()]
     first = min(firsts, key=parse_entry_id) if firsts else None
@@ -101,7 +103,8 @@ def build_info(rec_id: str, rec_dir: Path, stats: dict[str, dict], gaps: list[di
         "first-entry": first, "last-entry": last,
         "first-entry-time": _iso_of(first), "last-entry-time": _iso_of(last),
         "duration": str(timedelta(seconds=seconds)) if seconds is not None else None,
-        "duration_secs": seconds, "gaps": len(gaps), "gap_list": gaps,
+        "duration_secs": seconds, "gaps": len(gaps), "lost": sum(g.get("lost", 0) for g in gaps),
+        "gap_list": gaps,
         "hidden": (rec_dir / HIDDEN_FILE).exists(), **extra,
     }
 
@@ -292,20 +295,35 @@ class Recording:
                 await self._roll()
 
     async def _check_gaps(self, cursors: dict[str, str], entries: list) -> None:
-        """A gap: entries after the cursor were trimmed before they were read (Redis 7 reports the
-        newest trimmed id; an older Redis does not, and no gap is seen)."""
-        firsts: dict[str, str] = {}
+        """Count entries trimmed before they were read, from Redis's count of entries ever added to
+        each stream (a stream's entries are numbered in the order they were added; trimming removes
+        a prefix). The recorder knows the number of the entry at its cursor; the batch just read is
+        contiguous; the entries before the first kept one are the trimmed ones."""
+        batches: dict[str, list[str]] = {}
         for sid, entry_id, _ in entries:
-            firsts.setdefault(sid, entry_id)
-        trimmed = await self.states.trimmed_after(list(firsts))
-        for sid, first in firsts.items():
-            deleted = trimmed.get(sid)
-            if deleted and _after(deleted, cursors[sid]) and _after(first, deleted):
-                gap = {"sid": sid, "after": cursors[sid], "next": first, "trimmed_up_to": deleted}
+            batches.setdefault(sid, []).append(entry_id)
+        heads = await self.states.heads(list(batches))
+        for sid, ids in batches.items():
+            head = heads[sid]
+            known = self.stats.get(sid, {}).get("index", 0)
+            trimmed = head["added"] - head["length"]
+            first = head["first"]
+            gone = sum(1 for i in ids if first is None or _after(first, i))  # read, then trimmed
+            if gone or ids[0] == first:
+                start = trimmed + 1 - gone  # the number of the batch's first entry
+            else:
+                start = known + 1  # the head has not reached the cursor: nothing trimmed unread
+            lost = start - 1 - known
+            self._set_index(sid, start + len(ids) - 1)
+            if lost > 0:
+                gap = {"sid": sid, "after": cursors[sid], "next": ids[0], "lost": lost}
                 self.gaps.append(gap)
                 await self.states.add_gap(gap)
-                log.warning("recording %s: stream %s lost entries between %s and %s (trimmed before they "
-                            "were written: the recorder fell behind)", self.id, sid, cursors[sid], first)
+                log.warning("recording %s: stream %s lost %d entries between %s and %s (trimmed before they "
+                            "were written: the recorder fell behind)", self.id, sid, lost, cursors[sid], ids[0])
+
+    def _set_index(self, sid: str, index: int) -> None:
+        self.stats.setdefault(sid, {})["index"] = index
 
     async def _write(self, entries: list) -> None:
         if self.writer is None:

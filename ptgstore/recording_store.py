@@ -102,17 +102,38 @@ class RecordingStore:
             active = await self.redis.hget(self.state_key, "id")
             raise StoreError(f"recording {active.decode() if active else '?'} is active: stop it first")
         known = streams if streams is not None else await self.recordable_streams()
-        last = await self.store.last_ids(known) if known else []
+        heads = await self.heads(known)
         async with self.redis.pipeline(transaction=True) as pipe:
             for key in (self.cursors_key, self.stats_key, self.segments_key, self.gaps_key):
                 pipe.delete(key)
             if known:
-                pipe.hset(self.cursors_key, mapping=dict(zip(known, last)))
+                pipe.hset(self.cursors_key, mapping={sid: heads[sid]["last"] for sid in known})
+                # how many entries each stream had received: counting from there tells trimmed ones
+                pipe.hset(self.stats_key, mapping={sid: orjson.dumps({"index": heads[sid]["added"]}) for sid in known})
             pipe.hset(self.state_key, mapping={
                 "streams": orjson.dumps(streams), "segment": 1, "started": now_iso(), "status": "recording"})
             pipe.set(self.id_key, rec_id)
             await pipe.execute()
         await self.store.add([(EVENT_STREAM, "*", rec_id.encode())])
+
+    async def heads(self, sids: list[str]) -> dict[str, dict]:
+        """Per stream, at one moment each: last id, entries ever added, entries kept, first kept id."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.xinfo_stream(self.store.key(sid))
+            replies = await pipe.execute(raise_on_error=False)
+        out = {}
+        for sid, reply in zip(sids, replies):
+            if not isinstance(reply, dict):
+                out[sid] = {"last": "0-0", "added": 0, "length": 0, "first": None}
+                continue
+            text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in reply.items()}
+            last = text.get("last-generated-id") or b"0-0"
+            first = text.get("first-entry")
+            out[sid] = {"last": last.decode() if isinstance(last, bytes) else str(last),
+                        "added": int(text.get("entries-added", 0) or 0), "length": int(text.get("length", 0)),
+                        "first": (first[0].decode() if isinstance(first[0], bytes) else first[0]) if first else None}
+        return out
 
     async def stop(self) -> str | None:
         """Fix where the active recording ends (now) and ask the recorder to finish it; its id."""
@@ -195,20 +216,6 @@ class RecordingStore:
         for key, records in items:
             sid = by_key[key.decode("utf-8", "surrogateescape")]
             out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in records]
-        return out
-
-    async def trimmed_after(self, sids: list[str]) -> dict[str, str]:
-        """The newest trimmed or deleted entry id of each stream (Redis 7: `max-deleted-entry-id`)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
-                pipe.xinfo_stream(self.store.key(sid))
-            replies = await pipe.execute(raise_on_error=False)
-        out = {}
-        for sid, reply in zip(sids, replies):
-            if isinstance(reply, dict):
-                value = reply.get("max-deleted-entry-id", reply.get(b"max-deleted-entry-id"))
-                if value is not None:
-                    out[sid] = value.decode() if isinstance(value, bytes) else str(value)
         return out
 
     async def metas(self, sids: list[str]) -> dict[str, dict]:

@@ -306,3 +306,69 @@ def test_upload_an_mcap_file_creates_a_recording_that_replays(rec_server, tmp_pa
     bad = http.post("/recordings/upload/broken/x.mcap", files={"file": io.BytesIO(b"not an mcap file")})
     assert bad.status_code == 400 and "MCAP" in bad.json()["detail"]
     assert "broken" not in http.get("/recordings").json()
+
+
+def test_replay_a_local_file_at_recorded_speed_through_push(rec_server, tmp_path):
+    from ptgstore.client import Client
+    pushed = record_session(rec_server, "local", count=30, hz=20)  # 1.5 s
+    with Client(rec_server.url, token=rec_server.token()) as client:
+        paths = client.download_recording("local", str(tmp_path))
+        assert sorted(os.path.basename(p) for p in paths) == sorted(client.recording("local")["files"] + ["info.json"])
+        sent = client.replay_file(str(tmp_path / "local"), streams=["cam", "imu"], prefix="local:", speed=1.0)
+    assert sent == {"cam": 30, "imu": 30}
+    http = rec_server.http()
+    for sid in ("cam", "imu"):
+        replayed = read_stream(http, f"local:{sid}")
+        assert [d for _, d in replayed] == [d for _, d in pushed[sid]]
+        # paced, never early: each entry arrives no sooner after the first than it was recorded
+        recorded_ms = [int(i.split("-")[0]) for i, _ in pushed[sid]]
+        replayed_ms = [int(i.split("-")[0]) for i, _ in replayed]
+        for r, p in zip(replayed_ms, recorded_ms):
+            assert r - replayed_ms[0] >= p - recorded_ms[0] - 50
+
+
+def test_cli_record_download_replay_mv_rm(rec_server, tmp_path, capsys):
+    from ptgstore.cli import main
+    conn = ["--url", rec_server.url, "--token", rec_server.token()]
+    assert main(["record", "start", "cli-session", "--streams", "cam+imu", *conn]) == 0
+    assert capsys.readouterr().out.strip() == "cli-session"
+    pushed = push_at(rec_server, payloads(), hz=30, count=10)
+    assert main(["record", "stop", *conn]) == 0
+    assert main(["record", "stop", *conn]) == 1
+    assert main(["record", "ls", "--info", *conn]) == 0
+    assert "cli-session: 2 streams, 20 entries" in capsys.readouterr().out
+    assert main(["record", "download", "cli-session", "--out", str(tmp_path), *conn]) == 0
+    files = sorted((tmp_path / "cli-session").glob("*.mcap"))
+    assert [(m.sid, m.entry_id, m.data) for m in read_messages(files)] == sorted(
+        [("cam", i, d) for i, d in pushed["cam"]] + [("imu", i, d) for i, d in pushed["imu"]],
+        key=lambda x: (int(x[1].split("-")[0]), int(x[1].split("-")[1])))
+    assert main(["replay", str(files[0]), "--prefix", "again:", "--speed", "max", *conn]) == 0
+    assert main(["replay", "cli-session", "--streams", "imu", "--prefix", "srv:", "--speed", "max", *conn]) == 0
+    http = rec_server.http()
+    assert [d for _, d in read_stream(http, "srv:imu")] == [d for _, d in pushed["imu"]]
+    assert len(read_stream(http, "again:cam")) > 0
+    assert main(["record", "mv", "cli-session", "renamed", *conn]) == 0
+    assert main(["record", "rm", "renamed", *conn]) == 0
+    assert main(["record", "info", "renamed", *conn]) == 1
+    assert "no recording" in capsys.readouterr().err
+
+
+def test_gap_when_entries_are_trimmed_before_they_are_written(rec_server):
+    http = rec_server.http()
+    http.put("/streams/tiny", json={"max_len": 5})
+    http.put("/recordings/start", params={"rec_id": "gappy", "sid": "tiny"})
+    first = push_at(rec_server, {"tiny": lambda i: b"first %d" % i}, hz=100, count=3)["tiny"]
+    # committed within a segment (1 s here): the recorder has read them
+    wait_until(lambda: http.get("/recordings/gappy").json()["streams"].get("tiny", {}).get("count") == 3,
+               what="the first entries written")
+    # one batch of 300 entries: stored and trimmed by one script, before the recorder can read them
+    parts = [("file", (f"e{i}", b"bulk %d" % i)) for i in range(300)]
+    ids = http.post("/data/tiny", files=parts).json()
+    http.put("/recordings/stop")
+    info = http.get("/recordings/gappy").json()
+    got = recorded(root_of(rec_server), "gappy")["tiny"]
+    assert got[:3] == first and info["gaps"] == 1 and info["streams"]["tiny"]["gaps"] == 1
+    gap = info["gap_list"][0]
+    assert gap["after"] == first[-1][0] and gap["next"] == got[3][0] and gap["next"] in ids
+    assert gap["lost"] == ids.index(gap["next"]) == info["lost"]  # exactly the entries trimmed unread
+    assert [i for i, _ in got[3:]] == ids[ids.index(gap["next"]):]  # the rest as kept, in order

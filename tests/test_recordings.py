@@ -372,3 +372,68 @@ def test_gap_when_entries_are_trimmed_before_they_are_written(rec_server):
     assert gap["after"] == first[-1][0] and gap["next"] == got[3][0] and gap["next"] in ids
     assert gap["lost"] == ids.index(gap["next"]) == info["lost"]  # exactly the entries trimmed unread
     assert [i for i, _ in got[3:]] == ids[ids.index(gap["next"]):]  # the rest as kept, in order
+
+
+def serve_env(redis_server) -> dict:
+    return {"PTGSTORE_REDIS_URL": redis_server.url, "PTGSTORE_RECORDING_SEGMENT_SECONDS": "1"}
+
+
+def api(process) -> httpx.Client:
+    return httpx.Client(base_url=process.url, headers={"Authorization": f"Bearer {process.token()}"}, timeout=90)
+
+
+def joined(*pushes) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for pushed in pushes:
+        for sid, entries in pushed.items():
+            out.setdefault(sid, []).extend(entries)
+    return out
+
+
+def test_sigkill_mid_recording_then_restart_resumes_exactly_once(tmp_path, rdb, redis_server):
+    data = tmp_path / "data"
+    rec_dir = data / "recordings" / "crash"
+    with ServeProcess(data, env=serve_env(redis_server)) as first:
+        first.wait_ready()
+        assert api(first).put("/recordings/start", params={"rec_id": "crash"}).json() == "crash"
+        before = push_at(first, payloads(), hz=30, count=45)
+        wait_until(lambda: list(rec_dir.glob("part-*.mcap")), what="a committed segment")
+        during = push_at(first, payloads(), hz=30, count=6)
+        wait_until(lambda: list(rec_dir.glob("*.tmp")), what="a segment being written")
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+    finished = sorted(rec_dir.glob("part-*.mcap"))
+    assert finished and list(rec_dir.glob("*.tmp"))
+    for path in finished:  # written before the crash: complete, indexed files
+        with open(path, "rb") as f:
+            assert make_reader(f).get_summary().statistics.message_count > 0
+    with ServeProcess(data, env=serve_env(redis_server)) as second:
+        second.wait_ready()
+        http = api(second)
+        assert http.get("/recordings/current").json() == "crash"
+        after = push_at(second, payloads(), hz=30, count=10)
+        assert http.put("/recordings/stop").json() == 1
+        assert http.get("/recordings/current").json() is None
+        assert http.get("/recordings/crash").json()["gaps"] == 0
+    assert recorded(data / "recordings", "crash") == joined(before, during, after)
+    assert not list(rec_dir.glob("*.tmp"))
+
+
+def test_two_api_processes_run_one_recorder_and_the_other_takes_over(tmp_path, rdb, redis_server):
+    data = tmp_path / "data"
+    with ServeProcess(data, env=serve_env(redis_server)) as a, ServeProcess(data, env=serve_env(redis_server)) as b:
+        a.wait_ready()
+        b.wait_ready()
+        api(a).put("/recordings/start", params={"rec_id": "shared"})
+        first = joined(push_at(a, {"cam": payloads()["cam"]}, hz=30, count=20),
+                       push_at(b, {"imu": payloads()["imu"]}, hz=30, count=20))
+        wait_until(lambda: "holds the recorder lease" in a.output + b.output, what="a lease holder")
+        holders = [p for p in (a, b) if "holds the recorder lease" in p.output]
+        assert len(holders) == 1  # exactly one recorder writes
+        holder, other = holders[0], (b if holders[0] is a else a)
+        holder.process.send_signal(signal.SIGKILL)
+        holder.process.wait(10)
+        second = push_at(other, payloads(), hz=30, count=20)
+        assert api(other).put("/recordings/stop").json() == 1
+        assert "holds the recorder lease" in other.output  # taken over
+    assert recorded(data / "recordings", "shared") == joined(first, second)

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import threading
 import time
@@ -437,3 +438,25 @@ def test_two_api_processes_run_one_recorder_and_the_other_takes_over(tmp_path, r
         assert api(other).put("/recordings/stop").json() == 1
         assert "holds the recorder lease" in other.output  # taken over
     assert recorded(data / "recordings", "shared") == joined(first, second)
+
+
+def test_a_full_disk_stops_the_recording_visibly_never_the_store(tmp_path, rdb, redis_server):
+    """The server's files may not grow past 2 MiB (RLIMIT_FSIZE, as a full disk would refuse)."""
+    import resource
+    data = tmp_path / "data"
+    big = {"cam": lambda i: JPEG + random.Random(i).randbytes(100 * 1024)}  # does not compress
+    with ServeProcess(data, env=serve_env(redis_server)) as server:
+        server.wait_ready()
+        resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (2 * 1024 * 1024, 2 * 1024 * 1024))
+        http = api(server)
+        http.put("/recordings/start", params={"rec_id": "too-big"})
+        push_at(server, big, hz=30, count=40)  # 4 MiB in one segment
+        wait_until(lambda: http.get("/recordings/current").json() is None, timeout=30,
+                   what=f"the recording to stop: {server.output[-3000:]}")
+        info = http.get("/recordings/too-big").json()
+        assert "recording stopped" in info["error"] and "File too large" in info["error"]
+        assert "recording too-big: recording stopped" in server.output
+        after = push_at(server, {"cam": lambda i: b"still stored %d" % i}, hz=100, count=5)  # the store goes on
+        assert read_stream(http, "cam")[-5:] == after["cam"]
+        assert http.put("/recordings/start", params={"rec_id": "next"}).json() == "next"
+        assert http.put("/recordings/stop").json() == 1

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
+from redis import exceptions as rexc
 
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, SegmentWriter, add_to_stats, fsync_dir, summarize
@@ -33,7 +34,7 @@ log = logging.getLogger("ptgstore.recorder")
 
 LEASE_TTL_MS = 3000
 RENEW_EVERY = 1.0
-ACQUIRE_EVERY = 1.0
+ACQUIRE_EVERY = 0.5  # seconds between looks for an active recording (or a lease to take over)
 STATE_EVERY = 0.25  # seconds between reads of the recording state (a stop request)
 SCAN_EVERY = 1.0  # seconds between looks for new streams when recording every stream
 READ_BLOCK_MS = 200
@@ -151,19 +152,22 @@ class Recorder:
                 pass
             except Exception:
                 log.exception("recorder failed while closing")
-        if self.holding:
-            with contextlib.suppress(Exception):
-                await self.states.release()
 
     async def _supervise(self) -> None:
+        """While a recording is active, compete for the lease and, holding it, record; Redis holds
+        no recorder key at all while nothing is recorded."""
         while not self.closing.is_set():
             try:
-                if await self.states.acquire(LEASE_TTL_MS):
+                if await self._active() and await self.states.acquire(LEASE_TTL_MS):
                     self.holding = True
                     log.info("recorder: this process holds the recorder lease")
-                    await self._hold()
+                    try:
+                        await self._hold()
+                    finally:
+                        self.holding = False
+                        await self.states.release()
                 self._complained = False
-            except (StoreUnavailable, OSError, ConnectionError) as exc:
+            except (StoreUnavailable, OSError, ConnectionError, rexc.RedisError) as exc:
                 if not self._complained:
                     log.warning("recorder: %s", exc)
                     self._complained = True
@@ -171,10 +175,12 @@ class Recorder:
                 log.warning("recorder: lease lost to another process")
             except Exception:
                 log.exception("recorder failed; retrying")
-            finally:
-                self.holding = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), ACQUIRE_EVERY)
+
+    async def _active(self) -> dict | None:
+        state = await self.states.state()
+        return state if state is not None and state.get("status") in ("recording", "stopping") else None
 
     async def _hold(self) -> None:
         renewer = asyncio.ensure_future(self._renew())
@@ -195,13 +201,12 @@ class Recorder:
                 raise LeaseLost()
 
     async def _work(self) -> None:
+        """Record while a recording is active (one after another), then give the lease back."""
         while not self.closing.is_set():
-            state = await self.states.state()
-            if state is not None and state.get("status") in ("recording", "stopping"):
-                await Recording(self, state).run()
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), STATE_EVERY)
+            state = await self._active()
+            if state is None:
+                return
+            await Recording(self, state).run()
 
 
 def _after(entry_id: str, cursor: str) -> bool:

@@ -315,17 +315,14 @@ def test_replay_a_local_file_at_recorded_speed_through_push(rec_server, tmp_path
     with Client(rec_server.url, token=rec_server.token()) as client:
         paths = client.download_recording("local", str(tmp_path))
         assert sorted(os.path.basename(p) for p in paths) == sorted(client.recording("local")["files"] + ["info.json"])
+        started_ms = int(time.time() * 1000)
         sent = client.replay_file(str(tmp_path / "local"), streams=["cam", "imu"], prefix="local:", speed=1.0)
     assert sent == {"cam": 30, "imu": 30}
     http = rec_server.http()
     for sid in ("cam", "imu"):
         replayed = read_stream(http, f"local:{sid}")
         assert [d for _, d in replayed] == [d for _, d in pushed[sid]]
-        # paced, never early: each entry arrives no sooner after the first than it was recorded
-        recorded_ms = [int(i.split("-")[0]) for i, _ in pushed[sid]]
-        replayed_ms = [int(i.split("-")[0]) for i, _ in replayed]
-        for r, p in zip(replayed_ms, recorded_ms):
-            assert r - replayed_ms[0] >= p - recorded_ms[0] - 50
+        assert_never_early(pushed[sid], replayed, started_ms)
 
 
 def test_cli_record_download_replay_mv_rm(rec_server, tmp_path, capsys):
@@ -460,3 +457,35 @@ def test_a_full_disk_stops_the_recording_visibly_never_the_store(tmp_path, rdb, 
         assert read_stream(http, "cam")[-5:] == after["cam"]
         assert http.put("/recordings/start", params={"rec_id": "next"}).json() == "next"
         assert http.put("/recordings/stop").json() == 1
+
+
+def test_server_replay_at_recorded_speed_is_never_early(rec_server):
+    pushed = record_session(rec_server, "paced", count=20, hz=20)  # about 1 s
+    opened_ms = int(time.time() * 1000)
+    reports, code = run_replay(rec_server, rec_id="paced", sid="cam", prefix="p:", interval="0.2")
+    assert code == 1000 and len(reports) >= 3  # progress while it ran, then the last report
+    replayed = read_stream(rec_server.http(), "p:cam")
+    assert [d for _, d in replayed] == [d for _, d in pushed["cam"]]
+    assert_never_early(pushed["cam"], replayed, opened_ms)
+
+
+def assert_never_early(recorded: list, replayed: list, started_ms: int) -> None:
+    """Each replayed entry arrived no sooner after the replay started than it was recorded after
+    the first one (entry ids are the server's arrival times; one machine, one clock)."""
+    first = int(recorded[0][0].split("-")[0])
+    for (r, _), (p, _) in zip(replayed, recorded):
+        assert int(r.split("-")[0]) - started_ms >= int(p.split("-")[0]) - first - 1, (r, p)
+
+
+def test_a_graceful_stop_finishes_the_segment_and_a_restart_goes_on(tmp_path, rdb, redis_server):
+    settings = make_settings(tmp_path, redis_server.url, recording_segment_seconds=60)
+    with live_server(settings) as first:
+        first.http().put("/recordings/start", params={"rec_id": "shift"})
+        before = push_at(first, payloads(), hz=30, count=15)
+        wait_until(lambda: list((root_of(first) / "shift").glob("*.tmp")), what="a segment being written")
+    rec_dir = Path(settings.data_dir) / "recordings" / "shift"
+    assert not list(rec_dir.glob("*.tmp")) and len(list(rec_dir.glob("*.mcap"))) == 1  # finished at shutdown
+    with live_server(settings) as second:
+        after = push_at(second, payloads(), hz=30, count=15)
+        assert second.http().put("/recordings/stop").json() == 1
+    assert recorded(rec_dir.parent, "shift") == joined(before, after)

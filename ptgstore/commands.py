@@ -488,6 +488,9 @@ async def replay(client: AsyncClient, args) -> int:
     """Replay a recording on the server (NAME), or a local .mcap file or downloaded recording directory."""
     source = args.source
     if os.path.exists(source) and (source.endswith(".mcap") or os.path.isdir(source)):
+        if args.keep_ids:
+            print("ptgstore replay: --keep-ids replays a recording on the server, not a local file", file=sys.stderr)
+            return 2
         bar = _progress(unit=" entries", desc=source)
         with bar:
             sent = await client.replay_file(source, args.streams, args.prefix, args.speed,
@@ -504,7 +507,8 @@ async def replay(client: AsyncClient, args) -> int:
             bars[sid].refresh()
 
     try:
-        await client.replay_recording(source, args.streams, args.prefix, args.speed, progress=show)
+        await client.replay_recording(source, args.streams, args.prefix, args.speed, keep_ids=args.keep_ids,
+                                      progress=show)
     finally:
         for bar in bars.values():
             bar.close()
@@ -529,3 +533,5 @@ def add_recording_commands(command) -> None:
     replaying.add_argument("--prefix", default="", help="replay stream S into PREFIX+S (e.g. replay:)")
     replaying.add_argument("--speed", type=_speed_arg, default=1.0,
                            help="times the recorded pace (default 1), or 'max' for as fast as possible")
+    replaying.add_argument("--keep-ids", action="store_true",
+                           help="a recording on the server: keep the recorded entry ids (into empty streams)")

@@ -227,6 +227,7 @@ class Recording:
         self.opened_at = 0.0
         self.metas: dict[str, dict] = {}
         self.changed: set[str] = set()
+        self.new_gaps: list[dict] = []  # found since the last commit, committed with the next segment
 
     async def run(self) -> None:
         self.cursors, self.stats, self.gaps, segments = await self.states.progress()
@@ -323,7 +324,7 @@ class Recording:
             if lost > 0:
                 gap = {"sid": sid, "after": cursors[sid], "next": ids[0], "lost": lost}
                 self.gaps.append(gap)
-                await self.states.add_gap(gap)
+                self.new_gaps.append(gap)
                 log.warning("recording %s: stream %s lost %d entries between %s and %s (trimmed before they "
                             "were written: the recorder fell behind)", self.id, sid, lost, cursors[sid], ids[0])
 
@@ -358,10 +359,11 @@ class Recording:
             raise
         cursors = {sid: self.cursors[sid] for sid in self.changed}
         stats = {sid: self.stats[sid] for sid in self.changed}
-        if not await self.states.commit(self.segment, cursors, stats):
+        if not await self.states.commit(self.segment, cursors, stats, self.new_gaps):
             await asyncio.to_thread(writer.path.unlink, True)
             raise LeaseLost()
         self.changed.clear()
+        self.new_gaps.clear()
         final = self.dir / segment_name(self.segment)
         await _disk(os.replace, writer.path, final)
         await _disk(fsync_dir, self.dir)

@@ -32,12 +32,13 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: lease, state, cursors, stats, segments. ARGV: token, segment, cursors JSON, stats JSON.
+# KEYS: lease, state, cursors, stats, segments, gaps. ARGV: token, segment, cursors, stats, gaps (JSON).
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'segment') ~= ARGV[2] then return 0 end
 for sid, id in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[3], sid, id) end
 for sid, stats in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[4], sid, cjson.encode(stats)) end
+for _, gap in ipairs(cjson.decode(ARGV[5])) do redis.call('RPUSH', KEYS[6], cjson.encode(gap)) end
 redis.call('HSET', KEYS[5], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], 'segment', tonumber(ARGV[2]) + 1)
 return 1
@@ -166,18 +167,18 @@ class RecordingStore:
                 [orjson.loads(g) for g in gaps],
                 {k.decode(): v.decode() for k, v in segments.items()})
 
-    async def commit(self, segment: int, cursors: dict[str, str], stats: dict[str, dict]) -> bool:
-        """Record a finished segment and advance the cursors, only while holding the lease."""
+    async def commit(self, segment: int, cursors: dict[str, str], stats: dict[str, dict], gaps: list[dict]) -> bool:
+        """Record a finished segment: advance the cursors, add its stats and the gaps found before its
+        entries, all at once and only while holding the lease."""
         try:
             done = await self._commit(
-                keys=[self.lease_key, self.state_key, self.cursors_key, self.stats_key, self.segments_key],
-                args=[self.token, str(segment), orjson.dumps(cursors or {}), orjson.dumps(stats or {})])
+                keys=[self.lease_key, self.state_key, self.cursors_key, self.stats_key, self.segments_key,
+                      self.gaps_key],
+                args=[self.token, str(segment), orjson.dumps(cursors or {}), orjson.dumps(stats or {}),
+                      orjson.dumps(gaps) if gaps else "[]"])
         except rexc.ResponseError as exc:
             raise StoreError(f"commit of segment {segment} failed: {exc}") from None
         return bool(done)
-
-    async def add_gap(self, gap: dict) -> None:
-        await self.redis.rpush(self.gaps_key, orjson.dumps(gap))
 
     async def finish(self, rec_id: str, error: str | None = None) -> None:
         """Forget the active recording (its info now lives in its directory)."""

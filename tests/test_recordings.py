@@ -490,3 +490,24 @@ def test_a_graceful_stop_finishes_the_segment_and_a_restart_goes_on(tmp_path, rd
         after = push_at(second, payloads(), hz=30, count=15)
         assert second.http().put("/recordings/stop").json() == 1
     assert recorded(rec_dir.parent, "shift") == joined(before, after)
+
+
+def test_resume_keeps_a_committed_segment_left_unrenamed_and_drops_uncommitted_files(tmp_path, rdb, redis_server):
+    """The files a crash leaves between the steps of finishing a segment (fsync, commit in Redis,
+    rename): a committed temporary file is kept, an uncommitted one or a renamed uncommitted one
+    is dropped (its entries are written again from Redis)."""
+    settings = make_settings(tmp_path, redis_server.url, recording_segment_seconds=60)
+    rec_dir = Path(settings.data_dir) / "recordings" / "steps"
+    with live_server(settings) as first:
+        first.http().put("/recordings/start", params={"rec_id": "steps"})
+        before = push_at(first, payloads(), hz=30, count=10)
+        wait_until(lambda: list(rec_dir.glob("*.tmp")), what="a segment being written")
+    token = rdb.hget("ptgstore:recording:segments", "1").decode()
+    os.replace(rec_dir / "part-000001.mcap", rec_dir / f"part-000001.{token}.tmp")  # committed, not renamed
+    (rec_dir / "part-000002.othertoken.tmp").write_bytes(b"half a segment")  # never committed
+    (rec_dir / "part-000002.mcap").write_bytes(b"renamed, never committed")
+    with live_server(settings) as second:
+        after = push_at(second, payloads(), hz=30, count=10)
+        assert second.http().put("/recordings/stop").json() == 1
+    assert sorted(p.name for p in rec_dir.iterdir()) == ["info.json", "part-000001.mcap", "part-000002.mcap"]
+    assert recorded(rec_dir.parent, "steps") == joined(before, after)

@@ -38,6 +38,7 @@ ACQUIRE_EVERY = 0.5  # seconds between looks for an active recording (or a lease
 STATE_EVERY = 0.25  # seconds between reads of the recording state (a stop request)
 SCAN_EVERY = 1.0  # seconds between looks for new streams when recording every stream
 READ_BLOCK_MS = 200
+READ_BUDGET = 16 * 1024 * 1024  # bytes of entries one read may bring (at least one entry per stream)
 INFO_FILE = "info.json"
 HIDDEN_FILE = ".hidden"
 
@@ -228,6 +229,7 @@ class Recording:
         self.metas: dict[str, dict] = {}
         self.changed: set[str] = set()
         self.new_gaps: list[dict] = []  # found since the last commit, committed with the next segment
+        self.largest = 64 * 1024  # the largest entry seen: sizes the reads to READ_BUDGET
 
     async def run(self) -> None:
         self.cursors, self.stats, self.gaps, segments = await self.states.progress()
@@ -285,8 +287,8 @@ class Recording:
             if stop is not None and not pending:
                 await self._complete()
                 return
-            entries = await self.states.read_blocking(connection, pending, self.recorder.read_count,
-                                                      READ_BLOCK_MS) if pending else []
+            count = max(1, min(self.recorder.read_count, READ_BUDGET // (max(1, len(pending)) * self.largest)))
+            entries = await self.states.read_blocking(connection, pending, count, READ_BLOCK_MS) if pending else []
             if not pending:
                 await asyncio.sleep(READ_BLOCK_MS / 1000)
             if stop is not None:
@@ -342,6 +344,7 @@ class Recording:
             self.metas.update(await self.states.metas(unknown))
         await _disk(self.writer.write, entries, self.metas)
         for sid, entry_id, data in entries:
+            self.largest = max(self.largest, len(data))
             self.cursors[sid] = entry_id
             add_to_stats(self.stats, sid, entry_id, len(data))
             self.changed.add(sid)

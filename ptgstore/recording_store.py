@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import orjson
 from redis import exceptions as rexc
 
-from .store import FIELD, Store, StoreError, _call, _data
+from .store import FIELD, Store, StoreError, _call, _data, _guarded
 
 EVENT_STREAM = "event:recording:id"
 
@@ -65,24 +65,29 @@ class RecordingStore:
         self.lease_key = p + "ptgstore:recorder:lease"
         self.errors_key = p + "ptgstore:recording:errors"
         self.token = uuid.uuid4().hex
+        self.on_roundtrip = None  # read by _guarded: Redis failures become StoreUnavailable (503 / 1011)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self._commit = self.redis.register_script(_COMMIT)
 
     # -- the lease ----------------------------------------------------------------------------
 
+    @_guarded
     async def acquire(self, ttl_ms: int) -> bool:
         """Take the lease when nobody holds it (or keep it when this process does)."""
         return bool(await self.redis.set(self.lease_key, self.token, nx=True, px=ttl_ms)) or await self.renew(ttl_ms)
 
+    @_guarded
     async def renew(self, ttl_ms: int) -> bool:
         return bool(await self._renew(keys=[self.lease_key], args=[self.token, ttl_ms]))
 
+    @_guarded
     async def release(self) -> None:
         await self._release(keys=[self.lease_key], args=[self.token])
 
     # -- the active recording -----------------------------------------------------------------
 
+    @_guarded
     async def state(self) -> dict | None:
         raw = await self.redis.hgetall(self.state_key)
         if not raw or b"id" not in raw:
@@ -93,15 +98,25 @@ class RecordingStore:
         state["stop"] = orjson.loads(state["stop"]) if state.get("stop") else None
         return state
 
+    @_guarded
     async def active_id(self) -> str | None:
         state = await self.state()
         return state["id"] if state else None
 
+    @_guarded
     async def start(self, rec_id: str, streams: list[str] | None) -> None:
         """Make `rec_id` the active recording from now on; StoreError when one is active."""
         if not await self.redis.hsetnx(self.state_key, "id", rec_id):
             active = await self.redis.hget(self.state_key, "id")
             raise StoreError(f"recording {active.decode() if active else '?'} is active: stop it first")
+        try:
+            await self._begin(rec_id, streams)
+        except BaseException:
+            await self.redis.delete(self.state_key)  # a half-made start must not look active
+            raise
+        await self.store.add([(EVENT_STREAM, "*", rec_id.encode())])
+
+    async def _begin(self, rec_id: str, streams: list[str] | None) -> None:
         known = streams if streams is not None else await self.recordable_streams()
         heads = await self.heads(known)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -115,8 +130,8 @@ class RecordingStore:
                 "streams": orjson.dumps(streams), "segment": 1, "started": now_iso(), "status": "recording"})
             pipe.set(self.id_key, rec_id)
             await pipe.execute()
-        await self.store.add([(EVENT_STREAM, "*", rec_id.encode())])
 
+    @_guarded
     async def heads(self, sids: list[str]) -> dict[str, dict]:
         """Per stream, at one moment each: last id, entries ever added, entries kept, first kept id."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -136,6 +151,7 @@ class RecordingStore:
                         "first": (first[0].decode() if isinstance(first[0], bytes) else first[0]) if first else None}
         return out
 
+    @_guarded
     async def stop(self) -> str | None:
         """Fix where the active recording ends (now) and ask the recorder to finish it; its id."""
         state = await self.state()
@@ -151,9 +167,11 @@ class RecordingStore:
             await self.store.add([(EVENT_STREAM, "*", b"")])
         return state["id"]
 
+    @_guarded
     async def recordable_streams(self) -> list[str]:
         return [sid for sid in await self.store.stream_ids() if sid != EVENT_STREAM]
 
+    @_guarded
     async def progress(self) -> tuple[dict[str, str], dict[str, dict], list[dict], dict[str, str]]:
         """Cursors, stats, gaps and committed segments of the active recording."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -167,6 +185,7 @@ class RecordingStore:
                 [orjson.loads(g) for g in gaps],
                 {k.decode(): v.decode() for k, v in segments.items()})
 
+    @_guarded
     async def commit(self, segment: int, cursors: dict[str, str], stats: dict[str, dict], gaps: list[dict]) -> bool:
         """Record a finished segment: advance the cursors, add its stats and the gaps found before its
         entries, all at once and only while holding the lease."""
@@ -180,6 +199,7 @@ class RecordingStore:
             raise StoreError(f"commit of segment {segment} failed: {exc}") from None
         return bool(done)
 
+    @_guarded
     async def finish(self, rec_id: str, error: str | None = None) -> None:
         """Forget the active recording (its info now lives in its directory)."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -190,10 +210,12 @@ class RecordingStore:
                 pipe.hset(self.errors_key, rec_id, error)
             await pipe.execute()
 
+    @_guarded
     async def error_of(self, rec_id: str) -> str | None:
         value = await self.redis.hget(self.errors_key, rec_id)
         return value.decode() if value else None
 
+    @_guarded
     async def forget_error(self, rec_id: str, new_id: str | None = None) -> None:
         value = await self.redis.hget(self.errors_key, rec_id)
         await self.redis.hdel(self.errors_key, rec_id)
@@ -219,6 +241,7 @@ class RecordingStore:
             out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in records]
         return out
 
+    @_guarded
     async def metas(self, sids: list[str]) -> dict[str, dict]:
         values = await self.redis.hmget(self.store.meta_key, sids) if sids else []
         return {sid: orjson.loads(v) if v else {} for sid, v in zip(sids, values)}

@@ -47,25 +47,31 @@ def _read_ahead(messages: Iterator[Message]) -> list[Message]:
 
 
 async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterator[list[Message]]:
-    """Batches of messages as they fall due; the files are read in a thread, a bounded amount ahead."""
+    """Batches of messages as they fall due. The files are read in a thread, one bounded chunk ahead
+    of the one being sent, so that reading never holds the pace up."""
     pacer = Pacer(speed)
     batch: list[Message] = []
-    while True:
-        ahead = await asyncio.to_thread(_read_ahead, messages)
-        if not ahead:
-            break
-        for message in ahead:
-            wait = pacer.delay(message.log_time)
-            if wait > 0.0005 or len(batch) >= MAX_BATCH:
-                if batch:
-                    yield batch
-                    batch = []
+    reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+    try:
+        while True:
+            ahead = await reading
+            if not ahead:
+                break
+            reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+            for message in ahead:
                 wait = pacer.delay(message.log_time)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            batch.append(message)
-    if batch:
-        yield batch
+                if wait > 0.0005 or len(batch) >= MAX_BATCH:
+                    if batch:
+                        yield batch
+                        batch = []
+                    wait = pacer.delay(message.log_time)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                batch.append(message)
+        if batch:
+            yield batch
+    finally:
+        reading.cancel()
 
 
 def durations(stats: dict[str, dict]) -> dict[str, float]:

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,7 +27,7 @@ from redis import exceptions as rexc
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, SegmentWriter, add_to_stats, fsync_dir, summarize
 from .recording_store import RecordingStore, now_iso
-from .store import Store, StoreError, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.recorder")
 
@@ -396,10 +395,3 @@ class Recording:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(write_info, self.dir, info)
         await self.states.finish(self.id, error=error)
-
-
-def remove_recording(rec_dir: Path) -> None:
-    shutil.rmtree(rec_dir)
-
-
-__all__ = ["Recorder", "build_info", "info_from_files", "segment_files", "StoreError", "INFO_FILE", "HIDDEN_FILE"]

@@ -13,14 +13,13 @@ Keys (behind the configured key prefix):
 """
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime, timezone
 
 import orjson
 from redis import exceptions as rexc
 
-from .store import FIELD, Store, StoreError, _call, _data, _guarded
+from .store import Store, StoreError, _call, _data, _guarded
 
 EVENT_STREAM = "event:recording:id"
 
@@ -245,10 +244,3 @@ class RecordingStore:
     async def metas(self, sids: list[str]) -> dict[str, dict]:
         values = await self.redis.hmget(self.store.meta_key, sids) if sids else []
         return {sid: orjson.loads(v) if v else {} for sid, v in zip(sids, values)}
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
-
-
-__all__ = ["RecordingStore", "EVENT_STREAM", "FIELD"]

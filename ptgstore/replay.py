@@ -95,18 +95,16 @@ class Progress:
         self.current: dict[str, float] = {sid: 0.0 for sid in sids}
         self.lasts = {sid: stats[sid].get("last-entry") for sid in sids if sid in stats}
 
-    def sent(self, message: Message, original: str) -> None:
-        self.updates[original] = self.updates.get(original, 0) + 1
+    def sent(self, message: Message) -> None:
+        sid = message.sid
+        self.updates[sid] = self.updates.get(sid, 0) + 1
         ms = message.log_time // 1_000_000
-        self.current[original] = (ms - self.firsts.get(original, ms)) / 1000
-        if message.entry_id == self.lasts.get(original):
-            self.active.discard(original)
+        self.current[sid] = (ms - self.firsts.get(sid, ms)) / 1000
+        if message.entry_id == self.lasts.get(sid):
+            self.active.discard(sid)
 
     def report(self) -> dict:
         out = {"updates": self.updates, "active": sorted(self.active), "durations": self.durations,
                "current": dict(self.current)}
         self.updates = {}
         return out
-
-
-__all__ = ["Pacer", "paced", "Progress", "durations"]

@@ -2,7 +2,6 @@
 the routes the original client calls; replay; crash and resume; one recorder among processes."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import io
@@ -10,7 +9,6 @@ import json
 import os
 import random
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from mcap.reader import make_reader
 from websockets.exceptions import ConnectionClosed
 
-from conftest import free_port, live_server, make_settings, wait_until
+from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
 from ptgstore.mcapfiles import read_messages
 from wsutil import expect_close, ws_connect

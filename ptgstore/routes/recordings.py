@@ -370,7 +370,7 @@ async def _replay(ws: WebSocket) -> None:
                 return
             await store.add([(targets[m.sid], m.entry_id if options["keep_ids"] else "*", m.data) for m in batch])
             for m in batch:
-                progress.sent(m, m.sid)
+                progress.sent(m)
     finally:
         reporter.cancel()
         listener.cancel()

@@ -139,6 +139,8 @@ class RecordingStore:
             replies = await pipe.execute(raise_on_error=False)
         out = {}
         for sid, reply in zip(sids, replies):
+            if isinstance(reply, rexc.ResponseError) and "WRONGTYPE" in str(reply):
+                raise StoreError(f"{sid} is not a stream")
             if not isinstance(reply, dict):
                 out[sid] = {"last": "0-0", "added": 0, "length": 0, "first": None}
                 continue

@@ -509,3 +509,13 @@ def test_resume_keeps_a_committed_segment_left_unrenamed_and_drops_uncommitted_f
         assert second.http().put("/recordings/stop").json() == 1
     assert sorted(p.name for p in rec_dir.iterdir()) == ["info.json", "part-000001.mcap", "part-000002.mcap"]
     assert recorded(rec_dir.parent, "steps") == joined(before, after)
+
+
+def test_a_key_that_is_not_a_stream_cannot_be_recorded(rec_server, rdb):
+    rdb.set("plain-string", b"x")
+    http = rec_server.http()
+    reply = http.put("/recordings/start", params={"rec_id": "wrong", "sid": "plain-string"})
+    assert reply.status_code == 400 and "not a stream" in reply.json()["detail"]
+    assert http.get("/recordings/current").json() is None  # nothing half-started
+    assert http.put("/recordings/start", params={"rec_id": "right", "sid": "cam"}).json() == "right"
+    assert http.put("/recordings/stop").json() == 1

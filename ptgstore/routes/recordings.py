@@ -157,7 +157,7 @@ async def start(request: Request) -> JSONResponse:
     try:
         await _states(request).start(rec_id, streams)
     except StoreError as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise HTTPException(400 if "not a stream" in str(exc) else 409, str(exc)) from None
     try:
         await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
     except OSError as exc:

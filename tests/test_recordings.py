@@ -518,3 +518,14 @@ def test_a_key_that_is_not_a_stream_cannot_be_recorded(rec_server, rdb):
     assert http.get("/recordings/current").json() is None  # nothing half-started
     assert http.put("/recordings/start", params={"rec_id": "right", "sid": "cam"}).json() == "right"
     assert http.put("/recordings/stop").json() == 1
+
+
+def test_the_recording_benchmark_runs_and_checks_every_entry():
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "benchmarks.recording", "--headsets", "1", "--seconds", "1",
+                          "--runs", "1"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "every acknowledged entry recorded once, byte-exact, in id order" in run.stdout
+    assert any(line.startswith("| median |") for line in run.stdout.splitlines())

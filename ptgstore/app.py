@@ -18,7 +18,8 @@ from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGu
 from .embedded import EmbeddedRedis
 from .framing import FramingError
 from .hub import Hub
-from .routes import dashboard, data, docs, live, misc, mjpeg, status, streams, tokens
+from .recorder import Recorder
+from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
 from .store import Store, StoreError, StoreUnavailable
 
@@ -48,6 +49,20 @@ ROUTES = [
     Route("/status/streams", status.streams, methods=["GET"]),
     Route("/", dashboard.page, methods=["GET"]),
     dashboard.static,
+    # recordings: the fixed words first, then a recording id
+    Route("/recordings", recordings.list_recordings, methods=["GET"]),
+    Route("/recordings/current", recordings.current, methods=["GET"]),
+    Route("/recordings/start", recordings.start, methods=["PUT"]),
+    Route("/recordings/stop", recordings.stop, methods=["PUT"]),
+    Route("/recordings/cache", recordings.clear_cache, methods=["DELETE"]),
+    Route("/recordings/static/{rec_id}/{name:path}", recordings.static_file, methods=["GET"]),
+    Route("/recordings/upload/{rec_id}/{name:path}", recordings.upload, methods=["POST"]),
+    WebSocketRoute("/recordings/replay", recordings.replay),
+    Route("/recordings/{rec_id}/rename/{new_id:path}", recordings.rename, methods=["PUT"]),
+    Route("/recordings/{rec_id}/hide", recordings.hide, methods=["PUT"]),
+    Route("/recordings/{rec_id}/unhide", recordings.unhide, methods=["PUT"]),
+    Route("/recordings/{rec_id:path}", recordings.get_recording, methods=["GET"]),
+    Route("/recordings/{rec_id:path}", recordings.delete_recording, methods=["DELETE"]),
 ]
 
 EXCEPTION_HANDLERS = {
@@ -83,12 +98,16 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
+                                  settings.recording_segment_mb * 1024 * 1024)
+    app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(
         collect_garbage(lambda: len(app.state.metrics.open_socket_stats)))
     try:
         yield
     finally:
         collector.cancel()
+        await app.state.recorder.close()
         await app.state.hub.close()
         await store.close()
         if embedded is not None:

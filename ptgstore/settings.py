@@ -91,6 +91,9 @@ class Settings:
     root_path: str = ""  # the path prefix a proxy serves ptgstore under (e.g. /store), for URLs the app writes
     access_log: bool = True  # a ptgstore.access line per HTTP request (sockets are always logged)
     log_level: str = "info"
+    recordings_dir: str | None = None  # default: <data_dir>/recordings
+    recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
+    recording_segment_mb: int = 256  # ... or when one reaches this size
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_POLICIES:
@@ -145,6 +148,9 @@ class Settings:
             "ROOT_PATH": ("root_path", _parse_root_path),
             "EPHEMERAL_DISK": ("ephemeral_disk", _parse_bool),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
+            "RECORDINGS_DIR": ("recordings_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
+            "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
+            "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
         }
         for suffix, (attr, parse) in readers.items():
             name = "PTGSTORE_" + suffix
@@ -164,6 +170,10 @@ class Settings:
     @property
     def users_path(self) -> Path:
         return Path(self.users_file) if self.users_file else Path(self.data_dir) / "users.json"
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else Path(self.data_dir) / "recordings"
 
     @property
     def embedded(self) -> bool:

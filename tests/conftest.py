@@ -15,6 +15,7 @@ import uvicorn
 
 from ptgstore.app import create_app
 from ptgstore.embedded import find_redis_server
+from ptgstore.serving import uvicorn_options
 from ptgstore.settings import Settings
 
 
@@ -96,10 +97,8 @@ class LiveServer:
         self.port = port or free_port()
         self.app = create_app(settings.replace(port=self.port))
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning",
-            ws="ptgstore.graceful:GracefulWebSocketProtocol",  # what `ptgstore serve` uses
-            ws_per_message_deflate=False, ws_max_size=settings.max_message, lifespan="on",
-            timeout_graceful_shutdown=5,
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            **{**uvicorn_options(settings.max_message), "timeout_graceful_shutdown": 5},  # as `ptgstore serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -185,7 +185,7 @@ def test_errors_carry_the_servers_reason(server, rdb):
         assert stale.value.code == 1007 and stale.value.reason
         with pytest.raises(StreamClosed) as refused_pull:
             list(client.pull("cam", "0", count=0))
-        assert refused_pull.value.code == 1007 and "count" in refused_pull.value.reason
+        assert refused_pull.value.code == 1008 and "count" in refused_pull.value.reason
     assert [e for e, _ in stored(rdb, "cam")] == ["9000-0"]
     with Client(server.url, token=server.token()) as client:
         with pytest.raises(FileNotFoundError), client.pusher():

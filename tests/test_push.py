@@ -230,8 +230,8 @@ def test_empty_batch_with_empty_blob_is_acknowledged_empty(server, rdb):
 
 
 @pytest.mark.parametrize("query,code,words", [
-    ({"header": "xml", "batch": "true"}, 1007, "json or msgpack"),
-    ({"offsets": "middle", "batch": "true"}, 1007, "offsets"),
+    ({"header": "xml", "batch": "true"}, 1008, "json or msgpack"),
+    ({"offsets": "middle", "batch": "true"}, 1008, "offsets"),
     ({"ack": "perhaps"}, 1008, "ack"),
 ])
 def test_bad_options_close_at_once(server, query, code, words):

@@ -13,7 +13,7 @@ import websockets.exceptions
 from websockets.sync.client import connect
 
 from ptgstore.auth import Authenticator, hash_password, read_users, verify_password
-from ptgstore.graceful import GracefulWebSocketProtocol
+from ptgstore.serving import GracefulWebSocketProtocol
 
 from conftest import LiveServer, live_server, make_settings
 

@@ -28,11 +28,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .framing import (
     BEGINNING, NEWEST, NOW, FramingError, decode_header, encode_header, format_entry_id, pack_entries,
-    parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
+    id_before, parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
 )
 
 DEFAULT_URL = "http://127.0.0.1:7890"
-_MAX_SEQ = 2**64 - 1
 # close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
 _TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
 
@@ -134,7 +133,7 @@ def cursor_for_time(moment: datetime | float | int) -> str:
         moment = moment.timestamp()
     ms = int(timestamp_spec(moment)[1:])  # `t<ms>`, rounded as the server rounds client times
     # cursors are exclusive: the id just before `<ms>-0`
-    return format_entry_id((ms - 1, _MAX_SEQ)) if ms > 0 else BEGINNING
+    return format_entry_id(id_before((ms, 0)))
 
 
 def _cursor(value) -> str:

@@ -188,7 +188,7 @@ class EmbeddedRedis:
         if self._listen is not None:
             pass  # a restart listens where clients already connect
         elif len(str(sock_path)) <= _MAX_SOCKET_PATH:
-            self._listen = [f"port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
+            self._listen = ["port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
             self.url = f"unix://{sock_path}"
         else:
             port = _free_loopback_port()

@@ -283,7 +283,6 @@ def test_bad_client_does_not_disturb_another(server, rdb):
 
 
 def test_disconnect_mid_batch_stores_nothing(server, rdb):
-    from conftest import wait_until
 
     with ws_connect(server, "/data/cam/push", batch="true") as ws:
         ws.send("[0]")

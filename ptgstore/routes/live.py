@@ -12,7 +12,7 @@ from .. import errors
 from ..errors import BadOption, TooLarge, WrongMessageType
 
 from ..framing import (
-    BEGINNING, NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
+    BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
 from ..directsend import direct_send
@@ -151,7 +151,7 @@ def _sync_index(value: str | None, sids: list[str]) -> int | None:
     raise FramingError(f"time_sync_id {value!r} is neither a pulled stream nor its index")
 
 
-async def _pull_session(ws: WebSocket, receive, send) -> None:
+async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull reads acks through `ws`
     await _serve(ws, lambda ws: _pull(ws, send))
 
 
@@ -196,13 +196,8 @@ async def _newest_cursors(store, sids, cursors, count):
     for i, (sid, c) in enumerate(zip(sids, cursors)):
         if c == "*":
             # an empty stream: everything it will ever hold is new
-            out[i] = _before(first[sid]) if sid in first else BEGINNING
+            out[i] = cursor_before(first[sid]) if sid in first else BEGINNING
     return out
-
-
-def _before(entry_id: str) -> str:
-    ms, seq = (int(x) for x in entry_id.split("-"))
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
 
 
 async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..framing import split_stream_ids, validate_stream_id, unique_stream_ids
+from ..framing import unique_stream_ids, validate_stream_id
 from . import query_bool
 
 

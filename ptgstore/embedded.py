@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 
+from .backoff import Backoff
+
 log = logging.getLogger("ptgstore.embedded")
 
 # unix socket paths are limited to 108 bytes by the kernel
@@ -147,7 +149,7 @@ class EmbeddedRedis:
         """Restart the server when it dies on its own (killed, out of memory): acknowledged
         entries are in its append-only log, and the same socket brings the pool back. The
         process that started it sees it exit; one that joined polls (the starter may be gone)."""
-        delay = 0.5
+        backoff = Backoff(first=0.5, most=10.0)
         while not self._stopping.is_set():
             process = self._process
             if process is not None:
@@ -165,11 +167,11 @@ class EmbeddedRedis:
                 with self._locked():
                     if not self._stopping.is_set():
                         self._revive(timeout)
-                delay = 0.5
+                backoff.reset()
             except (EmbeddedRedisError, OSError) as exc:
-                log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                pause = backoff.failed()
+                log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, pause)
+                self._stopping.wait(pause)
 
     def _revive(self, timeout: float) -> None:
         """Start the server again where it listened, unless it still runs or another user revived it."""

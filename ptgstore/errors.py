@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -54,6 +55,7 @@ TABLE: dict[type[BaseException], Reply] = {
     FramingError: Reply(400, INVALID),  # malformed header, offsets, entry ids, stream ids, timestamps
     StoreError: Reply(400, INVALID),  # the data does not fit the stream (an older timestamp, a key of another type)
     WrongMessageType: Reply(400, UNSUPPORTED),
+    FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
     TooLarge: Reply(413, TOO_BIG),
     StoreUnavailable: Reply(503, SERVER_ERROR),
 }

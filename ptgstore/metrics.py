@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from .auth import AuthError, find_token
+from .settings import export_prometheus_dir, prometheus_dir
 
 # REST calls take from a millisecond (ping) to seconds (a 16 MiB upload on a slow link)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -39,8 +40,8 @@ def _use_multiprocess_dir(path: str) -> None:
     """
     os.makedirs(path, exist_ok=True)
     if "prometheus_client" not in sys.modules:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-    elif os.environ.get("PROMETHEUS_MULTIPROC_DIR") != path:
+        export_prometheus_dir(path)
+    elif prometheus_dir() != path:
         logging.getLogger("ptgstore").warning(
             "PTGSTORE_METRICS_DIR is set but prometheus_client was imported before it: "
             "metrics of this process are not shared with other workers")

@@ -119,3 +119,4 @@ def test_pack_and_unpack_are_inverse(entries):
     with_ids = [(sid, f"{i + 1}-0", data) for i, (sid, data) in enumerate(entries)]
     header, blob = pack_entries(with_ids)
     assert unpack_entries(msgpack.unpackb(msgpack.packb(header)), blob) == with_ids
+

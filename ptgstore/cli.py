@@ -46,15 +46,16 @@ def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:
     (stale files from an earlier run would be summed in). Returns the settings and a
     scratch directory to remove at exit, if one was made."""
     scratch = None
-    if not settings.metrics_dir:
+    directory = settings.metrics_dir
+    if not directory:
         if settings.workers == 1:
             return settings, None
-        scratch = tempfile.mkdtemp(prefix="ptgstore-metrics-")
+        directory = scratch = tempfile.mkdtemp(prefix="ptgstore-metrics-")
         settings = settings.replace(metrics_dir=scratch)
-    os.makedirs(settings.metrics_dir, exist_ok=True)
-    for name in os.listdir(settings.metrics_dir):
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
         if name.endswith(".db"):
-            os.unlink(os.path.join(settings.metrics_dir, name))
+            os.unlink(os.path.join(directory, name))
     return settings, scratch
 
 
@@ -136,7 +137,7 @@ def serve(args) -> int:
               + (" (another ptgstore, or another program, listens there): stop it or choose another --port"
                  if getattr(refused, "errno", None) == errno.EADDRINUSE else ""), file=sys.stderr)
         return 1
-    if not settings.embedded:
+    if settings.redis_url is not None:  # (else the embedded one)
         # (not ptgstore.app's helper: importing that module builds its app before the settings are exported)
         unreachable = _redis_error(settings.redis_url)
         if unreachable is not None:
@@ -155,7 +156,7 @@ def serve(args) -> int:
         if value is not None and (attr != "auth" or settings.auth_explicit):
             os.environ["PTGSTORE_" + suffix] = str(value)
     redis_text = "embedded (private redis-server, data in %s)" % os.path.join(settings.data_dir, "redis") \
-        if settings.embedded or embedded else _without_password(settings.redis_url)
+        if settings.redis_url is None or embedded else _without_password(settings.redis_url)
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"

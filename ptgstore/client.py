@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
+from typing import AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -77,6 +77,7 @@ class StreamClosed(PtgError):
 
 
 def _error_for(status: int, detail: str) -> PtgError:
+    kind: type[PtgError]
     if status in (401, 403):
         kind = AuthError
     elif status == 404:
@@ -447,9 +448,10 @@ class AsyncClient:
         """Pages of stored entries (REST reads, which never wait) after each cursor, up to the stream's
         last entry when the reading began; a stream that does not exist or has nothing more is done."""
         cursors = dict(cursors)
-        ends = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        lasts = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        ends = {sid: end for sid, end in lasts.items() if end is not None}
         active = [sid for sid, end in ends.items()
-                  if end is not None and (cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end))]
+                  if cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end)]
         remaining = limit
         while active and (remaining is None or remaining > 0):
             page = await self.read(active, [cursors[sid] for sid in active], count)
@@ -620,7 +622,7 @@ class Client:
     read = _blocking(AsyncClient.read)
     latest = _blocking(AsyncClient.latest)
     @functools.wraps(AsyncClient.pull_deliveries)
-    def pull_deliveries(self, *args, **kwargs) -> Iterator[list[Entry]]:
+    def pull_deliveries(self, *args, **kwargs) -> Generator[list[Entry], None, None]:
         # a generator of this client, so that the client lives as long as the iteration
         yield from self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
 

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -53,8 +54,10 @@ def _free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_id(url: str) -> str | None:
-    """The run id of the Redis answering at `url`, or None when nothing answers."""
+def _run_id(url: str | None) -> str | None:
+    """The run id of the Redis answering at `url`, or None when nothing answers (or no url yet)."""
+    if url is None:
+        return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         try:
@@ -103,7 +106,7 @@ class EmbeddedRedis:
         self.binary: str | None = None
         self._process: subprocess.Popen | None = None
         self._listen: list[str] | None = None
-        self._use = None  # the open users.lock holding this process's shared lock
+        self._use: IO[str] | None = None  # the open users.lock holding this process's shared lock
         self._stopping = threading.Event()
 
     @property
@@ -139,9 +142,11 @@ class EmbeddedRedis:
             self._use = open(self.dir / "users.lock", "a")  # noqa: SIM115 - held until stop()
             fcntl.flock(self._use, fcntl.LOCK_SH)
         threading.Thread(target=self._watch, args=(timeout,), name="ptgstore-embedded-redis", daemon=True).start()
+        assert self.url is not None  # joined or spawned: both set it
         return self.url
 
     def _write_state(self) -> None:
+        assert self._process is not None  # (called right after a spawn)
         state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
         (self.dir / "state.json").write_text(json.dumps(state))
 
@@ -266,7 +271,7 @@ class EmbeddedRedis:
     def _shut_down_joined(self, timeout: float) -> None:
         """Stop a server this process joined (its starter has gone): SHUTDOWN, then wait for it to exit."""
         state = self._state()
-        if not state.get("run_id") or _run_id(self.url) != state["run_id"]:
+        if self.url is None or not state.get("run_id") or _run_id(self.url) != state["run_id"]:
             return  # already gone, or not ours
         client = redis.Redis.from_url(self.url, socket_timeout=timeout)
         try:

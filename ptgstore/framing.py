@@ -287,7 +287,7 @@ def split_batch(
     entries = []
     for i, ((sid, spec, _), (start, end)) in enumerate(zip(parsed, spans)):
         if path_sid == "*":
-            target = validate_stream_id(sid)
+            target = validate_stream_id(sid or "")  # (never None here: bare items were refused above)
         elif len(path_sids) == 1:
             target = path_sids[0]
         elif sid is None:

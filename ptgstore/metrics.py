@@ -153,7 +153,7 @@ class Metrics:
         if self.directory:
             registry = prom.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=self.directory)
-        encode, content_type = exposition.choose_encoder(accept)
+        encode, content_type = exposition.choose_encoder(accept or "")
         return encode(registry), content_type
 
     def may_scrape(self, scope, authenticator) -> bool:

@@ -88,8 +88,9 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         self.draining = True
         # queued behind the messages already received: the handler stores those first
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": GOING_AWAY, "reason": SHUTDOWN_REASON,
-                               SERVER_INITIATED: True})
+        event: Any = {"type": "websocket.disconnect", "code": GOING_AWAY, "reason": SHUTDOWN_REASON,
+                      SERVER_INITIATED: True}  # (ASGI allows keys beyond the spec's; its TypedDict does not)
+        self.queue.put_nowait(event)
 
 
 async def collect_garbage(open_sockets: Callable[[], int]) -> None:

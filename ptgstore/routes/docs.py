@@ -51,7 +51,7 @@ def _replies(ok_description, ok_content=None, *codes):
     return replies
 
 
-JSON_ANY = {"application/json": {"schema": {}}}
+JSON_ANY: dict[str, dict] = {"application/json": {"schema": {}}}
 
 PATHS = {
     "/token": {"post": {

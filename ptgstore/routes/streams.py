@@ -56,7 +56,8 @@ def _json_kind(value) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    return {list: "an array", str: "a string"}.get(type(value), "a number")
+    kinds: dict[type, str] = {list: "an array", str: "a string"}
+    return kinds.get(type(value), "a number")
 
 
 async def delete_streams(request: Request) -> JSONResponse:

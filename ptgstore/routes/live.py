@@ -9,17 +9,17 @@ from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import errors
+from ..directsend import direct_send
 from ..errors import BadOption, TooLarge, WrongMessageType
-
 from ..framing import (
     BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
-from ..directsend import direct_send
 from ..instrumentation import socket_tally
 from . import query_bool
 
 log = logging.getLogger("ptgstore.live")
+
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     try:
@@ -49,7 +49,7 @@ async def _serve(ws: WebSocket, handler) -> None:
         pass  # the client left (ASGI servers raise an OSError on a send after it did)
     except Exception as exc:
         refusal = errors.as_websocket(exc)
-        if refusal.code == errors.SERVER_ERROR and errors.reply_for(exc) is errors.UNEXPECTED:
+        if errors.reply_for(exc) is errors.UNEXPECTED:  # a bug: its traceback, once
             log.exception("websocket %s failed", ws.url.path)
         await _close(ws, refusal.code, refusal.reason)
 

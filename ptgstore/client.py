@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
+from typing import AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -28,11 +28,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .framing import (
     BEGINNING, NEWEST, NOW, FramingError, decode_header, encode_header, format_entry_id, pack_entries,
-    parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
+    id_before, parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
 )
 
 DEFAULT_URL = "http://127.0.0.1:7890"
-_MAX_SEQ = 2**64 - 1
 # close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
 _TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
 
@@ -78,6 +77,7 @@ class StreamClosed(PtgError):
 
 
 def _error_for(status: int, detail: str) -> PtgError:
+    kind: type[PtgError]
     if status in (401, 403):
         kind = AuthError
     elif status == 404:
@@ -134,7 +134,7 @@ def cursor_for_time(moment: datetime | float | int) -> str:
         moment = moment.timestamp()
     ms = int(timestamp_spec(moment)[1:])  # `t<ms>`, rounded as the server rounds client times
     # cursors are exclusive: the id just before `<ms>-0`
-    return format_entry_id((ms - 1, _MAX_SEQ)) if ms > 0 else BEGINNING
+    return format_entry_id(id_before((ms, 0)))
 
 
 def _cursor(value) -> str:
@@ -456,9 +456,10 @@ class AsyncClient:
         """Pages of stored entries (REST reads, which never wait) after each cursor, up to the stream's
         last entry when the reading began; a stream that does not exist or has nothing more is done."""
         cursors = dict(cursors)
-        ends = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        lasts = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        ends = {sid: end for sid, end in lasts.items() if end is not None}
         active = [sid for sid, end in ends.items()
-                  if end is not None and (cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end))]
+                  if cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end)]
         remaining = limit
         while active and (remaining is None or remaining > 0):
             page = await self.read(active, [cursors[sid] for sid in active], count)
@@ -749,7 +750,7 @@ class Client:
     replay_file = _blocking(AsyncClient.replay_file)
 
     @functools.wraps(AsyncClient.pull_deliveries)
-    def pull_deliveries(self, *args, **kwargs) -> Iterator[list[Entry]]:
+    def pull_deliveries(self, *args, **kwargs) -> Generator[list[Entry], None, None]:
         # a generator of this client, so that the client lives as long as the iteration
         yield from self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
 

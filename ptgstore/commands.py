@@ -425,7 +425,7 @@ def _sensors(args) -> list[Sensor]:
     def depth_frame(i: int) -> bytes:
         return depths[i % len(depths)]
 
-    def imu(i: int) -> bytes:
+    def imu(_frame: int) -> bytes:  # every source takes the frame number; IMU samples carry the clock instead
         now = time.time()
         return b"".join(IMU_SAMPLE.pack(now + k / args.imu_hz, rng.gauss(0, 0.05), 9.81 + rng.gauss(0, 0.05),
                                         rng.gauss(0, 0.05), *(rng.gauss(0, 0.01) for _ in range(3)))

@@ -14,6 +14,19 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+PROMETHEUS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own: read when it is imported
+
+
+def prometheus_dir() -> str | None:
+    """The directory prometheus_client shares between processes, as its variable says now."""
+    return os.environ.get(PROMETHEUS_DIR_VARIABLE)
+
+
+def export_prometheus_dir(path: str) -> None:
+    """Tell prometheus_client (imported later in this process, or in its worker processes) to share `path`."""
+    os.environ[PROMETHEUS_DIR_VARIABLE] = path
+
+
 class SettingsError(ValueError):
     """A configuration value that cannot be used, with the variable to fix."""
 

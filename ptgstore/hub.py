@@ -18,7 +18,7 @@ from typing import Sequence
 
 from redis import exceptions as rexc
 
-from .framing import BEGINNING, NEWEST, format_entry_id, parse_entry_id
+from .framing import NEWEST, format_entry_id, parse_entry_id
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")

@@ -165,13 +165,13 @@ def _file_messages(path: Path, index: int, sids: set[str] | None) -> Iterator[Me
                           entry_id_of(message.log_time, message.sequence), _decode(schema, channel, message))
 
 
-def read_messages(files: Iterable[Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
+def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
     """The entries of MCAP files in log time order (files in order for equal times)."""
     wanted = set(sids) if sids is not None else None
     return heapq.merge(*(_file_messages(Path(f), i, wanted) for i, f in enumerate(files)))
 
 
-def summarize(files: Iterable[Path]) -> dict[str, dict]:
+def summarize(files: Iterable[str | Path]) -> dict[str, dict]:
     """Per stream: count, bytes, first and last entry ids, read from the files themselves."""
     streams: dict[str, dict] = {}
     for message in read_messages(files):

@@ -49,6 +49,10 @@ class LeaseLost(Exception):
 class DiskError(Exception):
     """Writing a recording's files failed (a full disk, a read-only or vanished directory)."""
 
+    def __init__(self, error: OSError):
+        super().__init__(error)
+        self.error = error
+
 
 async def _disk(function, *args):
     """Run a file operation in a thread; its OSError becomes a DiskError."""
@@ -237,7 +241,7 @@ class Recording:
             await _disk(self._recover, segments)
             await self._follow(connection)
         except DiskError as exc:
-            await self._fail(exc.__cause__)
+            await self._fail(exc.error)
         finally:
             if self.writer is not None:
                 with contextlib.suppress(OSError):

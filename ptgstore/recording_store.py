@@ -44,6 +44,11 @@ return 1
 """
 
 
+def _text(value: bytes | str) -> str:
+    """A reply's text (redis-py types replies as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -91,7 +96,7 @@ class RecordingStore:
         raw = await self.redis.hgetall(self.state_key)
         if not raw or b"id" not in raw:
             return None
-        state = {k.decode(): v.decode() for k, v in raw.items()}
+        state: dict = {_text(k): _text(v) for k, v in raw.items()}
         state["streams"] = orjson.loads(state.get("streams", "null"))
         state["segment"] = int(state.get("segment", 1))
         state["stop"] = orjson.loads(state["stop"]) if state.get("stop") else None
@@ -107,7 +112,7 @@ class RecordingStore:
         """Make `rec_id` the active recording from now on; StoreError when one is active."""
         if not await self.redis.hsetnx(self.state_key, "id", rec_id):
             active = await self.redis.hget(self.state_key, "id")
-            raise StoreError(f"recording {active.decode() if active else '?'} is active: stop it first")
+            raise StoreError(f"recording {_text(active) if active else '?'} is active: stop it first")
         try:
             await self._begin(rec_id, streams)
         except BaseException:
@@ -160,11 +165,11 @@ class RecordingStore:
             return None
         if state.get("status") != "stopping":
             sids = set(state["streams"]) if state["streams"] is not None else set(await self.recordable_streams())
-            sids |= {k.decode() for k in await self.redis.hkeys(self.cursors_key)}
-            sids = sorted(sids)
-            last = await self.store.last_ids(sids) if sids else []
+            sids |= {_text(k) for k in await self.redis.hkeys(self.cursors_key)}
+            ordered = sorted(sids)
+            last = await self.store.last_ids(ordered) if ordered else []
             await self.redis.hset(self.state_key, mapping={
-                "status": "stopping", "stop": orjson.dumps(dict(zip(sids, last)))})
+                "status": "stopping", "stop": orjson.dumps(dict(zip(ordered, last)))})
             await self.store.add([(EVENT_STREAM, "*", b"")])
         return state["id"]
 
@@ -214,7 +219,7 @@ class RecordingStore:
     @_guarded
     async def error_of(self, rec_id: str) -> str | None:
         value = await self.redis.hget(self.errors_key, rec_id)
-        return value.decode() if value else None
+        return _text(value) if value else None
 
     @_guarded
     async def forget_error(self, rec_id: str, new_id: str | None = None) -> None:

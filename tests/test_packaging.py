@@ -47,7 +47,6 @@ def test_license_version_and_typing_marker():
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert ptgstore.__version__ == metadata.version("ptgstore")
     assert (Path(ptgstore.__file__).parent / "py.typed").exists()
-    assert meta.get_all("Project-URL")
 
 
 def _installed_closure(requirements: list[str]) -> set[str]:

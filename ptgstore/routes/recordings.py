@@ -144,7 +144,9 @@ async def start(request: Request) -> JSONResponse:
     """Start recording (every stream, or `sid=a+b`); answers the recording id."""
     params = request.query_params
     root = _root(request)
-    rec_id = params.get("rec_id") or await asyncio.to_thread(_new_id, root)
+    rec_id = params.get("rec_id") or ""
+    if not rec_id:
+        rec_id = await asyncio.to_thread(_new_id, root)
     rec_dir = _dir(request, rec_id)
     streams = None
     if params.get("sid"):
@@ -209,7 +211,7 @@ async def delete_recording(request: Request) -> JSONResponse:
     return JSONResponse([not rec_dir.exists(), True])
 
 
-async def clear_cache(request: Request) -> JSONResponse:
+async def clear_cache(_request: Request) -> JSONResponse:
     """The original's info cache: info objects are kept beside each recording, nothing to clear."""
     return JSONResponse({})
 

@@ -3,37 +3,22 @@ their CPU time and memory read from /proc."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import redis
 
-from ptgstore.embedded import find_redis_server
+from ptgstore.testing import RedisServer, free_port, wait_until
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str):
-    """Poll `predicate` until truthy; RuntimeError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """Poll `predicate` until truthy; fail after `timeout` seconds."""
+    return wait_until(predicate, timeout=timeout, interval=0.05, what=what)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -80,35 +65,9 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-class PrivateRedis:
+def PrivateRedis(directory: Path) -> RedisServer:  # (a context manager: `with PrivateRedis(dir) as redis`)
     """A redis-server on a free loopback port with no persistence (the same for both sides)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "PrivateRedis":
-        self.process = subprocess.Popen(
-            [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--maxclients", "4000"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, 15, f"redis-server on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis.from_url(self.url, socket_timeout=0.5) as client:
-                return client.ping()
-        except redis.RedisError:
-            return False
-
-    def __exit__(self, *exc_info) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(15)
+    return RedisServer(directory, extra_args=("--maxclients", "4000"))
 
 
 class Server:

@@ -3,31 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import hmac
 import logging
-import time
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors, metrics
+from . import errors, metrics, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
+from .directsend import DirectSend
 from .embedded import EmbeddedRedis
-from .framing import FramingError
 from .hub import Hub
-from .routes import dashboard, data, docs, live, misc, mjpeg, status, streams, tokens
+from .instrumentation import Instrumentation
+from .recorder import Recorder
+from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
-from .store import Store, StoreError, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
-GC_YOUNG_THRESHOLD = 10_000  # allocations between collections of the youngest objects
-GC_FULL_EVERY = 60.0  # seconds between full collections at most
-GC_AFTER_CLOSES = 100  # closed sockets that bring the next full collection forward
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
@@ -50,15 +46,21 @@ ROUTES = [
     Route("/status/streams", status.streams, methods=["GET"]),
     Route("/", dashboard.page, methods=["GET"]),
     dashboard.static,
+    # recordings: the fixed words first, then a recording id
+    Route("/recordings", recordings.list_recordings, methods=["GET"]),
+    Route("/recordings/current", recordings.current, methods=["GET"]),
+    Route("/recordings/start", recordings.start, methods=["PUT"]),
+    Route("/recordings/stop", recordings.stop, methods=["PUT"]),
+    Route("/recordings/cache", recordings.clear_cache, methods=["DELETE"]),
+    Route("/recordings/static/{rec_id}/{name:path}", recordings.static_file, methods=["GET"]),
+    Route("/recordings/upload/{rec_id}/{name:path}", recordings.upload, methods=["POST"]),
+    WebSocketRoute("/recordings/replay", recordings.replay),
+    Route("/recordings/{rec_id}/rename/{new_id:path}", recordings.rename, methods=["PUT"]),
+    Route("/recordings/{rec_id}/hide", recordings.hide, methods=["PUT"]),
+    Route("/recordings/{rec_id}/unhide", recordings.unhide, methods=["PUT"]),
+    Route("/recordings/{rec_id:path}", recordings.get_recording, methods=["GET"]),
+    Route("/recordings/{rec_id:path}", recordings.delete_recording, methods=["DELETE"]),
 ]
-
-EXCEPTION_HANDLERS = {
-    HTTPException: errors.http_error,
-    FramingError: errors.bad_request,
-    StoreError: errors.bad_request,
-    StoreUnavailable: errors.unavailable,
-    Exception: errors.server_error,
-}
 
 
 @contextlib.asynccontextmanager
@@ -88,12 +90,16 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
+                                  settings.recording_segment_mb * 1024 * 1024)
+    app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(
-        collect_garbage(lambda: len(app.state.metrics.open_socket_stats)))
+        serving.collect_garbage(lambda: len(app.state.metrics.open_socket_stats)))
     try:
         yield
     finally:
         collector.cancel()
+        await app.state.recorder.close()
         await app.state.hub.close()
         await store.close()
         if embedded is not None:
@@ -124,31 +130,6 @@ async def share_secret(store: Store, secret: str) -> None:
         log.error("another ptgstore process on this Redis signs tokens with a different secret (fingerprint "
                   "%s, ours %s): tokens it issued are refused here and ours there; give every process the "
                   "same PTGSTORE_SECRET", before, fingerprint)
-
-
-async def collect_garbage(open_sockets) -> None:
-    """Run full collections of the cyclic garbage collector on a clock, and soon after many
-    sockets closed, rather than on allocation counts.
-
-    With Python's defaults, a fan-out to a thousand pull sockets ran collections so often that
-    they paused every socket: p99 latency 65-80 ms instead of 26-34 ms. Young objects are now
-    collected every 10,000 allocations instead of 700 and what exists at start-up (modules,
-    routes) is left out of collections. Full collections then become rare, so one runs within a
-    second once GC_AFTER_CLOSES sockets have closed (a closed socket is a cycle of objects that
-    only a full collection frees: without this, RSS grew by 25 MB per thousand sockets), and at
-    least every GC_FULL_EVERY seconds (more often, they would pause live sockets again)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 10)
-    last = time.monotonic()
-    most = open_sockets()
-    while True:
-        await asyncio.sleep(1)
-        now = open_sockets()
-        most = max(most, now)
-        if most - now >= GC_AFTER_CLOSES or time.monotonic() - last >= GC_FULL_EVERY:
-            gc.collect()
-            last, most = time.monotonic(), now
 
 
 def configure_logging(level: str) -> None:
@@ -230,8 +211,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     meter = metrics.Metrics(settings)
     middleware = [
+        Middleware(DirectSend),  # outermost: socket routes send their data messages past every layer below
         Middleware(RootPathMiddleware),
-        Middleware(metrics.Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
+        Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
     ]
@@ -245,7 +227,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware.append(Middleware(AuthMiddleware, authenticator=authenticator,
                                  allowed_origins=settings.ws_allowed_origins))
     middleware.append(Middleware(errors.PathGuardMiddleware))
-    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS,
+    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=errors.EXCEPTION_HANDLERS,
                     lifespan=lifespan)
     app.state.settings = settings
     app.state.authenticator = authenticator

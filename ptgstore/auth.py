@@ -179,8 +179,8 @@ class Authenticator:
             stored = self.current_users().get(username)
             if stored is not None:
                 claims["gen"] = password_generation(stored)
-        payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
-        payload = payload.translate(_URLSAFE_ESCAPES).encode()
+        text = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
+        payload = text.translate(_URLSAFE_ESCAPES).encode()
         token = jwt.api_jws.encode(payload, self.secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
         head, body, _ = token.split(".")
         if "-" in head + body or "_" in head + body:
@@ -218,6 +218,7 @@ class Authenticator:
 
     def current_users(self) -> dict[str, str]:
         """The users file, read again only when it changed (one stat per call)."""
+        key: tuple | None
         try:
             st = os.stat(self._users_file)
             key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -264,7 +265,7 @@ class Authenticator:
 
 def find_token(scope) -> tuple[str | None, str | None]:
     """The token a request carries and where: header, then `token` query, then cookie."""
-    headers = {}
+    headers: dict[bytes, str] = {}
     for key, value in scope.get("headers", ()):
         if key in (b"authorization", b"cookie", b"origin"):
             headers.setdefault(key, value.decode("latin-1"))

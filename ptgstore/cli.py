@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import errno
 import getpass
+import importlib.util
 import ipaddress
 import os
 import shutil
 import socket
 import sys
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import __version__
 from .settings import Settings, SettingsError
 
 
@@ -45,15 +46,16 @@ def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:
     (stale files from an earlier run would be summed in). Returns the settings and a
     scratch directory to remove at exit, if one was made."""
     scratch = None
-    if not settings.metrics_dir:
+    directory = settings.metrics_dir
+    if not directory:
         if settings.workers == 1:
             return settings, None
-        scratch = tempfile.mkdtemp(prefix="ptgstore-metrics-")
+        directory = scratch = tempfile.mkdtemp(prefix="ptgstore-metrics-")
         settings = settings.replace(metrics_dir=scratch)
-    os.makedirs(settings.metrics_dir, exist_ok=True)
-    for name in os.listdir(settings.metrics_dir):
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
         if name.endswith(".db"):
-            os.unlink(os.path.join(settings.metrics_dir, name))
+            os.unlink(os.path.join(directory, name))
     return settings, scratch
 
 
@@ -95,10 +97,32 @@ def _redis_error(url: str) -> str | None:
     return None
 
 
+# what the server imports beyond the client's dependencies: the `server` extra
+SERVER_MODULES = ("uvicorn", "starlette", "redis", "hiredis", "jwt", "multipart", "prometheus_client",
+                  "swagger_ui_bundle")
+
+
+def missing_server_modules() -> list[str]:
+    return [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+
+
+def _needs_server(handler):
+    """`ptgstore serve | token | user` run the server's code: in a client-only install, say what to install."""
+    def checked(args) -> int:
+        missing = missing_server_modules()
+        if missing:
+            print(f"ptgstore {args.command} needs the server's dependencies (missing: {', '.join(missing)}): "
+                  "pip install 'ptgstore[server]' (from a clone: pip install '.[server]')", file=sys.stderr)
+            return 2
+        return handler(args)
+    return checked
+
+
 def serve(args) -> int:
     """Start uvicorn on the app with the configured host, port, workers and reload."""
     import uvicorn  # noqa: PLC0415 - only the serve command needs it
 
+    from . import serving  # noqa: PLC0415
     from .embedded import EmbeddedRedis  # noqa: PLC0415
 
     settings = _settings(args)
@@ -113,7 +137,7 @@ def serve(args) -> int:
               + (" (another ptgstore, or another program, listens there): stop it or choose another --port"
                  if getattr(refused, "errno", None) == errno.EADDRINUSE else ""), file=sys.stderr)
         return 1
-    if not settings.embedded:
+    if settings.redis_url is not None:  # (else the embedded one)
         # (not ptgstore.app's helper: importing that module builds its app before the settings are exported)
         unreachable = _redis_error(settings.redis_url)
         if unreachable is not None:
@@ -132,7 +156,7 @@ def serve(args) -> int:
         if value is not None and (attr != "auth" or settings.auth_explicit):
             os.environ["PTGSTORE_" + suffix] = str(value)
     redis_text = "embedded (private redis-server, data in %s)" % os.path.join(settings.data_dir, "redis") \
-        if settings.embedded or embedded else _without_password(settings.redis_url)
+        if settings.redis_url is None or embedded else _without_password(settings.redis_url)
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"
@@ -142,8 +166,7 @@ def serve(args) -> int:
     try:
         uvicorn.run(
             "ptgstore.app:app", host=settings.host, port=settings.port, workers=settings.workers,
-            reload=args.reload, log_level=settings.log_level, ws="ptgstore.graceful:GracefulWebSocketProtocol",
-            ws_per_message_deflate=False, ws_max_size=settings.max_message, timeout_graceful_shutdown=10,
+            reload=args.reload, log_level=settings.log_level, **serving.uvicorn_options(settings.max_message),
             access_log=False,  # ptgstore.access logs each request and socket, with route, user and duration
         )
     finally:
@@ -207,22 +230,15 @@ def user(args) -> int:
     return 0
 
 
-def _version() -> str:
-    try:
-        return version("ptgstore")
-    except PackageNotFoundError:
-        return "(not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptgstore", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"ptgstore {_version()}")
+    parser.add_argument("--version", action="version", version=f"ptgstore {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name, handler, help_text):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--data-dir", help="where the secret, users file and embedded Redis live")
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=_needs_server(handler))
         return sub
 
     run = command("serve", serve, "run the server")

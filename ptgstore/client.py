@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import AsyncIterator, Iterable, Iterator, NamedTuple, Sequence
+from typing import AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -28,11 +28,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from .framing import (
     BEGINNING, NEWEST, NOW, FramingError, decode_header, encode_header, format_entry_id, pack_entries,
-    parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
+    id_before, parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
 )
 
 DEFAULT_URL = "http://127.0.0.1:7890"
-_MAX_SEQ = 2**64 - 1
 # close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
 _TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
 
@@ -78,6 +77,7 @@ class StreamClosed(PtgError):
 
 
 def _error_for(status: int, detail: str) -> PtgError:
+    kind: type[PtgError]
     if status in (401, 403):
         kind = AuthError
     elif status == 404:
@@ -134,7 +134,7 @@ def cursor_for_time(moment: datetime | float | int) -> str:
         moment = moment.timestamp()
     ms = int(timestamp_spec(moment)[1:])  # `t<ms>`, rounded as the server rounds client times
     # cursors are exclusive: the id just before `<ms>-0`
-    return format_entry_id((ms - 1, _MAX_SEQ)) if ms > 0 else BEGINNING
+    return format_entry_id(id_before((ms, 0)))
 
 
 def _cursor(value) -> str:
@@ -177,6 +177,14 @@ def _as_entries(entries: bytes | Iterable[bytes]) -> list[bytes]:
     if isinstance(entries, (bytes, bytearray, memoryview)):
         return [bytes(entries)]
     return [bytes(e) if isinstance(e, (bytearray, memoryview)) else e for e in entries]
+
+
+def _mcap_files(path) -> list[str]:
+    """A local recording: one .mcap file, or a directory of them (a downloaded recording)."""
+    import os  # noqa: PLC0415
+    if os.path.isdir(path):
+        return [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".mcap")]
+    return [path]
 
 
 # -- the asynchronous client -------------------------------------------------------------------
@@ -448,9 +456,10 @@ class AsyncClient:
         """Pages of stored entries (REST reads, which never wait) after each cursor, up to the stream's
         last entry when the reading began; a stream that does not exist or has nothing more is done."""
         cursors = dict(cursors)
-        ends = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        lasts = dict(zip(cursors, await asyncio.gather(*(self._last_entry(sid) for sid in cursors))))
+        ends = {sid: end for sid, end in lasts.items() if end is not None}
         active = [sid for sid, end in ends.items()
-                  if end is not None and (cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end))]
+                  if cursors[sid] == NEWEST or parse_entry_id(cursors[sid]) < parse_entry_id(end)]
         remaining = limit
         while active and (remaining is None or remaining > 0):
             page = await self.read(active, [cursors[sid] for sid in active], count)
@@ -497,6 +506,113 @@ class AsyncClient:
             raise exc
         await asyncio.sleep(min(0.05 + (now - lost_at) / 4, 1.0))
         return lost_at
+
+    # -- recordings -----------------------------------------------------------------------------
+
+    async def recordings(self, info: bool = False, hidden: bool = False) -> list:
+        """Recording names (hidden ones too with `hidden=True`), or their info objects with `info=True`."""
+        params = {"info": str(info).lower(), "hidden": str(hidden).lower()}
+        return (await self._request("GET", "/recordings", params=params)).json()
+
+    async def recording(self, name: str) -> dict:
+        """A recording's info: per stream count, bytes, first/last entry; duration, size, files, gaps."""
+        return (await self._request("GET", f"/recordings/{quote(name, safe='')}")).json()
+
+    async def current_recording(self, info: bool = False):
+        """The active recording's name (None when none), or its info with `info=True`."""
+        return (await self._request("GET", "/recordings/current", params={"info": str(info).lower()})).json()
+
+    async def start_recording(self, name: str | None = None, streams: str | Sequence[str] | None = None) -> str:
+        """Start recording every stream (or only `streams`); answers the recording's name."""
+        params = {}
+        if name:
+            params["rec_id"] = name
+        if streams:
+            params["sid"] = "+".join(_stream_list(streams))
+        return (await self._request("PUT", "/recordings/start", params=params)).json()
+
+    async def stop_recording(self) -> bool:
+        """Stop the active recording once its files are written; False when none was active."""
+        return bool((await self._request("PUT", "/recordings/stop", timeout=max(self.timeout, 90))).json())
+
+    async def rename_recording(self, name: str, new_name: str) -> None:
+        await self._request("PUT", f"/recordings/{quote(name, safe='')}/rename/{quote(new_name, safe='')}")
+
+    async def delete_recording(self, name: str) -> None:
+        await self._request("DELETE", f"/recordings/{quote(name, safe='')}")
+
+    async def hide_recording(self, name: str, hidden: bool = True) -> None:
+        """Leave a recording out of the list (or put it back with `hidden=False`)."""
+        await self._request("PUT", f"/recordings/{quote(name, safe='')}/{'hide' if hidden else 'unhide'}")
+
+    async def download_recording(self, name: str, out_dir: str = ".", progress=None) -> list[str]:
+        """Write a recording's files (MCAP segments, info.json) into `out_dir/name/`; answers their paths.
+        `progress(bytes)` is called as data arrives."""
+        import os  # noqa: PLC0415
+        info = await self.recording(name)
+        target = os.path.join(out_dir, name)
+        os.makedirs(target, exist_ok=True)
+        paths = []
+        for file in [*info["files"], "info.json"]:
+            path = os.path.join(target, file)
+            url = f"/recordings/static/{quote(name, safe='')}/{quote(file, safe='')}"
+            async with self._http.stream("GET", url, headers=await self._headers()) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _error_for(response.status_code, _detail(response))
+                with open(path + ".part", "wb") as out:
+                    async for chunk in response.aiter_bytes(1024 * 1024):
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+            os.replace(path + ".part", path)
+            paths.append(path)
+        return paths
+
+    async def replay_recording(self, name: str, streams: str | Sequence[str] | None = None, prefix: str = "",
+                               speed: float | None = 1.0, interval: float = 1.0, keep_ids: bool = False,
+                               progress=None) -> dict:
+        """Replay a recording on the server into live streams `prefix + stream`, at `speed` times the
+        recorded pace (None: as fast as possible); `progress(report)` gets each progress report.
+        Answers the last report once the replay is done."""
+        params = {"rec_id": name, "prefix": prefix, "interval": interval,
+                  "fullspeed": str(speed is None).lower(), "keep_ids": str(keep_ids).lower()}
+        if speed is not None:
+            params["speed"] = speed
+        if streams:
+            params["sid"] = "+".join(_stream_list(streams))
+        ws = await self._connect("/recordings/replay", params)
+        report: dict = {}
+        try:
+            while True:
+                try:
+                    report = orjson.loads(await ws.recv())
+                except ConnectionClosed as exc:
+                    if exc.rcvd is not None and exc.rcvd.code == 1000:
+                        return report
+                    raise _closed(exc) from None
+                if progress is not None:
+                    progress(report)
+        finally:
+            await self._disconnect(ws)
+
+    async def replay_file(self, path: str, streams: str | Sequence[str] | None = None, prefix: str = "",
+                          speed: float | None = 1.0, progress=None) -> dict[str, int]:
+        """Replay a local MCAP recording through the push protocol (entries stamped now), paced like
+        the server's replay; `progress(stream, entries)` after each batch. Answers entries per stream."""
+        from .mcapfiles import read_messages  # noqa: PLC0415
+        from .replay import paced  # noqa: PLC0415
+        files = sorted(_mcap_files(path))
+        wanted = _stream_list(streams) if streams else None
+        sent: dict[str, int] = {}
+        async with self.pusher() as pusher:
+            async for batch in paced(read_messages(files, wanted), speed):
+                await pusher.push_items([(prefix + m.sid, None, m.data) for m in batch])
+                for m in batch:
+                    sent[m.sid] = sent.get(m.sid, 0) + 1
+                if progress is not None:
+                    progress(batch[0].sid, len(batch))
+        return sent
 
 
 async def _receive_delivery(ws) -> list[Entry]:
@@ -620,8 +736,21 @@ class Client:
     push = _blocking(AsyncClient.push)
     read = _blocking(AsyncClient.read)
     latest = _blocking(AsyncClient.latest)
+    # recordings
+    recordings = _blocking(AsyncClient.recordings)
+    recording = _blocking(AsyncClient.recording)
+    current_recording = _blocking(AsyncClient.current_recording)
+    start_recording = _blocking(AsyncClient.start_recording)
+    stop_recording = _blocking(AsyncClient.stop_recording)
+    rename_recording = _blocking(AsyncClient.rename_recording)
+    delete_recording = _blocking(AsyncClient.delete_recording)
+    hide_recording = _blocking(AsyncClient.hide_recording)
+    download_recording = _blocking(AsyncClient.download_recording)
+    replay_recording = _blocking(AsyncClient.replay_recording)
+    replay_file = _blocking(AsyncClient.replay_file)
+
     @functools.wraps(AsyncClient.pull_deliveries)
-    def pull_deliveries(self, *args, **kwargs) -> Iterator[list[Entry]]:
+    def pull_deliveries(self, *args, **kwargs) -> Generator[list[Entry], None, None]:
         # a generator of this client, so that the client lives as long as the iteration
         yield from self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
 

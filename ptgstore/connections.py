@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import logging
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
@@ -140,6 +141,8 @@ class Connections:
         self.lane_cap = min(LANES, pool_size)
         self._lanes: dict[str, _Lanes] = {}  # by server ("" for the single server)
         self._watchdog: asyncio.TimerHandle | None = None
+        self.pool: aioredis.BlockingConnectionPool | None
+        self.client: Any  # aioredis.Redis or RedisCluster: the same commands
         if cluster:
             self.pool = None
             self.client = RedisCluster.from_url(
@@ -241,6 +244,7 @@ class Connections:
         lane = lanes.take()
         if lane is None:  # every lane busy: a pooled connection (of the node, on a cluster)
             if node is None:
+                assert self.pool is not None  # (a single server always has its pool)
                 connection = await self.pool.get_connection()
                 try:
                     return await _call(connection, command)
@@ -316,8 +320,8 @@ class Tail:
     def __init__(self, connections: Connections, key: str):
         self.connections = connections
         self.key = key
-        self.connection = None
-        self.node_name = None
+        self.connection: Any = None
+        self.node_name: str | None = None
 
     async def _connection(self):
         conns = self.connections
@@ -328,10 +332,13 @@ class Tail:
             self.connection, self.node_name = cls(**options), node.name
         return self.connection
 
-    async def pipelined(self, commands: list[tuple]) -> list:
+    async def pipelined(self, commands: list[tuple], key: str | None = None) -> list:
         """The replies of `commands` sent together (Redis serves them one after the other); a reply
         that is an error is raised. MOVED is followed (nothing ran); during a slot's migration the
-        commands are sent with ASKING to the node importing it."""
+        commands are sent with ASKING to the node importing it. `key`: the commands are about that
+        key from now on (the connection moves to its master)."""
+        if key is not None:
+            self.key = key
         if not self.connections.cluster:
             if self.connection is None:
                 self.connection = self.connections._lane_class(**self.connections._lane_options)

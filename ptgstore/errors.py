@@ -1,32 +1,115 @@
-"""HTTP error replies in the protocol's `{"detail": ...}` shape, the request body limit, and the path guard."""
+"""Every error a client can get, in one table, and the middleware that refuses bad requests early.
+
+`TABLE` maps each exception type that handlers raise to its HTTP status and its WebSocket close
+code; `as_http` and `as_websocket` turn any exception into Starlette's `HTTPException` or
+`WebSocketException` from it. docs/protocol.md prints the same table.
+"""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from starlette.exceptions import HTTPException
+from python_multipart.exceptions import FormParserError
+from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .framing import FramingError
+from .store import StoreError, StoreUnavailable
+
 log = logging.getLogger("ptgstore.errors")
 
-
-async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-async def bad_request(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=400)
-
-
-async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": str(exc)}, status_code=503)
+# WebSocket close codes (RFC 6455, section 7.4.1)
+NORMAL = 1000
+GOING_AWAY = 1001
+UNSUPPORTED = 1003  # a text message where a binary one belongs, or the reverse
+INVALID = 1007  # a malformed message, stream id or query option
+POLICY = 1008  # a well-formed request the route refuses
+TOO_BIG = 1009
+SERVER_ERROR = 1011  # the store is unavailable, or a bug
+INTERNAL = "internal server error"
+MAX_REASON = 120  # bytes: a close reason over 123 is a protocol error that drops the socket unexplained
 
 
-async def server_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette re-raises after this reply, so the server logs the traceback once
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+class BadOption(ValueError):
+    """A query option with a value the route cannot use."""
+
+
+class Refused(ValueError):
+    """Well-formed options in a combination the route refuses."""
+
+
+class WrongMessageType(ValueError):
+    """A text WebSocket message where a binary one belongs, or the reverse."""
+
+
+class TooLarge(ValueError):
+    """A request body or WebSocket message over the configured limit."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int  # over HTTP
+    close: int  # on a WebSocket
+
+
+TABLE: dict[type[BaseException], Reply] = {
+    BadOption: Reply(400, INVALID),  # malformed like any other data: the protocol's 1007 since the start
+    Refused: Reply(400, POLICY),
+    FramingError: Reply(400, INVALID),  # malformed header, offsets, entry ids, stream ids, timestamps
+    StoreError: Reply(400, INVALID),  # the data does not fit the stream (an older timestamp, a key of another type)
+    WrongMessageType: Reply(400, UNSUPPORTED),
+    FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
+    TooLarge: Reply(413, TOO_BIG),
+    StoreUnavailable: Reply(503, SERVER_ERROR),
+}
+UNEXPECTED = Reply(500, SERVER_ERROR)
+
+
+def reply_for(exc: BaseException) -> Reply:
+    for kind in type(exc).__mro__:
+        reply = TABLE.get(kind)
+        if reply is not None:
+            return reply
+    return UNEXPECTED
+
+
+def _reason(exc: BaseException, reply: Reply) -> str:
+    return INTERNAL if reply is UNEXPECTED else str(exc)
+
+
+def short(reason: str) -> str:
+    """A close reason that fits a close frame."""
+    return reason.encode()[:MAX_REASON].decode(errors="ignore")
+
+
+def as_http(exc: BaseException) -> HTTPException:
+    if isinstance(exc, HTTPException):
+        return exc
+    reply = reply_for(exc)
+    return HTTPException(reply.status, _reason(exc, reply))
+
+
+def as_websocket(exc: BaseException) -> WebSocketException:
+    if isinstance(exc, WebSocketException):
+        return exc
+    if isinstance(exc, HTTPException):  # a REST helper used by a socket route: its 4xx means a bad option
+        return WebSocketException(POLICY if exc.status_code < 500 else SERVER_ERROR, short(str(exc.detail)))
+    reply = reply_for(exc)
+    return WebSocketException(reply.close, short(_reason(exc, reply)))
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The reply to any exception a route raises, in the protocol's `{"detail": ...}` shape."""
+    error = as_http(exc)
+    if error.status_code == 503:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+    # for a 500, Starlette re-raises after this reply, so the server logs the traceback once
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+EXCEPTION_HANDLERS = {kind: http_error for kind in (HTTPException, *TABLE, Exception)}
 
 
 class BodyLimitMiddleware:
@@ -41,8 +124,9 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         for key, value in scope.get("headers", ()):
             if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
-                return await response(scope, receive, send)
+                error = as_http(TooLarge(f"request body larger than {self.limit} bytes"))
+                return await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive,
+                                                                                                  send)
         received = 0
 
         async def limited_receive():
@@ -50,7 +134,7 @@ class BodyLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise HTTPException(413, f"request body larger than {self.limit} bytes")
+                raise TooLarge(f"request body larger than {self.limit} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
@@ -75,7 +159,7 @@ def path_problem(scope) -> str | None:
 
 
 class PathGuardMiddleware:
-    """Refuse paths that are not UTF-8 or hold control characters: 400, or close 1007 on a WebSocket."""
+    """Refuse paths that are not UTF-8 or hold control characters, as malformed stream ids (FramingError)."""
 
     def __init__(self, app):
         self.app = app
@@ -88,6 +172,6 @@ class PathGuardMiddleware:
             await receive()  # the websocket.connect event
             # accepted first, so that the client can read why (as for any other malformed stream id)
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": 1007, "reason": reason})
+            await send({"type": "websocket.close", "code": reply_for(FramingError()).close, "reason": reason})
             return
-        await JSONResponse({"detail": reason}, status_code=400)(scope, receive, send)
+        await JSONResponse({"detail": reason}, status_code=reply_for(FramingError()).status)(scope, receive, send)

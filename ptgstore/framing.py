@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import msgpack
 import orjson
 
 MAX_STREAM_ID_BYTES = 256
 RESERVED_STREAM_IDS = frozenset({"ptgstore:meta", "ptgstore:maxlen"})
-_MAX_U64 = 2**64 - 1
+MAX_PART = 2**64 - 1  # Redis keeps both parts of an entry id in 64 unsigned bits
 _DIGITS = frozenset("0123456789")
 
 
@@ -57,7 +57,7 @@ def parse_entry_id(text: str) -> tuple[int, int]:
     if not _is_digits(ms) or (sep and not _is_digits(seq)):
         raise FramingError(f"malformed entry id {text!r}")
     pair = (int(ms), int(seq) if sep else 0)
-    if pair[0] > _MAX_U64 or pair[1] > _MAX_U64:
+    if pair[0] > MAX_PART or pair[1] > MAX_PART:
         raise FramingError(f"entry id out of range {text!r}")
     return pair
 
@@ -69,6 +69,21 @@ def format_entry_id(pair: tuple[int, int]) -> str:
 NEWEST = "*"  # the newest `count` entries
 NOW = "$"  # only entries added after this moment
 BEGINNING = "0-0"
+LAST_POSSIBLE_ID = format_entry_id((MAX_PART, MAX_PART))  # no entry id is larger
+
+
+def id_before(pair: tuple[int, int]) -> tuple[int, int]:
+    """The entry id just before `pair` (cursors are exclusive: a read after it starts at `pair`);
+    `0-0` has none before it and stays `0-0`."""
+    ms, seq = pair
+    if seq:
+        return ms, seq - 1
+    return (ms - 1, MAX_PART) if ms else (0, 0)
+
+
+def cursor_before(entry_id: str) -> str:
+    """The cursor from which a read starts at `entry_id` itself."""
+    return format_entry_id(id_before(parse_entry_id(entry_id)))
 
 
 def parse_cursor(text: str) -> str:
@@ -111,7 +126,7 @@ def timestamp_spec(ts) -> str:
             raise FramingError(f"timestamp out of range: {ts!r}")
         # rounded to the microsecond first, so float error cannot turn 1.001 s into 1000 ms
         ms = math.floor(round(ts * 1000, 3))
-        if ms > _MAX_U64:
+        if ms > MAX_PART:
             raise FramingError(f"timestamp out of range: {ts!r}")
         return f"t{ms}"
     if isinstance(ts, str):
@@ -207,7 +222,7 @@ def _offset(value) -> int:
     return value
 
 
-def _parse_item(item, index: int, path_sids: Sequence[str]) -> tuple[str | None, str, int]:
+def _parse_item(item, index: int) -> tuple[str | None, str, int]:
     """(stream id or None for 'the path decides', id spec, offset) of one header item."""
     if isinstance(item, list):
         if len(item) == 2:
@@ -261,7 +276,7 @@ def split_batch(
         path_sids = split_stream_ids(path_sid)
     if not header_items and blob:
         raise FramingError(f"the header lists no entries but the blob holds {len(blob)} bytes")
-    parsed = [_parse_item(item, i, path_sids) for i, item in enumerate(header_items)]
+    parsed = [_parse_item(item, i) for i, item in enumerate(header_items)]
     spans = _resolve_offsets([p[2] for p in parsed], len(blob), offsets_mode)
     bare = [p for p in parsed if p[0] is None]
     if path_sid == "*" and bare:
@@ -272,7 +287,7 @@ def split_batch(
     entries = []
     for i, ((sid, spec, _), (start, end)) in enumerate(zip(parsed, spans)):
         if path_sid == "*":
-            target = validate_stream_id(sid)
+            target = validate_stream_id(sid or "")  # (never None here: bare items were refused above)
         elif len(path_sids) == 1:
             target = path_sids[0]
         elif sid is None:

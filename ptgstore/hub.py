@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .framing import BEGINNING, NEWEST, format_entry_id, parse_entry_id
+from .framing import NEWEST, format_entry_id, parse_entry_id
 from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")
@@ -52,6 +52,7 @@ class Follower:
         self.invalidations = 0
         self.ready = asyncio.Event()
         self._waiting = False  # in the blocking read (which `invalidate` interrupts)
+        self.stopping = False  # a cancellation is then for good, never an interruption
         self._interrupted = False
         # what the sockets at one cursor get next, made once for all of them (they mostly move together)
         self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
@@ -66,6 +67,11 @@ class Follower:
         if self._waiting and not self._interrupted:
             self._interrupted = True
             self.task.cancel()
+
+    def stop(self) -> None:
+        """End the follower (its last socket left, or the server stops)."""
+        self.stopping = True
+        self.task.cancel()
 
     def _forget(self) -> None:
         self.entries.clear()
@@ -99,7 +105,10 @@ class Follower:
                             tail, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
                     except asyncio.CancelledError:
                         # interrupted by `invalidate` (and by nothing else): read the state again
-                        if not self._interrupted or asyncio.current_task().uncancel() > 0:
+                        if self.stopping or not self._interrupted:
+                            raise
+                        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
+                        if uncancel is not None and uncancel() > 0:
                             raise
                         self._interrupted = False
                         continue
@@ -300,12 +309,12 @@ class Subscription:
         for i, follower in enumerate(self.followers):
             if not follower.ready.is_set():
                 in_step = False
-            elif self.epochs[i] is None or self.epochs[i] < follower.epoch:
-                if self.epochs[i] is not None:
+            elif (epoch := self.epochs[i]) is None or epoch < follower.epoch:
+                if epoch is not None:
                     self.cursors[i] = (0, 0)
                     self.fresh[i] = True
                 self.epochs[i] = follower.epoch
-            elif self.epochs[i] > follower.epoch:
+            elif epoch > follower.epoch:
                 if self._reread[i] == follower.invalidations:
                     # read again since this socket asked, and still older: Redis lost its data
                     # (flushed or restarted empty), so the stream is new here too
@@ -369,7 +378,7 @@ class Subscription:
         if len(self.followers) != 1 or latest:
             return None
         shared = self.followers[0].delivery_after(self.cursors[0], count)
-        if shared is None:
+        if shared is None or shared.last is None:  # (a shared delivery always knows its cursor)
             return None
         self.cursors[0] = shared.last
         if shared.gaps and (self.fresh[0] or not self.gaps):
@@ -520,7 +529,7 @@ class Hub:
         follower.refs -= 1
         if follower.refs <= 0 and self.followers.get(follower.sid) is follower:
             del self.followers[follower.sid]
-            follower.task.cancel()
+            follower.stop()
             if not self.followers and self._watcher is not None:
                 self._watcher.cancel()  # nothing buffered: deletes matter again with the next follower
                 self._watcher = None
@@ -528,10 +537,11 @@ class Hub:
     async def close(self) -> None:
         """Stop every follower (server shutdown)."""
         tasks = [f.task for f in self.followers.values()]
+        for follower in self.followers.values():
+            follower.stop()
         if self._watcher is not None:
+            self._watcher.cancel()
             tasks.append(self._watcher)
             self._watcher = None
         self.followers.clear()
-        for task in tasks:
-            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

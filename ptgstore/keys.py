@@ -33,6 +33,11 @@ class Keys:
         self.legacy_meta = prefix + "ptgstore:meta"
         self.legacy_maxlen = prefix + "ptgstore:maxlen"
 
+    def recording(self, name: str) -> str:
+        """A key of the recordings' state (`recording_store.py`): on a cluster all of them share one
+        hash tag, so that its transactions and scripts stay in one slot."""
+        return self.prefix + ("{ptgstore:recording}" if self.tagged else "") + name
+
     def group(self, sid: str) -> str:
         """The stream's placement group ("" for the default group)."""
         group, found, _ = sid.partition(self.separator)

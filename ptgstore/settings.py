@@ -14,6 +14,19 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvico
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+PROMETHEUS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own: read when it is imported
+
+
+def prometheus_dir() -> str | None:
+    """The directory prometheus_client shares between processes, as its variable says now."""
+    return os.environ.get(PROMETHEUS_DIR_VARIABLE)
+
+
+def export_prometheus_dir(path: str) -> None:
+    """Tell prometheus_client (imported later in this process, or in its worker processes) to share `path`."""
+    os.environ[PROMETHEUS_DIR_VARIABLE] = path
+
+
 class SettingsError(ValueError):
     """A configuration value that cannot be used, with the variable to fix."""
 
@@ -93,6 +106,9 @@ class Settings:
     root_path: str = ""  # the path prefix a proxy serves ptgstore under (e.g. /store), for URLs the app writes
     access_log: bool = True  # a ptgstore.access line per HTTP request (sockets are always logged)
     log_level: str = "info"
+    recordings_dir: str | None = None  # default: <data_dir>/recordings
+    recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
+    recording_segment_mb: int = 256  # ... or when one reaches this size
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_POLICIES:
@@ -155,6 +171,9 @@ class Settings:
             "ROOT_PATH": ("root_path", _parse_root_path),
             "EPHEMERAL_DISK": ("ephemeral_disk", _parse_bool),
             "LOG_LEVEL": ("log_level", lambda n, v: v.strip().lower()),
+            "RECORDINGS_DIR": ("recordings_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
+            "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
+            "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
         }
         for suffix, (attr, parse) in readers.items():
             name = "PTGSTORE_" + suffix
@@ -174,6 +193,10 @@ class Settings:
     @property
     def users_path(self) -> Path:
         return Path(self.users_file) if self.users_file else Path(self.data_dir) / "users.json"
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else Path(self.data_dir) / "recordings"
 
     @property
     def embedded(self) -> bool:

@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 import orjson
 
@@ -191,7 +191,7 @@ class Store:
         self.keys = Keys(key_prefix, separator=group_separator, tagged=cluster)
         self.key = self.keys.stream  # (bound once: one call less on every entry)
         self._add = self.redis.register_script(_ADD_SCRIPT)
-        self._summary = None  # the summaries script, registered on first use
+        self._summary: Any = None  # the summaries script, registered on first use
         self._max_lens: dict[str, tuple[int, float]] = {}  # stream id -> (max_len, read at)
         self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
 
@@ -376,7 +376,7 @@ class Store:
                 pipe.get(self.epoch_key(sid))
                 pipe.xinfo_stream(self.key(sid))
             replies = await pipe.execute(raise_on_error=False)
-        states = []
+        states: list[tuple[int, str, int | None]] = []
         for i, sid in enumerate(sids):
             epoch, reply = replies[2 * i], replies[2 * i + 1]
             if isinstance(epoch, Exception):
@@ -480,9 +480,11 @@ class Store:
             found.add(self.keys.sid_of(key.decode("utf-8", "surrogateescape"), META_SUFFIX))
         valid = []
         for sid in found:
+            if sid is None:  # not a key of ptgstore's layout
+                continue
             try:
                 valid.append(validate_stream_id(sid))
-            except (FramingError, TypeError):  # (None: not a key of ptgstore's layout)
+            except FramingError:
                 continue
         return sorted(valid)
 
@@ -546,7 +548,7 @@ class Store:
         entries can tell a re-created stream from the one it buffered), and every process is told
         at once on the deletions channel (so its followers stop serving from memory). On a cluster,
         the streams of one slot are deleted together, and the news follows each transaction."""
-        existed = set()
+        existed: set[str] = set()
         for group in self._by_slot(sids):
             async with self.redis.pipeline(transaction=True) as pipe:
                 for sid in group:
@@ -646,17 +648,17 @@ class Store:
                 for chunk_keys in keys:
                     await self._summary(keys=chunk_keys, client=pipe)
                 replies = await pipe.execute(raise_on_error=False)
-        by_sid = {}
+        by_sid: dict[str, Any] = {}
         for chunk, reply in zip(chunks, replies):
-            if isinstance(reply, Exception):
+            if isinstance(reply, BaseException):
                 raise reply
             by_sid.update(zip(chunk, reply))
         out = []
         for sid in sids:
-            reply = by_sid.get(sid)
-            if not reply:
+            summary = by_sid.get(sid)
+            if not summary:
                 continue
-            row, meta_raw = reply
+            row, meta_raw = summary
             meta = orjson.loads(meta_raw) if meta_raw else {}
             if not row and not meta:
                 continue  # gone since it was listed, or not a stream

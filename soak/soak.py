@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -35,13 +34,9 @@ import httpx
 import orjson
 from websockets.asyncio.client import connect
 
+from ptgstore.testing import free_port
+
 STAMP = struct.Struct("!Qd")  # sequence number, send time (epoch seconds)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mib(pid: int | None) -> float | None:

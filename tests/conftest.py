@@ -2,74 +2,17 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import uvicorn
 
 from ptgstore.app import create_app
-from ptgstore.embedded import find_redis_server
+from ptgstore.serving import uvicorn_options
 from ptgstore.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-class RedisServer:
-    """A private redis-server process on a free loopback port."""
-
-    def __init__(self, directory: Path, binary: str | None = None):
-        self.directory = directory
-        self.binary = binary or find_redis_server()
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "RedisServer":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, what=f"redis-server on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return redis.Redis.from_url(self.url, socket_timeout=0.5).ping()
-        except redis.RedisError:
-            return False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
+from ptgstore.testing import RedisServer, free_port, wait_until  # noqa: F401 - the tests import them from here
 
 
 @pytest.fixture(scope="session")
@@ -96,10 +39,8 @@ class LiveServer:
         self.port = port or free_port()
         self.app = create_app(settings.replace(port=self.port))
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning",
-            ws="ptgstore.graceful:GracefulWebSocketProtocol",  # what `ptgstore serve` uses
-            ws_per_message_deflate=False, ws_max_size=settings.max_message, lifespan="on",
-            timeout_graceful_shutdown=5,
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+            **{**uvicorn_options(settings.max_message), "timeout_graceful_shutdown": 5},  # as `ptgstore serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

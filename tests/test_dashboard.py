@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from conftest import free_port
+from ptgstore.mcapfiles import read_messages
 from wsutil import ws_connect
 
 CHROMIUM = "/usr/bin/chromium"
@@ -445,3 +446,23 @@ def test_a_page_on_another_origin_cannot_change_data_with_the_cookie(signed_in, 
         assert info["length"] == 1 and info["meta"] == {}
         entries = http.get("/data/victim", params={"last_entry_id": "0", "count": 10})
         assert entries.content == b"precious"
+
+
+def test_recordings_panel_starts_stops_lists_and_downloads(signed_in, server):
+    page = signed_in.page
+    page.click("#nav a[data-view=recordings]")
+    expect(page.locator("#recording-current")).to_have_text("not recording")
+    page.fill("#recording-name", "bench-session")
+    page.click("#recording-start")
+    expect(page.locator("#recording-current")).to_have_text("recording now: bench-session")
+    frames = [jpeg((255, 0, 0)), jpeg((0, 0, 255))]
+    ids = push(server, "main", *frames)
+    page.click("#recording-stop")
+    expect(page.locator("#recording-current")).to_have_text("not recording")
+    item = page.locator("#recording-list li[data-name=bench-session]")
+    link = item.locator("a.download", has_text=re.compile(r"\.mcap$")).first
+    expect(link).to_be_visible()
+    with page.expect_download() as download:
+        link.click()
+    messages = list(read_messages([download.value.path()]))
+    assert [(m.sid, m.entry_id, m.data) for m in messages] == [("main", i, f) for i, f in zip(ids, frames)]

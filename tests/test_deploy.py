@@ -47,7 +47,7 @@ def test_procfile_runs_uvicorn_on_port_with_graceful_websockets():
         if word.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             options[word] = argv[i + 1]
     assert options["--port"] == "$PORT"
-    assert options["--ws"] == "ptgstore.graceful:GracefulWebSocketProtocol"
+    assert options["--ws"] == "ptgstore.serving:GracefulWebSocketProtocol"
     assert options["--ws-per-message-deflate"] == "false"
     # the --ws value must be importable as uvicorn imports it
     from uvicorn.importer import import_from_string

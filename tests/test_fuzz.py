@@ -614,23 +614,24 @@ def test_ws_pull_paths_and_query_strings(env, sids, options):
     sync = options.get("time_sync_id")
     sync_ok = sync in (None, "") or sync in unique or (re.fullmatch(r"[0-9]+", sync) is not None
                                                         and int(sync) < len(unique))
-    framing_ok = (timeout_ok and count_ok(options.get("count")) and codec_ok(options.get("header"))
-                  and all(sid_ok(s) for s in sids) and cursors_ok(options.get("last_entry_id"), len(unique))
-                  and sync_ok)
-    bools_ok = all(bool_ok(options.get(k)) for k in ("latest", "ack", "gaps"))
+    framing_ok = all(sid_ok(s) for s in sids)
+    # every malformed query option closes with one code (1007, as malformed data), whatever its kind
+    options_ok = (timeout_ok and count_ok(options.get("count")) and codec_ok(options.get("header"))
+                  and cursors_ok(options.get("last_entry_id"), len(unique)) and sync_ok
+                  and all(bool_ok(options.get(k)) for k in ("latest", "ack", "gaps")))
     # the streams must be empty for a valid socket to time out without data
     assume(not any(env.redis.exists(s) for s in sids if sid_ok(s)))
     before = env.keys()
     with ws(env, f"/data/{path_quote_list(path_sid)}/pull", **options) as sock:
         code, reason = closed_with(sock)
-    if framing_ok and bools_ok:
+    if framing_ok and options_ok:
         assert (code, reason) == (1000, "timeout without data"), (path_sid, options)
     else:
         expected = set()
         if not framing_ok:
             expected.add(1007)
-        if not bools_ok:
-            expected.add(1008)
+        if not options_ok:
+            expected.add(1007)
         assert_refused(code, reason, expected)
     env.settled(before)
 
@@ -646,10 +647,10 @@ def test_ws_push_paths_and_query_strings(env, sid, batch, ack, header, offsets):
     parts = sid.split("+")  # `a+b`: several streams, for batches only
     options = {k: v for k, v in dict(batch=batch, ack=ack, header=header, offsets=offsets).items() if v is not None}
     bools_ok = bool_ok(batch) and bool_ok(ack)
-    framing_ok = codec_ok(header) and (offsets or "auto").lower() in ("auto", "start", "end") and all(
-        sid_ok(p) for p in parts)
+    options_ok = bools_ok and codec_ok(header) and (offsets or "auto").lower() in ("auto", "start", "end")
+    framing_ok = all(sid_ok(p) for p in parts)
     batched = bools_ok and (batch or "").strip().lower() in ("1", "true", "yes", "on")
-    policy_ok = bools_ok and (batched or len(parts) == 1)
+    policy_ok = options_ok and (batched or len(parts) == 1)
     before = env.keys()
     with ws(env, f"/data/{path_quote_list(sid)}/push", **{**options, "ack": "true" if bools_ok else ack}) as sock:
         if framing_ok and policy_ok:
@@ -663,7 +664,7 @@ def test_ws_push_paths_and_query_strings(env, sid, batch, ack, header, offsets):
             env.redis.delete(parts[0])
         else:
             code, reason = closed_with(sock)
-            expected = ({1007} if not framing_ok else set()) | ({1008} if not policy_ok else set())
+            expected = ({1007} if not (framing_ok and options_ok) else set()) | ({1008} if options_ok and not policy_ok else set())
             assert_refused(code, reason, expected)
     env.settled(before)
 

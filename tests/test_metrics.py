@@ -119,6 +119,16 @@ def test_errors_by_reason(server, rdb):
                what="the refused handshake counted (401, as the refused REST request)")
 
 
+def test_a_client_close_is_the_clients_whatever_its_reason_says(server, rdb):
+    # the server's own shutdown close is marked on its event, not recognised by its reason text
+    with ws_connect(server, "/data/cam/push") as push:
+        wait_until(lambda: value(scrape(server), "ptgstore_open_sockets", kind="push") == 1, what="open push socket")
+        push.close(code=1001, reason="server shutting down")
+    wait_until(lambda: value(scrape(server), "ptgstore_socket_closes_total", kind="push", code="1001",
+                             by="client") == 1, what="the client's 1001 close counted as the client's")
+    assert value(scrape(server), "ptgstore_socket_closes_total", kind="push", code="1001", by="server") == 0
+
+
 def test_metrics_need_a_token_even_from_loopback(tmp_path, redis_server, rdb, startup_log):
     settings = make_settings(tmp_path, redis_server.url, metrics_token="scraper-secret-0123456789")
     with live_server(settings) as live:

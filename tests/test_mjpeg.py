@@ -197,8 +197,9 @@ def test_static_files_are_package_data():
     """`pip install .` (not editable) must carry the stand-by image and the dashboard: every file
     under ptgstore/static matches pyproject's package-data."""
     import fnmatch
-    import tomllib
     from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     root = Path(__file__).resolve().parent.parent
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ptgstore"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import html
 import json
 import os
-from importlib.metadata import PackageNotFoundError, version
 
 import swagger_ui_bundle
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+
+from .. import __version__
 
 ROOT_PATH_KEY = "ptgstore.root_path"
 
@@ -50,7 +51,7 @@ def _replies(ok_description, ok_content=None, *codes):
     return replies
 
 
-JSON_ANY = {"application/json": {"schema": {}}}
+JSON_ANY: dict[str, dict] = {"application/json": {"schema": {}}}
 
 PATHS = {
     "/token": {"post": {
@@ -127,16 +128,9 @@ PATHS = {
 }
 
 
-def _version() -> str:
-    try:
-        return version("ptgstore")
-    except PackageNotFoundError:
-        return "0"
-
-
 SPEC = {
     "openapi": "3.0.3",
-    "info": {"title": "ptgstore", "version": _version(),
+    "info": {"title": "ptgstore", "version": __version__,
              "description": "Sensor frames over REST and WebSockets into Redis Streams.\n" + WEBSOCKETS},
     "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
     "security": [{"bearer": []}],

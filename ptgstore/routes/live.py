@@ -8,68 +8,50 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from .. import errors
+from ..directsend import direct_send
+from ..errors import BadOption, TooLarge, WrongMessageType
 from ..framing import (
-    BEGINNING, NOW, FramingError, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
+    BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
-from ..metrics import data_send, socket_tally
-from ..store import StoreError, StoreUnavailable
+from ..instrumentation import socket_tally
 from . import query_bool
 
 log = logging.getLogger("ptgstore.live")
-
-NORMAL, UNSUPPORTED, INVALID, POLICY, TOO_BIG, UNAVAILABLE = 1000, 1003, 1007, 1008, 1009, 1011
-
-
-class Refusal(Exception):
-    """End the socket with a close code and a short reason."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def _short(reason: str) -> str:
-    # a close reason over 123 bytes is a protocol error that drops the socket unexplained
-    return reason.encode()[:120].decode(errors="ignore")
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
     try:
         if ws.application_state == WebSocketState.CONNECTING:
             await ws.accept()
-        await ws.close(code, _short(reason))
+        await ws.close(code, errors.short(reason))
     except (RuntimeError, OSError, WebSocketDisconnect):
         pass  # the client is already gone
 
 
 def _options(ws: WebSocket, parse):
-    """Parse query options; a bad value is a policy refusal with the reason."""
+    """Parse query options: every malformed one is a BadOption (one close code for all)."""
     try:
         return parse(ws.query_params)
     except FramingError as exc:
-        raise Refusal(INVALID, str(exc)) from None
+        raise BadOption(str(exc)) from None
     except HTTPException as exc:
-        raise Refusal(POLICY, str(exc.detail)) from None
+        raise BadOption(str(exc.detail)) from None
 
 
 async def _serve(ws: WebSocket, handler) -> None:
-    """Run a socket handler and turn refusals and failures into close codes (after accepting,
-    so that the client can read the reason)."""
+    """Run a socket handler and end the socket with the close code errors.TABLE gives any
+    exception (after accepting, so that the client can read the reason)."""
     try:
         await handler(ws)
     except (WebSocketDisconnect, OSError):
         pass  # the client left (ASGI servers raise an OSError on a send after it did)
-    except Refusal as exc:
-        await _close(ws, exc.code, exc.reason)
-    except StoreUnavailable as exc:
-        await _close(ws, UNAVAILABLE, str(exc))
-    except StoreError as exc:
-        await _close(ws, INVALID, str(exc))
-    except Exception:
-        log.exception("websocket %s failed", ws.url.path)
-        await _close(ws, UNAVAILABLE, "internal server error")
+    except Exception as exc:
+        refusal = errors.as_websocket(exc)
+        if errors.reply_for(exc) is errors.UNEXPECTED:  # a bug: its traceback, once
+            log.exception("websocket %s failed", ws.url.path)
+        await _close(ws, refusal.code, refusal.reason)
 
 
 # -- push ---------------------------------------------------------------------------------------
@@ -86,13 +68,13 @@ def _push_options(params):
 class _Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
-    send (`metrics.data_send`): a few layers cheaper per message."""
+    send (`directsend.direct_send`): a few layers cheaper per message."""
 
     def __init__(self, session):
         self.session = session
 
     async def __call__(self, scope, receive, send) -> None:
-        await self.session(WebSocket(scope, receive, send), receive, data_send(scope, send))
+        await self.session(WebSocket(scope, receive, send), receive, direct_send(scope, send))
 
 
 async def _push_session(ws: WebSocket, receive, send) -> None:
@@ -105,9 +87,9 @@ async def _push(ws: WebSocket, receive, send) -> None:
     options = _options(ws, _push_options)
     batched = options["batch"] or path_sid == "*"
     if path_sid != "*":
-        sids = _options(ws, lambda _: split_stream_ids(path_sid))
+        sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
-            raise Refusal(POLICY, "unbatched push goes to one stream; use batch=true for several")
+            raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
     store = ws.app.state.store
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
@@ -115,17 +97,11 @@ async def _push(ws: WebSocket, receive, send) -> None:
         if batched:
             raw_header = await _receive(receive, limit, "text" if options["codec"] == "json" else "bytes", "header")
             blob = await _receive(receive, limit, "bytes", "blob")
-            try:
-                header = decode_header(raw_header, options["codec"])
-                entries = split_batch(header, blob, path_sid, options["offsets"])
-            except FramingError as exc:
-                raise Refusal(INVALID, str(exc)) from None
+            header = decode_header(raw_header, options["codec"])
+            entries = split_batch(header, blob, path_sid, options["offsets"])
         else:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
-        try:
-            ids = await store.add(entries)
-        except StoreError as exc:
-            raise Refusal(INVALID, str(exc)) from None
+        ids = await store.add(entries)
         if options["ack"]:
             await send({"type": "websocket.send", "text": ",".join(ids)})
         tally(len(ids), len(blob) if batched else len(entries[0][2]))
@@ -141,9 +117,9 @@ async def _receive(receive, limit: int, kind: str, what: str):
     payload = message.get(kind)
     if payload is None:
         other = "text" if kind == "bytes" else "binary"
-        raise Refusal(UNSUPPORTED, f"expected a {'binary' if kind == 'bytes' else 'text'} {what} message, got {other}")
+        raise WrongMessageType(f"expected a {'binary' if kind == 'bytes' else 'text'} {what} message, got {other}")
     if len(payload) > limit:
-        raise Refusal(TOO_BIG, f"message larger than {limit} bytes")
+        raise TooLarge(f"message larger than {limit} bytes")
     return payload
 
 
@@ -175,13 +151,13 @@ def _sync_index(value: str | None, sids: list[str]) -> int | None:
     raise FramingError(f"time_sync_id {value!r} is neither a pulled stream nor its index")
 
 
-async def _pull_session(ws: WebSocket, receive, send) -> None:
+async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull reads acks through `ws`
     await _serve(ws, lambda ws: _pull(ws, send))
 
 
 async def _pull(ws: WebSocket, send) -> None:
     options = _options(ws, _pull_options)
-    sids = _options(ws, lambda _: unique_stream_ids(ws.path_params["sid"]))
+    sids = unique_stream_ids(ws.path_params["sid"])  # a malformed stream id is malformed data, not an option
     cursors = _options(ws, lambda _: parse_cursors(options["last_entry_id"], len(sids)))
     sync = _options(ws, lambda _: _sync_index(options["time_sync_id"], sids))
     store = ws.app.state.store
@@ -220,13 +196,8 @@ async def _newest_cursors(store, sids, cursors, count):
     for i, (sid, c) in enumerate(zip(sids, cursors)):
         if c == "*":
             # an empty stream: everything it will ever hold is new
-            out[i] = _before(first[sid]) if sid in first else BEGINNING
+            out[i] = cursor_before(first[sid]) if sid in first else BEGINNING
     return out
-
-
-def _before(entry_id: str) -> str:
-    ms, seq = (int(x) for x in entry_id.split("-"))
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}" if ms else "0-0"
 
 
 async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:
@@ -254,7 +225,7 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
                                            confirm=confirm)
         if delivery is None:
             if subscription.timed_out:
-                await _close(ws, NORMAL, "timeout without data")
+                await _close(ws, errors.NORMAL, "timeout without data")
             return
         acked.clear()
         for gap in delivery.gaps:

@@ -6,6 +6,7 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ..errors import as_http
 from ..store import StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -20,8 +21,9 @@ async def ping(request: Request) -> JSONResponse:
     return JSONResponse(True)
 
 
-async def ping_error(request: Request) -> JSONResponse:
+async def ping_error(_request: Request) -> JSONResponse:
     """A deliberate server error, to check how clients and proxies show one: the same 500 as a real
     failure, logged as one line (nothing failed, so there is no traceback to show)."""
     log.error("GET /ping/error: deliberate 500 (a check of how clients show server errors)")
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
+    error = as_http(RuntimeError("deliberate"))
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code)

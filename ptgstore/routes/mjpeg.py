@@ -12,7 +12,7 @@ from importlib import resources
 
 from starlette.requests import Request
 
-from ..framing import BEGINNING, NEWEST, NOW, format_entry_id, parse_count, parse_cursors, parse_entry_id, \
+from ..framing import BEGINNING, NEWEST, NOW, cursor_before, parse_count, parse_cursors, parse_entry_id, \
     validate_stream_id
 from . import query_bool
 
@@ -59,8 +59,7 @@ async def _before_newest(store, sid: str, count: int) -> str:
     entries = await store.read([(sid, NEWEST, count)])
     if not entries:
         return BEGINNING
-    ms, seq = parse_entry_id(entries[0][1])
-    return format_entry_id((ms, seq - 1) if seq else (ms - 1, 2**64 - 1)) if ms or seq else BEGINNING
+    return cursor_before(entries[0][1])
 
 
 class MJPEGResponse:

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..framing import split_stream_ids, validate_stream_id, unique_stream_ids
+from ..framing import unique_stream_ids, validate_stream_id
 from . import query_bool
 
 
@@ -56,7 +56,8 @@ def _json_kind(value) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    return {list: "an array", str: "a string"}.get(type(value), "a number")
+    kinds: dict[type, str] = {list: "an array", str: "a string"}
+    return kinds.get(type(value), "a number")
 
 
 async def delete_streams(request: Request) -> JSONResponse:

@@ -541,26 +541,36 @@ async function pollServer() {
 
 async function loadRecordings() {
   try {
-    const [names, current] = await Promise.all([
-      store.request("GET", "/recordings"), store.request("GET", "/recordings/current"),
+    const [infos, current] = await Promise.all([
+      store.request("GET", "/recordings", { query: { info: true } }),
+      store.request("GET", "/recordings/current"),
     ]);
     setText($("recording-current"), current ? `recording now: ${current}` : "not recording");
-    $("recording-list").replaceChildren(...(names || []).map((name) => {
-      const show = el("button", { text: "info", attrs: { type: "button" } });
-      show.addEventListener("click", async () => {
-        try {
-          const info = await store.request("GET", `/recordings/${encodeURIComponent(name)}`);
-          setText($("recording-info"), JSON.stringify(info, null, 2));
-        } catch (error) {
-          showError($("recording-error"), error);
-        }
-      });
-      return el("li", {}, [el("span", { text: String(name) }), show]);
-    }));
+    $("recording-list").replaceChildren(...(infos || []).map(recordingItem));
     showError($("recording-error"), null);
   } catch (error) {
     if (!handleAuth(error)) showError($("recording-error"), error);
   }
+}
+
+/** One recording: its name, duration and size, its files as download links, and its info on demand. */
+function recordingItem(info) {
+  const name = String(info.name);
+  const summary = `${info.duration || "0:00:00"} · ${formatBytes(info.size)}` +
+    (info.active ? " · recording" : "") + (info.error ? ` · stopped: ${info.error}` : "");
+  const files = (info.files || []).map((file) => el("a", {
+    text: String(file), className: "download",
+    attrs: {
+      href: `/recordings/static/${encodeURIComponent(name)}/${encodeURIComponent(file)}`,
+      download: `${name}-${file}`,
+    },
+  }));
+  const show = el("button", { text: "info", attrs: { type: "button" } });
+  show.addEventListener("click", () => setText($("recording-info"), JSON.stringify(info, null, 2)));
+  return el("li", { attrs: { "data-name": name } }, [
+    el("span", { text: name, className: "name" }), el("span", { text: summary, className: "muted" }),
+    ...files, show,
+  ]);
 }
 
 async function recordingAction(path, query) {

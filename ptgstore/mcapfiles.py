@@ -1,0 +1,188 @@
+"""Recordings as MCAP files: how entries become messages and back. No Redis, no HTTP.
+
+Each stream is a channel whose topic is the stream id. An entry is one message whose
+`log_time` and `publish_time` are its entry id's milliseconds in nanoseconds plus the
+sequence number (below a million), and whose `sequence` field is the sequence number: the
+entry id `<ms>-<seq>` is `log_time // 1_000_000` and `sequence`.
+
+JPEG and PNG entries go on a channel with Foxglove's well-known `foxglove.CompressedImage`
+JSON schema (message encoding `json`, the image base64-encoded in `data`), so that the file
+opens in Foxglove with the images visible; base64-decoding `data` gives the entry's bytes
+exactly. Every other entry goes on a channel with message encoding `application/octet-stream`
+(no schema): the message data is the entry's bytes as they are. The channel metadata holds the
+stream's metadata (strings as they are, other values as JSON) and `ptgstore.encoding`
+(`image` or `raw`).
+"""
+from __future__ import annotations
+
+import base64
+import heapq
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import orjson
+from mcap.reader import make_reader
+from mcap.writer import CompressionType, Writer
+
+NS_PER_MS = 1_000_000
+MAX_SEQUENCE = 2**32 - 1  # the MCAP `sequence` field is 32 bits
+RAW_ENCODING = "application/octet-stream"
+ENCODING_KEY = "ptgstore.encoding"
+SEGMENT_SUFFIX = ".mcap"
+IMAGE_SCHEMA_NAME = "foxglove.CompressedImage"
+# Foxglove's CompressedImage, as a JSON schema (https://docs.foxglove.dev/docs/sdk/schemas/compressed-image)
+IMAGE_SCHEMA = orjson.dumps({
+    "title": IMAGE_SCHEMA_NAME,
+    "description": "A compressed image",
+    "type": "object",
+    "properties": {
+        "timestamp": {"type": "object", "title": "time", "properties": {
+            "sec": {"type": "integer", "minimum": 0}, "nsec": {"type": "integer", "minimum": 0}}},
+        "frame_id": {"type": "string"},
+        "data": {"type": "string", "contentEncoding": "base64"},
+        "format": {"type": "string"},
+    },
+})
+
+
+def image_format(data: bytes) -> str | None:
+    """`jpeg` or `png` when the bytes are one, else None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
+def entry_times(entry_id: str) -> tuple[int, int]:
+    """(log_time in ns, sequence) for an entry id."""
+    ms, _, seq = entry_id.partition("-")
+    seq_n = int(seq or 0)
+    return int(ms) * NS_PER_MS + min(seq_n, NS_PER_MS - 1), min(seq_n, MAX_SEQUENCE)
+
+
+def entry_id_of(log_time: int, sequence: int) -> str:
+    return f"{log_time // NS_PER_MS}-{sequence}"
+
+
+def channel_metadata(meta: dict, encoding: str) -> dict[str, str]:
+    out = {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in meta.items()}
+    out[ENCODING_KEY] = encoding
+    return out
+
+
+class SegmentWriter:
+    """One MCAP file being written: `path` while open, renamed by the caller once finished."""
+
+    def __init__(self, path: Path, chunk_size: int = 4 * 1024 * 1024):
+        self.path = path
+        self.file = open(path, "wb")
+        self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD)
+        self.writer.start(profile="", library="ptgstore")
+        self.channels: dict[tuple[str, str], int] = {}
+        self.image_schema = 0
+        self.messages = 0
+        self.bytes = 0
+
+    def _channel(self, sid: str, encoding: str, meta: dict) -> int:
+        key = (sid, encoding)
+        channel = self.channels.get(key)
+        if channel is None:
+            if encoding == "image":
+                if not self.image_schema:
+                    self.image_schema = self.writer.register_schema(IMAGE_SCHEMA_NAME, "jsonschema", IMAGE_SCHEMA)
+                channel = self.writer.register_channel(sid, "json", self.image_schema,
+                                                       channel_metadata(meta, encoding))
+            else:
+                channel = self.writer.register_channel(sid, RAW_ENCODING, 0, channel_metadata(meta, encoding))
+            self.channels[key] = channel
+        return channel
+
+    def write(self, entries: Iterable[tuple[str, str, bytes]], metas: dict[str, dict]) -> None:
+        """Add entries `(stream id, entry id, bytes)` in order."""
+        for sid, entry_id, data in entries:
+            log_time, sequence = entry_times(entry_id)
+            fmt = image_format(data)
+            if fmt is not None:
+                channel = self._channel(sid, "image", metas.get(sid, {}))
+                payload = orjson.dumps({
+                    "timestamp": {"sec": log_time // 1_000_000_000, "nsec": log_time % 1_000_000_000},
+                    "frame_id": sid, "data": base64.b64encode(data).decode(), "format": fmt})
+            else:
+                channel = self._channel(sid, "raw", metas.get(sid, {}))
+                payload = data
+            self.writer.add_message(channel, log_time=log_time, data=payload, publish_time=log_time,
+                                    sequence=sequence)
+            self.messages += 1
+            self.bytes += len(data)
+
+    def finish(self) -> None:
+        """Write the indexes and summary and make the file durable (fsync)."""
+        self.writer.finish()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def abandon(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(order=True)
+class Message:
+    log_time: int
+    order: tuple = field(compare=True)
+    sid: str = field(compare=False)
+    entry_id: str = field(compare=False)
+    data: bytes = field(compare=False)
+
+
+def _decode(schema, channel, message) -> bytes:
+    """An entry's bytes: the image of a CompressedImage JSON message, else the message data."""
+    if channel.message_encoding == "json" and schema is not None and schema.name == IMAGE_SCHEMA_NAME:
+        return base64.b64decode(orjson.loads(message.data)["data"])
+    return bytes(message.data)
+
+
+def _file_messages(path: Path, index: int, sids: set[str] | None) -> Iterator[Message]:
+    with open(path, "rb") as stream:
+        reader = make_reader(stream)
+        topics = list(sids) if sids is not None else None
+        for schema, channel, message in reader.iter_messages(topics=topics, log_time_order=True):
+            yield Message(message.log_time, (index, message.sequence), channel.topic,
+                          entry_id_of(message.log_time, message.sequence), _decode(schema, channel, message))
+
+
+def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
+    """The entries of MCAP files in log time order (files in order for equal times)."""
+    wanted = set(sids) if sids is not None else None
+    return heapq.merge(*(_file_messages(Path(f), i, wanted) for i, f in enumerate(files)))
+
+
+def summarize(files: Iterable[str | Path]) -> dict[str, dict]:
+    """Per stream: count, bytes, first and last entry ids, read from the files themselves."""
+    streams: dict[str, dict] = {}
+    for message in read_messages(files):
+        add_to_stats(streams, message.sid, message.entry_id, len(message.data))
+    return streams
+
+
+def add_to_stats(streams: dict[str, dict], sid: str, entry_id: str, size: int) -> None:
+    stats = streams.setdefault(sid, {})
+    if "count" not in stats:
+        stats.update({"count": 0, "bytes": 0, "first-entry": entry_id, "last-entry": entry_id})
+    stats["count"] += 1
+    stats["bytes"] += size
+    stats["last-entry"] = entry_id

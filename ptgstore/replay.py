@@ -1,0 +1,110 @@
+"""Replay pacing, in one place: recorded entries become due at their recorded intervals.
+
+Used by the server's replay socket (entries into the store) and by `ptgstore replay FILE`
+(entries through the push protocol): both iterate `paced(messages, speed)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Iterator
+
+from .mcapfiles import Message
+
+READ_AHEAD_ENTRIES = 256
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+MAX_BATCH = 64  # entries due together that go out as one batch
+
+
+class Pacer:
+    """When recorded moments are due: the recorded time since the first one, divided by `speed`,
+    after the wall-clock moment of the first one. `speed` None: everything is due at once."""
+
+    def __init__(self, speed: float | None):
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be positive, not {speed}")
+        self.speed = speed
+        self.origin: tuple[int, float] | None = None
+
+    def delay(self, log_time: int) -> float:
+        """Seconds until an entry recorded at `log_time` (ns) is due (0 or less: now)."""
+        if self.speed is None:
+            return 0.0
+        if self.origin is None:
+            self.origin = (log_time, time.monotonic())
+        recorded, wall = self.origin
+        return wall + (log_time - recorded) / 1e9 / self.speed - time.monotonic()
+
+
+def _read_ahead(messages: Iterator[Message]) -> list[Message]:
+    out, size = [], 0
+    for message in messages:
+        out.append(message)
+        size += len(message.data)
+        if len(out) >= READ_AHEAD_ENTRIES or size >= READ_AHEAD_BYTES:
+            break
+    return out
+
+
+async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterator[list[Message]]:
+    """Batches of messages as they fall due. The files are read in a thread, one bounded chunk ahead
+    of the one being sent, so that reading never holds the pace up."""
+    pacer = Pacer(speed)
+    batch: list[Message] = []
+    reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+    try:
+        while True:
+            ahead = await reading
+            if not ahead:
+                break
+            reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+            for message in ahead:
+                wait = pacer.delay(message.log_time)
+                if wait > 0.0005 or len(batch) >= MAX_BATCH:
+                    if batch:
+                        yield batch
+                        batch = []
+                    wait = pacer.delay(message.log_time)
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                batch.append(message)
+        if batch:
+            yield batch
+    finally:
+        reading.cancel()
+
+
+def durations(stats: dict[str, dict]) -> dict[str, float]:
+    """Seconds between first and last entry of each stream, from an info object's streams."""
+    out = {}
+    for sid, s in stats.items():
+        first, last = s.get("first-entry"), s.get("last-entry")
+        out[sid] = (int(last.split("-")[0]) - int(first.split("-")[0])) / 1000 if first and last else 0.0
+    return out
+
+
+class Progress:
+    """What a replay reports: entries sent per stream since the last report, streams still going,
+    each stream's recorded duration and how far into it the replay is (seconds)."""
+
+    def __init__(self, stats: dict[str, dict], sids: list[str]):
+        self.durations = {sid: d for sid, d in durations(stats).items() if sid in sids}
+        self.firsts = {sid: int(stats[sid]["first-entry"].split("-")[0]) for sid in sids if sid in stats}
+        self.active = set(sids)
+        self.updates: dict[str, int] = {}
+        self.current: dict[str, float] = {sid: 0.0 for sid in sids}
+        self.lasts = {sid: stats[sid].get("last-entry") for sid in sids if sid in stats}
+
+    def sent(self, message: Message) -> None:
+        sid = message.sid
+        self.updates[sid] = self.updates.get(sid, 0) + 1
+        ms = message.log_time // 1_000_000
+        self.current[sid] = (ms - self.firsts.get(sid, ms)) / 1000
+        if message.entry_id == self.lasts.get(sid):
+            self.active.discard(sid)
+
+    def report(self) -> dict:
+        out = {"updates": self.updates, "active": sorted(self.active), "durations": self.durations,
+               "current": dict(self.current)}
+        self.updates = {}
+        return out

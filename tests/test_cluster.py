@@ -165,3 +165,18 @@ def test_dump_from_one_redis_then_load_into_the_cluster(tmp_path, server, rdb, c
                 header = orjson.loads(reply.headers["entry-offset"])
                 assert [item[1] for item in header] == [i for i, _ in entries]
                 assert reply.content == b"".join(data for _, data in entries)
+
+
+def test_recording_streams_on_several_masters(tmp_path, cluster, groups):
+    """The recorder on a cluster: its state in one slot, streams of several groups and masters read."""
+    from test_recordings import push_at, recorded
+
+    settings = make_settings(tmp_path, cluster.url, redis_cluster=True, recording_segment_seconds=1)
+    with live_server(settings) as live, live.http() as http:
+        streams = {f"{groups[0]}:cam": lambda i: b"cam %d" % i, f"{groups[1]}:imu": lambda i: b"imu %d" % i,
+                   "main": lambda i: b"main %d" % i}
+        push_at(live, streams, hz=30, count=3)  # before the start: not recorded
+        assert http.put("/recordings/start", params={"rec_id": "spread"}).json() == "spread"
+        pushed = push_at(live, streams, hz=30, count=30)
+        assert http.put("/recordings/stop").json() == 1
+        assert recorded(live.app.state.recorder.root, "spread") == pushed

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -144,6 +145,9 @@ class Connections:
         self.pool: aioredis.BlockingConnectionPool | None
         self.client: Any  # aioredis.Redis or RedisCluster: the same commands
         if cluster:
+            if not hasattr(RedisCluster, "transaction"):  # (asyncio cluster transactions: redis-py 6.2)
+                raise RuntimeError(f"PTGSTORE_REDIS_CLUSTER needs redis-py 6.2 or newer, not {redis.__version__}: "
+                                   "pip install 'redis[hiredis]>=6.2'")
             self.pool = None
             self.client = RedisCluster.from_url(
                 url, max_connections=pool_size, socket_timeout=timeout, socket_connect_timeout=5,
@@ -173,7 +177,8 @@ class Connections:
     async def _node(self, key: str):
         """The master owning the key's slot, as the cluster client knows it now."""
         await self.client.initialize()  # at once when already done; discovery after a failure
-        return self.client.get_node_from_key(key)
+        # (through the slot: redis-py 5 applies a MOVED learnt meanwhile there)
+        return self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key))
 
     def _lost(self, exc: BaseException) -> None:
         """A node failed on a connection of ours: have the cluster client discover the topology again
@@ -184,8 +189,13 @@ class Connections:
 
     async def _learn(self, exc: rexc.MovedError) -> None:
         """Take a MOVED reply into the slot map (a slot changed owner: resharding, failover)."""
-        moved = self.client.nodes_manager.move_slot(exc)
-        if inspect.isawaitable(moved):  # redis-py 6+
+        manager = self.client.nodes_manager
+        move = getattr(manager, "move_slot", None)
+        if move is None:  # redis-py 5: applied by the next get_node_from_slot
+            manager._moved_exception = exc
+            return
+        moved = move(exc)
+        if inspect.isawaitable(moved):
             await moved
 
     def _node_options(self, node) -> tuple:

@@ -72,9 +72,9 @@ class RecordingStore:
         self.errors_key = key("ptgstore:recording:errors")
         self.token = uuid.uuid4().hex
         self.on_roundtrip = None  # read by _guarded: Redis failures become StoreUnavailable (503 / 1011)
-        self._renew = self.redis.register_script(_RENEW)
-        self._release = self.redis.register_script(_RELEASE)
-        self._commit = self.redis.register_script(_COMMIT)
+        self._renew = store.script(_RENEW)
+        self._release = store.script(_RELEASE)
+        self._commit = store.script(_COMMIT)
 
     # -- the lease ----------------------------------------------------------------------------
 
@@ -183,10 +183,12 @@ class RecordingStore:
     async def progress(self) -> tuple[dict[str, str], dict[str, dict], list[dict], dict[str, str]]:
         """Cursors, stats, gaps and committed segments of the active recording."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.cursors_key)
-            pipe.hgetall(self.stats_key)
-            pipe.lrange(self.gaps_key, 0, -1)
-            pipe.hgetall(self.segments_key)
+            # (raw commands: redis-py before 8 hands a cluster transaction's reply callbacks a `keys`
+            # argument that HGETALL's does not take)
+            pipe.execute_command("HGETALL", self.cursors_key)
+            pipe.execute_command("HGETALL", self.stats_key)
+            pipe.execute_command("LRANGE", self.gaps_key, 0, -1)
+            pipe.execute_command("HGETALL", self.segments_key)
             cursors, stats, gaps, segments = await pipe.execute()
         return ({k.decode(): v.decode() for k, v in cursors.items()},
                 {k.decode(): orjson.loads(v) for k, v in stats.items()},

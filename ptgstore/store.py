@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -190,7 +191,7 @@ class Store:
         self.redis = self.connections.client
         self.keys = Keys(key_prefix, separator=group_separator, tagged=cluster)
         self.key = self.keys.stream  # (bound once: one call less on every entry)
-        self._add = self.redis.register_script(_ADD_SCRIPT)
+        self._add = self.script(_ADD_SCRIPT)
         self._summary: Any = None  # the summaries script, registered on first use
         self._max_lens: dict[str, tuple[int, float]] = {}  # stream id -> (max_len, read at)
         self.on_roundtrip = None  # called with (store method name, seconds) after each guarded call
@@ -309,15 +310,22 @@ class Store:
         return max_len
 
     async def _run_add(self, keys: list, args: list) -> list[bytes]:
-        return await self._script(self._add, _ADD_SCRIPT, keys, args)
+        return await self._add(keys=keys, args=args)
 
-    async def _script(self, script, text: str, keys: list, args) -> list:
-        """Run a script on the server holding its keys (one slot)."""
-        try:
-            return await self.connections.once(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
-            await self.redis.script_load(text)
-            return await self.connections.once(keys[0], "EVALSHA", script.sha, len(keys), *keys, *args)
+    def script(self, text: str):
+        """A Lua script, called as `await script(keys=[...], args=[...])`, run on the server holding
+        its keys (all in one slot on a cluster) by its hash, loaded there when that server lacks it."""
+        sha = hashlib.sha1(text.encode()).hexdigest()
+
+        async def run(keys: Sequence, args: Sequence = ()):
+            try:
+                return await self.connections.once(keys[0], "EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:  # nothing ran: a restarted or flushed Redis forgot the script
+                await self.connections.once(keys[0], "SCRIPT", "LOAD", text)
+                return await self.connections.once(keys[0], "EVALSHA", sha, len(keys), *keys, *args)
+
+        run.sha = sha  # type: ignore[attr-defined]
+        return run
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -563,7 +571,8 @@ class Store:
             for sid in group:
                 self._max_lens.pop(sid, None)
                 if self.cluster:  # PUBLISH reaches every node of the cluster
-                    await self.redis.publish(self.keys.deleted_channel, sid)
+                    await self.redis.execute_command("PUBLISH", self.keys.deleted_channel, sid,
+                                                     target_nodes=self.redis.RANDOM)
         return [sid for sid in sids if sid in existed]
 
     async def watch_deletes(self, on_deleted) -> None:
@@ -635,14 +644,14 @@ class Store:
         ids, entries ever added (Redis 7+, else None), the newest entry's size and image type,
         max_len and metadata."""
         if self._summary is None:
-            self._summary = self.redis.register_script(_SUMMARY_SCRIPT)
+            # (one pipeline on a single Redis: redis-py's script object loads the script when needed)
+            self._summary = self.script(_SUMMARY_SCRIPT) if self.cluster else self.redis.register_script(_SUMMARY_SCRIPT)
         chunks = []
         for group in self._by_slot(sids):
             chunks += [group[start:start + SUMMARY_CHUNK] for start in range(0, len(group), SUMMARY_CHUNK)]
         keys = [[k for sid in chunk for k in (self.key(sid), self.keys.meta(sid))] for chunk in chunks]
         if self.cluster:  # (a cluster pipeline runs no scripts: the chunks go out side by side)
-            replies = await asyncio.gather(*(self._script(self._summary, _SUMMARY_SCRIPT, k, ()) for k in keys),
-                                           return_exceptions=True)
+            replies = await asyncio.gather(*(self._summary(keys=k) for k in keys), return_exceptions=True)
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for chunk_keys in keys:

@@ -152,9 +152,19 @@ class RedisCluster:
             node.stop()
 
 
+def needs_cluster_support() -> None:
+    """Skip where redis-py's asyncio cluster client has no transactions (before 6.2): ptgstore refuses
+    cluster mode there (see `ptgstore/connections.py`)."""
+    from redis.asyncio.cluster import RedisCluster as Client  # noqa: PLC0415
+
+    if not hasattr(Client, "transaction"):
+        pytest.skip(f"cluster mode needs redis-py 6.2 or newer (this is {redis.__version__})")
+
+
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):
     """A 3-master Redis Cluster on loopback for the session."""
+    needs_cluster_support()
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
     yield cluster
     cluster.stop()

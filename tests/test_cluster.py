@@ -134,7 +134,10 @@ def test_tokens_ping_and_status_on_the_cluster(cserver):
 
 
 def test_an_unreachable_cluster_is_an_outage_not_a_refusal(tmp_path):
+    from cluster import needs_cluster_support
     from conftest import free_port
+
+    needs_cluster_support()
 
     url = f"redis://127.0.0.1:{free_port()}"
     with live_server(make_settings(tmp_path, url, redis_cluster=True, redis_timeout=2)) as live:

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from cluster import RedisCluster
+from cluster import RedisCluster, needs_cluster_support
 from conftest import live_server, make_settings, wait_until
 from test_cluster_moves import HZ, puller, pusher
 
@@ -16,6 +16,7 @@ PULLERS = 3
 @pytest.fixture
 def replicated(tmp_path_factory):
     """3 masters with a replica each (the topology changes: one per test)."""
+    needs_cluster_support()
     cluster = RedisCluster(tmp_path_factory.mktemp("replicated"), replicas=True)
     yield cluster
     cluster.stop()

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .backoff import Backoff
 from .framing import NEWEST, format_entry_id, parse_entry_id
 from .store import Store, StoreError, StoreUnavailable
 
@@ -87,7 +88,7 @@ class Follower:
     async def _run(self) -> None:
         store = self.hub.store
         tail = store.tail(self.sid)
-        backoff = 0.05
+        backoff = Backoff()
         try:
             while True:
                 try:
@@ -124,12 +125,12 @@ class Follower:
                         length += later
                     elif self.added is not None:
                         self.added += len(records)
-                    backoff = 0.05
+                    backoff.reset()
                 except (StoreUnavailable, StoreError) as exc:
                     # kept alive through outages and odd keys alike: its sockets wait, then resume
-                    log.warning("follower %s: redis unavailable (%s); retrying in %.2f s", self.sid, exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
+                    pause = backoff.failed()
+                    log.warning("follower %s: redis unavailable (%s); retrying in %.2f s", self.sid, exc, pause)
+                    await asyncio.sleep(pause)
                     continue
                 if records and self.ready.is_set():  # (not when invalidated meanwhile: read again first)
                     self._append(records, length, mark)
@@ -343,7 +344,7 @@ class Subscription:
         if timeout is not None:
             timer = asyncio.get_running_loop().call_later(timeout, self._expire)
         try:
-            backoff = 0.05
+            backoff = Backoff()
             while not self.closed:
                 self.wake.clear()
                 try:
@@ -357,12 +358,12 @@ class Subscription:
                 except StoreUnavailable as exc:
                     # an open pull waits out an outage like its followers do: its cursors
                     # only move after a read succeeds, so nothing is skipped or repeated
-                    log.warning("pull of %s: %s; retrying in %.2f s", "+".join(self.sids), exc, backoff)
+                    pause = backoff.failed()
+                    log.warning("pull of %s: %s; retrying in %.2f s", "+".join(self.sids), exc, pause)
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), backoff)
-                    backoff = min(backoff * 2, 1.0)
+                        await asyncio.wait_for(self.wake.wait(), pause)
                     continue
-                backoff = 0.05
+                backoff.reset()
                 if True in self.fresh:
                     self.fresh = [False] * len(self.sids)
                 if delivery.entries or delivery.gaps:

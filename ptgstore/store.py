@@ -15,15 +15,15 @@ from typing import Any, Sequence
 
 import orjson
 
+from .backoff import Backoff
 from . import connections as conn
 from .connections import Connections, NoScriptError, ResponseError, WatchError
-from .framing import BEGINNING, NEWEST, validate_stream_id, FramingError
+from .framing import BEGINNING, LAST_POSSIBLE_ID, NEWEST, FramingError, validate_stream_id
 from .keys import META_SUFFIX, Keys
 
 log = logging.getLogger("ptgstore.store")
 
 FIELD = b"d"
-_LAST_POSSIBLE_ID = f"{2**64 - 1}-{2**64 - 1}"
 MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
 MAX_LEN_CACHE = 10_000  # streams whose max_len is kept
 SUMMARY_CHUNK = 100  # streams per summary script call: Redis serves others between two (about 2 ms each)
@@ -364,7 +364,7 @@ class Store:
             return "XREVRANGE", self.key(sid), "+", "-", "COUNT", count
         if cursor == BEGINNING:
             return "XRANGE", self.key(sid), "-", "+", "COUNT", count
-        if cursor == _LAST_POSSIBLE_ID:
+        if cursor == LAST_POSSIBLE_ID:
             # nothing can follow it, and Redis refuses an exclusive start there: an empty range instead
             return "XRANGE", self.key(sid), "+", "-", "COUNT", count
         return "XRANGE", self.key(sid), "(" + cursor, "+", "COUNT", count
@@ -579,19 +579,21 @@ class Store:
         """Call `on_deleted(sid)` for each stream deleted through any process on this Redis, and
         `on_deleted(None)` after a lost subscription is back (deletes may have been missed meanwhile).
         Runs until cancelled; an outage is waited out."""
-        backoff = 0.05
+        backoff = Backoff()
         while True:
             try:
                 async with self.connections.subscribed(self.keys.deleted_channel) as pubsub:
                     on_deleted(None)
-                    backoff = 0.05
+                    backoff.reset()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             on_deleted(message["data"].decode("utf-8", "surrogateescape"))
             except (*conn.UNAVAILABLE, ResponseError) as exc:
-                log.warning("deletions channel: %s; resubscribing in %.2f s", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+                pause = backoff.failed()
+                log.warning("deletions channel: %s; resubscribing in %.2f s", exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            await asyncio.sleep(backoff.first)  # the channel ended without an error: subscribe again
 
     @_guarded
     async def share_fingerprint(self, fingerprint: str) -> str | None:

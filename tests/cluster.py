@@ -5,7 +5,6 @@ port is then the port + 10000, so ports are chosen below 55535).
 """
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -87,7 +86,7 @@ class RedisCluster:
 
     def __init__(self, directory: Path, masters: int = 3, replicas: bool = False):
         self.directory = directory
-        binary = shutil.which("redis-server") or find_redis_server()
+        binary = find_redis_server()
         version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
         bus_option = "v=6." not in version and "v=5." not in version
         self.nodes: list[ClusterNode] = []

@@ -18,7 +18,7 @@ from PIL import Image, ImageStat
 
 from conftest import free_port
 from ptgstore.mcapfiles import read_messages
-from wsutil import ws_connect
+from wsutil import push, ws_connect
 
 CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -94,15 +94,6 @@ def jpeg(colour, size=(160, 120)) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, colour).save(out, format="JPEG", quality=95)
     return out.getvalue()
-
-
-def push(server, sid, *entries) -> list[str]:
-    with ws_connect(server, f"/data/{sid}/push", ack="true") as ws:
-        ids = []
-        for entry in entries:
-            ws.send(entry)
-            ids.append(ws.recv(timeout=10))
-        return ids
 
 
 @contextlib.contextmanager

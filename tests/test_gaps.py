@@ -42,6 +42,7 @@ def push_batch(server, sid, payloads):
 
 
 @pytest.mark.parametrize("path", ["cam", "cam+imu"])
+@pytest.mark.usefixtures("redis_7")
 def test_a_batch_larger_than_max_len_while_the_socket_is_open(server, rdb, path):
     """The single-stream shared path and the several-stream path alike."""
     with server.http() as http:
@@ -70,6 +71,7 @@ def test_a_batch_larger_than_max_len_while_the_socket_is_open(server, rdb, path)
         assert [e[1] for e in got] == kept
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_slow_ack_consumer_is_told_of_entries_trimmed_from_under_it(server, rdb):
     with ws_connect(server, "/data/cam/pull", count="2", ack="true", gaps="true") as ws:
         following(server, "cam")
@@ -91,6 +93,7 @@ def test_slow_ack_consumer_is_told_of_entries_trimmed_from_under_it(server, rdb)
         assert [e[1] for e in read_message(ws)] == new
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_a_time_before_the_first_entry_of_an_untrimmed_stream_is_no_gap(server, rdb):
     ids = push(rdb, "cam", b"a", b"b", id="5000-*") + push(rdb, "cam", b"c", id="6000-*")
     with ws_connect(server, "/data/cam/pull", last_entry_id="1000", count="10", gaps="true") as ws:
@@ -117,6 +120,7 @@ def test_without_gaps_no_notice_is_sent(server, rdb):
         assert [e[1] for e in got] == kept
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_a_refused_batch_does_not_make_a_gap(server, rdb):
     """Entries added and taken back by a refused batch are not trimmed ones."""
     from wsutil import expect_close

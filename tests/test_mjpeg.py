@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import wait_until
-from wsutil import ws_connect
+from wsutil import push
 
 STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()
 HEAD = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"
@@ -64,15 +64,6 @@ class Parts:
             body, self.buffer = self.buffer[body_start:-2], b""
             return content_type, body
         return None
-
-
-def push(server, sid, *entries):
-    with ws_connect(server, f"/data/{sid}/push", ack="true") as ws:
-        ids = []
-        for entry in entries:
-            ws.send(entry)
-            ids.append(ws.recv(timeout=10))
-        return ids
 
 
 def open_mjpeg(server, sid, client=None, **query):

@@ -128,6 +128,7 @@ def test_time_sync_moves_every_cursor(server, rdb):
         assert [e[1] for e in read_delivery(ws)] == ["500-0", "1000-0"]
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_gaps_are_reported_when_asked(server, rdb):
     ids = push(rdb, "cam", *[b"%d" % i for i in range(10)])
     rdb.xtrim("cam", minid=ids[5], approximate=False)

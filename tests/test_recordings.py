@@ -349,6 +349,7 @@ def test_cli_record_download_replay_mv_rm(rec_server, tmp_path, capsys):
     assert "no recording" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_gap_when_entries_are_trimmed_before_they_are_written(rec_server):
     http = rec_server.http()
     http.put("/streams/tiny", json={"max_len": 5})

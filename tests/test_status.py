@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from conftest import wait_until
 from wsutil import ws_connect
@@ -22,6 +23,7 @@ def fresh(http, path, after_ms):
                       what=f"a snapshot of {path} newer than {after_ms}")
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_stream_summaries_without_entry_bytes(server, http):
     push(server, "cam", b"a" * 10, b"b" * 20, b"c" * 3000)
     http.put("/streams/cam", json={"max_len": 50, "sensor": "rgb"}).raise_for_status()
@@ -52,6 +54,7 @@ def test_image_type_of_the_newest_entry(server, http):
         "almost": None, "jpeg": "image/jpeg", "png": "image/png"}
 
 
+@pytest.mark.usefixtures("redis_7")
 def test_entries_added_counts_past_trimming(server, http):
     http.put("/streams/imu", json={"max_len": 1}).raise_for_status()
     push(server, "imu", *[b"%d" % i for i in range(300)])

@@ -14,6 +14,16 @@ def ws_connect(server, path: str, **query):
                    compression=None)
 
 
+def push(server, sid: str, *entries: bytes) -> list[str]:
+    """Push entries one by one with acks; their ids."""
+    with ws_connect(server, f"/data/{sid}/push", ack="true") as ws:
+        ids = []
+        for entry in entries:
+            ws.send(entry)
+            ids.append(ws.recv(timeout=10))
+        return ids
+
+
 def read_delivery(ws, timeout: float = 10.0):
     """One pull delivery as [(sid, id, bytes)], offsets checked against the blob."""
     header = ws.recv(timeout=timeout)

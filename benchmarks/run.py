@@ -5,11 +5,17 @@ loopback ports, runs every scenario through ptgstore and as the same work done w
 redis-py directly, alternating, several times, and prints the medians, their ratios
 (ptgstore / raw), the server's CPU per entry and its memory. Exits 1 when any entry was
 lost or arrived altered.
+
+`--baseline DIR` also serves the ptgstore of another checkout (a `git worktree` of an older
+commit, say) and runs every scenario through it too, in turn with this one: a change is
+judged against the code it changes in the same run, on the same Redis, with the same load.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import platform
 import sys
@@ -98,24 +104,37 @@ class Row:
     ptg: list
     raw: list
     cpu_per: list  # server CPU seconds per entry (or request), per ptgstore run
+    base: list = dataclasses.field(default_factory=list)  # the baseline checkout's runs (--baseline)
+    base_cpu_per: list = dataclasses.field(default_factory=list)
 
 
-async def run_scenario(ctx: s.Context, scenario: Scenario, repeats: int) -> Row:
+async def run_scenario(ctx: s.Context, scenario: Scenario, repeats: int, baseline=None) -> Row:
     row = Row(scenario, [], [], [])
-    for rep in range(repeats):
-        before = ctx.server.cpu()
-        result = await scenario.ptg(ctx, rep)
-        used = ctx.server.cpu() - before
-        row.ptg.append(result)
+
+    async def through(server, rep: int, results: list, cpu_per: list) -> None:
+        before = server.cpu()
+        result = await scenario.ptg(dataclasses.replace(ctx, server=server), rep)
+        used = server.cpu() - before
+        results.append(result)
         if result.entries:
-            row.cpu_per.append(used / result.entries)
+            cpu_per.append(used / result.entries)
+
+    for rep in range(repeats):
+        # with a baseline, which server goes first alternates: neither always meets a warmer Redis
+        if baseline is not None and rep % 2:
+            await through(baseline, rep + repeats, row.base, row.base_cpu_per)
+        await through(ctx.server, rep, row.ptg, row.cpu_per)
+        if baseline is not None and not rep % 2:
+            await through(baseline, rep + repeats, row.base, row.base_cpu_per)
         row.raw.append(await scenario.raw(ctx, rep))
-        report_losses(scenario, rep, result, row.raw[-1])
+        report_losses(scenario, rep, row.ptg[-1], row.raw[-1], row.base[-1] if row.base else None)
     return row
 
 
-def report_losses(scenario: Scenario, rep: int, ptg: s.Result, raw: s.Result) -> None:
-    for side, result in (("ptgstore", ptg), ("redis-py", raw)):
+def report_losses(scenario: Scenario, rep: int, ptg: s.Result, raw: s.Result, base: s.Result | None) -> None:
+    for side, result in (("ptgstore", ptg), ("redis-py", raw), ("baseline", base)):
+        if result is None:
+            continue
         if result.lost or result.corrupt:
             print(f"!!! LOST {result.lost} / CORRUPT {result.corrupt} entries: {scenario.name} run {rep} ({side})",
                   file=sys.stderr, flush=True)
@@ -145,20 +164,28 @@ def fmt(value: float) -> str:
 
 
 def table(rows: list[Row]) -> list[str]:
-    lines = ["| scenario | metric | ptgstore | redis-py | ratio | target | server CPU | lost |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]
+    with_base = any(row.base for row in rows)
+    lines = ["| scenario | metric | ptgstore | redis-py | ratio | target | server CPU | lost |"
+             + (" baseline | baseline ratio | ptgstore / baseline | baseline CPU |" if with_base else ""),
+             "|---|---|---:|---:|---:|---|---:|---:|" + ("---:|---:|---:|---:|" if with_base else "")]
     for row in rows:
         sc = row.scenario
         cpu = f"{1e6 * s.median(row.cpu_per):.0f} µs/{sc.per}" if row.cpu_per else "-"
-        lost = sum(r.lost + r.corrupt for r in row.ptg + row.raw)
+        base_cpu = f"{1e6 * s.median(row.base_cpu_per):.0f} µs/{sc.per}" if row.base_cpu_per else "-"
+        lost = sum(r.lost + r.corrupt for r in row.ptg + row.raw + row.base)
         for i, metric in enumerate(row.ptg[0].figures):
             ptg = s.median([r.figures[metric] for r in row.ptg])
             raw = s.median([r.figures[metric] for r in row.raw])
             ratio = ptg / raw if raw else float("nan")
             target = verdict(*sc.targets[metric], ptg, ratio) if metric in sc.targets else ""
             first = i == 0
-            lines.append(f"| {sc.title if first else ''} | {metric} | {fmt(ptg)} | {fmt(raw)} | {ratio:.3f} | {target} "
-                         f"| {cpu if first else ''} | {('**LOST %d**' % lost if lost else '0') if first else ''} |")
+            line = (f"| {sc.title if first else ''} | {metric} | {fmt(ptg)} | {fmt(raw)} | {ratio:.3f} | {target} "
+                    f"| {cpu if first else ''} | {('**LOST %d**' % lost if lost else '0') if first else ''} |")
+            if with_base:
+                base = s.median([r.figures[metric] for r in row.base]) if row.base else float("nan")
+                line += (f" {fmt(base)} | {base / raw if raw else float('nan'):.3f} "
+                         f"| {ptg / base if base else float('nan'):.3f} | {base_cpu if first else ''} |")
+            lines.append(line)
     return lines
 
 
@@ -186,17 +213,22 @@ async def run_all(args) -> int:
         if any(sc.name == "drain" for sc in chosen):
             await s.fill(ctx, "drain-src", drain_count(ctx), s.KIB)
         for workers in sorted({sc.workers for sc in chosen}):
-            with Server(private.url, workers=workers) as server:
+            with Server(private.url, workers=workers) as server, contextlib.ExitStack() as more:
                 ctx.server = server
+                baseline = (more.enter_context(Server(private.url, workers=workers, pythonpath=args.baseline))
+                            if args.baseline else None)
                 for sc in (sc for sc in chosen if sc.workers == workers):
                     started = time.monotonic()
-                    rows.append(await run_scenario(ctx, sc, args.repeats))
+                    rows.append(await run_scenario(ctx, sc, args.repeats, baseline))
                     print(f"  {sc.name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
                 if workers == 1:
                     rss = server.rss()
     order = {sc.name: i for i, sc in enumerate(chosen)}
     rows.sort(key=lambda row: order[row.scenario.name])
-    print(f"\nptgstore / redis-py asyncio, medians of {args.repeats} run(s), scale {args.scale:g}; {machine()}\n")
+    print(f"\nptgstore / redis-py asyncio, medians of {args.repeats} run(s), scale {args.scale:g}; {machine()}")
+    if args.baseline:
+        print(f"baseline: the ptgstore of {args.baseline}")
+    print()
     print("\n".join(table(rows)))
     print(f"\nserver RSS after all scenarios (1 worker): {rss / 2**20:.0f} MB (target < 100 MB)")
     lost = sum(r.lost + r.corrupt for row in rows for r in row.ptg + row.raw)
@@ -216,10 +248,17 @@ def main(argv=None) -> int:
     parser.add_argument("--fanout", default="10,100,1000", help="puller counts of the fan-out scenario")
     parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, live, "
                                        "fanout<N>, drain, rest, rest2)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a checkout of ptgstore (a git worktree of an older commit) run through every "
+                             "scenario too, in turn with this one; its figures and ptgstore / baseline are added")
     parser.add_argument("--cluster", action="store_true",
                         help="scale-out figures instead: 1 Redis vs a cluster of 1 and 3 masters, 1 and 2 "
                              "processes (benchmarks/cluster.py)")
     args = parser.parse_args(argv)
+    if args.baseline and not (Path(args.baseline) / "ptgstore" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no ptgstore package there")
+    if args.baseline:
+        args.baseline = str(Path(args.baseline).resolve())
     if args.cluster:
         from . import cluster  # noqa: PLC0415
 

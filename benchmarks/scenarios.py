@@ -4,6 +4,7 @@ landed (or arrived) is byte-exact."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -230,9 +231,9 @@ async def batch_ack_raw(ctx: Context, key: str, batches: int, per_batch: int, si
 
 # -- live: 8 pushers at 30 Hz, one puller on all 8 streams ---------------------------------------
 
-async def paced(count: int, hz: float, deadline: float):
-    """Yield 0..count-1 at `hz`, never past `deadline`."""
-    start = time.monotonic()
+async def paced(count: int, hz: float, deadline: float, start: float | None = None):
+    """Yield 0..count-1 at `hz` from `start` (a monotonic time; now by default), never past `deadline`."""
+    start = time.monotonic() if start is None else start
     for k in range(count):
         delay = start + k / hz - time.monotonic()
         if delay > 0:
@@ -242,19 +243,28 @@ async def paced(count: int, hz: float, deadline: float):
         yield k
 
 
-async def pace_ws_pusher(url: str, count: int, size: int, hz: float, deadline: float) -> int:
+def together() -> float:
+    """The moment every pusher of a live scenario sends its first entry (they then tick together,
+    as the sensors of one headset do). Left to when each pusher's socket happened to be ready, the
+    pushers' phases changed from run to run and with them how many 100 KiB frames met at the server
+    at once: the latencies of runs of the same code then differed more than any change measured."""
+    return time.monotonic() + 0.05
+
+
+async def pace_ws_pusher(ws, count: int, size: int, hz: float, deadline: float, start: float) -> int:
+    """Push `count` entries at `hz` on the open socket `ws`, each waiting for its ack."""
     sent = 0
-    async with ws_connect(url) as ws:
-        async for k in paced(count, hz, deadline):
-            await ws.send(payload(k, size, time.time_ns()))
-            await ws.recv()
-            sent += 1
+    async for k in paced(count, hz, deadline, start):
+        await ws.send(payload(k, size, time.time_ns()))
+        await ws.recv()
+        sent += 1
     return sent
 
 
-async def pace_raw_pusher(r, key: str, count: int, size: int, hz: float, deadline: float) -> int:
+async def pace_raw_pusher(r, key: str, count: int, size: int, hz: float, deadline: float,
+                          start: float) -> int:
     sent = 0
-    async for k in paced(count, hz, deadline):
+    async for k in paced(count, hz, deadline, start):
         await r.xadd(key, {FIELD: payload(k, size, time.time_ns())}, maxlen=MAXLEN, approximate=True)
         sent += 1
     return sent
@@ -324,10 +334,14 @@ async def live_ptg(ctx: Context, prefix: str, streams: int, seconds: float, size
     expected = per_stream * streams
     deadline = deadline_after(seconds + 20)
     arrivals = Arrivals(keys, size)
-    async with ws_connect(ctx.ws(f"/data/{'+'.join(keys)}/pull", count=64)) as puller:
+    async with contextlib.AsyncExitStack() as sockets:
+        puller = await sockets.enter_async_context(ws_connect(ctx.ws(f"/data/{'+'.join(keys)}/pull", count=64)))
+        pushers = [await sockets.enter_async_context(ws_connect(ctx.ws(f"/data/{key}/push", ack="true")))
+                   for key in keys]
         reader = asyncio.create_task(ws_pull_into(puller, arrivals, expected, deadline))
-        sent = await asyncio.gather(*(pace_ws_pusher(ctx.ws(f"/data/{key}/push", ack="true"), per_stream, size, hz,
-                                                     deadline) for key in keys))
+        start = together()
+        sent = await asyncio.gather(*(pace_ws_pusher(ws, per_stream, size, hz, deadline, start)
+                                      for ws in pushers))
         await reader
     await cleanup(ctx, keys)
     return live_result(arrivals, expected, sum(sent))
@@ -340,10 +354,11 @@ async def live_raw(ctx: Context, prefix: str, streams: int, seconds: float, size
     deadline = deadline_after(seconds + 20)
     arrivals = Arrivals(keys, size)
     async with ctx.redis() as pushers, ctx.redis(single_connection_client=True) as reader_client:
-        cursors = {key: "$" for key in keys}
         cursors = {key: await last_id(pushers, key) for key in keys}
         reader = asyncio.create_task(raw_pull_into(reader_client, keys, cursors, arrivals, expected, deadline))
-        sent = await asyncio.gather(*(pace_raw_pusher(pushers, key, per_stream, size, hz, deadline) for key in keys))
+        start = together()
+        sent = await asyncio.gather(*(pace_raw_pusher(pushers, key, per_stream, size, hz, deadline, start)
+                                      for key in keys))
         await reader
     await cleanup(ctx, keys)
     return live_result(arrivals, expected, sum(sent))

@@ -26,3 +26,32 @@ def test_tiny_run_moves_every_entry_byte_exact():
     complete = [row for row in rows if "| complete % |" in row]
     assert complete and all("| 100.0 | 100.0 |" in row for row in complete)
     assert "server RSS after all scenarios" in run.stdout
+
+
+def test_a_baseline_checkout_runs_every_scenario_too():
+    # this checkout as its own baseline: the columns and the comparison are there, nothing is lost
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--repeats", "2", "--scale", "0.01", "--only", "single,live",
+         "--baseline", str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"baseline: the ptgstore of {ROOT}" in run.stdout
+    rows = [line.strip("|").split("|") for line in run.stdout.splitlines() if line.startswith("| ")]
+    header, data = rows[0], rows[1:]
+    assert [cell.strip() for cell in header[-4:]] == ["baseline", "baseline ratio", "ptgstore / baseline", "baseline CPU"]
+    assert {row[0].strip() for row in data if row[0].strip()} == {"1 KiB entries, ack",
+                                                                 "8 pushers x 100 KiB at 30 Hz, 1 puller on all 8"}
+    for row in data:
+        base, vs_base = float(row[-4].replace(",", "")), float(row[-2])
+        assert base > 0 and vs_base > 0, row
+        if row[0].strip():  # a scenario's first row: the baseline server's CPU per entry
+            assert row[-1].strip().endswith("µs/entry"), row
+    assert "every entry landed and arrived byte-exact" in run.stdout
+
+
+def test_a_baseline_without_ptgstore_is_refused(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--baseline", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert f"--baseline {tmp_path}: no ptgstore package there" in run.stderr

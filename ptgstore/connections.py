@@ -34,6 +34,8 @@ LANES = 8  # connections kept per server for the hot path, besides the pool
 LARGE_VALUE = 16 * 1024  # bytes from which a command's value is sent as it is, not packed with the rest
 REDIRECTS = 16  # MOVED/ASK/TRYAGAIN followed for one command before giving up (a slot in migration)
 
+# the redis-py exceptions the rest of ptgstore names (it imports no redis-py module itself)
+RedisError = rexc.RedisError
 ResponseError = rexc.ResponseError
 NoScriptError = rexc.NoScriptError
 WatchError = rexc.WatchError

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
-from redis import exceptions as rexc
 
+from .connections import RedisError
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, SegmentWriter, add_to_stats, fsync_dir, summarize
 from .recording_store import RecordingStore, now_iso
@@ -171,7 +171,7 @@ class Recorder:
                         self.holding = False
                         await self.states.release()
                 self._complained = False
-            except (StoreUnavailable, OSError, ConnectionError, rexc.RedisError) as exc:
+            except (StoreUnavailable, OSError, ConnectionError, RedisError) as exc:
                 if not self._complained:
                     log.warning("recorder: %s", exc)
                     self._complained = True

@@ -18,7 +18,6 @@ import uuid
 from datetime import datetime, timezone
 
 import orjson
-from redis import exceptions as rexc
 
 from . import connections as conn
 from .store import Store, StoreError, StoreUnavailable, _data, _guarded
@@ -146,7 +145,7 @@ class RecordingStore:
             replies = await pipe.execute(raise_on_error=False)
         out = {}
         for sid, reply in zip(sids, replies):
-            if isinstance(reply, rexc.ResponseError) and "WRONGTYPE" in str(reply):
+            if isinstance(reply, conn.ResponseError) and "WRONGTYPE" in str(reply):
                 raise StoreError(f"{sid} is not a stream")
             if not isinstance(reply, dict):
                 out[sid] = {"last": "0-0", "added": 0, "length": 0, "first": None}
@@ -205,7 +204,7 @@ class RecordingStore:
                       self.gaps_key],
                 args=[self.token, str(segment), orjson.dumps(cursors or {}), orjson.dumps(stats or {}),
                       orjson.dumps(gaps) if gaps else "[]"])
-        except rexc.ResponseError as exc:
+        except conn.ResponseError as exc:
             raise StoreError(f"commit of segment {segment} failed: {exc}") from None
         return bool(done)
 

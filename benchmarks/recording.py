@@ -29,6 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks.harness import PrivateRedis, Server
+from benchmarks.scenarios import percentile
 from ptgstore.mcapfiles import read_messages
 
 SENSORS = (("main", 100 * 1024, 30.0), ("depth", 180 * 1024, 5.0), ("imu", 128, 100.0))
@@ -63,13 +64,6 @@ async def push_stream(ws_url: str, token: str, sid: str, size: int, hz: float, s
             acked[sid].append((await ws.recv(), hashlib.blake2b(data, digest_size=16).digest()))
             i += 1
     return worst
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms_of(entry_id: str) -> int:

@@ -213,10 +213,10 @@ async def run_all(args) -> int:
         if any(sc.name == "drain" for sc in chosen):
             await s.fill(ctx, "drain-src", drain_count(ctx), s.KIB)
         for workers in sorted({sc.workers for sc in chosen}):
-            with Server(private.url, workers=workers) as server, contextlib.ExitStack() as more:
+            with Server(private.url, workers=workers) as server, \
+                    (Server(private.url, workers=workers, pythonpath=args.baseline) if args.baseline
+                     else contextlib.nullcontext()) as baseline:
                 ctx.server = server
-                baseline = (more.enter_context(Server(private.url, workers=workers, pythonpath=args.baseline))
-                            if args.baseline else None)
                 for sc in (sc for sc in chosen if sc.workers == workers):
                     started = time.monotonic()
                     rows.append(await run_scenario(ctx, sc, args.repeats, baseline))

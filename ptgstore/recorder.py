@@ -18,7 +18,7 @@ import errno
 import logging
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -27,7 +27,7 @@ from .connections import RedisError
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, SegmentWriter, add_to_stats, fsync_dir, summarize
 from .recording_store import RecordingStore, now_iso
-from .store import Store, StoreUnavailable
+from .store import Store, StoreUnavailable, entry_time_iso
 
 log = logging.getLogger("ptgstore.recorder")
 
@@ -73,13 +73,6 @@ def segment_files(rec_dir: Path) -> list[Path]:
     return sorted(p for p in rec_dir.iterdir() if p.suffix == SEGMENT_SUFFIX and p.is_file())
 
 
-def _iso_of(entry_id: str | None) -> str | None:
-    if not entry_id:
-        return None
-    ms = int(entry_id.split("-")[0])
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
-
-
 def _seconds_between(first: str | None, last: str | None) -> float | None:
     if not first or not last:
         return None
@@ -91,7 +84,7 @@ def build_info(rec_id: str, rec_dir: Path, stats: dict[str, dict], gaps: list[di
     streams = {}
     stats = {sid: {k: v for k, v in s.items() if k != "index"} for sid, s in stats.items() if "count" in s}
     for sid, s in sorted(stats.items()):
-        streams[sid] = {**s, "first-entry-time": _iso_of(s["first-entry"]), "last-entry-time": _iso_of(s["last-entry"]),
+        streams[sid] = {**s, "first-entry-time": entry_time_iso(s["first-entry"]), "last-entry-time": entry_time_iso(s["last-entry"]),
                         "duration_secs": _seconds_between(s["first-entry"], s["last-entry"]),
                         "gaps": sum(1 for g in gaps if g["sid"] == sid),
                         "lost": sum(g.get("lost", 0) for g in gaps if g["sid"] == sid)}
@@ -106,7 +99,7 @@ def build_info(rec_id: str, rec_dir: Path, stats: dict[str, dict], gaps: list[di
         "name": rec_id, "streams": streams,
         "files": [f.name for f in files], "size": size, "size_mb": size / 1024**2,
         "first-entry": first, "last-entry": last,
-        "first-entry-time": _iso_of(first), "last-entry-time": _iso_of(last),
+        "first-entry-time": entry_time_iso(first), "last-entry-time": entry_time_iso(last),
         "duration": str(timedelta(seconds=seconds)) if seconds is not None else None,
         "duration_secs": seconds, "gaps": len(gaps), "lost": sum(g.get("lost", 0) for g in gaps),
         "gap_list": gaps,
@@ -133,12 +126,10 @@ class Recorder:
     def __init__(self, store: Store, root: Path, segment_seconds: float, segment_bytes: int,
                  read_count: int = 16):
         self.states = RecordingStore(store)
-        self.store = store
         self.root = Path(root)
         self.segment_seconds = segment_seconds
         self.segment_bytes = segment_bytes
         self.read_count = read_count
-        self.holding = False
         self.closing = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._complained = False
@@ -163,12 +154,10 @@ class Recorder:
         while not self.closing.is_set():
             try:
                 if await self._active() and await self.states.acquire(LEASE_TTL_MS):
-                    self.holding = True
                     log.info("recorder: this process holds the recorder lease")
                     try:
                         await self._hold()
                     finally:
-                        self.holding = False
                         await self.states.release()
                 self._complained = False
             except (StoreUnavailable, OSError, ConnectionError, RedisError) as exc:
@@ -393,7 +382,7 @@ class Recording:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self.writer.abandon)
             self.writer = None
-        committed = {sid: s for sid, s in (await self.states.progress())[1].items()}
+        committed = (await self.states.progress())[1]
         info = build_info(self.id, self.dir, committed, self.gaps, started=self.state.get("started"),
                           stopped=now_iso(), error=error)
         with contextlib.suppress(OSError):

@@ -154,7 +154,8 @@ def _pair(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def _iso(entry_id: str | None) -> str | None:
+def entry_time_iso(entry_id: str | None) -> str | None:
+    """The ISO time of an entry id's milliseconds (None for none)."""
     if not entry_id:
         return None
     ms = int(entry_id.split("-")[0])
@@ -265,7 +266,7 @@ class Store:
         self.check_batch(index)
         keys = [self.key(sid) for sid in index] + [self.keys.meta(sid) for sid in index]
         try:
-            ids = await self._run_add(keys, [self.default_max_len, len(index), *index, *args])
+            ids = await self._add(keys=keys, args=[self.default_max_len, len(index), *index, *args])
         except ResponseError as exc:
             message = str(exc)
             if message.startswith(("PTGSTALE", "PTGTYPE")):
@@ -309,9 +310,6 @@ class Store:
         self._max_lens[sid] = (max_len, now)
         return max_len
 
-    async def _run_add(self, keys: list, args: list) -> list[bytes]:
-        return await self._add(keys=keys, args=args)
-
     def script(self, text: str):
         """A Lua script, called as `await script(keys=[...], args=[...])`, run on the server holding
         its keys (all in one slot on a cluster) by its hash, loaded there when that server lacks it."""
@@ -324,7 +322,6 @@ class Store:
                 await self.connections.once(keys[0], "SCRIPT", "LOAD", text)
                 return await self.connections.once(keys[0], "EVALSHA", sha, len(keys), *keys, *args)
 
-        run.sha = sha  # type: ignore[attr-defined]
         return run
 
     # -- reads ----------------------------------------------------------------------------------
@@ -524,8 +521,8 @@ class Store:
             "first-entry": _text(first[0]) if first else None,
             "last-entry": _text(last[0]) if last else None,
         })
-        info["first-entry-time"] = _iso(info["first-entry"])
-        info["last-entry-time"] = _iso(info["last-entry"])
+        info["first-entry-time"] = entry_time_iso(info["first-entry"])
+        info["last-entry-time"] = entry_time_iso(info["last-entry"])
         return info
 
     @_guarded

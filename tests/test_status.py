@@ -7,14 +7,7 @@ import httpx
 import pytest
 
 from conftest import wait_until
-from wsutil import ws_connect
-
-
-def push(server, sid, *entries):
-    with ws_connect(server, f"/data/{sid}/push", ack="true") as ws:
-        for entry in entries:
-            ws.send(entry)
-            ws.recv(timeout=10)
+from wsutil import push, ws_connect
 
 
 def fresh(http, path, after_ms):

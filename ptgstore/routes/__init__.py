@@ -1,7 +1,14 @@
 """Thin request handlers: parse, call the store or the hub, shape the reply."""
 from __future__ import annotations
 
+import logging
+
 from starlette.exceptions import HTTPException
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .. import errors
+
+log = logging.getLogger("ptgstore.routes")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -18,3 +25,26 @@ def query_bool(params, name: str, default: bool = False) -> bool:
     if value in _FALSE:
         return False
     raise HTTPException(400, f"{name} must be true or false, not {raw!r}")
+
+
+async def close_socket(ws: WebSocket, code: int, reason: str) -> None:
+    """Close `ws` with `code` and `reason` (accepting it first, so that the client can read them)."""
+    try:
+        if ws.application_state == WebSocketState.CONNECTING:
+            await ws.accept()
+        await ws.close(code, errors.short(reason))
+    except (RuntimeError, OSError, WebSocketDisconnect):
+        pass  # the client is already gone
+
+
+async def serve_socket(ws: WebSocket, handler) -> None:
+    """Run a socket handler and end the socket with the close code errors.TABLE gives any exception."""
+    try:
+        await handler(ws)
+    except (WebSocketDisconnect, OSError):
+        pass  # the client left (ASGI servers raise an OSError on a send after it did)
+    except Exception as exc:
+        refusal = errors.as_websocket(exc)
+        if errors.reply_for(exc) is errors.UNEXPECTED:  # a bug: its traceback, once
+            log.exception("websocket %s failed", ws.url.path)
+        await close_socket(ws, refusal.code, refusal.reason)

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
 from ..directsend import direct_send
@@ -16,18 +15,7 @@ from ..framing import (
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
-from . import query_bool
-
-log = logging.getLogger("ptgstore.live")
-
-
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    try:
-        if ws.application_state == WebSocketState.CONNECTING:
-            await ws.accept()
-        await ws.close(code, errors.short(reason))
-    except (RuntimeError, OSError, WebSocketDisconnect):
-        pass  # the client is already gone
+from . import close_socket, query_bool, serve_socket
 
 
 def _options(ws: WebSocket, parse):
@@ -38,20 +26,6 @@ def _options(ws: WebSocket, parse):
         raise BadOption(str(exc)) from None
     except HTTPException as exc:
         raise BadOption(str(exc.detail)) from None
-
-
-async def _serve(ws: WebSocket, handler) -> None:
-    """Run a socket handler and end the socket with the close code errors.TABLE gives any
-    exception (after accepting, so that the client can read the reason)."""
-    try:
-        await handler(ws)
-    except (WebSocketDisconnect, OSError):
-        pass  # the client left (ASGI servers raise an OSError on a send after it did)
-    except Exception as exc:
-        refusal = errors.as_websocket(exc)
-        if errors.reply_for(exc) is errors.UNEXPECTED:  # a bug: its traceback, once
-            log.exception("websocket %s failed", ws.url.path)
-        await _close(ws, refusal.code, refusal.reason)
 
 
 # -- push ---------------------------------------------------------------------------------------
@@ -79,7 +53,7 @@ class _Endpoint:
 
 async def _push_session(ws: WebSocket, receive, send) -> None:
     await ws.accept()
-    await _serve(ws, lambda ws: _push(ws, receive, send))
+    await serve_socket(ws, lambda ws: _push(ws, receive, send))
 
 
 async def _push(ws: WebSocket, receive, send) -> None:
@@ -152,7 +126,7 @@ def _sync_index(value: str | None, sids: list[str]) -> int | None:
 
 
 async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull reads acks through `ws`
-    await _serve(ws, lambda ws: _pull(ws, send))
+    await serve_socket(ws, lambda ws: _pull(ws, send))
 
 
 async def _pull(ws: WebSocket, send) -> None:
@@ -225,7 +199,7 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
                                            confirm=confirm)
         if delivery is None:
             if subscription.timed_out:
-                await _close(ws, errors.NORMAL, "timeout without data")
+                await close_socket(ws, errors.NORMAL, "timeout without data")
             return
         acked.clear()
         for gap in delivery.gaps:

@@ -18,20 +18,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .. import errors
 from ..framing import FramingError, split_stream_ids, validate_stream_id
 from ..mcapfiles import SEGMENT_SUFFIX, read_messages
 from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segment_files, write_info
 from ..recording_store import RecordingStore
 from ..replay import Progress, paced
-from ..store import StoreError, StoreUnavailable
-from . import query_bool
+from ..store import StoreError
+from . import close_socket, query_bool, serve_socket
 
 log = logging.getLogger("ptgstore.recordings")
 
 MAX_ID_BYTES = 200
 RESERVED_IDS = frozenset({"current", "start", "stop", "static", "upload", "replay", "cache"})
 STOP_WAIT = 60.0  # seconds PUT /recordings/stop waits for the recorder to finish the files
-NORMAL, POLICY, INVALID, UNAVAILABLE = 1000, 1008, 1007, 1011
 
 
 def validate_recording_id(name: str, what: str = "recording id") -> str:
@@ -317,27 +317,10 @@ def _replay_options(params) -> dict:
     }
 
 
-async def _close(ws: WebSocket, code: int, reason: str) -> None:
-    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-        await ws.close(code, reason.encode()[:120].decode(errors="ignore"))
-
-
 async def replay(ws: WebSocket) -> None:
     """Replay a recording into live streams; progress JSON every `interval` seconds; close 1000 when done."""
     await ws.accept()
-    try:
-        await _replay(ws)
-    except (WebSocketDisconnect, OSError):
-        pass
-    except (FramingError, StoreError) as exc:
-        await _close(ws, INVALID, str(exc))
-    except HTTPException as exc:
-        await _close(ws, POLICY, str(exc.detail))
-    except StoreUnavailable as exc:
-        await _close(ws, UNAVAILABLE, str(exc))
-    except Exception:
-        log.exception("replay failed")
-        await _close(ws, UNAVAILABLE, "internal server error")
+    await serve_socket(ws, _replay)
 
 
 async def _replay(ws: WebSocket) -> None:
@@ -380,7 +363,7 @@ async def _replay(ws: WebSocket) -> None:
             await reporter
     progress.active.clear()
     await ws.send_text(orjson.dumps(progress.report()).decode())
-    await _close(ws, NORMAL, "replay done")
+    await close_socket(ws, errors.NORMAL, "replay done")
 
 
 async def _report(ws: WebSocket, progress: Progress, interval: float) -> None:

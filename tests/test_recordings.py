@@ -181,7 +181,9 @@ def test_replay_refusals(rec_server):
     for query, code, words in [({"rec_id": "nope"}, 1008, "no recording"),
                                ({"rec_id": "session-r", "sid": "ghost"}, 1008, "no stream"),
                                ({"rec_id": "../etc"}, 1008, "'/'"),
-                               ({"rec_id": "session-r", "interval": "x"}, 1007, "number")]:
+                               ({"rec_id": "session-r", "interval": "x"}, 1007, "number"),
+                               # a malformed option closes 1007 on every socket route, true/false ones too
+                               ({"rec_id": "session-r", "fullspeed": "perhaps"}, 1007, "fullspeed must be true or false")]:
         with replay_socket(rec_server, **query) as ws:
             got_code, reason = expect_close(ws)
             assert (got_code, words in reason) == (code, True), reason

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import errors
@@ -15,7 +14,7 @@ _FALSE = ("0", "false", "no", "off", "")
 
 
 def query_bool(params, name: str, default: bool = False) -> bool:
-    """A true/false query parameter; anything else is a 400 naming it."""
+    """A true/false query parameter; anything else is a malformed option naming it (400, or 1007 on a socket)."""
     raw = params.get(name)
     if raw is None:
         return default
@@ -24,7 +23,7 @@ def query_bool(params, name: str, default: bool = False) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise HTTPException(400, f"{name} must be true or false, not {raw!r}")
+    raise errors.BadOption(f"{name} must be true or false, not {raw!r}")
 
 
 async def close_socket(ws: WebSocket, code: int, reason: str) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
 from ..directsend import direct_send
-from ..errors import BadOption, TooLarge, WrongMessageType
+from ..errors import TooLarge, WrongMessageType
 from ..framing import (
     BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
@@ -17,18 +16,6 @@ from ..framing import (
 from ..instrumentation import socket_tally
 from . import close_socket, query_bool, serve_socket
 
-
-def _options(ws: WebSocket, parse):
-    """Parse query options: every malformed one is a BadOption (one close code for all)."""
-    try:
-        return parse(ws.query_params)
-    except FramingError as exc:
-        raise BadOption(str(exc)) from None
-    except HTTPException as exc:
-        raise BadOption(str(exc.detail)) from None
-
-
-# -- push ---------------------------------------------------------------------------------------
 
 def _push_options(params):
     return {
@@ -58,7 +45,7 @@ async def _push_session(ws: WebSocket, receive, send) -> None:
 
 async def _push(ws: WebSocket, receive, send) -> None:
     path_sid = ws.path_params["sid"]
-    options = _options(ws, _push_options)
+    options = _push_options(ws.query_params)
     batched = options["batch"] or path_sid == "*"
     if path_sid != "*":
         sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
@@ -130,10 +117,10 @@ async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull read
 
 
 async def _pull(ws: WebSocket, send) -> None:
-    options = _options(ws, _pull_options)
+    options = _pull_options(ws.query_params)
     sids = unique_stream_ids(ws.path_params["sid"])  # a malformed stream id is malformed data, not an option
-    cursors = _options(ws, lambda _: parse_cursors(options["last_entry_id"], len(sids)))
-    sync = _options(ws, lambda _: _sync_index(options["time_sync_id"], sids))
+    cursors = parse_cursors(options["last_entry_id"], len(sids))
+    sync = _sync_index(options["time_sync_id"], sids)
     store = ws.app.state.store
     # `$` is fixed now, once: nothing pushed after this moment is skipped. The streams' generations
     # are read with it (first): entries of a stream deleted before now are never served from memory.

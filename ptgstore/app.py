@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors, metrics, serving
+from . import errors, guards, metrics, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis
@@ -24,6 +24,8 @@ from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
+
+PASSWORD_CHECKS = 2
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
@@ -158,6 +160,7 @@ def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> 
         log.info("auth policy 'users': accounts from %s", settings.users_path)
     if settings.secret and len(settings.secret.encode()) < 32:
         log.warning("the configured PTGSTORE_SECRET is shorter than 32 bytes: tokens are easier to forge")
+    log.info("hosts: %s", guards.describe_allowed_hosts(settings))
     if settings.metrics_public:
         log.warning("/metrics is public: served to anyone without a token (PTGSTORE_METRICS_PUBLIC=true)")
     if not settings.token_verify_exp:
@@ -214,6 +217,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(DirectSend),  # outermost: socket routes send their data messages past every layer below
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
+        # guards.py's, in its order: headers on every answer (refusals too), then who may ask
+        Middleware(guards.SecurityHeaders),
+        Middleware(guards.HostGuard, settings=settings),
+        Middleware(guards.LoginGuard, settings=settings),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
     ]
@@ -232,6 +239,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.metrics = meter
+    # scrypt checks at a time (each costs 16 MiB and a core for ~50 ms): more wait their turn
+    app.state.password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
     app.router.redirect_slashes = False
     return app
 

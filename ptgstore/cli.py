@@ -124,6 +124,7 @@ def serve(args) -> int:
 
     from . import serving  # noqa: PLC0415
     from .embedded import EmbeddedRedis  # noqa: PLC0415
+    from .guards import describe_allowed_hosts  # noqa: PLC0415
 
     settings = _settings(args)
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
@@ -160,6 +161,7 @@ def serve(args) -> int:
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"
+          f"ptgstore: hosts: {describe_allowed_hosts(settings)}\n"
           f"ptgstore: auth policy '{settings.auth}'"
           + (" - any username with password equal to it; get a token with `ptgstore token`"
              if settings.auth == "dev" else f" - accounts in {settings.users_path}"), flush=True)

@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors, guards, metrics, serving
+from . import errors, guards, metrics, ownkeys, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis
@@ -86,6 +86,7 @@ async def lifespan(app: Starlette):
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
                   pool_size=settings.redis_pool_size, timeout=settings.redis_timeout,
                   cluster=settings.redis_cluster, group_separator=settings.group_separator)
+    await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip

@@ -161,7 +161,7 @@ TRUE_FALSE = ("1", "true", "yes", "on", "0", "false", "no", "off", "")
 def sid_ok(sid: str) -> bool:
     return (0 < len(sid.encode()) <= 256 and "+" not in sid and sid != "*"
             and not any(unicodedata.category(c) == "Cc" for c in sid)
-            and sid not in ("ptgstore:meta", "ptgstore:maxlen"))
+            and not sid.startswith("ptgstore:") and sid != "recording:id")
 
 
 def bool_ok(value: str | None) -> bool:

@@ -11,7 +11,7 @@ from ..directsend import direct_send
 from ..errors import TooLarge, WrongMessageType
 from ..framing import (
     BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
-    parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
+    parse_header_codec, parse_offsets_mode, split_batch, split_writable_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
 from . import close_socket, query_bool, serve_socket
@@ -48,7 +48,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
     options = _push_options(ws.query_params)
     batched = options["batch"] or path_sid == "*"
     if path_sid != "*":
-        sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
+        sids = split_writable_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
             raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
     store = ws.app.state.store

@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
-from ..framing import FramingError, split_stream_ids, validate_stream_id
+from ..framing import FramingError, split_stream_ids, writable_stream_id
 from ..mcapfiles import SEGMENT_SUFFIX, read_messages
 from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segment_files, write_info
 from ..recording_store import RecordingStore
@@ -336,7 +336,7 @@ async def _replay(ws: WebSocket) -> None:
     unknown = [sid for sid in sids if sid not in stats]
     if unknown:
         raise HTTPException(404, f"recording {rec_id!r} has no stream {unknown[0]!r}")
-    targets = {sid: validate_stream_id(options["prefix"] + sid) for sid in sids}
+    targets = {sid: writable_stream_id(options["prefix"] + sid) for sid in sids}
     store = ws.app.state.store
     if options["keep_ids"]:
         for target in targets.values():

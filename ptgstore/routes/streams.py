@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..framing import unique_stream_ids, validate_stream_id
+from ..framing import split_writable_stream_ids, validate_stream_id, writable_stream_id
 from . import query_bool
 
 
@@ -37,7 +37,7 @@ async def get_stream(request: Request) -> JSONResponse:
 
 async def put_stream(request: Request) -> JSONResponse:
     """Merge the JSON body into the stream's metadata (`override=true` replaces it)."""
-    sid = validate_stream_id(request.path_params["sid"])
+    sid = writable_stream_id(request.path_params["sid"])
     override = query_bool(request.query_params, "override")
     body = await request.body()
     if not body.strip():
@@ -62,6 +62,6 @@ def _json_kind(value) -> str:
 
 async def delete_streams(request: Request) -> JSONResponse:
     """Delete one stream or several (`a+b`), entries and metadata; answers which existed."""
-    sids = unique_stream_ids(request.path_params["sid"])
+    sids = list(dict.fromkeys(split_writable_stream_ids(request.path_params["sid"])))
     deleted = await request.app.state.store.delete(sids)
     return JSONResponse({"deleted": deleted})

@@ -6,16 +6,17 @@ import contextlib
 import hashlib
 import hmac
 import logging
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors, guards, metrics, ownkeys, serving
+from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .directsend import DirectSend
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, make_private
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .recorder import Recorder
@@ -76,8 +77,11 @@ async def lifespan(app: Starlette):
                        + "; ".join(problems))
             log.error(message)
             raise SettingsError(message)
+    # the data directory (secret, users, embedded Redis, recordings) is this account's only
+    await asyncio.to_thread(make_private, Path(settings.data_dir), False)
     # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
     await asyncio.to_thread(lambda: app.state.authenticator.secret)
+    await asyncio.to_thread(policyfile.record, settings)  # ... and mints tokens of this policy
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -86,6 +90,8 @@ async def lifespan(app: Starlette):
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
                   pool_size=settings.redis_pool_size, timeout=settings.redis_timeout,
                   cluster=settings.redis_cluster, group_separator=settings.group_separator)
+    if embedded is not None:  # a reconnect checks who answers, as start-up did
+        store.connections.expect_run_id(embedded.embedded_run_id)
     await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)
@@ -150,7 +156,8 @@ def configure_logging(level: str) -> None:
 def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> None:
     """Say at start-up which Redis is used and anything that weakens security."""
     if embedded is not None:
-        log.info("redis: embedded at %s (data in %s, appendfsync %s)", url, embedded.dir, settings.redis_fsync)
+        log.info("redis: embedded at %s (data in %s, appendfsync %s)", redact_url(url), embedded.dir,
+                 settings.redis_fsync)
     else:
         log.info("redis: %s", redact_url(url))
     if settings.auth == "dev":

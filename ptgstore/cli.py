@@ -180,10 +180,18 @@ def serve(args) -> int:
 
 
 def token(args) -> int:
-    """Print a fresh token signed with this server's secret."""
-    from .auth import Authenticator  # noqa: PLC0415
+    """Print a fresh token signed with this server's secret, under the policy it runs."""
+    from .auth import Authenticator, read_users  # noqa: PLC0415
+    from .policyfile import recorded  # noqa: PLC0415
 
     settings = _settings(args)
+    server = recorded(settings.data_dir)
+    if server is not None:
+        if settings.auth_explicit and settings.auth != server["auth"]:
+            print(f"ptgstore token: the server on {settings.data_dir} runs the '{server['auth']}' policy: a "
+                  f"'{settings.auth}' token would be refused there", file=sys.stderr)
+            return 1
+        settings = settings.replace(auth=server["auth"], users_file=server["users_file"])
     secret = Path(settings.data_dir) / "secret"
     if not settings.secret and not secret.exists():
         # a new secret here would sign tokens that the server (with its own secret) refuses
@@ -192,7 +200,12 @@ def token(args) -> int:
               "secret), or its PTGSTORE_SECRET; or ask the server: curl -d 'username=NAME&password=PASSWORD' "
               "http://HOST:PORT/token", file=sys.stderr)
         return 1
-    print(Authenticator(settings).issue(args.user or getpass.getuser()))
+    name = args.user or getpass.getuser()
+    if settings.auth == "users" and name not in read_users(settings.users_path):
+        print(f"ptgstore token: no user {name!r} in {settings.users_path} (the 'users' policy): add one with "
+              "`ptgstore user add`", file=sys.stderr)
+        return 1
+    print(Authenticator(settings).issue(name))
     return 0
 
 

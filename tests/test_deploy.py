@@ -48,6 +48,7 @@ def test_procfile_runs_uvicorn_on_port_with_graceful_websockets():
             options[word] = argv[i + 1]
     assert options["--port"] == "$PORT"
     assert options["--ws"] == "ptgstore.serving:GracefulWebSocketProtocol"
+    assert options["--http"] == "ptgstore.serving:HeaderTimeoutProtocol"  # unfinished headers time out
     assert options["--ws-per-message-deflate"] == "false"
     # the --ws value must be importable as uvicorn imports it
     from uvicorn.importer import import_from_string

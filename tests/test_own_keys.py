@@ -97,3 +97,20 @@ def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_serve
     removed = " ".join(record.getMessage() for record in caplog.records)
     for key in ("ptgstore:secret-fingerprint", "ptgstore:recording", "ptgstore:recording:cursors"):
         assert f"'{key}'" in removed
+
+
+def test_on_a_cluster_the_tagged_own_keys_are_out_of_reach_and_repaired(tmp_path, cluster):
+    state = "{ptgstore:recording}ptgstore:recording"  # the recorder's state, in its hash-tagged slot
+    cluster.owner(state).client.xadd(state, {"d": b"x"})
+    # a separator under which a stream id's group would be the recorder's tag
+    settings = make_settings(tmp_path, cluster.url, redis_cluster=True, group_separator=":c")
+    with live_server(settings) as live:
+        http = live.http()
+        assert http.get("/recordings/current").json() is None
+        assert cluster.owner(state).client.type(state) == b"none"
+        for sid in ("ptgstore:recording:cursors", "ptgstore:recording", "recording:id"):
+            assert http.post(f"/data/{quoted(sid)}", files=[("entries", ("e", b"x"))]).status_code == 400
+            assert http.delete(f"/streams/{quoted(sid)}").status_code == 400
+        assert http.put("/recordings/start", params={"rec_id": "c1"}).json() == "c1"
+        assert http.put("/recordings/stop").json() == 1
+        assert http.get("/streams").json() == []

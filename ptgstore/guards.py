@@ -88,9 +88,9 @@ class SecurityHeaders:
 
 # -- 2. the Host allow-list ---------------------------------------------------------------------
 
-def split_host(value: str) -> tuple[str, int | None] | None:
-    """A Host header (or an allow-list entry) as (lower-case name without brackets, port or None);
-    None when it is not a host name or address."""
+def split_host(value: str, pattern: bool = False) -> tuple[str, int | None] | None:
+    """A Host header (or with `pattern` an allow-list entry, which may start with `*.`) as (lower-case
+    name without brackets, port or None); None when it is not a host name or address."""
     value = value.strip().lower()
     port: int | None = None
     if value.startswith("["):
@@ -106,9 +106,13 @@ def split_host(value: str) -> tuple[str, int | None] | None:
             return None
         port = int(port_text)
     name = name.rstrip(".")
-    if not name or not all(c.isascii() and (c.isalnum() or c in ".-_:*") for c in name):
+    if pattern and name.startswith("*."):
+        head, name = "*.", name[2:]
+    else:
+        head = ""
+    if not name or not all(c.isascii() and (c.isalnum() or c in ".-_:") for c in name):
         return None
-    return name, port
+    return head + name, port
 
 
 def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -149,7 +153,7 @@ class HostGuard:
             if entry == "*":
                 self.any = True
                 continue
-            parsed = split_host(entry)
+            parsed = split_host(entry, pattern=True)
             if parsed is None:
                 log.error("PTGSTORE_ALLOWED_HOSTS: %r is not a host name: ignored", entry)
                 continue

@@ -55,7 +55,7 @@ def test_loopback_names_are_served(server, host):
 
 
 @pytest.mark.parametrize("host", ["attacker.example", "localhost.attacker.example", "127.0.0.1.nip.io", "[::1",
-                                  "localhost:port", "10.1.2.3", "", "local host"])
+                                  "localhost:port", "10.1.2.3", "", "local host", "0.0.0.0", "*.localhost.x"])
 def test_other_hosts_are_refused(server, host):
     reply = httpx.get(server.url + "/streams", headers={"Host": host, "Authorization": f"Bearer {server.token()}"})
     assert reply.status_code == 400
@@ -72,6 +72,7 @@ def test_configured_hosts_are_served(tmp_path, rdb, redis_server):
         assert status("pinned.example:8443") == 200
         assert status("pinned.example:8080") == 400 and status("pinned.example") == 400
         assert status("lab.example") == 400 and status("evil-lab.example") == 400
+        assert status("*.lab.example") == 400  # a pattern is not a name
         assert status("localhost") == 200  # loopback stays served
 
 

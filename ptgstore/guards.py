@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import math
+import socket
 
 from .auth import request_origin_allowed
 from .ratelimit import RateLimiter
@@ -133,6 +134,16 @@ def is_loopback_name(name: str) -> bool:
     return address is not None and address.is_loopback
 
 
+def machine_names() -> set[str]:
+    """This machine's own host name, and its mDNS name (`name.local`): headsets on a lab network
+    reach the server by them, and a hostile page cannot make them its own origin's name."""
+    name = socket.gethostname().lower().rstrip(".")
+    if not name or split_host(name) is None:
+        return set()
+    short = name.split(".")[0]
+    return {name, short, short + ".local"}
+
+
 class HostGuard:
     """Refuse (400) requests and WebSocket handshakes whose `Host` does not name this server.
 
@@ -140,7 +151,8 @@ class HostGuard:
     name (DNS rebinding: the name is made to resolve to 127.0.0.1); the origin checks that compare
     `Origin` with `Host` then see a same-origin request. Served: no Host at all (not a browser),
     loopback names, the local address the request arrived on (a browser asked for that address
-    itself), the configured bind address when it is not a wildcard, and PTGSTORE_ALLOWED_HOSTS
+    itself), the configured bind address when it is not a wildcard, this machine's host name (and
+    `name.local`), and PTGSTORE_ALLOWED_HOSTS
     (`name`, `name:port`, `*.domain`, or `*`: every Host)."""
 
     def __init__(self, app, settings: Settings):
@@ -167,6 +179,7 @@ class HostGuard:
         bound = settings.host.strip("[]").lower().rstrip(".")
         if bound not in WILDCARD_ADDRESSES:
             self.names.add(bound)
+        self.names |= machine_names()
         self.logged: set[str] = set()
 
     def allows(self, scope) -> bool:
@@ -208,7 +221,8 @@ def describe_allowed_hosts(settings: Settings) -> str:
     if "*" in settings.allowed_hosts:
         return "any Host header is served (PTGSTORE_ALLOWED_HOSTS=*): DNS rebinding is not guarded against"
     extra = ", ".join(settings.allowed_hosts)
-    return ("requests are served for Host: localhost, loopback addresses and the address they arrive on"
+    return ("requests are served for Host: localhost, loopback addresses, the address they arrive on, "
+            + "/".join(sorted(machine_names(), key=len))
             + (f", {settings.host}" if settings.host.strip("[]") not in WILDCARD_ADDRESSES else "")
             + (f", and {extra} (PTGSTORE_ALLOWED_HOSTS)" if extra else
                "; behind a proxy or under a DNS name set PTGSTORE_ALLOWED_HOSTS to that name"))

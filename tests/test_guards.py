@@ -90,6 +90,8 @@ def test_the_address_a_request_arrived_on_and_the_bind_address_are_served():
     assert not guard.allows(scope("192.0.2.8")) and not guard.allows(scope("store.example"))
     assert guard.allows(scope("[::ffff:192.0.2.7]"))
     assert guard.allows({"type": "http", "headers": [], "server": None})  # no Host: not a browser
+    here = socket.gethostname().lower().split(".")[0]
+    assert guard.allows(scope(here)) and guard.allows(scope(here + ".local:7890"))  # the machine's own names
     named = HostGuard(None, Settings(host="store.lan"))
     assert named.allows(scope("store.lan:7890")) and not named.allows(scope("other.lan"))
     assert split_host("[2001:db8::1]:443") == ("2001:db8::1", 443)

@@ -231,18 +231,24 @@ def describe_allowed_hosts(settings: Settings) -> str:
 # -- 3. logging in ---------------------------------------------------------------------------------
 
 LOGIN_PATH = "/token"
+# all clients together may make this many times one client's logins: uvicorn trusts X-Forwarded-For
+# from 127.0.0.1 by default, so a local client can claim a new address with every attempt
+OVERALL_LOGINS = 10
 
 
 class LoginGuard:
     """`POST /token` sets the login cookie: a page of another site must not log the browser in as
     someone else (login CSRF), so a form posted from another origin is refused (403) like any other
     cookie-carrying state change. Under the `users` policy each attempt costs an scrypt check: a
-    client address may make `login_rate` a minute (429 with Retry-After beyond)."""
+    client address may make `login_rate` a minute, all of them together OVERALL_LOGINS times that
+    (429 with Retry-After beyond)."""
 
     def __init__(self, app, settings: Settings):
         self.app = app
         self.allowed_origins = settings.ws_allowed_origins + tuple(o for o in settings.cors_origins if o != "*")
-        self.limiter = RateLimiter(settings.login_rate, 60.0) if settings.auth == "users" else None
+        users = settings.auth == "users"
+        self.limiter = RateLimiter(settings.login_rate, 60.0) if users else None
+        self.overall = RateLimiter(settings.login_rate * OVERALL_LOGINS, 60.0) if users else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != LOGIN_PATH or scope["method"] != "POST":
@@ -250,12 +256,12 @@ class LoginGuard:
         if not request_origin_allowed(scope, self.allowed_origins):
             return await deny(scope, receive, send, 403, "cross-site login refused: POST /token from an origin "
                               "that is not allowed")
-        if self.limiter is not None:
+        if self.limiter is not None and self.overall is not None:
             client = scope.get("client")
-            wait = self.limiter.take(str(client[0]) if client else "")
+            wait = self.limiter.take(str(client[0]) if client else "") or self.overall.take("")
             if wait > 0:
                 seconds = max(1, math.ceil(wait))
                 return await deny(scope, receive, send, 429,
-                                  f"too many login attempts from this address: try again in {seconds} s",
+                                  f"too many login attempts: try again in {seconds} s",
                                   ((b"retry-after", str(seconds).encode()),))
         await self.app(scope, receive, send)

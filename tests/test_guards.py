@@ -157,6 +157,22 @@ def test_password_checks_are_rate_limited_per_client(users_server):
     assert attempt("s3cret pass", client="198.51.100.2").status_code == 200  # another client is not held back
 
 
+
+def test_claimed_addresses_do_not_lift_the_overall_login_limit(users_server):
+    # a local client may claim any X-Forwarded-For (uvicorn trusts it from 127.0.0.1): all clients
+    # together get ten times one client's rate (3 a minute here)
+    # (attempts without a password: counted like any, answered without an scrypt check, so quickly
+    # that the bucket refills by far less than one attempt meanwhile)
+    statuses = []
+    with httpx.Client(base_url=users_server.url) as client:
+        for i in range(100):
+            statuses.append(client.post("/token", data={"username": "alice"},
+                                        headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code)
+            if statuses[-1] == 429:
+                break
+    assert statuses[-1] == 429 and len(statuses) > 30 and set(statuses[:30]) == {422}
+
+
 def test_the_docs_page_works_under_its_policy(server):
     # Swagger UI renders with its one inline script allowed by hash: no policy violation in the console
     chromium = "/usr/bin/chromium"

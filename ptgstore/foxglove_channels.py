@@ -50,6 +50,7 @@ class Catalogue:
         self.problem: str | None = None  # why the last scan failed, or None
         self._next_id = 1
         self._tasks: list[asyncio.Task] = []
+        self._deleted_meanwhile: set[str] = set()  # deleted while a scan was under way
 
     @contextlib.asynccontextmanager
     async def listening(self):
@@ -83,7 +84,10 @@ class Catalogue:
             event.set()
 
     def _deleted(self, sid: str | None) -> None:
-        if sid is not None and self.channels.pop(sid, None) is not None:
+        if sid is None:
+            return
+        self._deleted_meanwhile.add(sid)
+        if self.channels.pop(sid, None) is not None:
             self._changed()
 
     async def _run(self) -> None:
@@ -100,14 +104,17 @@ class Catalogue:
 
     async def scan(self) -> None:
         """List the streams once: drop the gone, classify (up to CLASSIFY_BATCH of) the new."""
+        self._deleted_meanwhile = set()
         sids = await self.store.stream_ids()
-        present = set(sids)
+        present = set(sids) - self._deleted_meanwhile  # (a listing begun before a delete may still hold it)
         changed = False
         for sid in [sid for sid in self.channels if sid not in present]:
             del self.channels[sid]
             changed = True
-        todo = [sid for sid in sids if sid not in self.channels or not self.channels[sid].settled]
+        todo = [sid for sid in sids if sid in present and (sid not in self.channels or not self.channels[sid].settled)]
         for channel in await self._classify(todo[:CLASSIFY_BATCH]):
+            if channel.sid in self._deleted_meanwhile:
+                continue
             before = self.channels.get(channel.sid)
             if before is not None and before.format == channel.format:
                 if channel.settled and not before.settled:

@@ -339,3 +339,19 @@ def test_a_client_that_stops_reading_gets_the_newest_and_drops_are_counted(tmp_p
                     last = (message, log_time)
             decoded = orjson.loads(last[0][13:])
             assert base64.b64decode(decoded["data"])[-4:] == struct.pack("<I", 299)
+
+
+def test_a_stream_seen_empty_is_advertised_again_once_its_entries_say_what_it_is(server):
+    with server.http() as http:
+        assert http.put("/streams/later-camera", json={"fps": 30}).status_code == 200
+    with fox_connect(server) as ws:
+        channels: dict[int, dict] = {}
+        while not any(c["topic"] == "later-camera" for c in channels.values()):
+            channels.update({c["id"]: c for c in next_op(ws, "advertise")["channels"]})
+        (before,) = [c for c in channels.values() if c["topic"] == "later-camera"]
+        assert before["encoding"] == "application/octet-stream"
+        push(server, "later-camera", jpeg())
+        assert next_op(ws, "unadvertise")["channelIds"] == [before["id"]]
+        (after,) = next_op(ws, "advertise")["channels"]
+        assert (after["topic"], after["schemaName"]) == ("later-camera", "foxglove.CompressedImage")
+        assert after["id"] != before["id"]

@@ -109,7 +109,7 @@ class Feed:
 
 def _messages(delivery, channel: Channel) -> list[tuple[int, bytes]]:
     """A hub delivery of one stream as (log time, payload) messages, made once for every socket."""
-    key = ("foxglove", channel.format)
+    key = ("foxglove", channel.id)  # (channel ids are the process's: every socket shares them)
     made = delivery.encoded.get(key)
     if made is None:
         made = []

@@ -99,6 +99,9 @@ class Catalogue:
                 if self.problem is None:
                     log.warning("foxglove: cannot list the streams (%s); trying again", exc)
                 self.problem = str(exc)
+            except Exception:  # a bug: said once per scan with its traceback; the sockets keep what they have
+                log.exception("foxglove: listing the streams failed")
+                self.problem = "internal server error"
             self.scanned.set()
             await asyncio.sleep(self.scan_seconds)
 

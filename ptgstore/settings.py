@@ -110,7 +110,7 @@ class Settings:
     recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
     recording_segment_mb: int = 256  # ... or when one reaches this size
     foxglove_scan_ms: int = 1000  # how often /foxglove looks for new streams (once per process)
-    foxglove_queue_bytes: int = 4 * 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
+    foxglove_queue_bytes: int = 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_POLICIES:

@@ -75,6 +75,7 @@ async def _session(ws: WebSocket, receive, send) -> None:
 
 
 foxglove = _Endpoint(_session)
+foxglove.__doc__ = _session.__doc__  # the route's description, for generated API documents
 
 
 class Feed:
@@ -278,7 +279,7 @@ class Session:
     def _end_feed(self, feed: Feed) -> None:
         if self.feeds.get(feed.id) is feed:
             del self.feeds[feed.id]
-        if feed.task is not None:
+        if feed.task is not None and feed.task is not asyncio.current_task():
             feed.task.cancel()
         feed.queue.clear()
 
@@ -297,10 +298,13 @@ class Session:
                         if dropped:
                             self.metrics.foxglove_dropped.inc(dropped)
                         self.ready.set()
-        except (StoreUnavailable, StoreError) as exc:
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._status(ERROR, f"subscription {feed.id} ({sid}) ended: {exc}")
+        except Exception as exc:  # (not a cancellation: that is the end asked for)
+            if not isinstance(exc, (StoreUnavailable, StoreError)):
+                log.exception("foxglove subscription to %s failed", sid)
+            reason = str(exc) if isinstance(exc, (StoreUnavailable, StoreError)) else errors.INTERNAL
             self._end_feed(feed)
+            with contextlib.suppress(OSError, RuntimeError):
+                await self._status(ERROR, f"subscription {feed.id} ({sid}) ended: {reason}")
 
     def _client_advertise(self, request: dict) -> list[str]:
         problems: list[str] = []

@@ -4,11 +4,11 @@
 
 Each run starts a private redis-server and `ptgstore serve`, opens CLIENTS readers of one camera
 stream, either pull sockets (`/data/cam/pull`) or Foxglove clients (`/foxglove`, subprotocol
-foxglove.websocket.v1, one subscription each; the JPEG entries arrive as foxglove.CompressedImage
-json), and pushes FRAMES JPEG-headed frames of SIZE bytes at HZ on one acknowledged push socket.
+foxglove.websocket.v1, one subscription each; the JPEG entries arrive as foxglove.CompressedImage,
+json by default, protobuf with `images=protobuf`), and pushes FRAMES JPEG-headed frames of SIZE bytes at HZ on one acknowledged push socket.
 The server's CPU time (user + system, from /proc) over the push is divided by the frames delivered
 to all readers; the push itself is in both columns alike. Every delivered frame is checked
-byte-exact, and its latency measured from just before its push to its arrival. The two kinds
+byte-exact, and its latency measured from just before its push to its arrival. The three kinds
 alternate within each run; the table prints one row per run and kind, then the ratio of the medians.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from benchmarks.scenarios import percentile
 
 SUBPROTOCOL = "foxglove.websocket.v1"
 READY_TIMEOUT = 30.0
+KINDS = ("pull", "foxglove", "protobuf")  # protobuf: /foxglove?images=protobuf
 WARMUP = 2**32 - 1  # the frame number of warm-up frames
 LIMIT_SLACK = 30.0  # seconds a run may take beyond its push time before it is abandoned
 
@@ -71,8 +72,9 @@ async def pull_reader(server: Server, reader: Reader, expected: list[bytes], don
                 reader.got(blob[start:end], expected)
 
 
-async def foxglove_reader(server: Server, reader: Reader, expected: list[bytes], done: asyncio.Event) -> None:
-    url = f"{server.ws_url}/foxglove?token={server.token}"
+async def foxglove_reader(server: Server, reader: Reader, expected: list[bytes], done: asyncio.Event,
+                          protobuf: bool = False) -> None:
+    url = f"{server.ws_url}/foxglove?token={server.token}" + ("&images=protobuf" if protobuf else "")
     async with connect(url, subprotocols=[SUBPROTOCOL], max_size=None, compression=None) as ws:
         channel = None
         while channel is None:
@@ -83,8 +85,10 @@ async def foxglove_reader(server: Server, reader: Reader, expected: list[bytes],
         while not done.is_set():
             message = await ws.recv()
             if isinstance(message, bytes):
-                image = orjson.loads(message[13:])
-                reader.got(base64.b64decode(image["data"]), expected)
+                if protobuf:  # the image is the message's last field: its bytes end the message
+                    reader.got(message[-len(expected[0]):], expected)
+                else:
+                    reader.got(base64.b64decode(orjson.loads(message[13:])["data"]), expected)
 
 
 async def one_run(server: Server, kind: str, clients: int, count: int, hz: float, size: int) -> dict:
@@ -92,8 +96,11 @@ async def one_run(server: Server, kind: str, clients: int, count: int, hz: float
     warmup = frames(1, size)[0][:-4] + struct.pack("<I", WARMUP)
     readers = [Reader() for _ in range(clients)]
     done = asyncio.Event()
-    read = pull_reader if kind == "pull" else foxglove_reader
-    tasks = [asyncio.ensure_future(read(server, reader, expected, done)) for reader in readers]
+    if kind == "pull":
+        tasks = [asyncio.ensure_future(pull_reader(server, reader, expected, done)) for reader in readers]
+    else:
+        tasks = [asyncio.ensure_future(foxglove_reader(server, reader, expected, done, kind == "protobuf"))
+                 for reader in readers]
     sent: dict[int, float] = {}
     async with connect(f"{server.ws_url}/data/cam/push?ack=true&token={server.token}", max_size=None,
                        compression=None) as push:
@@ -135,7 +142,7 @@ async def main_async(args) -> int:
     with tempfile.TemporaryDirectory(prefix="ptgstore-fox-bench-") as tmp, PrivateRedis(Path(tmp)) as redis:
         for clients in args.clients:
             for run in range(args.runs):
-                for kind in (("pull", "foxglove") if run % 2 == 0 else ("foxglove", "pull")):
+                for kind in (KINDS if run % 2 == 0 else KINDS[::-1]):
                     with Server(redis.url) as server:
                         row = await one_run(server, kind, clients, args.frames, args.hz, args.size)
                     row["run"] = run + 1
@@ -144,11 +151,11 @@ async def main_async(args) -> int:
                           f"{row['wrong']:>5} {row['cpu_us']:>12.0f} {row['p50']:>8.1f} {row['p99']:>8.1f}",
                           flush=True)
         failed = False
-        print("\nclients  pull us/frame  foxglove us/frame  ratio  (medians)")
+        print("\nclients  pull us/frame  json us/frame  ratio  protobuf us/frame  ratio  (medians; ratio to pull)")
         for clients in args.clients:
-            pull = statistics.median(r["cpu_us"] for r in rows if r["clients"] == clients and r["kind"] == "pull")
-            fox = statistics.median(r["cpu_us"] for r in rows if r["clients"] == clients and r["kind"] == "foxglove")
-            print(f"{clients:>7} {pull:>14.0f} {fox:>18.0f} {fox / pull:>6.2f}")
+            pull, fox, pb = (statistics.median(r["cpu_us"] for r in rows if r["clients"] == clients and r["kind"] == k)
+                             for k in KINDS)
+            print(f"{clients:>7} {pull:>14.0f} {fox:>14.0f} {fox / pull:>6.2f} {pb:>18.0f} {pb / pull:>6.2f}")
         failed = any(r["delivered"] != r["expected"] or r["wrong"] for r in rows)
     return 1 if failed else 0
 

@@ -111,8 +111,19 @@ class NodeClient:
         self.reader.join(10)
 
 
-def reference_client(client_dir: Path, server) -> NodeClient:
-    return NodeClient(client_dir, f"{server.ws_url}/foxglove?token={server.token()}")
+def reference_client(client_dir: Path, server, query: str = "") -> NodeClient:
+    return NodeClient(client_dir, f"{server.ws_url}/foxglove?token={server.token()}{query}")
+
+
+def protobuf_decode(client_dir: Path, channel: dict, payload: bytes) -> dict:
+    """A protobuf message decoded as Foxglove decodes it (protobufjs, from the channel's descriptors)."""
+    request = {"schema": channel["schema"], "schemaName": channel["schemaName"],
+               "data": base64.b64encode(payload).decode()}
+    run = subprocess.run(["node", "decode.js"], cwd=client_dir, input=json.dumps(request) + "\n",
+                         capture_output=True, text=True, timeout=60)
+    reply = json.loads(run.stdout)
+    assert reply["ok"], reply
+    return reply["message"]
 
 
 class Channels:
@@ -253,6 +264,41 @@ def test_reference_client_sees_channels_gets_exact_messages_and_publishes(client
         client.close()
 
 
+def test_images_as_protobuf_decode_as_foxglove_decodes_them(client_dir, server):
+    with server.http() as http:
+        push(server, "cam", jpeg())
+        assert http.put("/streams/depth", json=depth_meta(4, 3)).status_code == 200
+        push(server, "telemetry", b'{"a": 1}')
+    client = reference_client(client_dir, server, "&images=protobuf")
+    try:
+        found = Channels(client).wait_for("cam", "depth", "telemetry")
+        for topic, name in (("cam", "foxglove.CompressedImage"), ("depth", "foxglove.RawImage")):
+            assert (found[topic]["encoding"], found[topic]["schemaName"], found[topic]["schemaEncoding"]) == \
+                ("protobuf", name, "protobuf")
+        assert found["telemetry"]["encoding"] == "json"  # only images change
+        subs = {}
+        for topic in ("cam", "depth"):
+            client.command(cmd="subscribe", channelId=found[topic]["id"])
+            subs[topic] = client.expect(lambda e, c=found[topic]["id"]: e["event"] == "subscribed"
+                                        and e["channelId"] == c, "subscribed")["id"]
+        for entry_id, entry, message in receive_pushed(server, client, "cam", subs["cam"],
+                                                       lambda i: jpeg((0, i % 256, 0))):
+            payload = base64.b64decode(message["data"])
+            assert payload.endswith(entry)  # the image bytes as they are, after a short header
+            image = protobuf_decode(client_dir, found["cam"], payload)
+            assert base64.b64decode(image["data"]) == entry and image["format"] == "jpeg"
+            log_time = entry_times(entry_id)[0]
+            assert (int(image["timestamp"]["seconds"]), image["timestamp"]["nanos"]) == divmod(log_time, 10**9)
+            assert int(message["timestamp"]) == log_time and image["frame_id"] == "cam"
+        for _, entry, message in receive_pushed(server, client, "depth", subs["depth"],
+                                                lambda i: struct.pack("<12H", *range(i, i + 12))):
+            image = protobuf_decode(client_dir, found["depth"], base64.b64decode(message["data"]))
+            assert (image["encoding"], image["width"], image["height"], image["step"]) == ("16UC1", 4, 3, 8)
+            assert base64.b64decode(image["data"]) == entry
+    finally:
+        client.close()
+
+
 def fox_connect(server, token: str | None = "", **kwargs):
     query = "" if token is None else f"?token={token or server.token()}"
     kwargs.setdefault("subprotocols", [SUBPROTOCOL])
@@ -280,6 +326,11 @@ def test_refusals_hostile_clients_and_pages(server):
                 additional_headers={"Cookie": f"authorization=Bearer {server.token()}",
                                     "Origin": "http://evil.example"})
     assert refused.value.response.status_code == 403
+    # an option it does not know: closed with 1007 and a reason
+    with connect(f"{server.ws_url}/foxglove?token={server.token()}&images=png", subprotocols=[SUBPROTOCOL],
+                 open_timeout=10) as ws:
+        code, reason = expect_close(ws)
+        assert code == 1007 and "images" in reason
     # not a Foxglove client: closed with 1008 and a reason
     with fox_connect(server, subprotocols=None) as ws:
         code, reason = expect_close(ws)

@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket
 
 from .. import __version__, errors
 from ..foxglove_channels import Catalogue, Channel
-from ..foxglove_schemas import RAW_ENCODING, entry_times, payloads
+from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads, protobuf_variant
 from ..framing import FramingError, validate_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
@@ -81,11 +81,12 @@ foxglove.__doc__ = _session.__doc__  # the route's description, for generated AP
 class Feed:
     """One client subscription: the messages waiting to be sent, newest last, bounded."""
 
-    __slots__ = ("id", "channel", "queue", "bytes", "task")
+    __slots__ = ("id", "channel", "format", "queue", "bytes", "task")
 
-    def __init__(self, sub_id: int, channel: Channel):
+    def __init__(self, sub_id: int, channel: Channel, fmt: Format):
         self.id = sub_id
         self.channel = channel
+        self.format = fmt  # the channel's format as this socket gets it
         self.queue: deque[tuple[int, bytes]] = deque()  # (log time, payload)
         self.bytes = 0
         self.task: asyncio.Task | None = None
@@ -108,13 +109,12 @@ class Feed:
         return message
 
 
-def _messages(delivery, channel: Channel) -> list[tuple[int, bytes]]:
+def _messages(delivery, channel: Channel, fmt: Format) -> list[tuple[int, bytes]]:
     """A hub delivery of one stream as (log time, payload) messages, made once for every socket."""
-    key = ("foxglove", channel.id)  # (channel ids are the process's: every socket shares them)
+    key = ("foxglove", channel.id, fmt.kind)  # (channel ids are the process's: every socket shares them)
     made = delivery.encoded.get(key)
     if made is None:
         made = []
-        fmt = channel.format
         for sid, entry_id, data in delivery.entries:
             log_time = entry_times(entry_id)[0]
             made += [(log_time, payload) for payload in payloads(fmt, sid, entry_id, data)]
@@ -141,6 +141,10 @@ class Session:
         self.client_channels: dict[int, tuple[str, str]] = {}  # client channel id -> (stream id, encoding)
         self.ready = asyncio.Event()  # messages are waiting in some feed
         self.tally = socket_tally(ws)
+        self.protobuf = _images_option(ws.query_params) == "protobuf"
+
+    def format_of(self, channel: Channel) -> Format:
+        return protobuf_variant(channel.format) if self.protobuf else channel.format
 
     async def run(self) -> None:
         if SUBPROTOCOL not in self.ws.scope.get("subprotocols", ()):
@@ -212,7 +216,7 @@ class Session:
             await self._json({"op": "unadvertise", "channelIds": gone})
         if new or initial:
             await self._json({"op": "advertise",
-                              "channels": [channel.format.channel(channel.id, channel.sid) for channel in new]})
+                              "channels": [self.format_of(channel).channel(channel.id, channel.sid) for channel in new]})
 
     # -- the client's messages ---------------------------------------------------------------------
 
@@ -258,7 +262,7 @@ class Session:
             elif any(feed.channel.id == channel.id for feed in self.feeds.values()):
                 problems.append(f"subscribe: channel {channel.id} is subscribed already")
             else:
-                feed = self.feeds[sub_id] = Feed(sub_id, channel)
+                feed = self.feeds[sub_id] = Feed(sub_id, channel, self.format_of(channel))
                 feed.task = asyncio.get_running_loop().create_task(self._feed(feed), name=f"ptgstore-foxglove-{sub_id}")
         return problems
 
@@ -294,7 +298,7 @@ class Session:
                     if delivery is None:
                         return
                     if delivery.entries:
-                        dropped = feed.put(_messages(delivery, feed.channel), self.queue_bytes)
+                        dropped = feed.put(_messages(delivery, feed.channel, feed.format), self.queue_bytes)
                         if dropped:
                             self.metrics.foxglove_dropped.inc(dropped)
                         self.ready.set()
@@ -367,6 +371,14 @@ class Session:
         entries, nbytes = self.metrics.entry_counters("websocket", sid)[:2]
         entries.inc()
         nbytes.inc(len(payload))
+
+
+def _images_option(params) -> str:
+    """`images=json` (the default: as recordings) or `images=protobuf` (image bytes without base64)."""
+    value = params.get("images", "json")
+    if value not in ("json", "protobuf"):
+        raise errors.BadOption(f"images must be json or protobuf, not {value[:40]!r}")
+    return value
 
 
 def _u32(value) -> bool:

@@ -58,7 +58,7 @@ def catalogue_of(app) -> Catalogue:
 
 
 async def _session(ws: WebSocket, receive, send) -> None:
-    """`ws://host:7890/foxglove?token=...` with subprotocol `foxglove.websocket.v1`.
+    """`ws://host:7890/foxglove?token=...&images=json|protobuf` with subprotocol `foxglove.websocket.v1`.
 
     A Foxglove WebSocket server (spec: github.com/foxglove/ws-protocol, docs/spec.md) on the same
     port as everything else. After `serverInfo` (capability `clientPublish`), every stream the
@@ -67,7 +67,8 @@ async def _session(ws: WebSocket, receive, send) -> None:
     `foxglove.CompressedImage` (json), streams whose metadata names the `depth-u16-mm` layout as
     `foxglove.RawImage` 16UC1, `imu-d6f` as `ptgstore.Imu` JSON (one message per sample), JSON
     objects as they are (json, with a schema inferred from the newest entry), anything else as its
-    raw bytes (`application/octet-stream`). A message's log time is its entry's time (ms in ns, plus
+    raw bytes (`application/octet-stream`); with `images=protobuf` images and depth go as protobuf
+    (the image bytes without base64). A message's log time is its entry's time (ms in ns, plus
     the sequence number). A client channel (`advertise` with encoding `json` or
     `application/octet-stream`, topic = a stream id) publishes entries into that stream like a push.
     """

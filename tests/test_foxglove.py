@@ -406,3 +406,22 @@ def test_a_stream_seen_empty_is_advertised_again_once_its_entries_say_what_it_is
         (after,) = next_op(ws, "advertise")["channels"]
         assert (after["topic"], after["schemaName"]) == ("later-camera", "foxglove.CompressedImage")
         assert after["id"] != before["id"]
+
+
+def test_redis_down_is_said_in_a_status_and_streams_appear_once_it_is_back(tmp_path):
+    from conftest import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        with live_server(make_settings(tmp_path, redis.url, foxglove_scan_ms=100)) as srv:
+            redis.stop()
+            with fox_connect(srv) as ws:
+                status = next_op(ws, "status", timeout=60)
+                assert status["level"] == 2 and "streams not listed" in status["message"]
+                assert next_op(ws, "advertise")["channels"] == []
+                redis.start()  # (on the same port, empty)
+                push(srv, "after-outage", jpeg())
+                advertised = next_op(ws, "advertise", timeout=60)
+                assert [c["topic"] for c in advertised["channels"]] == ["after-outage"]
+    finally:
+        redis.stop()

@@ -151,12 +151,10 @@ class Channels:
 
 def receive_pushed(server, client: NodeClient, sid: str, sub_id: int, make, limit: int = 50):
     """Push entries made by `make(i)` until the subscription delivers one (the server starts it
-    asynchronously); then three more, each of which must arrive next. [(entry id, entry, message)]."""
+    asynchronously); then three more, each of which must arrive. [(entry id, entry, message)]."""
     got = None
-    ids: dict[bytes, str] = {}
     for i in range(limit):
-        entry = make(i)
-        (ids[entry],) = push(server, sid, entry)
+        push(server, sid, make(i))
         try:
             got = client.expect(lambda e: e["event"] == "message" and e["subscriptionId"] == sub_id,
                                 f"a message on {sid}", timeout=0.5)
@@ -168,8 +166,10 @@ def receive_pushed(server, client: NodeClient, sid: str, sub_id: int, make, limi
     for i in range(limit, limit + 3):
         entry = make(i)
         (entry_id,) = push(server, sid, entry)
-        message = client.expect(lambda e: e["event"] == "message" and e["subscriptionId"] == sub_id,
-                                f"message {i} on {sid}")
+        # (a probe above may still be on its way: the message of this entry is the one of its time)
+        log_time = str(entry_times(entry_id)[0])
+        message = client.expect(lambda e: e["event"] == "message" and e["subscriptionId"] == sub_id
+                                and e["timestamp"] == log_time, f"message {i} on {sid}")
         out.append((entry_id, entry, message))
     return out
 

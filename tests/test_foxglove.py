@@ -349,7 +349,21 @@ def test_refusals_hostile_clients_and_pages(server):
         for bad in (b"", b"\x02abcd", b"\x01\x07\x00\x00\x00data"):
             ws.send(bad)
             assert next_op(ws, "status")["level"] == 2
+        # client channels are bounded per socket
+        many = [{"id": i, "topic": f"t{i}", "encoding": "json"} for i in range(1025)]
+        ws.send(orjson.dumps({"op": "advertise", "channels": many}).decode())
+        assert "at most 1024 client channels" in next_op(ws, "status")["message"]
     # another local account without a token gets nothing more than anyone else: 401 (above)
+
+
+def test_a_client_message_over_the_limit_closes_1009_and_stores_nothing(tmp_path, redis_server, rdb):
+    with live_server(make_settings(tmp_path, redis_server.url, max_message=4096)) as srv, fox_connect(srv) as ws:
+        next_op(ws, "advertise")
+        ws.send('{"op": "advertise", "channels": [{"id": 1, "topic": "big", "encoding": "application/octet-stream"}]}')
+        ws.send(b"\x01\x01\x00\x00\x00" + b"x" * 8192)
+        code, _ = expect_close(ws)
+        assert code == 1009
+        assert rdb.exists("big") == 0
 
 
 def metric(server, name: str) -> float:

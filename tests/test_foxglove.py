@@ -396,14 +396,19 @@ def test_a_client_that_stops_reading_gets_the_newest_and_drops_are_counted(tmp_p
             wait_until(lambda: metric(srv, "ptgstore_foxglove_dropped_total") > 0, what="drops to be counted")
             # reading again: the newest entry arrives (what was dropped never does), and nothing after it
             last = None
+            warnings = []
             while last is None or last[1] != entry_times(ids[-1])[0]:
                 message = ws.recv(timeout=WAIT)
-                if isinstance(message, bytes):
+                if isinstance(message, str):
+                    warnings.append(orjson.loads(message))
+                else:
                     opcode, sub_id, log_time = struct.unpack_from("<BIQ", message)
                     assert (opcode, sub_id) == (1, 7)
                     last = (message, log_time)
             decoded = orjson.loads(last[0][13:])
             assert base64.b64decode(decoded["data"])[-4:] == struct.pack("<I", 299)
+            # and the client was told, in Foxglove's problems list
+            assert any(w["op"] == "status" and w["level"] == 1 and "dropped" in w["message"] for w in warnings)
 
 
 def test_a_stream_seen_empty_is_advertised_again_once_its_entries_say_what_it_is(server):

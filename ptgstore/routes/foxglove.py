@@ -39,6 +39,7 @@ PUBLISH_ENCODINGS = ("json", RAW_ENCODING)
 READ_COUNT = 64  # entries taken from the hub per wake-up
 MAX_QUEUED = 1024  # messages waiting per subscription at most (and at most foxglove_queue_bytes)
 MAX_CLIENT_CHANNELS = 1024
+DROPS_SAID_EVERY = 5.0  # seconds between status warnings about dropped messages, per socket
 MAX_U32 = 2**32 - 1
 SESSION_ID = str(time.time_ns())  # the same for every socket of this process (a reconnect can tell)
 INFO, WARNING, ERROR = 0, 1, 2
@@ -141,6 +142,8 @@ class Session:
         self.feeds: dict[int, Feed] = {}  # by subscription id
         self.client_channels: dict[int, tuple[str, str]] = {}  # client channel id -> (stream id, encoding)
         self.ready = asyncio.Event()  # messages are waiting in some feed
+        self.dropped = 0  # messages dropped and not yet said in a status
+        self.drops_said_at = -DROPS_SAID_EVERY
         self.tally = socket_tally(ws)
         self.protobuf = _images_option(ws.query_params) == "protobuf"
 
@@ -188,6 +191,11 @@ class Session:
             sent = True
             while sent:
                 sent = False
+                if self.dropped and time.monotonic() - self.drops_said_at >= DROPS_SAID_EVERY:
+                    self.drops_said_at = time.monotonic()
+                    dropped, self.dropped = self.dropped, 0
+                    await self._status(WARNING, f"{dropped} messages dropped: this client reads more slowly than "
+                                                "its subscriptions grow (the newest are kept)")
                 for feed in list(self.feeds.values()):
                     if feed.queue:
                         log_time, payload = feed.take()
@@ -302,6 +310,7 @@ class Session:
                         dropped = feed.put(_messages(delivery, feed.channel, feed.format), self.queue_bytes)
                         if dropped:
                             self.metrics.foxglove_dropped.inc(dropped)
+                            self.dropped += dropped
                         self.ready.set()
         except Exception as exc:  # (not a cancellation: that is the end asked for)
             if not isinstance(exc, (StoreUnavailable, StoreError)):

@@ -5,6 +5,7 @@ import logging
 import urllib.parse
 
 import httpx
+import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -114,3 +115,16 @@ def test_on_a_cluster_the_tagged_own_keys_are_out_of_reach_and_repaired(tmp_path
         assert http.put("/recordings/start", params={"rec_id": "c1"}).json() == "c1"
         assert http.put("/recordings/stop").json() == 1
         assert http.get("/streams").json() == []
+
+
+def test_a_foxglove_client_cannot_publish_to_the_servers_keys_or_streams(server, rdb):
+    from test_foxglove import fox_connect, next_op
+
+    with fox_connect(server) as ws:
+        next_op(ws, "advertise")
+        for topic in ("ptgstore:recording", "recording:id", "event:recording:id"):
+            ws.send(orjson.dumps({"op": "advertise", "channels": [{"id": 1, "topic": topic, "encoding": "json"}]})
+                    .decode())
+            status = next_op(ws, "status")
+            assert status["level"] == 2 and ("reserved" in status["message"] or "server only" in status["message"])
+    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -16,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .directsend import DirectSend
-from .embedded import EmbeddedRedis, make_private
+from .embedded import EmbeddedRedis, make_private, recorded_run_id
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .recorder import Recorder
@@ -93,6 +94,9 @@ async def lifespan(app: Starlette):
                   cluster=settings.redis_cluster, group_separator=settings.group_separator)
     if embedded is not None:  # a reconnect checks who answers, as start-up did
         store.connections.expect_run_id(embedded.embedded_run_id)
+    elif not settings.redis_cluster and recorded_run_id(settings.data_dir, url) is not None:
+        # a worker of `ptgstore serve --workers N`, handed the URL of the embedded Redis its parent runs
+        store.connections.expect_run_id(functools.partial(recorded_run_id, settings.data_dir, url))
     await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)

@@ -154,6 +154,16 @@ def shown(url: str | None) -> str:
     return (url or "") if parts.password is None else (url or "").replace(f":{parts.password}@", ":***@")
 
 
+def recorded_run_id(data_dir: str | os.PathLike, url: str) -> str | None:
+    """The run id of the embedded server of `data_dir` as its starter recorded it, when it is the one
+    answering at `url` (a worker of `ptgstore serve --workers N` is handed the URL alone)."""
+    try:
+        state = json.loads((Path(data_dir).expanduser().resolve() / "redis" / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state.get("run_id") if isinstance(state, dict) and state.get("url") == url else None
+
+
 def _short_socket_path() -> str | None:
     """A socket path in a new private temporary directory (mkdtemp: 0700, an unguessable name), or
     None when no temporary directory gives one short enough."""
@@ -345,8 +355,7 @@ class EmbeddedRedis:
 
     def embedded_run_id(self) -> str | None:
         """The run id of the server this data directory's processes started last (state.json)."""
-        state = self._state()
-        return state.get("run_id") if state.get("url") == self.url else None
+        return recorded_run_id(self.data_dir, self.url) if self.url else None
 
     def _log_tail(self) -> str:
         try:

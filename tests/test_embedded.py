@@ -249,3 +249,25 @@ def test_the_data_directory_is_made_private_at_start(tmp_path, rdb, redis_server
     with live_server(make_settings(tmp_path, redis_server.url)):
         assert os.stat(data).st_mode & 0o077 == 0
         assert os.stat(data / "secret").st_mode & 0o077 == 0
+
+
+def test_a_worker_handed_the_embedded_url_checks_who_answers_too(tmp_path):
+    # `ptgstore serve --workers N` starts the embedded Redis and hands its workers the URL alone
+    parent = EmbeddedRedis(tmp_path / "data")
+    url = parent.start()
+    state_file = tmp_path / "data" / "redis" / "state.json"
+    try:
+        with live_server(make_settings(tmp_path, url)) as worker:
+            http = worker.http()
+            assert http.get("/streams").status_code == 200
+            state = json.loads(state_file.read_text())
+            # as if the server at that address were now another one than the data directory's
+            state_file.write_text(json.dumps({**state, "run_id": "0" * 40}))
+            with redis.Redis.from_url(url) as client:
+                client.client_kill_filter(_type="normal", skipme=True)
+            wait_until(lambda: http.get("/streams").status_code == 503, timeout=20, what="the stranger refused")
+            assert "not the embedded server" in http.get("/streams").json()["detail"]
+            state_file.write_text(json.dumps(state))
+            wait_until(lambda: http.get("/streams").status_code == 200, timeout=20, what="the server accepted")
+    finally:
+        parent.stop()

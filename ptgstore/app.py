@@ -215,7 +215,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
-        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
+        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message,
+                   paths={recordings.UPLOAD_PREFIX: (settings.max_upload, "PTGSTORE_MAX_UPLOAD")}),
     ]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

@@ -18,6 +18,7 @@ from .directsend import DirectSend
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
+from .private import private_dir
 from .recorder import Recorder
 from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
@@ -90,6 +91,7 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024)
     app.state.recorder.start()

@@ -321,19 +321,21 @@ class FileReader:
         limit = self.limits.max_message
         if channel.image:
             limit = limit * 4 // 3 + 4 + IMAGE_ENVELOPE
+        entry_id = f"{log_time // 1_000_000}-{sequence}"
         if size > limit:
             source.skip(size)
             self._oversized(channel.topic, size)
+            if self.headers_only:  # counted as the recording holds it (its record's size)
+                yield Message(log_time, (sequence,), channel.topic, entry_id, b""), size
             return
-        entry_id = f"{log_time // 1_000_000}-{sequence}"
         if not channel.image and self.headers_only:
             source.skip(size)
             yield Message(log_time, (sequence,), channel.topic, entry_id, b""), size
             return
         data = _image_bytes(source.read(size)) if channel.image else source.read(size)
-        if channel.image:
-            if len(data) > self.limits.max_message:
-                self._oversized(channel.topic, len(data))
+        if channel.image and len(data) > self.limits.max_message:
+            self._oversized(channel.topic, len(data))
+            if not self.headers_only:
                 return
         yield Message(log_time, (sequence,), channel.topic, entry_id, data), len(data)
 

@@ -10,7 +10,9 @@ FILE_MODE = 0o600
 
 
 def private_dir(path: Path) -> Path:
-    """`path` as a directory of mode 0700, made (with any missing parents, 0700 too) when missing."""
+    """`path` as a directory of mode 0700: made (with any missing parents, 0700 too) when missing, made
+    private when it exists with a wider mode (an earlier version's 0755). Existing parents are left as
+    they are."""
     path = Path(path)
     missing = []
     for directory in (path, *path.parents):
@@ -22,14 +24,9 @@ def private_dir(path: Path) -> Path:
             directory.mkdir(mode=DIR_MODE)
         except FileExistsError:
             continue  # made meanwhile by another process
-        os.chmod(directory, DIR_MODE)  # (mkdir's mode is reduced by the umask)
-    return path
-
-
-def restrict_dir(path: Path) -> None:
-    """Make an existing directory (of an earlier version, made 0755) private to this account."""
-    if path.is_dir() and path.stat().st_mode & 0o077:
+    if path.stat().st_mode & 0o077:
         os.chmod(path, DIR_MODE)
+    return path
 
 
 def open_private(path: Path, mode: str = "wb") -> IO:

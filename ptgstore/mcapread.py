@@ -19,19 +19,24 @@ declared size before it reads or unpacks anything, and streams:
 - schema and channel records keep only their names (at most `MAX_NAMES` bytes per file).
 
 Memory while reading: one decompressor (its window at most `MAX_WINDOW`), the message being
-read, and the reordering window of `read_messages` (`REORDER_BYTES`).
+read, and the reordering window of `Reading` (`REORDER_BYTES`). The server reads on one thread of
+its own (`off_loop`): the memory a read takes is reused by the next one rather than taken anew by
+whichever worker thread (and malloc arena) the next one lands on.
 """
 from __future__ import annotations
 
-import base64
+import asyncio
 import binascii
+import functools
 import heapq
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import orjson
 import zstandard
@@ -49,6 +54,14 @@ REORDER_COUNT = 4096  # ... or this many
 IMAGE_SCHEMA_NAME = "foxglove.CompressedImage"
 IMAGE_ENVELOPE = 64 * 1024  # JSON around a CompressedImage's base64 data: timestamp, frame_id, format
 _MESSAGE_HEADER = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+
+
+_READER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptgstore-mcap")
+
+
+async def off_loop(function: Callable[..., Any], *args) -> Any:
+    """`function(*args)` on the thread that reads MCAP files (one, shared: see the module docstring)."""
+    return await asyncio.get_running_loop().run_in_executor(_READER, functools.partial(function, *args))
 
 
 class UnreadableRecording(ValueError):
@@ -332,12 +345,16 @@ class FileReader:
             source.skip(size)
             yield Message(log_time, (sequence,), channel.topic, entry_id, b""), size
             return
-        data = _image_bytes(source.read(size)) if channel.image else source.read(size)
-        if channel.image and len(data) > self.limits.max_message:
-            self._oversized(channel.topic, len(data))
+        if channel.image:
+            data, size = _image(source, size, self.headers_only)
+            size = size or len(data)
+        else:
+            data = source.read(size)
+        if channel.image and size > self.limits.max_message:
+            self._oversized(channel.topic, size)
             if not self.headers_only:
                 return
-        yield Message(log_time, (sequence,), channel.topic, entry_id, data), len(data)
+        yield Message(log_time, (sequence,), channel.topic, entry_id, data), size
 
     def _oversized(self, topic: str, size: int) -> None:
         if self.oversized == "refuse":
@@ -346,14 +363,36 @@ class FileReader:
         self.skipped[topic] = self.skipped.get(topic, 0) + 1
 
 
-def _image_bytes(data: bytes) -> bytes:
-    """The image of a foxglove.CompressedImage JSON message (its base64 `data`)."""
+# how the recorder writes a CompressedImage (mcapfiles.SegmentWriter, orjson): read without a JSON parser,
+# so that the text and its base64 string are never both held (another layout goes through orjson)
+_OWN_IMAGE = re.compile(rb'\{"timestamp":\{"sec":[0-9]+,"nsec":[0-9]+\},"frame_id":"(?:[^"\\\x00-\x1f]|\\.)*",'
+                        rb'"data":"([A-Za-z0-9+/]*={0,2})","format":"[a-z]*"\}')  # (one repeat: no backtracking state)
+
+
+def _image(source, size: int, measure_only: bool) -> tuple[bytes, int]:
+    """The image of a foxglove.CompressedImage JSON message of `size` bytes (its base64 `data`) and its
+    size; with `measure_only`, only its size (and the image is b"")."""
+    text = source.read(size)
+    own = _OWN_IMAGE.fullmatch(text)
+    if own is not None and (own.end(1) - own.start(1)) % 4 == 0:
+        start, end = own.span(1)
+        if measure_only:
+            return b"", (end - start) // 4 * 3 - text[max(start, end - 2):end].count(b"=")
+        return binascii.a2b_base64(memoryview(text)[start:end]), 0
     try:
-        image = orjson.loads(data)["data"]
-        del data  # the JSON text is no longer needed while the (larger) image is decoded
-        return binascii.a2b_base64(image) if isinstance(image, str) else base64.b64decode(image)
-    except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError) as exc:
-        raise UnreadableRecording(f"a foxglove.CompressedImage message is not JSON with base64 data: {exc}") from None
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UnreadableRecording(f"a foxglove.CompressedImage message is not JSON: {exc}") from None
+    del text  # (let go of before the image is decoded)
+    encoded = document.get("data") if isinstance(document, dict) else None
+    del document
+    if not isinstance(encoded, str):
+        raise UnreadableRecording("a foxglove.CompressedImage message has no base64 data")
+    try:
+        image = binascii.a2b_base64(encoded)  # (an ASCII str is read in place, not copied to bytes first)
+    except (binascii.Error, ValueError) as exc:
+        raise UnreadableRecording(f"a foxglove.CompressedImage message's data is not base64: {exc}") from None
+    return (b"", len(image)) if measure_only else (image, 0)
 
 
 class Reading:
@@ -399,10 +438,12 @@ class Reading:
                 number += 1
                 heapq.heappush(held, (message.log_time, number, message))
                 size += len(message.data)
+                del message  # (nor the one given out below: neither is held while the next is read)
                 while size > REORDER_BYTES or len(held) > REORDER_COUNT:
                     out = heapq.heappop(held)[2]
                     size -= len(out.data)
                     yield out
+                    del out
             for topic, n in reader.skipped.items():
                 self.skipped[topic] = self.skipped.get(topic, 0) + n
         while held:

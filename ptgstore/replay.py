@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import AsyncIterator, Iterator
 
-from .mcapread import Message
+from .mcapread import Message, off_loop
 
 READ_AHEAD_ENTRIES = 256
 READ_AHEAD_BYTES = 4 * 1024 * 1024
@@ -56,14 +56,14 @@ async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterat
     pacer = Pacer(speed)
     batch: list[Message] = []
     size = 0
-    reading: asyncio.Future | None = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+    reading: asyncio.Future | None = asyncio.ensure_future(off_loop(_read_ahead, messages))
     try:
         while reading is not None:
             ahead = await reading
             if not ahead:
                 break
             small = sum(len(m.data) for m in ahead) < READ_AHEAD_BYTES
-            reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages)) if small else None
+            reading = asyncio.ensure_future(off_loop(_read_ahead, messages)) if small else None
             while ahead:
                 message = ahead.popleft()  # (each message is let go of once sent)
                 wait = pacer.delay(message.log_time)
@@ -76,11 +76,12 @@ async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterat
                         await asyncio.sleep(wait)
                 batch.append(message)
                 size += len(message.data)
-            if reading is None:
+            if reading is None:  # large entries: sent (and let go of) before the next are read
                 if batch:
                     yield batch
                     batch, size = [], 0
-                reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+                del message
+                reading = asyncio.ensure_future(off_loop(_read_ahead, messages))
         if batch:
             yield batch
     finally:

@@ -10,6 +10,7 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -20,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import errors
 from ..framing import FramingError, split_stream_ids, validate_stream_id
 from ..mcapfiles import SEGMENT_SUFFIX, read_messages
-from ..mcapread import FileReader, Limits, RecordTooLarge
+from ..mcapread import FileReader, Limits, RecordTooLarge, off_loop
 from ..private import FILE_MODE, private_dir
 from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segment_files, write_info
 from ..uploads import receive_file
@@ -85,8 +86,7 @@ async def recording_info(app, rec_id: str) -> dict | None:
                                        streams_requested=state["streams"])
     if not rec_dir.is_dir():
         return None
-    return await asyncio.to_thread(_finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id),
-                                   _limits(app))
+    return await off_loop(_finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id), _limits(app))
 
 
 def _finished_info(rec_id: str, rec_dir: Path, error: str | None, limits: Limits) -> dict:
@@ -275,7 +275,7 @@ async def upload(request: Request) -> JSONResponse:
     tmp = await receive_file(request, _root(request) / UPLOADS_DIR)
     try:
         if name.endswith(SEGMENT_SUFFIX):
-            problem = await asyncio.to_thread(_mcap_problem, tmp, _limits(request.app))
+            problem = await _mcap_problem(tmp, _limits(request.app))
             if problem:
                 status, reason = problem
                 raise HTTPException(status, f"{name!r} is not a readable MCAP file: {reason}")
@@ -287,16 +287,28 @@ async def upload(request: Request) -> JSONResponse:
     return JSONResponse({"recording": rec_id, "file": name, "size": path.stat().st_size})
 
 
-def _mcap_problem(path: Path, limits: Limits) -> tuple[int, str] | None:
-    """(status, reason) when the file is not MCAP this server reads back within its limits, else None."""
+async def _mcap_problem(path: Path, limits: Limits) -> tuple[int, str] | None:
+    """(status, reason) when the file is not MCAP this server reads back within its limits, else None.
+    Read in steps, so that replays reading on the same thread meanwhile are not held up for long."""
+    entries = iter(FileReader(path, limits, oversized="refuse", headers_only=True))
     try:
-        for _ in FileReader(path, limits, oversized="refuse", headers_only=True):
+        while await off_loop(_advance, entries):
             pass
     except RecordTooLarge as exc:
         return 413, str(exc)
     except Exception as exc:  # a damaged file: UnreadableRecording, or whatever else it made go wrong
         return 400, f"{type(exc).__name__}: {exc}"[:200]
     return None
+
+
+def _advance(entries: Iterator, step: int = 64 * 1024 * 1024) -> bool:
+    """Read about `step` bytes of entries; False once there are none left."""
+    done = 0
+    for _, size in entries:
+        done += size + 64
+        if done >= step:
+            return True
+    return False
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -362,6 +374,7 @@ async def _replay(ws: WebSocket) -> None:
             await store.add([(targets[m.sid], m.entry_id if options["keep_ids"] else "*", m.data) for m in batch])
             for m in batch:
                 progress.sent(m)
+            del batch, m  # let go of the entries while the next ones are read
     finally:
         reporter.cancel()
         listener.cancel()

@@ -121,6 +121,7 @@ def test_a_zstd_bomb_is_refused_before_it_is_unpacked_and_rss_stays_bounded(tmp_
         assert code == 1007 and reason
 
         peak = proc_status(pid, "VmHWM")
+        print(f"server RSS at the start {start / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB")
         assert peak - start < RSS_BUDGET, f"RSS from {start / MiB:.0f} MiB to a peak of {peak / MiB:.0f} MiB"
         assert http.get("/ping").json() is True
         assert "bomb" not in http.get("/recordings").json() and "lying" not in http.get("/recordings").json()
@@ -203,6 +204,11 @@ def test_upload_refusals_say_why_and_keep_nothing(small_limits):
     ]:
         reply = http.post("/recordings/upload/bad/x.mcap", content=body, headers={"Content-Type": content_type})
         assert reply.status_code == 400 and words in reply.json()["detail"], reply.text
+    # a web page the user visits cannot upload with the user's cookie (CSRF): refused before the body is read
+    cookie = httpx.Client(base_url=small_limits.url, cookies={"authorization": f"Bearer {small_limits.token()}"})
+    reply = cookie.post("/recordings/upload/csrf/x.mcap", files={"file": ("x.mcap", records)},
+                        headers={"Origin": "http://evil.example"})
+    assert reply.status_code == 403
     assert http.get("/recordings").json() == []
     assert not list((root / ".uploads").iterdir())
     lz4_file = mcapforge.lz4_chunk_file(records)  # a valid lz4 chunk is read
@@ -313,3 +319,5 @@ def test_two_uploads_of_one_name_at_once_keep_their_own_temporary_files(small_li
     assert result["a"].status_code == 200 and result["a"].json()["size"] == len(first)
     assert (root / "both" / "same.bin").read_bytes() == first
     assert not list((root / ".uploads").iterdir())
+    reply = upload(http, "both", "same.bin", second)  # without overwrite=true: the file stays
+    assert reply.status_code == 409 and (root / "both" / "same.bin").read_bytes() == first

@@ -279,12 +279,31 @@ async def upload(request: Request) -> JSONResponse:
             if problem:
                 status, reason = problem
                 raise HTTPException(status, f"{name!r} is not a readable MCAP file: {reason}")
+        await _refuse_active(request, rec_id)  # (started while the body arrived)
         await asyncio.to_thread(private_dir, rec_dir)
-        await asyncio.to_thread(os.replace, tmp, path)
+        if not await asyncio.to_thread(_put, tmp, path, overwrite):
+            raise HTTPException(409, f"{name!r} exists in recording {rec_id!r} (overwrite=true replaces it)")
     finally:
         await asyncio.to_thread(tmp.unlink, True)
     await asyncio.to_thread((rec_dir / INFO_FILE).unlink, True)  # counted again from the files
     return JSONResponse({"recording": rec_id, "file": name, "size": path.stat().st_size})
+
+
+def _put(tmp: Path, path: Path, overwrite: bool) -> bool:
+    """Give the received file its name; False when one exists and may not be replaced (another upload
+    of the same name may have finished meanwhile)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)  # fails when `path` exists, unlike a rename
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+    return True
 
 
 async def _mcap_problem(path: Path, limits: Limits) -> tuple[int, str] | None:

@@ -2,14 +2,16 @@
 
 An MCAP file is a sequence of records `(opcode: u8, length: u64, body)`; messages live in
 chunks, whose records are compressed (zstd or lz4) and whose header declares their
-uncompressed size. The mcap package's readers load a whole chunk record and unpack it whole
-(`StreamReader` even with `emit_chunks`, then `zstandard.decompress` sized by the frame's own
-claim), so a 33 KB chunk that unpacks to gigabytes takes gigabytes. This reader checks every
-declared size before it reads or unpacks anything, and streams:
+uncompressed size. The mcap package's readers load a whole chunk record into memory and unpack
+it whole (`StreamReader`, even with `emit_chunks`, reads the record whole; `breakup_chunk`
+unpacks it whole), so a 33 KB chunk that unpacks to gigabytes takes gigabytes; its public API has
+no way to stream a chunk. This reader parses the records itself (the format is a few lines:
+https://mcap.dev/spec), checks every declared size before it reads or unpacks anything, and streams:
 
-- a record longer than the rest of the file, a chunk declaring more than `max_chunk`
-  uncompressed bytes, a chunk record longer than that, or a zstd frame needing a window over
-  `MAX_WINDOW` is refused (`RecordTooLarge`) before any of it is read or unpacked;
+- a chunk declaring more than `max_chunk` uncompressed bytes (or a chunk record longer than
+  that), or a zstd frame needing a window over `MAX_WINDOW`, is refused (`RecordTooLarge`)
+  before any of it is unpacked; a record longer than the rest of its file or chunk is refused
+  (`UnreadableRecording`) before it is read;
 - a chunk's compressed bytes are read from the file in pieces by a streaming decompressor,
   and never more than the chunk declared is unpacked (more or fewer is `UnreadableRecording`,
   as is an uncompressed CRC that does not match);
@@ -33,9 +35,9 @@ import io
 import re
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, Callable, Iterable, Iterator
 
 import orjson

@@ -321,3 +321,16 @@ def test_two_uploads_of_one_name_at_once_keep_their_own_temporary_files(small_li
     assert not list((root / ".uploads").iterdir())
     reply = upload(http, "both", "same.bin", second)  # without overwrite=true: the file stays
     assert reply.status_code == 409 and (root / "both" / "same.bin").read_bytes() == first
+
+
+def test_the_upload_memory_benchmark_runs_within_its_budget():
+    """The measured claim at a small size: valid uploads and their replays, the server's peak RSS within
+    64 MiB of what it was before each (the benchmark exits 1 otherwise)."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-m", "benchmarks.upload_memory", "--mib", "16", "--large", "2",
+                          "--images", "2"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert [line.split("|")[1].strip() for line in run.stdout.splitlines()[2:5]] == ["many", "large", "images"]
+    assert "largest rise of the server's RSS" in run.stdout

@@ -3,11 +3,11 @@ before, for valid files up to the upload limit.
 
     python -m benchmarks.upload_memory [--mib 1024] [--large 16] [--images 8]
 
-Starts a private redis-server and `ptgstore serve` (default limits: PTGSTORE_MAX_MESSAGE 16 MiB,
-PTGSTORE_MAX_UPLOAD 4 GiB), warms every path up with a small file, then for each file: resets
-the server's peak RSS (`/proc/<pid>/clear_refs`, 5), uploads it, asks for its info, replays it at
-full speed into `replay:` streams (trimmed to 1000 entries, as by default), and reads the peak
-(`VmHWM`). The files (written to a temporary directory, incompressible bytes):
+Starts a private redis-server and, for each file, a `ptgstore serve` of its own (default limits:
+PTGSTORE_MAX_MESSAGE 16 MiB, PTGSTORE_MAX_UPLOAD 4 GiB), warms every path up with a small file,
+then resets the server's peak RSS (`/proc/<pid>/clear_refs`, 5), uploads it, asks for its info,
+replays it at full speed into `replay:` streams (trimmed to 1000 entries, as by default), and
+reads the peak (`VmHWM`). The files (written to a temporary directory, incompressible bytes):
 - `many`: MIB MiB of 64 KiB entries on 4 streams, zstd chunks of 4 MiB (the recorder's);
 - `large`: LARGE raw entries of just under 16 MiB each;
 - `images`: IMAGES JPEG entries of just under 16 MiB each, written by the recorder's own writer
@@ -114,22 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="JPEG entries of just under 16 MiB")
     args = parser.parse_args(argv)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ptgstore-upload-bench-") as tmp, PrivateRedis(Path(tmp)) as redis, \
-            Server(redis.url, max_len=1000) as server:
+    plan = [("many", lambda p: write_raw(p, args.mib * 16, 64 * 1024, 4)),
+            ("large", lambda p: write_raw(p, args.large, ENTRY_LIMIT, 2)),
+            ("images", lambda p: write_images(p, args.images, ENTRY_LIMIT))]
+    with tempfile.TemporaryDirectory(prefix="ptgstore-upload-bench-") as tmp, PrivateRedis(Path(tmp)) as redis:
         files = Path(tmp)
-        http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=600)
-        pid = server.process.pid
         write_raw(files / "warm.mcap", 64, 64 * 1024, 2)
-        measure(server, http, pid, "warm", files / "warm.mcap", 64)  # every path once, code loaded
-        plan = [("many", lambda p: write_raw(p, args.mib * 16, 64 * 1024, 4)),
-                ("large", lambda p: write_raw(p, args.large, ENTRY_LIMIT, 2)),
-                ("images", lambda p: write_images(p, args.images, ENTRY_LIMIT))]
-        for name, write in plan:
+        for name, write in plan:  # each on a server of its own, warmed up with a small file first
             path = files / f"{name}.mcap"
             entries = write(path)
-            rows.append(measure(server, http, pid, name, path, entries))
+            with Server(redis.url, max_len=1000) as server:
+                http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"},
+                                    timeout=600)
+                pid = server.process.pid
+                measure(server, http, pid, "warm", files / "warm.mcap", 64)  # every path once, code loaded
+                rows.append(measure(server, http, pid, name, path, entries))
             path.unlink()
-            http.delete(f"/recordings/{name}")
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))

@@ -278,7 +278,8 @@ async def upload(request: Request) -> JSONResponse:
             problem = await _mcap_problem(tmp, _limits(request.app))
             if problem:
                 status, reason = problem
-                raise HTTPException(status, f"{name!r} is not a readable MCAP file: {reason}")
+                what = "is over this server's limits" if status == 413 else "is not a readable MCAP file"
+                raise HTTPException(status, f"{name!r} {what}: {reason}")
         await _refuse_active(request, rec_id)  # (started while the body arrived)
         await asyncio.to_thread(private_dir, rec_dir)
         if not await asyncio.to_thread(_put, tmp, path, overwrite):

@@ -45,6 +45,8 @@ import zstandard
 from lz4 import frame as lz4frame
 from mcap.opcode import Opcode
 
+from .foxglove_schemas import IMAGE_SCHEMA_NAME
+
 MAGIC = b"\x89MCAP0\r\n"
 MiB = 1024 * 1024
 MAX_WINDOW = 8 * MiB  # a zstd frame needing more history than this is refused (zstd -19 uses 8 MiB)
@@ -53,7 +55,6 @@ MAX_NAME = 4096  # bytes of one topic, encoding or schema name
 PIECE = 1 * MiB  # bytes read at once when skipping
 REORDER_BYTES = 4 * MiB  # entries held back to put the files' entries in log time order...
 REORDER_COUNT = 4096  # ... or this many
-IMAGE_SCHEMA_NAME = "foxglove.CompressedImage"
 IMAGE_ENVELOPE = 64 * 1024  # JSON around a CompressedImage's base64 data: timestamp, frame_id, format
 _MESSAGE_HEADER = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
 

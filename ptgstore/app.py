@@ -17,9 +17,10 @@ from starlette.routing import Route, WebSocketRoute
 from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
 from .directsend import DirectSend
-from .embedded import EmbeddedRedis, make_private, recorded_run_id
+from .embedded import EmbeddedRedis, recorded_run_id
 from .hub import Hub
 from .instrumentation import Instrumentation
+from .private import private_dir
 from .recorder import Recorder
 from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
@@ -80,7 +81,7 @@ async def lifespan(app: Starlette):
             log.error(message)
             raise SettingsError(message)
     # the data directory (secret, users, embedded Redis, recordings) is this account's only
-    await asyncio.to_thread(make_private, Path(settings.data_dir), False)
+    await asyncio.to_thread(private_dir, Path(settings.data_dir))
     # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
     await asyncio.to_thread(lambda: app.state.authenticator.secret)
     await asyncio.to_thread(policyfile.record, settings)  # ... and mints tokens of this policy
@@ -104,6 +105,7 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024)
     app.state.recorder.start()
@@ -237,7 +239,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(guards.HostGuard, settings=settings),
         Middleware(guards.LoginGuard, settings=settings),
         Middleware(TrailingSlashMiddleware),
-        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
+        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message,
+                   paths={recordings.UPLOAD_PREFIX: (settings.max_upload, "PTGSTORE_MAX_UPLOAD")}),
     ]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import redis
 
 from .backoff import Backoff
+from .private import private_dir, private_tree, write_private
 
 log = logging.getLogger("ptgstore.embedded")
 
@@ -31,32 +32,6 @@ _MAX_SOCKET_PATH = 100
 # (CONFIG SET dir + SAVE writes files as this user; MODULE LOAD runs code) or crash it (DEBUG)
 DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE")
 SOCKET_DIR_PREFIX = "ptgstore-redis-"
-
-
-def private_file(path: Path, text: str) -> None:
-    """Write `path` readable by this user only (whatever the umask), replacing it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-    os.replace(tmp, path)
-
-
-def make_private(directory: Path, recursive: bool = True) -> None:
-    """Make `directory` (created when missing) and, when `recursive`, everything in it this user's
-    only: no group or other permissions (data directories of earlier versions were 0755, files 0644)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    names = [str(directory)]
-    if recursive:
-        for root, dirs, files in os.walk(directory):
-            names += [os.path.join(root, name) for name in dirs + files]
-    for name in names:
-        try:
-            st = os.lstat(name)
-            if not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
-                os.chmod(name, stat.S_IMODE(st.st_mode) & ~0o077)
-        except OSError:
-            continue  # gone meanwhile, or not ours to change
 
 
 def _socket_dir_is_ours(directory: str) -> bool:
@@ -233,8 +208,8 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 15.0) -> str:
         """Join or start the server; return its URL."""
-        make_private(self.data_dir, recursive=False)
-        make_private(self.dir)  # (its files hold every entry, and the password of a TCP fallback)
+        private_dir(self.data_dir)
+        private_tree(private_dir(self.dir))  # (its files hold every entry, and the password of a TCP fallback)
         with self._locked():
             state = self._state()
             # the run id proves that what answers is our server, not another one on a reused port
@@ -255,7 +230,7 @@ class EmbeddedRedis:
     def _write_state(self) -> None:
         assert self._process is not None  # (called right after a spawn)
         state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
-        private_file(self.dir / "state.json", json.dumps(state))  # (its URL may carry the password)
+        write_private(self.dir / "state.json", json.dumps(state))  # (its URL may carry the password)
 
     def _watch(self, timeout: float) -> None:
         """Restart the server when it dies on its own (killed, out of memory): acknowledged
@@ -314,7 +289,7 @@ class EmbeddedRedis:
             "protected-mode yes",
             *(f'rename-command {command} ""' for command in DISABLED_COMMANDS),
         ]
-        private_file(self.dir / "redis.conf", "\n".join(config) + "\n")
+        write_private(self.dir / "redis.conf", "\n".join(config) + "\n")
         # own session: a Ctrl-C in the terminal reaches the server, which then stops Redis cleanly;
         # umask: its append-only log, log file and socket are this user's only
         self._process = subprocess.Popen(

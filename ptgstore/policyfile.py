@@ -3,9 +3,9 @@ line: `ptgstore token` mints tokens that server accepts, or says why it cannot."
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from .private import private_dir, write_private
 from .settings import Settings
 
 NAME = "server.json"
@@ -13,14 +13,9 @@ NAME = "server.json"
 
 def record(settings: Settings) -> None:
     """Say in the data directory which policy this server runs, and where its users are (0600)."""
-    directory = Path(settings.data_dir)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / NAME
-    tmp = path.with_name(f".{NAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump({"auth": settings.auth, "users_file": str(settings.users_path.resolve())}, file)
-    os.replace(tmp, path)
+    directory = private_dir(Path(settings.data_dir))
+    write_private(directory / NAME, json.dumps({"auth": settings.auth,
+                                                "users_file": str(settings.users_path.resolve())}))
 
 
 def recorded(data_dir: str) -> dict | None:

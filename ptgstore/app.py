@@ -21,6 +21,7 @@ from .instrumentation import Instrumentation
 from .recorder import Recorder
 from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
+from .producers import Producers
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
@@ -88,6 +89,7 @@ async def lifespan(app: Starlette):
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
+    app.state.producers = Producers(store, settings.producer_window, settings.producer_batches)
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,

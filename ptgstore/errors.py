@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .framing import FramingError
+from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -62,6 +63,7 @@ TABLE: dict[type[BaseException], Reply] = {
     WrongMessageType: Reply(400, UNSUPPORTED),
     FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
     TooLarge: Reply(413, TOO_BIG),
+    SequenceRefused: Reply(409, POLICY),  # a producer's batch number the server cannot vouch for (push sockets)
     StoreUnavailable: Reply(503, SERVER_ERROR),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR)

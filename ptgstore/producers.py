@@ -1,0 +1,157 @@
+"""Idempotent pushes: a push socket that names its producer numbers its messages, and a batch whose
+number the server has already stored is answered with the ids it was stored under, storing nothing.
+
+The batch and the producer's record change in one Lua script, in the batch's slot: the record is a
+sorted set per producer, account and group (`keys.producer`), scored by sequence number, each
+member `<seq> <ids joined by ,>`. It keeps the newest `batches` numbers and expires `window`
+seconds after the producer's last batch there. docs/protocol.md ("Idempotent pushes") is the contract.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Sequence
+
+from . import connections as conn
+from .connections import ResponseError
+from .framing import FramingError
+from .store import _ADD_SCRIPT, Store, StoreError, StoreUnavailable
+
+PRODUCER_ID = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
+MAX_SEQ = 2**53 - 1  # Lua numbers are doubles: every sequence number below this is exact
+
+
+class SequenceRefused(Exception):
+    """A producer's batch number the server cannot place: older than what it remembers of the
+    producer, or a resend that does not match the batch stored under that number."""
+
+
+# KEYS: those of the add script (`store._ADD_SCRIPT`), then the producer's record.
+# ARGV: those of the add script, then the batch's sequence number, how many numbers the record
+# keeps, and how long it lives (ms). Answers {1, ids} for a batch stored before (storing nothing),
+# {0, ids} for one stored now; an error `PTGSEQ ...` for a number older than the record remembers.
+# The add script runs as a function of its own, on copies of KEYS and ARGV without the extra items.
+_IDEMPOTENT_ADD = """
+local nargs = #ARGV - 3
+local seq, keep, window = tonumber(ARGV[nargs + 1]), tonumber(ARGV[nargs + 2]), tonumber(ARGV[nargs + 3])
+local record = KEYS[#KEYS]
+local seen = redis.call('ZRANGEBYSCORE', record, seq, seq)
+if seen[1] then
+  local ids = {}
+  local listed = string.sub(seen[1], string.find(seen[1], ' ', 1, true) + 1)
+  for id in string.gmatch(listed, '[^,]+') do ids[#ids + 1] = id end
+  return {1, ids}
+end
+local newest = redis.call('ZREVRANGE', record, 0, 0, 'WITHSCORES')
+if newest[1] and seq <= tonumber(newest[2]) then
+  local oldest = redis.call('ZRANGE', record, 0, 0, 'WITHSCORES')
+  return redis.error_reply(string.format('PTGSEQ %%.0f %%s %%s', seq, oldest[2], newest[2]))
+end
+local function add(KEYS, ARGV)
+%s
+end
+local keys, argv = {}, {}
+for i = 1, #KEYS - 1 do keys[i] = KEYS[i] end
+for i = 1, nargs do argv[i] = ARGV[i] end
+local ids = add(keys, argv)
+if ids.err then return ids end
+redis.call('ZADD', record, seq, string.format('%%.0f ', seq) .. table.concat(ids, ','))
+redis.call('ZREMRANGEBYRANK', record, 0, -(keep + 1))
+redis.call('PEXPIRE', record, window)
+return {0, ids}
+""" % _ADD_SCRIPT
+
+
+def parse_producer_id(text: str) -> str:
+    if not PRODUCER_ID.fullmatch(text):
+        raise FramingError("producer must be 1 to 128 letters, digits or ._~:@- characters")
+    return text
+
+
+def parse_seq(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
+        raise FramingError(f"seq must be a whole number from 0 to 2^53-1, not {text[:40]!r}")
+    return int(text)
+
+
+class Producers:
+    """Idempotent batches in one store: `window` seconds a quiet producer is remembered, the ids of
+    its newest `batches` batches (per group) kept for resends."""
+
+    def __init__(self, store: Store, window: int, batches: int):
+        self.store = store
+        self.window_ms = window * 1000
+        self.batches = batches
+        self._add = store.script(_IDEMPOTENT_ADD)
+
+    def session(self, producer_id: str, account: str, first_seq: str) -> "ProducerSession":
+        """One push socket's producer: its messages are numbered from `first_seq` on."""
+        return ProducerSession(self, parse_producer_id(producer_id), account, parse_seq(first_seq))
+
+    async def add(self, producer_id: str, account: str, seq: int, entries: Sequence[tuple[str, str, bytes]]
+                  ) -> tuple[list[str], bool]:
+        """Store a non-empty batch as number `seq` of the producer, unless it was stored before:
+        `(ids, True)` then, the ids it was stored under."""
+        store = self.store
+        index: dict[str, int] = {}
+        args: list = []
+        for sid, spec, data in entries:
+            k = index.setdefault(sid, len(index) + 1)
+            args += (k, spec, data)
+        store.check_batch(index)
+        keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index]
+        keys.append(store.keys.producer(producer_id, account, entries[0][0]))
+        started = time.perf_counter()
+        try:
+            repeated, ids = await self._add(keys=keys, args=[store.default_max_len, len(index), *index, *args,
+                                                             seq, self.batches, self.window_ms])
+        except conn.UNAVAILABLE as exc:
+            raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
+        except ResponseError as exc:
+            raise _refusal(exc, producer_id, seq) from None
+        finally:
+            if store.on_roundtrip is not None:
+                store.on_roundtrip("add", time.perf_counter() - started)
+        ids = [i.decode() for i in ids]
+        if repeated and len(ids) != len(entries):
+            raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "
+                                  f"not {len(entries)}")
+        return ids, bool(repeated)
+
+
+def _refusal(exc: ResponseError, producer_id: str, seq: int) -> Exception:
+    message = str(exc)
+    if message.startswith(("PTGSTALE", "PTGTYPE")):
+        return StoreError(message.split(" ", 1)[1])
+    if message.startswith("PTGSEQ"):
+        _, _, oldest, newest = message.split(" ")
+        return SequenceRefused(f"producer {producer_id[:24]} seq {seq} is older than those remembered "
+                               f"({oldest}..{newest}); it may be stored")
+    if conn.is_unavailable(exc):
+        return StoreUnavailable(f"store unavailable: {conn.reason(exc)}")
+    return exc
+
+
+class ProducerSession:
+    """The producer of one push socket: numbers its messages and stores each batch once."""
+
+    __slots__ = ("producers", "producer_id", "account", "seq", "repeated")
+
+    def __init__(self, producers: Producers, producer_id: str, account: str, first_seq: int):
+        self.producers = producers
+        self.producer_id = producer_id
+        self.account = account
+        self.seq = first_seq
+        self.repeated = False  # the last batch was a resend, answered without storing
+
+    async def add(self, entries: Sequence[tuple[str, str, bytes]]) -> list[str]:
+        """Store the socket's next message; its ids (those of before, for a resend)."""
+        seq = self.seq
+        if seq > MAX_SEQ:
+            raise FramingError("seq passed 2^53-1")
+        self.seq = seq + 1
+        if not entries:  # an empty batch stores nothing, however often it comes
+            self.repeated = False
+            return []
+        ids, self.repeated = await self.producers.add(self.producer_id, self.account, seq, entries)
+        return ids

@@ -1,9 +1,10 @@
-"""A small TCP round-robin proxy on loopback (asyncio, in a thread): each connection goes to the next backend."""
+"""Small TCP proxies on loopback (asyncio, in a thread): round robin over backends, and one that cuts connections."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import random
 import threading
 
 from conftest import free_port, wait_until
@@ -62,3 +63,87 @@ class RoundRobinProxy:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class CuttingProxy(RoundRobinProxy):
+    """A proxy that breaks connections: `cut()` drops every open one at once, and with
+    `drop_replies` each chunk a backend sends after its handshake answer is, with that probability,
+    thrown away with the connection (the server wrote an ack, the client never reads it).
+    `chaos()` cuts at random moments in a thread of its own until stopped."""
+
+    def __init__(self, backends: list[int], drop_replies: float = 0.0, seed: int = 0):
+        super().__init__(backends)
+        self.drop_replies = drop_replies
+        self.random = random.Random(seed)
+        self.cuts = 0
+        self.dropped = 0
+        self._open: set = set()  # (client writer, backend writer) of each open connection
+
+    def set_backends(self, backends: list[int]) -> None:
+        """Send new connections to these backends from now on."""
+        self._loop.call_soon_threadsafe(setattr, self, "_next", itertools.cycle(backends))
+
+    def cut(self) -> None:
+        """Drop every open connection now (both sides see it reset, nothing more is passed on)."""
+        asyncio.run_coroutine_threadsafe(self._cut_all(), self._loop).result(10)
+
+    async def _cut_all(self) -> None:
+        for pair in list(self._open):
+            self._abort(pair)
+            self.cuts += 1
+
+    def _abort(self, pair) -> None:
+        self._open.discard(pair)
+        for writer in pair:
+            writer.transport.abort()
+
+    @contextlib.contextmanager
+    def chaos(self, every: tuple[float, float] = (0.1, 0.4)):
+        """Cut every open connection at random moments `every` seconds apart, while inside."""
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(self.random.uniform(*every)):
+                self.cut()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(10)
+
+    async def _serve(self, client_reader, client_writer) -> None:
+        port = next(self._next)
+        self.routed.append(port)
+        try:
+            backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        pair = (client_writer, backend_writer)
+        self._open.add(pair)
+        try:
+            await asyncio.gather(self._pipe(client_reader, backend_writer),
+                                 self._replies(backend_reader, client_writer, pair))
+        finally:
+            self._open.discard(pair)
+
+    async def _replies(self, reader, writer, pair) -> None:
+        """Backend to client, losing chunks after the first (the handshake answer) now and then."""
+        first = True
+        try:
+            while data := await reader.read(65536):
+                if not first and self.random.random() < self.drop_replies:
+                    self.dropped += 1
+                    self._abort(pair)
+                    return
+                first = False
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -74,6 +74,7 @@ class CuttingProxy(RoundRobinProxy):
     def __init__(self, backends: list[int], drop_replies: float = 0.0, seed: int = 0):
         super().__init__(backends)
         self.drop_replies = drop_replies
+        self.drop_next = 0  # chunks (after a handshake) to throw away for sure, before drop_replies' chance
         self.random = random.Random(seed)
         self.cuts = 0
         self.dropped = 0
@@ -135,7 +136,8 @@ class CuttingProxy(RoundRobinProxy):
         first = True
         try:
             while data := await reader.read(65536):
-                if not first and self.random.random() < self.drop_replies:
+                if not first and (self.drop_next > 0 or self.random.random() < self.drop_replies):
+                    self.drop_next = max(0, self.drop_next - 1)
                     self.dropped += 1
                     self._abort(pair)
                     return

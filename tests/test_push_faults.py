@@ -151,3 +151,35 @@ def test_pusher_switching_between_two_processes_stores_once(tmp_path, rdb, redis
     check_exactly_once(rdb, "cam", pusher.ids, pusher.frames)
     assert len(pusher.frames) == 3 * HZ
     assert {servers[0].port, servers[1].port} <= set(proxy.routed) and pusher.summary.reconnects >= 2
+
+
+def test_cli_simulate_carries_on_through_cuts(server, rdb):
+    from test_commands import ok, ptgstore
+
+    with CuttingProxy([server.port], drop_replies=0.1, seed=4) as proxy, proxy.chaos((0.1, 0.3)):
+        done = ok(ptgstore(server, "simulate", "--duration", "2", "--device", "hl2", "--depth-hz", "10",
+                           env_extra={"PTGSTORE_URL": proxy.url}))
+    summary = done.stderr.decode()
+    assert "Traceback" not in summary
+    camera = [fields[b"d"] for _, fields in rdb.xrange("hl2:main")]
+    numbers = [int(data.split(b"ptgstore simulate hl2 frame ")[1].split(b"\xff")[0]) for data in camera]
+    assert numbers == list(range(len(camera)))  # each frame once, in order
+    for sid in ("hl2:main", "hl2:depthlt", "hl2:imu"):
+        assert f"{sid}: {rdb.xlen(sid)} entries" in summary  # as many stored as it says it pushed
+    reconnects = int(summary.split("connection: ")[1].split(" reconnects")[0])
+    assert reconnects >= 1
+
+
+def test_cli_push_resends_a_batch_whose_ack_was_lost(server, rdb, tmp_path):
+    from test_commands import ok, ptgstore
+
+    paths = []
+    for i in range(20):
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_bytes(b"file %d " % i + os.urandom(1000))
+    with CuttingProxy([server.port]) as proxy:
+        proxy.drop_next = 2  # the first two acks never arrive: the batch goes three times
+        done = ok(ptgstore(server, "push", "cam", *map(str, paths), "--ids", env_extra={"PTGSTORE_URL": proxy.url}))
+    ids = done.stdout.decode().split()
+    assert [(i.decode(), f[b"d"]) for i, f in rdb.xrange("cam")] == list(zip(ids, [p.read_bytes() for p in paths]))
+    assert "connection: 2 reconnects, 2 batches resent" in done.stderr.decode()

@@ -178,3 +178,15 @@ def test_the_record_lives_in_the_batchs_slot_on_a_cluster(tmp_path, cluster):
             ws.send(b"ab")
             code, reason = expect_close(ws)
         assert code == 1007 and "one group" in reason
+
+
+def test_a_foreign_page_cannot_open_a_producer_socket_with_the_cookie(server, rdb):
+    """Cookie-only push sockets from another origin are refused at the handshake, producer or not."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.ws_url}/data/cam/push?ack=true&producer=p&seq=1", open_timeout=10,
+                additional_headers={"Origin": "http://evil.example", "Cookie": f"authorization={server.token()}"})
+    assert refused.value.response.status_code == 403
+    assert rdb.keys("*producer*") == [] and rdb.xlen("cam") == 0

@@ -27,13 +27,13 @@ class SequenceRefused(Exception):
 
 
 # KEYS: those of the add script (`store._ADD_SCRIPT`), then the producer's record.
-# ARGV: those of the add script, then the batch's sequence number, how many numbers the record
-# keeps, and how long it lives (ms). Answers {1, ids} for a batch stored before (storing nothing),
-# {0, ids} for one stored now; an error `PTGSEQ ...` for a number older than the record remembers.
-# The add script runs as a function of its own, on copies of KEYS and ARGV without the extra items.
+# ARGV: the batch's sequence number, how many numbers the record keeps and how long it lives (ms),
+# then those of the add script (the entries' bytes last: a large one is sent without a copy).
+# Answers {1, ids} for a batch stored before (storing nothing), {0, ids} for one stored now; an
+# error `PTGSEQ ...` for a number older than the record remembers. The add script runs as a
+# function of its own, on copies of KEYS and ARGV without the producer's items.
 _IDEMPOTENT_ADD = """
-local nargs = #ARGV - 3
-local seq, keep, window = tonumber(ARGV[nargs + 1]), tonumber(ARGV[nargs + 2]), tonumber(ARGV[nargs + 3])
+local seq, keep, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local record = KEYS[#KEYS]
 local seen = redis.call('ZRANGEBYSCORE', record, seq, seq)
 if seen[1] then
@@ -52,7 +52,7 @@ local function add(KEYS, ARGV)
 end
 local keys, argv = {}, {}
 for i = 1, #KEYS - 1 do keys[i] = KEYS[i] end
-for i = 1, nargs do argv[i] = ARGV[i] end
+for i = 4, #ARGV do argv[i - 3] = ARGV[i] end
 local ids = add(keys, argv)
 if ids.err then return ids end
 redis.call('ZADD', record, seq, string.format('%%.0f ', seq) .. table.concat(ids, ','))
@@ -103,8 +103,8 @@ class Producers:
         keys.append(store.keys.producer(producer_id, account, entries[0][0]))
         started = time.perf_counter()
         try:
-            repeated, ids = await self._add(keys=keys, args=[store.default_max_len, len(index), *index, *args,
-                                                             seq, self.batches, self.window_ms])
+            repeated, ids = await self._add(keys=keys, args=[seq, self.batches, self.window_ms,
+                                                             store.default_max_len, len(index), *index, *args])
         except conn.UNAVAILABLE as exc:
             raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
         except ResponseError as exc:

@@ -8,6 +8,7 @@ seconds after the producer's last batch there. docs/protocol.md ("Idempotent pus
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from typing import Sequence
@@ -15,7 +16,7 @@ from typing import Sequence
 from . import connections as conn
 from .connections import ResponseError
 from .framing import FramingError
-from .store import _ADD_SCRIPT, Store, StoreError, StoreUnavailable
+from .store import _ADD_SCRIPT, Store, StoreError, StoreUnavailable  # (wrapped: a batch is stored alike)
 
 PRODUCER_ID = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
 MAX_SEQ = 2**53 - 1  # Lua numbers are doubles: every sequence number below this is exact
@@ -93,25 +94,30 @@ class Producers:
         """Store a non-empty batch as number `seq` of the producer, unless it was stored before:
         `(ids, True)` then, the ids it was stored under."""
         store = self.store
-        index: dict[str, int] = {}
-        args: list = []
-        for sid, spec, data in entries:
-            k = index.setdefault(sid, len(index) + 1)
-            args += (k, spec, data)
-        store.check_batch(index)
-        keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index]
-        keys.append(store.keys.producer(producer_id, account, entries[0][0]))
+        first = entries[0][0]
+        args: list = [seq, self.batches, self.window_ms, store.default_max_len]
+        if len(entries) == 1:  # (the common case, an entry a message, without the bookkeeping below)
+            keys = [store.key(first), store.keys.meta(first)]
+            args += (1, first, 1, entries[0][1], entries[0][2])
+        else:
+            index: dict[str, int] = {}
+            triples: list = []
+            for sid, spec, data in entries:
+                triples += (index.setdefault(sid, len(index) + 1), spec, data)
+            store.check_batch(index)
+            keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index]
+            args += (len(index), *index, *triples)
+        keys.append(store.keys.producer(producer_id, account, first))
         started = time.perf_counter()
         try:
-            repeated, ids = await self._add(keys=keys, args=[seq, self.batches, self.window_ms,
-                                                             store.default_max_len, len(index), *index, *args])
+            repeated, ids = await self._add(keys=keys, args=args)
         except conn.UNAVAILABLE as exc:
             raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
         except ResponseError as exc:
             raise _refusal(exc, producer_id, seq) from None
         finally:
-            if store.on_roundtrip is not None:
-                store.on_roundtrip("add", time.perf_counter() - started)
+            if store.on_roundtrip is not None:  # reported once the reply is on its way, as the store does
+                asyncio.get_running_loop().call_soon(store.on_roundtrip, "add", time.perf_counter() - started)
         ids = [i.decode() for i in ids]
         if repeated and len(ids) != len(entries):
             raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "

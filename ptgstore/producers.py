@@ -36,15 +36,16 @@ class SequenceRefused(Exception):
 _IDEMPOTENT_ADD = """
 local seq, keep, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local record = KEYS[#KEYS]
-local seen = redis.call('ZRANGEBYSCORE', record, seq, seq)
-if seen[1] then
-  local ids = {}
-  local listed = string.sub(seen[1], string.find(seen[1], ' ', 1, true) + 1)
-  for id in string.gmatch(listed, '[^,]+') do ids[#ids + 1] = id end
-  return {1, ids}
-end
 local newest = redis.call('ZREVRANGE', record, 0, 0, 'WITHSCORES')
 if newest[1] and seq <= tonumber(newest[2]) then
+  local seen = newest
+  if seq < tonumber(newest[2]) then seen = redis.call('ZRANGEBYSCORE', record, seq, seq) end
+  if seen[1] then
+    local ids = {}
+    local listed = string.sub(seen[1], string.find(seen[1], ' ', 1, true) + 1)
+    for id in string.gmatch(listed, '[^,]+') do ids[#ids + 1] = id end
+    return {1, ids}
+  end
   local oldest = redis.call('ZRANGE', record, 0, 0, 'WITHSCORES')
   return redis.error_reply(string.format('PTGSEQ %%.0f %%s %%s', seq, oldest[2], newest[2]))
 end
@@ -131,7 +132,8 @@ def _refusal(exc: ResponseError, producer_id: str, seq: int) -> Exception:
         return StoreError(message.split(" ", 1)[1])
     if message.startswith("PTGSEQ"):
         _, _, oldest, newest = message.split(" ")
-        return SequenceRefused(f"producer {producer_id[:24]} seq {seq} is older than those remembered "
+        where = "older than" if seq < int(oldest) else "not among"  # (below the newest: never stored here)
+        return SequenceRefused(f"producer {producer_id[:24]} seq {seq} is {where} those remembered "
                                f"({oldest}..{newest}); it may be stored")
     if conn.is_unavailable(exc):
         return StoreUnavailable(f"store unavailable: {conn.reason(exc)}")

@@ -77,6 +77,18 @@ def test_a_sequence_older_than_the_server_remembers_is_refused(tmp_path, rdb, re
         assert rdb.xlen("cam") == 5
 
 
+def test_a_number_skipped_below_the_newest_is_refused(server, rdb):
+    """Numbers may leave gaps; a message later numbered into one was never stored: refused all the same."""
+    for seq in ("1", "3"):
+        with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq=seq) as ws:
+            ws.send(b"x" + seq.encode())
+            ws.recv(timeout=10)
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="2") as ws:
+        ws.send(b"x2")
+        assert expect_close(ws) == (1008, "producer p seq 2 is not among those remembered (1..3); it may be stored")
+    assert [d for _, d in stored(rdb, "cam")] == [b"x1", b"x3"]
+
+
 def test_a_resend_with_another_number_of_entries_is_refused(server, rdb):
     with ws_connect(server, "/data/cam/push", ack="true", batch="true", producer="p", seq="1") as ws:
         send_batch(ws, [0, 1], b"xy")

@@ -42,10 +42,10 @@ class Pusher:
     """Batches (header + blob) over a push WebSocket that names its producer; waits for each ack.
 
     An interruption (a dropped socket, a close with 1001/1006/1011/1012/1013, no ack within the
-    client's `timeout`, a server that does not answer) is waited out with backoff for up to the
-    client's `reconnect_timeout`, counted from its start; the batch is then resent on a new socket
-    under the same number, so the server stores it once. Refusals (1007, 1008, 1009, a token refused)
-    are raised at once."""
+    client's `timeout`, a server that does not answer) is retried at once, then with backoff, for
+    up to the client's `reconnect_timeout` counted from its start: the batch is resent on a new
+    socket under the same number, so the server stores it once. Refusals (1007, 1008, 1009, a token
+    refused) are raised at once."""
 
     def __init__(self, client: AsyncClient, producer_id: str | None = None, first_seq: int = 1):
         self._client = client
@@ -123,7 +123,9 @@ class Pusher:
                 return ids
             await self._drop()
             now = time.monotonic()
-            lost_at = now if lost_at is None else lost_at
+            if lost_at is None:  # a cut connection is usually back at once: the first retry does not wait
+                lost_at = now
+                continue
             if now - lost_at >= client.reconnect_timeout:
                 raise _gave_up(error, f"gave up after {client.reconnect_timeout:g} s; batch {seq} of producer "
                                       f"{self.producer_id}, {count} entries, may be stored") from None

@@ -220,7 +220,7 @@ export class Pusher {
     this.closing = false;
     this.everOpened = false;
     this.lostAt = null;
-    this.delay = 50;
+    this.delay = 0; // a cut connection is usually back at once: the first retry does not wait
     this.opened = new Promise((resolve, reject) => {
       this.openedResolve = resolve;
       this.openedReject = reject;
@@ -245,7 +245,7 @@ export class Pusher {
     socket.addEventListener("message", (event) => {
       if (socket !== this.socket) return;
       this.lostAt = null; // acknowledged: the interruption, if any, is over
-      this.delay = 50;
+      this.delay = 0;
       const item = this.pending.shift();
       if (item) item.resolve(String(event.data));
       this.fill();
@@ -277,7 +277,7 @@ export class Pusher {
       return;
     }
     setTimeout(() => { if (!this.closing) this.connect(); }, Math.min(this.delay, left));
-    this.delay = Math.min(this.delay * 2, 1000);
+    this.delay = this.delay ? Math.min(this.delay * 2, 1000) : 50;
   }
 
   fail(error) {

@@ -92,8 +92,10 @@ class Pusher:
         error: PtgError
         while True:
             try:
+                if self._ws is not None and self._ws.close_code in _TRANSIENT_CLOSES:
+                    await self._drop()  # it ended while idle (cut, or the server went away): nothing to resend
                 if self._ws is None:
-                    await self._open(seq, reconnect=lost_at is not None)
+                    await self._open(seq)
                 if sent:
                     self._count(resends=1)
                 sent = True
@@ -131,12 +133,12 @@ class Pusher:
                                       f"{self.producer_id}, {count} entries, may be stored") from None
             await asyncio.sleep(min(backoff.failed(), max(0.0, lost_at + client.reconnect_timeout - now)))
 
-    async def _open(self, seq: int, reconnect: bool) -> None:
+    async def _open(self, seq: int) -> None:
         params = {"batch": "true", "ack": "true", "offsets": "start", "producer": self.producer_id, "seq": seq}
         self._ws = await self._client._connect("/data/*/push", params)
-        self._connected_once = True
-        if reconnect:
+        if self._connected_once:
             self._count(reconnects=1)
+        self._connected_once = True
 
     async def _drop(self) -> None:
         ws, self._ws = self._ws, None

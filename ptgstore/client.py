@@ -258,7 +258,7 @@ class AsyncClient:
             raise _error_for(response.status_code, body or "no reason given") \
                 from None
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-            raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None
+            raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from exc  # (the kind: pushing.py)
         self._sockets.add(ws)
         return ws
 

@@ -27,13 +27,11 @@ class SequenceRefused(Exception):
     producer, or a resend that does not match the batch stored under that number."""
 
 
-# KEYS: those of the add script (`store._ADD_SCRIPT`), then the producer's record.
-# ARGV: the batch's sequence number, how many numbers the record keeps and how long it lives (ms),
-# then those of the add script (the entries' bytes last: a large one is sent without a copy).
-# Answers {1, ids} for a batch stored before (storing nothing), {0, ids} for one stored now; an
-# error `PTGSEQ ...` for a number older than the record remembers. The add script runs as a
-# function of its own, on copies of KEYS and ARGV without the producer's items.
-_IDEMPOTENT_ADD = """
+# The producer's part of both scripts below. KEYS: the record last. ARGV: the message's sequence
+# number, how many numbers the record keeps and how long it lives (ms) first. A number stored before
+# is answered {1, ids} (storing nothing); one older than the record remembers is an error `PTGSEQ
+# <oldest> <newest>`; else the message is stored (`ids`) and recorded, answered {0, ids}.
+_CHECK = """
 local seq, keep, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local record = KEYS[#KEYS]
 local newest = redis.call('ZREVRANGE', record, 0, 0, 'WITHSCORES')
@@ -47,21 +45,43 @@ if newest[1] and seq <= tonumber(newest[2]) then
     return {1, ids}
   end
   local oldest = redis.call('ZRANGE', record, 0, 0, 'WITHSCORES')
-  return redis.error_reply(string.format('PTGSEQ %%.0f %%s %%s', seq, oldest[2], newest[2]))
+  return redis.error_reply(string.format('PTGSEQ %.0f %s %s', seq, oldest[2], newest[2]))
 end
+"""
+_RECORD = """
+redis.call('ZADD', record, seq, string.format('%.0f ', seq) .. table.concat(ids, ','))
+redis.call('ZREMRANGEBYRANK', record, 0, -(keep + 1))
+redis.call('PEXPIRE', record, window)
+return {0, ids}
+"""
+
+# Any batch. KEYS and ARGV: those of the add script (`store._ADD_SCRIPT`, the entries' bytes last:
+# a large one is sent without a copy) between the producer's. The add script runs as a function of
+# its own, on copies of KEYS and ARGV without the producer's items.
+_IDEMPOTENT_ADD = _CHECK + """
 local function add(KEYS, ARGV)
-%s
+""" + _ADD_SCRIPT + """
 end
 local keys, argv = {}, {}
 for i = 1, #KEYS - 1 do keys[i] = KEYS[i] end
 for i = 4, #ARGV do argv[i - 3] = ARGV[i] end
 local ids = add(keys, argv)
 if ids.err then return ids end
-redis.call('ZADD', record, seq, string.format('%%.0f ', seq) .. table.concat(ids, ','))
-redis.call('ZREMRANGEBYRANK', record, 0, -(keep + 1))
-redis.call('PEXPIRE', record, window)
-return {0, ids}
-""" % _ADD_SCRIPT
+""" + _RECORD
+
+# One entry with a Redis-made id (the common message: a frame), as `Store.add` stores it: XADD
+# with the stream's max_len. KEYS: the stream, its metadata hash, the record. ARGV: the producer's
+# three, the default max_len, the stream id, the bytes.
+_IDEMPOTENT_ADD_ONE = _CHECK + """
+local max = redis.pcall('HGET', KEYS[2], 'max_len')
+max = (type(max) == 'string' and tonumber(max)) or tonumber(ARGV[4])
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', max, '*', 'd', ARGV[6])
+if type(id) == 'table' and id.err then
+  if string.find(id.err, 'WRONGTYPE') then return redis.error_reply('PTGTYPE ' .. ARGV[5] .. ' is not a stream') end
+  return id
+end
+local ids = {id}
+""" + _RECORD
 
 
 def parse_producer_id(text: str) -> str:
@@ -85,6 +105,7 @@ class Producers:
         self.window_ms = window * 1000
         self.batches = batches
         self._add = store.script(_IDEMPOTENT_ADD)
+        self._add_one = store.script(_IDEMPOTENT_ADD_ONE)
 
     def session(self, producer_id: str, account: str, first_seq: str) -> "ProducerSession":
         """One push socket's producer: its messages are numbered from `first_seq` on."""
@@ -97,9 +118,11 @@ class Producers:
         store = self.store
         first = entries[0][0]
         args: list = [seq, self.batches, self.window_ms, store.default_max_len]
-        if len(entries) == 1:  # (the common case, an entry a message, without the bookkeeping below)
+        script = self._add
+        if len(entries) == 1 and entries[0][1] == "*":
             keys = [store.key(first), store.keys.meta(first)]
-            args += (1, first, 1, entries[0][1], entries[0][2])
+            args += (first, entries[0][2])
+            script = self._add_one
         else:
             index: dict[str, int] = {}
             triples: list = []
@@ -111,7 +134,7 @@ class Producers:
         keys.append(store.keys.producer(producer_id, account, first))
         started = time.perf_counter()
         try:
-            repeated, ids = await self._add(keys=keys, args=args)
+            repeated, ids = await script(keys=keys, args=args)
         except conn.UNAVAILABLE as exc:
             raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
         except ResponseError as exc:

@@ -9,6 +9,7 @@ what was not acknowledged, and hands back each entry's id once, in order.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
@@ -112,8 +113,8 @@ class Pusher:
                 # a late ack would pass for the next batch's: this socket is done with
                 error = ServerError(f"no acknowledgement of {count} entries within {client.timeout} s")
             except Unreachable as exc:
-                if not self._connected_once:
-                    raise  # a wrong URL or a server not started: say so now
+                if not self._connected_once and _nobody_there(exc.__cause__):
+                    raise  # a wrong URL or a server not started: say so now (a cut handshake is retried)
                 error = exc
             except ServerError as exc:  # the handshake answered 5xx: the server is in trouble, for now
                 error = exc
@@ -151,6 +152,14 @@ class Pusher:
     async def aclose(self) -> None:
         async with self._lock:
             await self._drop()
+
+
+def _nobody_there(cause: BaseException | None) -> bool:
+    """Whether a failed connection was refused or its host unknown (not cut while opening)."""
+    if isinstance(cause, (ConnectionRefusedError, socket.gaierror)):
+        return True
+    # asyncio's summary when every address of the host refused ("Multiple exceptions: ...")
+    return type(cause) is OSError and "Connect call failed" in str(cause)
 
 
 def _gave_up(error: PtgError, why: str) -> PtgError:

@@ -197,6 +197,9 @@ def test_errors_carry_the_servers_reason(server, rdb):
         with pytest.raises(Unreachable):
             next(client.pull("cam", "0"))
         assert time.monotonic() - started < 5, "no reconnect loop before the first connection"
+        with pytest.raises(Unreachable, match="Connect call failed"), client.pusher() as pusher:
+            pusher.push("cam", b"x")  # refused: nobody there, said at once
+        assert time.monotonic() - started < 5
 
 
 def test_server_error_when_the_store_is_down(tmp_path):

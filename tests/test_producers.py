@@ -132,6 +132,21 @@ def test_empty_batches_and_refused_batches_consume_numbers_without_a_record(serv
     assert stored(rdb, "cam") == [(ids[0], b"a")]
 
 
+def test_single_entries_of_a_producer_keep_the_streams_rules(server, rdb, http):
+    """A producer's one-entry message (its own script) trims to max_len and refuses a key of another type."""
+    assert http.put("/streams/cam", json={"max_len": 5}).status_code == 200
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        for i in range(300):
+            ws.send(b"%d" % i)
+            ws.recv(timeout=10)
+    assert 5 <= rdb.xlen("cam") < 300
+    rdb.set("text", "not a stream")
+    with ws_connect(server, "/data/text/push", ack="true", producer="p", seq="301") as ws:
+        ws.send(b"x")
+        assert expect_close(ws) == (1007, "text is not a stream")
+    assert rdb.zcard("ptgstore+producer:p/test") == 64  # the newest numbers; nothing recorded for the refusal
+
+
 @pytest.mark.parametrize("query, code", [
     ({"producer": "p"}, 1008),  # no seq
     ({"seq": "1"}, 1008),  # no producer

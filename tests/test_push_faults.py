@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import wait_until
+from conftest import free_port, wait_until
 from proxy import CuttingProxy
 from ptgstore.client import AsyncClient, Client
 from servers import ServeProcess
@@ -66,6 +66,15 @@ def test_blocking_pusher_through_random_cuts_stores_every_frame_once(server, rdb
             time.sleep(1 / HZ)  # the pace of a camera, not a wait for anything
     check_exactly_once(rdb, "cam", ids, frames)
     assert pusher.summary.reconnects >= 2 and pusher.summary.resends >= 1
+
+
+def test_a_first_connection_cut_while_opening_is_retried(server, rdb):
+    """Accepted, then dropped before the handshake's answer (a bad network, not a wrong URL): retried."""
+    with CuttingProxy([free_port(), server.port]) as proxy, Client(proxy.url, token=server.token()) as client, \
+            client.pusher() as pusher:
+        ids = pusher.push("cam", b"x")  # the first connection goes to a port nobody listens on: the proxy drops it
+    assert proxy.routed[:2] == [proxy.backends[0], server.port]
+    assert [(i.decode(), f[b"d"]) for i, f in rdb.xrange("cam")] == [(ids[0], b"x")]
 
 
 class PacedPusher(threading.Thread):

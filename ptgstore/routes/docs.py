@@ -25,6 +25,10 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
   answered with the ids it was stored under and stores nothing (resend after a dropped socket).
 * `/data/{sid}/pull?count=1&last_entry_id=$&ack=false&latest=false&timeout=MS&time_sync_id=SID&gaps=false&header=json|msgpack` —
   each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
+* `/foxglove` (subprotocol `foxglove.websocket.v1`) — the Foxglove WebSocket protocol: every stream
+  a channel (JPEG/PNG as foxglove.CompressedImage, JSON as json, depth/IMU layouts decoded, anything
+  else raw; `images=protobuf` for protobuf images), advertised and unadvertised as streams come and go;
+  clientPublish pushes entries.
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
 1008 policy (bad option; a producer's number older than the server remembers), 1009 too big, 1011 store unavailable.

@@ -156,7 +156,8 @@ export class PtgStore {
   /**
    * A push socket (`/data/{sid}/push`); `push(data)` resolves with the new entry id when `ack`.
    * With `ack` it carries on across dropped connections and server restarts (see `Pusher`);
-   * options: `producer` (default: a random id), `reconnectTimeout` (ms, default 30000).
+   * options: `producer` (default: a random id), `reconnectTimeout` (ms, default 30000), `maxInFlight`
+   * (unacknowledged entries at most, default 32: fewer than the server remembers, `PTGSTORE_PRODUCER_BATCHES`).
    */
   pusher(sid, options = {}) {
     return new Pusher(this, `/data/${encodeURIComponent(sid)}/push`, options);
@@ -204,16 +205,16 @@ function randomId() {
  * `reconnects` and `resends` count what it took. Without `ack` nothing is resent (as before).
  */
 export class Pusher {
-  constructor(store, path, { ack = true, producer = null, reconnectTimeout = 30000, window = 32 } = {}) {
+  constructor(store, path, { ack = true, producer = null, reconnectTimeout = 30000, maxInFlight = 32 } = {}) {
     this.store = store;
     this.path = path;
     this.ack = ack;
     this.producer = ack ? producer || randomId() : null;
     this.reconnectTimeout = reconnectTimeout;
-    this.window = window; // entries unacknowledged at most (the server remembers 64 by default)
+    this.maxInFlight = maxInFlight; // entries unacknowledged at most (the server remembers 64 by default)
     this.nextSeq = 1;
     this.pending = []; // {seq, data, resolve, reject, sent}: numbered, not yet acknowledged, in order
-    this.queue = []; // pushes waiting for room in the window
+    this.queue = []; // pushes waiting until fewer than maxInFlight are unacknowledged
     this.reconnects = 0;
     this.resends = 0;
     this.error = null;
@@ -287,7 +288,7 @@ export class Pusher {
   }
 
   fill() {
-    while (this.queue.length && this.pending.length < this.window) {
+    while (this.queue.length && this.pending.length < this.maxInFlight) {
       const item = this.queue.shift();
       item.seq = this.nextSeq++;
       this.pending.push(item);

@@ -142,16 +142,21 @@ class Pusher:
         self._connected_once = True
 
     async def _drop(self) -> None:
+        """Let go of a socket that failed: aborted, not closed (a close handshake on a silent network
+        would wait for its timeout)."""
         ws, self._ws = self._ws, None
         if ws is not None:
-            await self._client._disconnect(ws)
+            self._client._sockets.discard(ws)
+            ws.transport.abort()
 
     def _count(self, **more: int) -> None:
         self._summary = self._summary._replace(**{k: getattr(self._summary, k) + v for k, v in more.items()})
 
     async def aclose(self) -> None:
         async with self._lock:
-            await self._drop()
+            ws, self._ws = self._ws, None
+            if ws is not None:
+                await self._client._disconnect(ws)
 
 
 def _nobody_there(cause: BaseException | None) -> bool:

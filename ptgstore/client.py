@@ -326,11 +326,12 @@ class AsyncClient:
             return await pusher.push(stream_id, data, timestamps)
 
     @contextlib.asynccontextmanager
-    async def pusher(self, producer_id: str | None = None) -> AsyncIterator[Pusher]:
+    async def pusher(self, producer_id: str | None = None, first_seq: int = 1) -> AsyncIterator[Pusher]:
         """A push WebSocket for many pushes that carries on across interruptions (`pushing.py`):
-        `async with client.pusher() as p: await p.push(sid, entries)`; `p.summary` says what it took."""
+        `async with client.pusher() as p: await p.push(sid, entries)`; `p.summary` says what it took.
+        A producer id of your own (kept across runs) goes on from its `p.next_seq` of before."""
         from .pushing import Pusher  # noqa: PLC0415 - it builds on this module
-        pusher = Pusher(self, producer_id)
+        pusher = Pusher(self, producer_id, first_seq)
         try:
             yield pusher
         finally:
@@ -715,10 +716,10 @@ class Client:
                 yield from delivery
 
     @contextlib.contextmanager
-    def pusher(self, producer_id: str | None = None) -> Iterator[BlockingPusher]:
+    def pusher(self, producer_id: str | None = None, first_seq: int = 1) -> Iterator[BlockingPusher]:
         """A push WebSocket for many pushes: `with client.pusher() as p: p.push(sid, entries)`."""
         from .pushing import BlockingPusher  # noqa: PLC0415 - it builds on this module
-        context = self._async.pusher(producer_id)
+        context = self._async.pusher(producer_id, first_seq)
         pusher = self._loop.run(context.__aenter__())
         try:
             yield BlockingPusher(self._loop, pusher)

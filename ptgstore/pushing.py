@@ -61,6 +61,11 @@ class Pusher:
     def summary(self) -> PushSummary:
         return self._summary
 
+    @property
+    def next_seq(self) -> int:
+        """The number the next batch will have (a producer id kept across runs starts there next time)."""
+        return self._seq
+
     async def push(self, stream_id: str, entries: bytes | Iterable[bytes], timestamps: Sequence | None = None
                    ) -> list[str]:
         """Store entries in `stream_id`; returns their ids in order.
@@ -188,6 +193,10 @@ class BlockingPusher:
     @property
     def producer_id(self) -> str:
         return self._async.producer_id
+
+    @property
+    def next_seq(self) -> int:
+        return self._async.next_seq
 
     push = _blocking(Pusher.push)
     push_items = _blocking(Pusher.push_items)

@@ -277,6 +277,21 @@ def test_pusher_waits_out_a_late_acknowledgement_and_stores_once(server, rdb):
     assert stored(rdb, "cam") == [(ids[0], b"x")]
 
 
+def test_a_producer_id_kept_across_runs_goes_on_from_its_next_number(server, rdb):
+    with Client(server.url, token=server.token()) as client:
+        with client.pusher(producer_id="headset-7") as pusher:
+            first = pusher.push("cam", [b"a", b"b"]) + pusher.push("cam", b"c")
+            assert (pusher.producer_id, pusher.next_seq) == ("headset-7", 3)
+        with client.pusher(producer_id="headset-7", first_seq=3) as pusher:
+            later = pusher.push("cam", b"d")
+        with pytest.raises(StreamClosed, match="batch 1 was stored with 2 entries, not 1") as refused, \
+                client.pusher(producer_id="headset-7") as pusher:
+            pusher.push("cam", b"again")  # numbered from 1 again: taken for a resend, which it cannot be
+        assert refused.value.code == 1008
+    assert [d for _, d in stored(rdb, "cam")] == [b"a", b"b", b"c", b"d"] and stored(rdb, "cam")[3][0] == later[0]
+    assert len(first) == 3
+
+
 def test_pusher_gives_up_after_reconnect_timeout(server, rdb):
     """An interruption longer than reconnect_timeout is raised, saying the batch may be stored."""
     with Client(server.url, token=server.token(), timeout=0.3, reconnect_timeout=1) as client, \

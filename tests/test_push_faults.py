@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_until
+from conftest import free_port, live_server, make_settings, wait_until
 from proxy import CuttingProxy
 from ptgstore.client import AsyncClient, Client
 from servers import ServeProcess
@@ -138,6 +138,21 @@ def test_pusher_carries_on_through_a_server_restart(tmp_path, rdb, redis_server,
         first.terminate()
         if second is not None:
             second.terminate()
+    check_exactly_once(rdb, "cam", pusher.ids, pusher.frames)
+    assert pusher.summary.reconnects >= 1
+
+
+def test_pusher_waits_for_a_server_restarting_on_its_port(tmp_path, rdb, redis_server):
+    """No proxy: while the server is down its port refuses connections; the pusher keeps trying."""
+    settings = make_settings(tmp_path, redis_server.url)
+    port = free_port()
+    with live_server(settings, port) as first:
+        pusher = PacedPusher(first.url, first.token(), "cam")
+        pusher.start()
+        pusher.pushed_at_least(HZ // 2)
+    with live_server(settings, port):  # (stopped above: uvicorn shut down, sockets closed with 1001)
+        pusher.pushed_at_least(HZ // 2)
+        pusher.finish()
     check_exactly_once(rdb, "cam", pusher.ids, pusher.frames)
     assert pusher.summary.reconnects >= 1
 

@@ -207,3 +207,28 @@ def test_cli_push_resends_a_batch_whose_ack_was_lost(server, rdb, tmp_path):
     ids = done.stdout.decode().split()
     assert [(i.decode(), f[b"d"]) for i, f in rdb.xrange("cam")] == list(zip(ids, [p.read_bytes() for p in paths]))
     assert "connection: 2 reconnects, 2 batches resent" in done.stderr.decode()
+
+
+def test_pusher_through_cuts_on_a_redis_cluster(tmp_path, cluster):
+    """On a 3-master cluster each stream's record is in its group's slot: still exactly once."""
+    groups = [cluster.group_on(i) for i in range(len(cluster.masters))]
+    frames = [frame(i) for i in range(2 * HZ)]
+    with live_server(make_settings(tmp_path, cluster.url, redis_cluster=True)) as live, \
+            CuttingProxy([live.port], drop_replies=0.1, seed=6) as proxy, proxy.chaos((0.1, 0.3)):
+        async def main():
+            async with AsyncClient(proxy.url, token=live.token()) as client:
+                async with client.pusher() as pusher:  # one producer, its frames spread over the masters
+                    ids = []
+                    for i, data in enumerate(frames):
+                        ids += await pusher.push(f"{groups[i % 3]}:cam", [data])
+                        await asyncio.sleep(1 / HZ)
+                return ids, pusher.summary
+
+        ids, summary = asyncio.run(main())
+        store = live.app.state.store
+        for g, group in enumerate(groups):
+            sid = f"{group}:cam"
+            node = cluster.owner(store.key(sid)).client
+            stored = [(i.decode(), f[b"d"]) for i, f in node.xrange(store.key(sid))]
+            assert stored == list(zip(ids[g::3], frames[g::3]))
+    assert summary.reconnects >= 1

@@ -19,10 +19,10 @@ from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .private import private_dir
+from .producers import Producers
 from .recorder import Recorder
 from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
-from .producers import Producers
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore")

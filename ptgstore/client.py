@@ -590,6 +590,15 @@ async def _receive_delivery(ws) -> list[Entry]:
     return [Entry(*entry) for entry in unpack_entries(items, blob)]
 
 
+def __getattr__(name: str):
+    """`Pusher` and `BlockingPusher` live in `pushing.py` (which builds on this module) since they carry on."""
+    if name in ("Pusher", "BlockingPusher"):
+        from . import pushing  # noqa: PLC0415
+
+        return getattr(pushing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- the blocking client ----------------------------------------------------------------------
 
 async def _step(agen):

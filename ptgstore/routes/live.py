@@ -26,7 +26,7 @@ def _push_options(params):
     }
 
 
-class _Endpoint:
+class Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
@@ -68,7 +68,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
         tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 
-push = _Endpoint(_push_session)
+push = Endpoint(_push_session)
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -143,7 +143,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = _Endpoint(_pull_session)
+pull = Endpoint(_pull_session)
 
 
 async def _newest_cursors(store, sids, cursors, count):

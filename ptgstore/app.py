@@ -41,7 +41,7 @@ ROUTES = [
     Route("/streams/{sid:path}", streams.delete_streams, methods=["DELETE"]),
     Route("/data/{sid:path}", data.get_entries, methods=["GET"]),
     Route("/data/{sid:path}", data.post_entries, methods=["POST"]),
-    WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live._Endpoint)
+    WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live.Endpoint)
     WebSocketRoute("/data/{sid:path}/pull", live.pull),
     Route("/mjpeg/{sid:path}", mjpeg.stream, methods=["GET"]),
     WebSocketRoute("/foxglove", foxglove.foxglove),

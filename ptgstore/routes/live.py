@@ -26,7 +26,7 @@ def _push_options(params):
     }
 
 
-class _Endpoint:
+class Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
@@ -81,7 +81,7 @@ def _producer(ws: WebSocket, ack: bool):
     return ws.app.state.producers.session(name, caller.user if caller else "", first)
 
 
-push = _Endpoint(_push_session)
+push = Endpoint(_push_session)
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -156,7 +156,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = _Endpoint(_pull_session)
+pull = Endpoint(_pull_session)
 
 
 async def _newest_cursors(store, sids, cursors, count):

@@ -214,10 +214,8 @@ class LeanNats:
                 elif op == b"-ERR":
                     raise NatsError(line[5:-2].decode(errors="replace"))
                 # +OK and INFO need nothing
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            self._fail(exc)
-        except NatsError as exc:
-            self._fail(exc)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, NatsError, ValueError) as exc:
+            self._fail(exc)  # (every waiting request fails with it, none hangs)
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -249,40 +247,54 @@ def check_ack(reply: bytes, stream: str) -> int:
     return ack["seq"]
 
 
-async def fetch_all(nc: LeanNats, stream: str, count: int, on_entry, timeout: float, on_start=None,
+PULL_BYTES = 8 * 2**20  # asked for at once: a client with more than 64 MiB pending is cut off as a slow consumer
+
+
+async def fetch_all(nc: LeanNats, stream: str, count: int, size: int, on_entry, timeout: float, on_start=None,
                     on_done=None) -> None:
-    """Read `count` messages of `stream` from its first through a pull consumer (no acks), in one
-    pull of `count` (`no_wait`: of what the stream holds now): `on_entry(payload)` for each. Returns
-    early when the stream has no more (a 404/408 status) or `timeout` passes. `on_start()` is called right before the pull is asked for
-    (the consumer exists), `on_done()` when the last message came."""
+    """Read `count` messages of `size` bytes from the first of `stream` through a pull consumer (no
+    acks), in pulls of up to PULL_BYTES (`no_wait`: of what the stream holds now), the next asked
+    for as the last of one arrives: `on_entry(payload)` for each. Returns early when the stream has
+    no more (a 404 status) or `timeout` passes. `on_start()` is called right before the first pull
+    is asked for (the consumer exists), `on_done()` when the last message came."""
     name = "c" + os.urandom(6).hex()
     await nc.api(f"CONSUMER.CREATE.{stream}.{name}", {"stream_name": stream, "config": {
         "name": name, "ack_policy": "none", "deliver_policy": "all", "inactive_threshold": 60_000_000_000,
         "mem_storage": True}})
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    got = 0
+    done = asyncio.get_running_loop().create_future()
+    per_pull = max(1, PULL_BYTES // max(1, size))
+    inbox = f"_INBOX.{name}"
+    got = asked = in_pull = 0
+
+    def pull() -> None:
+        nonlocal asked, in_pull
+        in_pull = min(per_pull, count - asked)
+        asked += in_pull
+        nc.pub(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}", orjson.dumps({"batch": in_pull, "no_wait": True}),
+               inbox)
 
     def on_message(_subject, _reply, payload, status):
-        nonlocal got
+        nonlocal got, in_pull
         if status is not None:
-            if not done.done():
-                done.set_result(None)  # no more messages, or the pull expired
+            if in_pull and not done.done():
+                done.set_result(None)  # no more messages (or the pull failed): what came is what there is
             return
         on_entry(payload)
         got += 1
-        if got >= count and not done.done():
-            done.set_result(None)
+        in_pull -= 1
+        if got >= count:
+            if not done.done():
+                done.set_result(None)
+        elif not in_pull:
+            pull()
 
-    inbox = f"_INBOX.{name}"
     sid = nc.sub(inbox, on_message)
     try:
         if on_start is not None:
             on_start()
-        nc.pub(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
-               orjson.dumps({"batch": count, "no_wait": True}), inbox)
+        pull()
         try:
-            await asyncio.wait_for(done, timeout + 5)
+            await asyncio.wait_for(done, timeout)
         except asyncio.TimeoutError:
             pass
         if on_done is not None:

@@ -143,7 +143,7 @@ async def verify_stream(nc: LeanNats, stream: str, expected: int, size: int) -> 
         found += 1
 
     if expected:
-        await fetch_all(nc, stream, expected, check, timeout=30)
+        await fetch_all(nc, stream, expected, size, check, timeout=60)
     return max(0, expected - found), corrupt
 
 
@@ -194,7 +194,7 @@ async def drain_nats(env: Env, stream: str, count: int, meter: Meter, limit: flo
         started.append(time.perf_counter())
 
     async with LeanNats(env.nats.port) as nc:
-        await fetch_all(nc, stream, count, lambda data: arrivals.add(stream, data), timeout=limit,
+        await fetch_all(nc, stream, count, s.KIB, lambda data: arrivals.add(stream, data), timeout=limit,
                         on_start=on_start, on_done=meter.stop)
         elapsed = (time.perf_counter() - started[0]) if started else float("nan")
     return s.Result({"entries/s": arrivals.total / elapsed}, arrivals.total, count - arrivals.total,

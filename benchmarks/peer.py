@@ -32,6 +32,7 @@ import orjson
 from . import scenarios as s
 from .harness import PrivateRedis, Server, cpu_seconds
 from .leanws import LeanWebSocket
+from .pullers import open_nats_subscriber, open_pull_socket
 from .nats import LeanNats, NatsServer, check_ack, create_stream, delete_stream, fetch_all
 
 HZ = 30
@@ -218,37 +219,26 @@ def fanout_result(arrivals: list[Arrivals], expected: int, sent: int, start: flo
     return result
 
 
-async def open_all(count: int, opener) -> list:
-    """`count` connections from `opener()`, at most 50 handshakes at a time."""
+async def open_all(openers: list) -> list:
+    """Each opener's connection, at most 50 handshakes at a time."""
     gate = asyncio.Semaphore(50)
 
-    async def one():
+    async def one(opener):
         async with gate:
             return await opener()
 
-    return list(await bounded(asyncio.gather(*(one() for _ in range(count))), 180))
+    return list(await bounded(asyncio.gather(*(one(opener) for opener in openers)), 180))
 
 
 async def fanout_ptg(env: Env, key: str, pullers: int, seconds: float, meter: Meter) -> s.Result:
     expected = int(seconds * HZ)
     deadline = s.deadline_after(seconds + 60)
     arrivals = [Arrivals([key], FAN_SIZE) for _ in range(pullers)]
-    connected: list[LeanWebSocket] = []
+    receivers: list = []
     rss = 0
-
-    async def opener():
-        ws = await LeanWebSocket(env.ctx.ws(f"/data/{key}/pull")).__aenter__()
-        connected.append(ws)
-        return ws
-
     try:
-        await open_all(pullers, opener)
-
-        async def read(ws, a):
-            with contextlib.suppress(asyncio.TimeoutError):
-                await bounded(pull_into(ws, a, expected), max(0.01, deadline - time.monotonic()))
-
-        readers = [asyncio.create_task(read(ws, a)) for ws, a in zip(connected, arrivals)]
+        url = env.ctx.ws(f"/data/{key}/pull")
+        receivers += await open_all([lambda a=a: open_pull_socket(url, a, key, expected) for a in arrivals])
         async with LeanWebSocket(env.ctx.ws(f"/data/{key}/push", ack="true")) as pusher:
             meter.start()
             start = time.monotonic()
@@ -259,10 +249,11 @@ async def fanout_ptg(env: Env, key: str, pullers: int, seconds: float, meter: Me
                 sent += 1
                 if k == expected // 2:
                     rss = env.ctx.server.rss()
-            await asyncio.gather(*readers)
+            await all_done(receivers, deadline)
             meter.stop()
     finally:
-        await asyncio.gather(*(ws.close() for ws in connected), return_exceptions=True)
+        for receiver in receivers:
+            receiver.close()
     await s.cleanup(env.ctx, [key])
     return fanout_result(arrivals, expected, sent, start, rss)
 
@@ -271,30 +262,12 @@ async def fanout_nats(env: Env, stream: str, pullers: int, seconds: float, meter
     expected = int(seconds * HZ)
     deadline = s.deadline_after(seconds + 60)
     arrivals = [Arrivals([stream], FAN_SIZE) for _ in range(pullers)]
-    connected: list[LeanNats] = []
+    receivers: list = []
     rss = 0
-    finished = asyncio.Event()
-    remaining = [pullers]
-
-    def subscriber(a: Arrivals):
-        def on_message(_subject, _reply, payload, _status):
-            a.add(stream, payload)
-            if a.total == expected:
-                remaining[0] -= 1
-                if not remaining[0]:
-                    finished.set()
-        return on_message
-
-    async def opener():
-        nc = await LeanNats(env.nats.port).__aenter__()
-        connected.append(nc)
-        return nc
-
     try:
-        await open_all(pullers, opener)
-        for nc, a in zip(connected, arrivals):
-            nc.sub(stream, subscriber(a))
-        await bounded(asyncio.gather(*(nc.flush() for nc in connected)), 60)  # every SUB is in place
+        # each subscriber's SUB is in place once it is open (its PING answered)
+        receivers += await open_all([lambda a=a: open_nats_subscriber(env.nats.port, a, stream, expected)
+                                     for a in arrivals])
         async with LeanNats(env.nats.port) as pusher:
             await create_stream(pusher, stream, s.MAXLEN)
             meter.start()
@@ -306,13 +279,19 @@ async def fanout_nats(env: Env, stream: str, pullers: int, seconds: float, meter
                 sent += 1
                 if k == expected // 2:
                     rss = env.nats.rss()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await bounded(finished.wait(), max(0.01, deadline - time.monotonic()))
+            await all_done(receivers, deadline)
             meter.stop()
             await delete_stream(pusher, stream)
     finally:
-        await asyncio.gather(*(nc.__aexit__() for nc in connected), return_exceptions=True)
+        for receiver in receivers:
+            receiver.close()
     return fanout_result(arrivals, expected, sent, start, rss)
+
+
+async def all_done(receivers: list, deadline: float) -> None:
+    """Until every receiver got what it expects, or `deadline` (what is missing then counts as lost)."""
+    with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+        await bounded(asyncio.gather(*(r.done for r in receivers)), max(0.01, deadline - time.monotonic()))
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -406,9 +406,9 @@ async def run_all(args) -> int:
     chosen = [sc for sc in build(args.scale, fanout) if not args.only or sc.name in args.only.split(",")]
     drain = next((sc for sc in chosen if sc.name == "drain"), None)
     with tempfile.TemporaryDirectory(prefix="ptgstore-bench-redis-") as directory, \
-            PrivateRedis(Path(directory)) as private, NatsServer() as nats, \
-            Server(private.url, workers=args.workers) as server:
-        ctx = s.Context(private.url, server, args.scale, fanout)
+            PrivateRedis(Path(directory), unix=args.redis_unix) as private, NatsServer() as nats, \
+            Server(private.server_url, workers=args.workers) as server:
+        ctx = s.Context(private.url, server, args.scale, fanout)  # (the benchmark's own checks: over TCP)
         env = Env(ctx, private.process.pid, nats)
         if drain is not None:
             count = max(300, int(20_000 * args.scale))
@@ -420,7 +420,8 @@ async def run_all(args) -> int:
             print(f"  {sc.name}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
         version = nats.version()
     print(f"\nptgstore / NATS JetStream {version} (file store), medians of {args.repeats} alternating run(s), "
-          f"scale {args.scale:g}, ptgstore with {args.workers} worker(s); {machine()}; load average "
+          f"scale {args.scale:g}, ptgstore with {args.workers} worker(s) on Redis over "
+          f"{'a unix socket' if args.redis_unix else 'TCP'}; {machine()}; load average "
           f"{os.getloadavg()[0]:.1f}")
     print()
     print("\n".join(table(rows)))

@@ -119,9 +119,10 @@ class FrameSink:
 
     def write(self, frames: tuple[bytes, ...]) -> None:
         """Write whole frames (only after `ready()`, with nothing awaited in between)."""
-        write = self.protocol.transport.write
-        for chunk in frames:
-            write(chunk)
+        if len(frames) == 1:
+            self.protocol.transport.write(frames[0])
+        else:  # (one system call for all, where the event loop gathers them: uvloop does)
+            self.protocol.transport.writelines(frames)
 
 
 async def collect_garbage(open_sockets: Callable[[], int]) -> None:

@@ -29,6 +29,12 @@ def frame_head(opcode: int, length: int) -> bytes:
     return _LONG.pack(FIN | opcode, 127, length)
 
 
+def text_frame(text: str) -> bytes:
+    """A whole text message as one frame."""
+    data = text.encode()
+    return frame_head(TEXT, len(data)) + data
+
+
 def delivery_frames(header: str | bytes, blob: bytes) -> tuple[bytes, ...]:
     """A delivery on the wire: its header message (text for a str, binary for bytes), then its blob
     as a binary message. One bytes object when the blob is small; else the heads, then the blob

@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 from wsutil import push, read_delivery, ws_connect
 
 from conftest import live_server, make_settings, wait_until
-from ptgstore.wsframes import JOIN_BELOW, delivery_frames
+from ptgstore.wsframes import JOIN_BELOW, delivery_frames, text_frame
 
 
 def parse_frames(data: bytes) -> list[Frame]:
@@ -45,6 +45,12 @@ def test_delivery_frames_parse_as_the_two_messages(size, header):
     assert first.opcode == (Opcode.TEXT if text else Opcode.BINARY) and first.fin
     assert bytes(first.data) == (header.encode() if text else header)
     assert second.opcode == Opcode.BINARY and second.fin and bytes(second.data) == blob
+
+
+@pytest.mark.parametrize("text", ["", "1-0", "1700000000000-0," * 5000, "日本"])
+def test_an_ack_frame_parses_as_its_text(text):
+    (frame,) = parse_frames(text_frame(text))
+    assert frame.opcode == Opcode.TEXT and frame.fin and bytes(frame.data).decode() == text
 
 
 def _directs(hub, sid: str) -> list:

@@ -14,7 +14,7 @@ from ..framing import (
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
-from ..wsframes import FRAMES
+from ..wsframes import FRAMES, text_frame
 from . import close_socket, query_bool, serve_socket
 
 
@@ -55,6 +55,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
     store = ws.app.state.store
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
+    sink = ws.scope.get("extensions", {}).get(FRAMES)
     while True:
         if batched:
             raw_header = await _receive(receive, limit, "text" if options["codec"] == "json" else "bytes", "header")
@@ -65,7 +66,10 @@ async def _push(ws: WebSocket, receive, send) -> None:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
         ids = await store.add(entries)
         if options["ack"]:
-            await send({"type": "websocket.send", "text": ",".join(ids)})
+            if sink is not None and sink.ready():
+                sink.write((text_frame(",".join(ids)),))
+            else:
+                await send({"type": "websocket.send", "text": ",".join(ids)})
         tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 

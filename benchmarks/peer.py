@@ -210,6 +210,7 @@ def fanout_result(arrivals: list[Arrivals], expected: int, sent: int, start: flo
     # the rate each puller was served at: entries over the time from the first send to its last arrival
     rates = [a.total / (a.last - start + 1 / HZ) for a in arrivals if a.total]
     result = s.Result({"Hz reached": s.median(rates) if rates else 0.0,
+                       "p50 ms": s.percentile(latencies, 0.5),
                        "p99 ms": s.percentile(latencies, 0.99),
                        "complete %": 100 * sum(1 for a in arrivals if a.total >= expected) / len(arrivals),
                        "server RSS MB": rss / 2**20},

@@ -32,7 +32,7 @@ import orjson
 from . import scenarios as s
 from .harness import PrivateRedis, Server, cpu_seconds
 from .leanws import LeanWebSocket
-from .pullers import open_nats_subscriber, open_pull_socket
+from .pullers import Spread
 from .nats import LeanNats, NatsServer, check_ack, create_stream, delete_stream, fetch_all
 
 HZ = 30
@@ -44,6 +44,7 @@ class Env:
     ctx: s.Context  # the ptgstore server and its Redis
     redis_pid: int
     nats: NatsServer
+    receivers: int = 2  # processes the fan-out's receivers are spread over
 
 
 class Meter:
@@ -234,59 +235,46 @@ async def open_all(openers: list) -> list:
 async def fanout_ptg(env: Env, key: str, pullers: int, seconds: float, meter: Meter) -> s.Result:
     expected = int(seconds * HZ)
     deadline = s.deadline_after(seconds + 60)
-    arrivals = [Arrivals([key], FAN_SIZE) for _ in range(pullers)]
-    receivers: list = []
     rss = 0
-    try:
-        url = env.ctx.ws(f"/data/{key}/pull")
-        receivers += await open_all([lambda a=a: open_pull_socket(url, a, key, expected) for a in arrivals])
-        async with LeanWebSocket(env.ctx.ws(f"/data/{key}/push", ack="true")) as pusher:
-            meter.start()
-            start = time.monotonic()
-            sent = 0
-            async for k in s.paced(expected, HZ, deadline, start):
-                await pusher.send(s.payload(k, FAN_SIZE, time.time_ns()))
-                await bounded(pusher.recv(), 30)
-                sent += 1
-                if k == expected // 2:
-                    rss = env.ctx.server.rss()
-            await all_done(receivers, deadline)
-            meter.stop()
-    finally:
-        for receiver in receivers:
-            receiver.close()
+    async with Spread("ws", env.ctx.ws(f"/data/{key}/pull"), key, pullers, expected, FAN_SIZE, seconds + 60,
+                      env.receivers) as spread, \
+            LeanWebSocket(env.ctx.ws(f"/data/{key}/push", ack="true")) as pusher:
+        meter.start()
+        start = time.monotonic()
+        sent = 0
+        async for k in s.paced(expected, HZ, deadline, start):
+            await pusher.send(s.payload(k, FAN_SIZE, time.time_ns()))
+            await bounded(pusher.recv(), 30)
+            sent += 1
+            if k == expected // 2:
+                rss = env.ctx.server.rss()
+        received = await spread.results(max(1.0, deadline - time.monotonic() + 30))
+        meter.stop()
     await s.cleanup(env.ctx, [key])
-    return fanout_result(arrivals, expected, sent, start, rss)
+    return fanout_result(received, expected, sent, start, rss)
 
 
 async def fanout_nats(env: Env, stream: str, pullers: int, seconds: float, meter: Meter) -> s.Result:
     expected = int(seconds * HZ)
     deadline = s.deadline_after(seconds + 60)
-    arrivals = [Arrivals([stream], FAN_SIZE) for _ in range(pullers)]
-    receivers: list = []
     rss = 0
-    try:
-        # each subscriber's SUB is in place once it is open (its PING answered)
-        receivers += await open_all([lambda a=a: open_nats_subscriber(env.nats.port, a, stream, expected)
-                                     for a in arrivals])
-        async with LeanNats(env.nats.port) as pusher:
-            await create_stream(pusher, stream, s.MAXLEN)
-            meter.start()
-            start = time.monotonic()
-            sent = 0
-            async for k in s.paced(expected, HZ, deadline, start):
-                check_ack(await bounded(pusher.request_nowait(stream, s.payload(k, FAN_SIZE, time.time_ns())), 30),
-                          stream)
-                sent += 1
-                if k == expected // 2:
-                    rss = env.nats.rss()
-            await all_done(receivers, deadline)
-            meter.stop()
-            await delete_stream(pusher, stream)
-    finally:
-        for receiver in receivers:
-            receiver.close()
-    return fanout_result(arrivals, expected, sent, start, rss)
+    # each subscriber's SUB is in place once its process says it is ready (every PING answered)
+    async with Spread("nats", str(env.nats.port), stream, pullers, expected, FAN_SIZE, seconds + 60,
+                      env.receivers) as spread, LeanNats(env.nats.port) as pusher:
+        await create_stream(pusher, stream, s.MAXLEN)
+        meter.start()
+        start = time.monotonic()
+        sent = 0
+        async for k in s.paced(expected, HZ, deadline, start):
+            check_ack(await bounded(pusher.request_nowait(stream, s.payload(k, FAN_SIZE, time.time_ns())), 30),
+                      stream)
+            sent += 1
+            if k == expected // 2:
+                rss = env.nats.rss()
+        received = await spread.results(max(1.0, deadline - time.monotonic() + 30))
+        meter.stop()
+        await delete_stream(pusher, stream)
+    return fanout_result(received, expected, sent, start, rss)
 
 
 async def all_done(receivers: list, deadline: float) -> None:
@@ -410,7 +398,7 @@ async def run_all(args) -> int:
             PrivateRedis(Path(directory), unix=args.redis_unix) as private, NatsServer() as nats, \
             Server(private.server_url, workers=args.workers) as server:
         ctx = s.Context(private.url, server, args.scale, fanout)  # (the benchmark's own checks: over TCP)
-        env = Env(ctx, private.process.pid, nats)
+        env = Env(ctx, private.process.pid, nats, args.receivers)
         if drain is not None:
             count = max(300, int(20_000 * args.scale))
             await s.fill(ctx, "drain-src", count, s.KIB)

@@ -12,6 +12,8 @@ import asyncio
 import base64
 import os
 import struct
+import sys
+import time
 from urllib.parse import urlsplit
 
 import orjson
@@ -176,3 +178,104 @@ async def open_nats_subscriber(port: int, arrivals, subject: str, expected: int)
         lambda: NatsSubscriber(arrivals, subject, expected), "127.0.0.1", port)
     await asyncio.wait_for(protocol.ready, 30)
     return protocol
+
+
+# -- receivers in processes of their own ----------------------------------------------------------
+# One process parsing 30,000 messages a second is the bottleneck of a 1,000-puller fan-out on two
+# shared cores; the receivers are spread over a few processes (`python -m benchmarks.pullers`), each
+# reporting what its receivers got as JSON once they are done.
+
+def _summary(arrivals: list) -> dict:
+    return {"total": [a.total for a in arrivals], "corrupt": [a.corrupt for a in arrivals],
+            "last": [a.last for a in arrivals], "latencies": [a.latencies for a in arrivals]}
+
+
+async def _child(args) -> None:
+    from . import peer  # noqa: PLC0415
+
+    arrivals = [peer.Arrivals([args.key], args.size) for _ in range(args.count)]
+    if args.kind == "ws":
+        openers = [lambda a=a: open_pull_socket(args.target, a, args.key, args.expected) for a in arrivals]
+    else:
+        openers = [lambda a=a: open_nats_subscriber(int(args.target), a, args.key, args.expected) for a in arrivals]
+    receivers = await peer.open_all(openers)
+    print("ready", flush=True)
+    await peer.all_done(receivers, time.monotonic() + args.seconds)
+    for receiver in receivers:
+        receiver.close()
+    sys.stdout.write(orjson.dumps(_summary(arrivals)).decode() + "\n")
+    sys.stdout.flush()
+
+
+class Received:
+    """What one receiver got, as a child process reported it (the fields `fanout_result` reads)."""
+
+    def __init__(self, total: int, corrupt: int, last: float, latencies: list):
+        self.total, self.corrupt, self.last, self.latencies = total, corrupt, last, latencies
+
+
+class Spread:
+    """`count` receivers over `processes` child processes: `async with Spread(...) as spread:` opens
+    them all; `await spread.results(limit)` waits for each child's report (every receiver done, or its
+    time up) and gives one `Received` per receiver."""
+
+    def __init__(self, kind: str, target: str, key: str, count: int, expected: int, size: int, seconds: float,
+                 processes: int = 2):
+        shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+        self.commands = [[sys.executable, "-m", "benchmarks.pullers", kind, target, key, str(n), str(expected),
+                          str(size), str(seconds)] for n in shares if n]
+        self.children: list[asyncio.subprocess.Process] = []
+
+    async def __aenter__(self) -> "Spread":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        try:
+            for command in self.commands:
+                self.children.append(await asyncio.create_subprocess_exec(
+                    *command, stdout=asyncio.subprocess.PIPE, env=env, limit=256 * 2**20))  # (a report is one line)
+            for child in self.children:
+                line = await asyncio.wait_for(child.stdout.readline(), 240)
+                if line.strip() != b"ready":
+                    raise RuntimeError(f"a receiver process failed to open its connections: {line[:200]!r}")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def results(self, limit: float) -> list[Received]:
+        out: list[Received] = []
+        for child in self.children:
+            line = await asyncio.wait_for(child.stdout.readline(), limit)
+            report = orjson.loads(line)
+            out += [Received(*fields) for fields in zip(report["total"], report["corrupt"], report["last"],
+                                                         report["latencies"])]
+        return out
+
+    async def __aexit__(self, *exc_info) -> None:
+        for child in self.children:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+
+
+def main(argv=None) -> None:
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pullers")
+    parser.add_argument("kind", choices=["ws", "nats"])
+    parser.add_argument("target", help="the pull socket's URL (ws) or nats-server's port (nats)")
+    parser.add_argument("key")
+    for name in ("count", "expected", "size"):
+        parser.add_argument(name, type=int)
+    parser.add_argument("seconds", type=float, help="how long to wait for every entry, at most")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop  # noqa: PLC0415
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(_child(args))
+
+
+if __name__ == "__main__":
+    main()

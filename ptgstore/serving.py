@@ -83,7 +83,10 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # (none when the handshake was refused)
         if scope is not None:
-            scope["extensions"][FRAMES] = FrameSink(self)
+            extensions = scope.get("extensions")
+            if extensions is None:
+                extensions = scope["extensions"] = {}
+            extensions[FRAMES] = FrameSink(self)
 
     def shutdown(self) -> None:
         open_socket = (self.handshake_complete and not self.close_sent and not self.transport_lost

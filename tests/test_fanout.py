@@ -3,14 +3,16 @@ frames made once, byte-exact for every socket, in order, and a socket that canno
 back to its own task without holding up the others."""
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import socket
 
 import msgpack
 import orjson
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
-from websockets.sync.client import connect
 from wsutil import push, read_delivery, ws_connect
 
 from conftest import live_server, make_settings, wait_until
@@ -98,40 +100,80 @@ def test_waiting_sockets_get_each_entry_written_directly_in_their_codec_and_coun
     assert sorted(d.sent for d in directs if d is not None) == [12, 12, 18, 24]
 
 
+class SilentPuller:
+    """A pull socket whose client reads nothing until told to: the handshake over a plain TCP socket,
+    then the server's frames left in the kernel's buffers (a client library would read them into its own)."""
+
+    def __init__(self, server, path: str):
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path}?token={server.token()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.reader = StreamReader()
+
+    def deliveries(self, count: int) -> list:
+        """Read and parse `count` deliveries (header and blob messages) as [(sid, id, bytes)]."""
+        frames: list[Frame] = []
+        parser = Frame.parse(self.reader.read_exact, mask=False)
+        next(parser)
+        while len(frames) < 2 * count:
+            self.reader.feed_data(self.sock.recv(1 << 20))
+            while True:
+                try:
+                    next(parser)
+                    break  # (needs more data)
+                except StopIteration as done:
+                    frames.append(done.value)
+                    parser = Frame.parse(self.reader.read_exact, mask=False)
+        out = []
+        for header, blob in zip(frames[0::2], frames[1::2]):
+            assert header.opcode == Opcode.TEXT and blob.opcode == Opcode.BINARY
+            items = orjson.loads(header.data)
+            ends = [item[2] for item in items[1:]] + [len(blob.data)]
+            out += [(sid, entry_id, bytes(blob.data[start:end])) for (sid, entry_id, start), end in zip(items, ends)]
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_a_socket_that_takes_nothing_falls_back_to_its_task_and_holds_up_no_other(server, rdb):
     hub = server.app.state.hub
     size, count = 256 * 1024, 100  # 25 MB: more than the kernel's socket buffers hold for a reader that stops
     entries = [bytes([i]) * size for i in range(count)]
-    token = server.token()
-    with connect(f"{server.ws_url}/data/cam/pull?token={token}", open_timeout=10, max_size=None,
-                 compression=None, max_queue=1) as slow, contextlib.ExitStack() as stack:  # (slow: its client
-        # stops reading after one message)
-        wait_until(lambda: _all_parked(hub, "cam", 1), what="the slow socket waiting")
+    slow = SilentPuller(server, "/data/cam/pull")
+    try:
+        wait_until(lambda: _all_parked(hub, "cam", 1), what="the silent socket waiting")
         (slow_sub,) = hub.followers["cam"].readers
-        fast = stack.enter_context(ws_connect(server, "/data/cam/pull"))
-        wait_until(lambda: _all_parked(hub, "cam", 2), what="both sockets waiting")
-        got_fast: list = []
-        with ws_connect(server, "/data/cam/push", ack="true") as pusher:
-            for data in entries:
-                pusher.send(data)
+        with ws_connect(server, "/data/cam/pull") as fast:
+            wait_until(lambda: _all_parked(hub, "cam", 2), what="both sockets waiting")
+            got_fast: list = []
+            with ws_connect(server, "/data/cam/push", ack="true") as pusher:
+                for data in entries:
+                    pusher.send(data)
+                    pusher.recv(timeout=30)
+                    got_fast += read_delivery(fast, timeout=30)  # the fast socket keeps up, entry by entry
+            assert [data for _, _, data in got_fast] == entries
+            # the silent socket could not take them all: its task took over, waiting for its transport
+            assert slow_sub.direct.sent < count
+            got_slow = slow.deliveries(count)
+            assert [entry_id for _, entry_id, _ in got_slow] == [entry_id for _, entry_id, _ in got_fast]
+            assert [data for _, _, data in got_slow] == entries
+            # once it caught up, the follower writes to it directly again
+            wait_until(lambda: slow_sub.parked, what="the slow socket waiting again")
+            sent = slow_sub.direct.sent
+            with ws_connect(server, "/data/cam/push", ack="true") as pusher:
+                pusher.send(b"one more")
                 pusher.recv(timeout=30)
-                got_fast += read_delivery(fast, timeout=30)  # the fast socket keeps up, entry by entry
-        assert [data for _, _, data in got_fast] == entries
-        # the slow socket could not take them all: its task took over, waiting for its transport
-        assert slow_sub.direct.sent < count
-        got_slow: list = []
-        while len(got_slow) < count:
-            got_slow += read_delivery(slow, timeout=30)
-        assert [entry_id for _, entry_id, _ in got_slow] == [entry_id for _, entry_id, _ in got_fast]
-        assert [data for _, _, data in got_slow] == entries
-        # once it caught up, the follower writes to it directly again
-        wait_until(lambda: slow_sub.parked, what="the slow socket waiting again")
-        sent = slow_sub.direct.sent
-        with ws_connect(server, "/data/cam/push", ack="true") as pusher:
-            pusher.send(b"one more")
-            pusher.recv(timeout=30)
-        assert read_delivery(slow)[0][2] == b"one more" == read_delivery(fast)[0][2]
-        assert slow_sub.direct.sent == sent + 1
+            assert slow.deliveries(1)[0][2] == b"one more" == read_delivery(fast)[0][2]
+            assert slow_sub.direct.sent == sent + 1
+    finally:
+        slow.close()
 
 
 def test_large_deliveries_reach_every_socket_byte_exact(tmp_path, redis_server, rdb):

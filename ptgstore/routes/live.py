@@ -27,7 +27,7 @@ def _push_options(params):
     }
 
 
-class _Endpoint:
+class Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
@@ -52,7 +52,8 @@ async def _push(ws: WebSocket, receive, send) -> None:
         sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
             raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
-    store = ws.app.state.store
+    producer = _producer(ws, options["ack"])
+    add = ws.app.state.store.add if producer is None else producer.add
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
     sink = ws.scope.get("extensions", {}).get(FRAMES)
@@ -64,16 +65,28 @@ async def _push(ws: WebSocket, receive, send) -> None:
             entries = split_batch(header, blob, path_sid, options["offsets"])
         else:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
-        ids = await store.add(entries)
+        ids = await add(entries)
         if options["ack"]:
             if sink is not None and sink.ready():
                 sink.write((text_frame(",".join(ids)),))
             else:
                 await send({"type": "websocket.send", "text": ",".join(ids)})
-        tally(len(ids), len(blob) if batched else len(entries[0][2]))
+        if producer is None or not producer.repeated:  # a resend stored nothing
+            tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 
-push = _Endpoint(_push_session)
+def _producer(ws: WebSocket, ack: bool):
+    """The socket's producer (`producer=` and `seq=`, see producers.py), or None for a plain push."""
+    name, first = ws.query_params.get("producer"), ws.query_params.get("seq")
+    if name is None and first is None:
+        return None
+    if name is None or first is None or not ack:
+        raise errors.Refused("an idempotent push needs producer=, seq= and ack=true together")
+    caller = ws.scope.get("state", {}).get("caller")
+    return ws.app.state.producers.session(name, caller.user if caller else "", first)
+
+
+push = Endpoint(_push_session)
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -148,7 +161,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = _Endpoint(_pull_session)
+pull = Endpoint(_pull_session)
 
 
 async def _newest_cursors(store, sids, cursors, count):

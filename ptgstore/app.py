@@ -13,7 +13,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from . import errors, metrics, serving
-from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
+from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard
+from .deployment import ephemeral_disk_problems
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis
 from .hub import Hub
@@ -27,6 +28,8 @@ log = logging.getLogger("ptgstore")
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
+    Route("/token/derive", tokens.derive_token, methods=["POST"]),
+    Route("/token/scope", tokens.token_scope, methods=["GET"]),
     Route("/ping", misc.ping, methods=["GET"]),
     Route("/ping/error", misc.ping_error, methods=["GET"]),
     Route("/metrics", metrics.scrape, methods=["GET"]),

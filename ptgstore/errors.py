@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .framing import FramingError
+from .permissions import BadPatterns, Forbidden
 from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -62,6 +63,8 @@ TABLE: dict[type[BaseException], Reply] = {
     WrongMessageType: Reply(400, UNSUPPORTED),
     FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
     TooLarge: Reply(413, TOO_BIG),
+    Forbidden: Reply(403, POLICY),  # a valid token without the permission (the reason names it)
+    BadPatterns: Reply(400, INVALID),  # a malformed read/write pattern asked of /token/derive
     StoreUnavailable: Reply(503, SERVER_ERROR),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR)

@@ -23,7 +23,7 @@ VERDICTS = 4096  # stream ids whose verdict one scope remembers
 _WILDCARDS = frozenset("*?[]")
 
 
-class Forbidden(PermissionError):
+class Forbidden(Exception):  # not PermissionError: that is an OSError, which routes take for a client gone
     """A valid token without the permission a request needs (403 over HTTP, close 1008)."""
 
 

@@ -455,3 +455,31 @@ def test_pattern_syntax_and_coverage_examples():
     scope = Scope.of(Rights(("hl1:*",), (), False), Rights(("*:main",), ("*",), True))
     assert scope.can_read("hl1:main") and not scope.can_read("hl1:depth") and not scope.can_read("hl2:main")
     assert not scope.can_write("hl1:main") and not scope.admin
+
+
+# -- what clients show -----------------------------------------------------------------------------
+
+def test_the_python_client_raises_forbidden_with_the_reason(lab):
+    from ptgstore.client import AuthError, Client, Forbidden, StreamClosed, StreamForbidden
+
+    with Client(lab.url, username="viewer", password="viewer") as viewer:
+        assert viewer.streams() == ["hl1:main", "hl2:main"]
+        assert viewer.permissions()["read"] == ["*:main"]
+        with pytest.raises(Forbidden) as refused:
+            viewer.latest("lab:imu")
+        assert refused.value.status == 403 and refused.value.detail == "forbidden: no read permission on stream 'lab:imu'"
+        assert isinstance(refused.value, AuthError)  # code that caught AuthError still does
+        with pytest.raises(Forbidden, match="no write permission on stream 'hl1:main'"):
+            viewer.push("hl1:main", [b"x"])  # one entry: an HTTP upload
+        with pytest.raises(StreamForbidden) as closed:
+            viewer.push("hl1:main", [b"x", b"y"])  # several: a push socket
+        assert closed.value.code == 1008 and "no write permission on stream 'hl1:main'" in str(closed.value)
+        assert isinstance(closed.value, StreamClosed) and isinstance(closed.value, Forbidden)
+        with pytest.raises(StreamForbidden):
+            list(viewer.pull("hl1:main+lab:imu", last_entry_id="0", limit=1))
+        narrow = viewer.derive_token(read=["hl1:main"], ttl=60)
+        with pytest.raises(Forbidden, match="more than"):
+            viewer.derive_token(read=["*"])
+    with Client(lab.url, token=narrow) as narrowed:
+        assert narrowed.streams() == ["hl1:main"]
+        assert [e.data for e in narrowed.latest("hl1:main")] == [JPEG]

@@ -310,6 +310,30 @@ def test_derive_by_json_and_from_the_cookie_only_from_the_own_origin(lab):
     assert refused.status_code == 403 and "cross-site" in refused.json()["detail"]
 
 
+def test_hostile_derive_requests_get_a_reason_and_change_nothing(lab):
+    admin = lab.token("admin")
+    headers = {"Authorization": f"Bearer {admin}"}
+    many = "&".join(f"read=p{i}" for i in range(33))
+    form = {**headers, "content-type": "application/x-www-form-urlencoded"}
+    assert httpx.post(lab.url + "/token/derive", headers=form, content=many).status_code == 400
+    for body in ({"read": [{"a": 1}]}, {"read": ["x" * 300]}, {"read": ["*"], "ttl": True},
+                 {"read": ["*"], "ttl": 1.5}, {"read": [None]}, {"write": ["\x00"]}, ["read"], {"read": ["*"] * 40}):
+        reply = httpx.post(lab.url + "/token/derive", headers=headers, json=body)
+        assert reply.status_code == 400 and reply.json()["detail"], body
+    not_json = httpx.post(lab.url + "/token/derive", headers={**headers, "content-type": "application/json"},
+                          content=b"{read")
+    assert not_json.status_code == 400
+    # no token, a bad token: as every protected route
+    assert httpx.post(lab.url + "/token/derive", data={"read": "*"}).status_code == 401
+    assert httpx.post(lab.url + "/token/derive", params={"token": "x.y.z"}, data={"read": "*"}).status_code == 401
+    # the query place works like the header (a browser's socket-style token)
+    assert httpx.post(lab.url + "/token/derive", params={"token": admin}, data={"read": "*"}).status_code == 200
+    # an admin may hand out admin, within its own lifetime
+    short = derive(lab, admin, admin="true", read="*", ttl="30").json()["access_token"]
+    assert forbidden(derive(lab, short, admin="true", read="*", ttl="31"), "ttl")
+    assert derive(lab, short, admin="true", read="*", ttl="20").status_code == 200
+
+
 def test_changed_permissions_apply_at_the_next_request(lab):
     data_dir = lab.settings.data_dir
     viewer = lab.token("viewer")  # follows the account
@@ -358,6 +382,7 @@ def test_user_commands_manage_permissions(tmp_path):
                     stdin="pw\n").returncode == 0
     listed = ptgstore(data_dir, "user", "ls").stdout.splitlines()
     assert listed == ["alice  read hl1:*; write hl1:*", "ops    read *; write -; admin", "root   full access"]
+    assert (tmp_path / "data" / "users.json").stat().st_mode & 0o077 == 0  # other accounts read nothing
     users = json.loads((tmp_path / "data" / "users.json").read_text())
     assert isinstance(users["root"], str)  # full access keeps the format earlier versions read
     assert users["alice"]["read"] == ["hl1:*"] and users["alice"]["admin"] is False

@@ -508,3 +508,111 @@ def test_the_python_client_raises_forbidden_with_the_reason(lab):
     with Client(lab.url, token=narrow) as narrowed:
         assert narrowed.streams() == ["hl1:main"]
         assert [e.data for e in narrowed.latest("hl1:main")] == [JPEG]
+
+
+# -- every route of the routing table x the three users ------------------------------------------------
+
+from starlette.routing import Route, WebSocketRoute  # noqa: E402
+
+H, V, A = "headset", "viewer", "admin"
+EVERYONE = {H, V, A}
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+# (method, route path) -> (concrete path, request options, the users allowed); run in this order,
+# each user in the order headset, viewer, admin (so that what the admin changes comes last)
+REST_MATRIX = {
+    ("POST", "/token"): ("/token", {"data": {"username": "viewer", "password": "viewer"}}, EVERYONE),
+    ("POST", "/token/derive"): ("/token/derive", {"data": {"read": "hl1:main"}}, {V, A}),
+    ("GET", "/token/scope"): ("/token/scope", {}, EVERYONE),
+    ("GET", "/ping"): ("/ping", {}, EVERYONE),
+    ("GET", "/ping/error"): ("/ping/error", {}, set()),  # a deliberate 500 for everyone
+    ("GET", "/metrics"): ("/metrics", {}, {A}),
+    ("GET", "/openapi.json"): ("/openapi.json", {}, EVERYONE),
+    ("GET", "/docs"): ("/docs", {}, EVERYONE),
+    ("GET", "/docs/static/{name}"): ("/docs/static/swagger-ui.css", {}, EVERYONE),
+    ("GET", "/streams"): ("/streams", {}, EVERYONE),
+    ("GET", "/streams/{sid:path}"): ("/streams/hl1:main", {}, {V, A}),
+    ("PUT", "/streams/{sid:path}"): ("/streams/hl1:main", {"json": {"k": 1}}, {A}),
+    ("DELETE", "/streams/{sid:path}"): ("/streams/hl1:gone", {}, {A}),
+    ("GET", "/data/{sid:path}"): ("/data/hl1:main", {"params": {"last_entry_id": "0"}}, {V, A}),
+    ("POST", "/data/{sid:path}"): ("/data/hl1:main", {"files": [("f", ("f", JPEG))]}, {H, A}),
+    ("GET", "/mjpeg/{sid:path}"): ("/mjpeg/hl1:main", {"params": {"last_entry_id": "*"}}, {V, A}),
+    ("GET", "/status"): ("/status", {}, {A}),
+    ("GET", "/status/streams"): ("/status/streams", {}, EVERYONE),
+    ("GET", "/"): ("/", {}, EVERYONE),
+    ("GET", "/recordings"): ("/recordings", {}, EVERYONE),
+    ("GET", "/recordings/current"): ("/recordings/current", {}, EVERYONE),
+    ("GET", "/recordings/{rec_id:path}"): ("/recordings/mains", {}, {V, A}),
+    ("GET", "/recordings/static/{rec_id}/{name:path}"): ("/recordings/static/mains/info.json", {}, {V, A}),
+    ("PUT", "/recordings/start"): ("/recordings/start", {"params": {"sid": "hl1:main"}}, {V, A}),
+    ("PUT", "/recordings/stop"): ("/recordings/stop", {}, EVERYONE),  # nothing is active: nothing to refuse
+    ("PUT", "/recordings/{rec_id}/hide"): ("/recordings/mains/hide", {}, {A}),
+    ("PUT", "/recordings/{rec_id}/unhide"): ("/recordings/mains/unhide", {}, {A}),
+    ("POST", "/recordings/upload/{rec_id}/{name:path}"): ("/recordings/upload/mains/notes.txt",
+                                                          {"files": [("f", ("f", b"notes"))]}, {A}),
+    ("DELETE", "/recordings/cache"): ("/recordings/cache", {}, {A}),
+    ("PUT", "/recordings/{rec_id}/rename/{new_id:path}"): ("/recordings/spare/rename/spare2", {}, {A}),
+    ("DELETE", "/recordings/{rec_id:path}"): ("/recordings/spare2", {}, {A}),
+}
+# route path -> (concrete path, query, the users allowed)
+SOCKET_MATRIX = {
+    "/data/{sid:path}/push": ("/data/hl1:main/push", {"ack": "true"}, {H, A}),
+    "/data/{sid:path}/pull": ("/data/hl1:main/pull", {"last_entry_id": "0"}, {V, A}),
+    "/recordings/replay": ("/recordings/replay", {"rec_id": "mains", "prefix": "copy-", "fullspeed": "true"}, {A}),
+}
+
+
+def _rest_outcome(http: httpx.Client, method: str, path: str, options: dict) -> int:
+    if path.startswith("/mjpeg/"):
+        with http.stream(method, path, **options) as reply:
+            if reply.status_code == 200:
+                next(reply.iter_bytes())  # the first part arrives: served
+            else:
+                reply.read()
+            return reply.status_code
+    reply = http.request(method, path, **options)
+    if reply.status_code == 403:
+        assert reply.json()["detail"].startswith("forbidden:"), (method, path, reply.text)
+    if method == "PUT" and path == "/recordings/start" and reply.status_code == 200:
+        assert http.put("/recordings/stop").json() == 1
+    return reply.status_code
+
+
+def _socket_outcome(server, token: str, path: str, query: dict) -> int | tuple:
+    with ws_connect(server, path, token=token, **query) as ws:
+        try:
+            if path.endswith("/push"):
+                ws.send(b"entry")
+            message = ws.recv(timeout=30)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code, closed.rcvd.reason
+        return "served" if message else "empty"
+
+
+def test_every_route_refuses_exactly_what_each_user_may_not_do(lab):
+    routes = {(m, r.path) for r in lab.app.routes if isinstance(r, Route) for m in r.methods - {"HEAD"}}
+    assert routes == set(REST_MATRIX), f"routes missing from the matrix: {routes ^ set(REST_MATRIX)}"
+    sockets = {r.path for r in lab.app.routes if isinstance(r, WebSocketRoute)}
+    assert sockets == set(SOCKET_MATRIX), f"socket routes missing from the matrix: {sockets ^ set(SOCKET_MATRIX)}"
+    with client(lab, lab.token("admin")) as admin:
+        assert admin.post("/data/hl1:gone", files=[("f", ("f", b"x"))]).status_code == 200
+    record(lab, lab.token("admin"), "mains", "hl1:main+hl2:main")
+    record(lab, lab.token("admin"), "spare", "hl1:main")
+    outcomes = {}
+    for (method, route), (path, options, allowed) in REST_MATRIX.items():
+        for user in (H, V, A):
+            with client(lab, lab.token(user)) as http:
+                status = _rest_outcome(http, method, path, options)
+            outcomes[(method, route, user)] = status
+            if route == "/ping/error":
+                assert status == 500
+            elif user in allowed:
+                assert status in (200, 201), f"{user} refused {method} {path}: {status}"
+            else:
+                assert status == 403, f"{user} allowed {method} {path}: {status}"
+    for route, (path, query, allowed) in SOCKET_MATRIX.items():
+        for user in (H, V, A):
+            outcome = _socket_outcome(lab, lab.token(user), path, query)
+            if user in allowed:
+                assert outcome == "served", f"{user} refused {path}: {outcome}"
+            else:
+                assert outcome[0] == 1008 and outcome[1].startswith("forbidden:"), f"{user} on {path}: {outcome}"

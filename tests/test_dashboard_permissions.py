@@ -7,7 +7,7 @@ import pytest
 from conftest import live_server, make_settings
 from ptgstore.permissions import Rights
 from test_dashboard import ARGS, CHROMIUM, WAIT, Watched, expect, jpeg, sync_api  # noqa: F401 - skips as it does
-from test_permissions import users_file
+from permissionlab import users_file
 
 pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__("os").X_OK),
                                 reason=f"{CHROMIUM} is not installed (apt-get install chromium)")

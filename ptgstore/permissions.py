@@ -12,6 +12,7 @@ character, `[abc]` / `[!abc]` one of / none of; everything else stands for itsel
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -19,7 +20,8 @@ from typing import Iterable, Sequence
 PERMISSIONS = ("read", "write", "admin")
 MAX_PATTERNS = 32  # per list: a token travels in URLs, whose length servers bound
 MAX_PATTERN_BYTES = 256  # as long as a stream id
-VERDICTS = 4096  # stream ids whose verdict one scope remembers
+VERDICTS = 256  # stream ids whose verdict one grant remembers (a token's scope is kept per token)
+LAYERS = 1024  # compiled pattern lists kept, shared by every token and account listing the same
 _WILDCARDS = frozenset("*?[]")
 
 
@@ -89,8 +91,13 @@ class Layer:
         return any(_plain_glob(ours) and fnmatch.fnmatchcase(pattern, ours) for ours in self.patterns)
 
 
-EVERY = Layer(("*",))
-NONE = Layer(())
+@functools.lru_cache(maxsize=LAYERS)
+def layer(patterns: tuple[str, ...]) -> Layer:
+    """The compiled layer of `patterns`, compiled once for every scope that lists the same."""
+    return Layer(patterns)
+
+
+NONE = layer(())
 
 
 class Grant:
@@ -177,7 +184,7 @@ class Scope:
     @classmethod
     def of(cls, *rights: Rights) -> "Scope":
         """The intersection of several written-down rights (a token's claim and its account's)."""
-        return cls(Grant(Layer(r.read) for r in rights), Grant(Layer(r.write) for r in rights),
+        return cls(Grant(layer(r.read) for r in rights), Grant(layer(r.write) for r in rights),
                    all(r.admin for r in rights))
 
     @property

@@ -196,8 +196,9 @@ def _asked_rights(args):
     if not (args.read or args.write or args.admin):
         return None
     try:
-        return Rights(check_patterns(args.read or [], "read patterns"),
-                      check_patterns(args.write or [], "write patterns"), bool(args.admin))
+        rights = Rights(check_patterns(args.read or [], "read patterns"),
+                        check_patterns(args.write or [], "write patterns"), bool(args.admin))
+        return rights.claimable() if args.command == "token" else rights
     except BadPatterns as exc:
         raise SettingsError(str(exc)) from None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -20,6 +21,7 @@ from typing import Iterable, Sequence
 PERMISSIONS = ("read", "write", "admin")
 MAX_PATTERNS = 32  # per list: a token travels in URLs, whose length servers bound
 MAX_PATTERN_BYTES = 256  # as long as a stream id
+MAX_CLAIM_BYTES = 2048  # a token's scope claim: tokens travel in WebSocket URLs, which servers bound (8 KiB)
 VERDICTS = 256  # stream ids whose verdict one grant remembers (a token's scope is kept per token)
 LAYERS = 1024  # compiled pattern lists kept, shared by every token and account listing the same
 _WILDCARDS = frozenset("*?[]")
@@ -156,6 +158,14 @@ class Rights:
 
     def as_claim(self) -> dict:
         return {"read": list(self.read), "write": list(self.write), "admin": self.admin}
+
+    def claimable(self) -> "Rights":
+        """These rights when they fit in a token's claim, else BadPatterns saying so."""
+        size = len(json.dumps(self.as_claim(), separators=(",", ":")).encode())
+        if size > MAX_CLAIM_BYTES:
+            raise BadPatterns(f"the patterns take {size} bytes, more than a token carries ({MAX_CLAIM_BYTES}): "
+                              "ask for fewer or shorter ones")
+        return self
 
     @property
     def full(self) -> bool:

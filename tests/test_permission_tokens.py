@@ -78,7 +78,7 @@ def test_hostile_derive_requests_get_a_reason_and_change_nothing(lab):
     many = "&".join(f"read=p{i}" for i in range(33))
     form = {**headers, "content-type": "application/x-www-form-urlencoded"}
     assert httpx.post(lab.url + "/token/derive", headers=form, content=many).status_code == 400
-    for body in ({"read": [{"a": 1}]}, {"read": ["x" * 300]}, {"read": ["*"], "ttl": True},
+    for body in ({"read": [{"a": 1}]}, {"read": ["x" * 300]}, {"read": [f"{i}" + "x" * 200 for i in range(12)]}, {"read": ["*"], "ttl": True},
                  {"read": ["*"], "ttl": 1.5}, {"read": [None]}, {"write": ["\x00"]}, ["read"], {"read": ["*"] * 40}):
         reply = httpx.post(lab.url + "/token/derive", headers=headers, json=body)
         assert reply.status_code == 400 and reply.json()["detail"], body

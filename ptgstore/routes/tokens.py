@@ -90,7 +90,7 @@ async def derive_token(request: Request) -> Response:
     if not isinstance(admin, bool):
         admin = query_bool({"admin": str(admin)}, "admin")
     wanted = Rights(check_patterns(fields.get("read", []), "read patterns"),
-                    check_patterns(fields.get("write", []), "write patterns"), admin)
+                    check_patterns(fields.get("write", []), "write patterns"), admin).claimable()
     if not (wanted.read or wanted.write or wanted.admin):
         raise HTTPException(400, "ask for at least one read or write pattern, or admin=true")
     caller.narrowed(wanted)

@@ -3,10 +3,14 @@ read `*:main`, and an admin, each refused exactly what they may not do (REST, pu
 MJPEG, status, metrics, recordings), over every route of the routing table."""
 from __future__ import annotations
 
+import struct
+
 import httpx
 import msgpack
+import orjson
 from starlette.routing import Route, WebSocketRoute
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from conftest import live_server, make_settings
 from permissionlab import JPEG, SEEDED, client, forbidden, record, socket_refusal, stream_ids, users_file
@@ -229,6 +233,7 @@ SOCKET_MATRIX = {
     "/data/{sid:path}/push": ("/data/hl1:main/push", {"ack": "true"}, {H, A}),
     "/data/{sid:path}/pull": ("/data/hl1:main/pull", {"last_entry_id": "0"}, {V, A}),
     "/recordings/replay": ("/recordings/replay", {"rec_id": "mains", "prefix": "copy-", "fullspeed": "true"}, {A}),
+    "/foxglove": None,  # a socket of its own protocol: test_foxglove_advertises_only_readable_streams...
 }
 
 
@@ -280,10 +285,52 @@ def test_every_route_refuses_exactly_what_each_user_may_not_do(lab):
                 assert status in (200, 201), f"{user} refused {method} {path}: {status}"
             else:
                 assert status == 403, f"{user} allowed {method} {path}: {status}"
-    for route, (path, query, allowed) in SOCKET_MATRIX.items():
+    for route, case in SOCKET_MATRIX.items():
+        if case is None:
+            continue
+        path, query, allowed = case
         for user in (H, V, A):
             outcome = _socket_outcome(lab, lab.token(user), path, query)
             if user in allowed:
                 assert outcome == "served", f"{user} refused {path}: {outcome}"
             else:
                 assert outcome[0] == 1008 and outcome[1].startswith("forbidden:"), f"{user} on {path}: {outcome}"
+
+
+# -- the Foxglove endpoint ------------------------------------------------------------------------------
+
+FOXGLOVE = "foxglove.websocket.v1"
+
+
+def foxglove_session(server, token: str, publish_to: str) -> tuple[set[str], list[dict]]:
+    """The topics a Foxglove socket is advertised, and the error statuses it gets for advertising a
+    client channel on `publish_to` and sending one message on it."""
+    with connect(f"{server.ws_url}/foxglove?token={token}", subprotocols=[FOXGLOVE], open_timeout=10,
+                 compression=None) as ws:
+        ws.send(orjson.dumps({"op": "advertise", "channels": [
+            {"id": 7, "topic": publish_to, "encoding": "application/octet-stream", "schemaName": ""}]}).decode())
+        ws.send(b"\x01" + struct.pack("<I", 7) + b"published")
+        ws.send('{"op": "no such op"}')  # its error status comes after everything the above caused
+        topics, errors_seen = set(), []
+        while True:
+            message = orjson.loads(ws.recv(timeout=30))
+            if message["op"] == "advertise":
+                topics |= {channel["topic"] for channel in message["channels"]}
+            elif message["op"] == "status" and message["level"] == 2:
+                if "unsupported op 'no such op'" in message["message"]:
+                    break
+                errors_seen.append(message)
+    return topics, errors_seen
+
+
+def test_foxglove_advertises_only_readable_streams_and_publishes_only_where_the_token_may_write(lab, rdb):
+    admin_topics, admin_errors = foxglove_session(lab, lab.token("admin"), "lab:imu")
+    assert set(SEEDED) <= admin_topics and admin_errors == []
+    viewer_topics, viewer_errors = foxglove_session(lab, lab.token("viewer"), "hl1:main")
+    assert viewer_topics == {"hl1:main", "hl2:main"}
+    assert any("may not write to hl1:main" in e["message"] for e in viewer_errors)
+    headset_topics, headset_errors = foxglove_session(lab, lab.token("headset"), "hl1:main")
+    assert headset_topics == set() and not any("may not write" in e["message"] for e in headset_errors)
+    published = [fields[b"d"] for _, fields in rdb.xrange("hl1:main") if fields.get(b"d") == b"published"]
+    assert len(published) == 1  # the headset's; the viewer's was never stored
+    assert any(fields.get(b"d") == b"published" for _, fields in rdb.xrange("lab:imu"))

@@ -94,6 +94,8 @@ def test_push_sockets_refuse_streams_the_token_may_not_write(lab, rdb):
         assert ws.recv(timeout=10).count("-") == 1
     code, reason = socket_refusal(lab, headset, "/data/hl2:main/push", [b"x"])
     assert code == 1008 and reason == "forbidden: no write permission on stream 'hl2:main'"
+    code, reason = socket_refusal(lab, headset, "/data/hl2:main/push", [b"x"], producer="p1", seq="1", ack="true")
+    assert code == 1008 and reason == "forbidden: no write permission on stream 'hl2:main'"  # idempotent too
     code, reason = socket_refusal(lab, headset, "/data/hl1:a+hl2:b/push", batch="true")
     assert code == 1008 and "'hl2:b'" in reason
     code, reason = socket_refusal(lab, viewer, "/data/hl1:main/push", [b"x"])

@@ -26,7 +26,7 @@ def _push_options(params):
     }
 
 
-class _Endpoint:
+class Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
@@ -54,7 +54,8 @@ async def _push(ws: WebSocket, receive, send) -> None:
     # a `*` push names its streams in each batch: each batch is checked whole before it is stored
     scope = require(ws, "write", sids if path_sid != "*" else [])
     check_each_batch = path_sid == "*" and not scope.write.everything
-    store = ws.app.state.store
+    producer = _producer(ws, options["ack"])
+    add = ws.app.state.store.add if producer is None else producer.add
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
     while True:
@@ -67,13 +68,25 @@ async def _push(ws: WebSocket, receive, send) -> None:
                 scope.require("write", {sid for sid, _, _ in entries})
         else:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
-        ids = await store.add(entries)
+        ids = await add(entries)
         if options["ack"]:
             await send({"type": "websocket.send", "text": ",".join(ids)})
-        tally(len(ids), len(blob) if batched else len(entries[0][2]))
+        if producer is None or not producer.repeated:  # a resend stored nothing
+            tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 
-push = _Endpoint(_push_session)
+def _producer(ws: WebSocket, ack: bool):
+    """The socket's producer (`producer=` and `seq=`, see producers.py), or None for a plain push."""
+    name, first = ws.query_params.get("producer"), ws.query_params.get("seq")
+    if name is None and first is None:
+        return None
+    if name is None or first is None or not ack:
+        raise errors.Refused("an idempotent push needs producer=, seq= and ack=true together")
+    caller = ws.scope.get("state", {}).get("caller")
+    return ws.app.state.producers.session(name, caller.user if caller else "", first)
+
+
+push = Endpoint(_push_session)
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -149,7 +162,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = _Endpoint(_pull_session)
+pull = Endpoint(_pull_session)
 
 
 async def _newest_cursors(store, sids, cursors, count):

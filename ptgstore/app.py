@@ -15,7 +15,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from . import errors, guards, metrics, ownkeys, policyfile, serving
-from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard, ephemeral_disk_problems
+from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard
+from .deployment import ephemeral_disk_problems
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis, recorded_run_id
 from .hub import Hub
@@ -33,6 +34,8 @@ PASSWORD_CHECKS = 2
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
+    Route("/token/derive", tokens.derive_token, methods=["POST"]),
+    Route("/token/scope", tokens.token_scope, methods=["GET"]),
     Route("/ping", misc.ping, methods=["GET"]),
     Route("/ping/error", misc.ping_error, methods=["GET"]),
     Route("/metrics", metrics.scrape, methods=["GET"]),

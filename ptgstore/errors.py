@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from .framing import FramingError
 from .mcapread import RecordTooLarge, UnreadableRecording
+from .permissions import BadPatterns, Forbidden
 from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
@@ -64,6 +65,8 @@ TABLE: dict[type[BaseException], Reply] = {
     WrongMessageType: Reply(400, UNSUPPORTED),
     FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
     TooLarge: Reply(413, TOO_BIG),
+    Forbidden: Reply(403, POLICY),  # a valid token without the permission (the reason names it)
+    BadPatterns: Reply(400, INVALID),  # a malformed read/write pattern asked of /token/derive
     RecordTooLarge: Reply(413, TOO_BIG),  # an MCAP chunk or entry over the limits (a recording, an upload)
     UnreadableRecording: Reply(400, INVALID),  # an MCAP file that is damaged, truncated or compressed otherwise
     SequenceRefused: Reply(409, POLICY),  # a producer's batch number the server cannot vouch for (push sockets)

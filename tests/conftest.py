@@ -113,3 +113,4 @@ def redis_6_2(tmp_path_factory):
 
 
 from cluster import cluster, redis_cluster  # noqa: E402,F401 - the Redis Cluster fixtures (tests/cluster.py)
+from permissionlab import lab  # noqa: E402,F401 - the permission tests' users server (tests/permissionlab.py)

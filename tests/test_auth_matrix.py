@@ -24,6 +24,7 @@ PUBLIC_MOUNTS = {"/docs/static", "/static"}  # the dashboard's scripts and style
 BODIES = {
     ("PUT", "/streams/{sid:path}"): {"content": b"{}", "headers": {"content-type": "application/json"}},
     ("POST", "/data/{sid:path}"): {"files": {"f": ("f", b"payload")}},
+    ("POST", "/token/derive"): {"content": b"read=*", "headers": {"content-type": "application/x-www-form-urlencoded"}},
 }
 # answers that never end while the client reads: only their status is looked at
 STREAMING = {("GET", "/mjpeg/{sid:path}")}

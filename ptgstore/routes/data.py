@@ -6,13 +6,17 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id
+from ..framing import (
+    NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id,
+)
+from . import require
 
 
 async def post_entries(request: Request) -> JSONResponse:
     """Every file part of a multipart body is one entry, in order; `*` routes parts by filename."""
     path_sid = request.path_params["sid"]
     target = None if path_sid == "*" else writable_stream_id(path_sid)
+    scope = require(request, "write", [target] if target is not None else [])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "upload entries as multipart/form-data, one file part per entry")
     entries = []
@@ -24,6 +28,8 @@ async def post_entries(request: Request) -> JSONResponse:
             entries.append((sid, "*", await part.read()))
     if not entries:
         raise HTTPException(400, "no file parts in the upload")
+    if target is None:
+        scope.require("write", {sid for sid, _, _ in entries})  # before anything is stored
     ids = await request.app.state.store.add(entries)
     request.app.state.metrics.entries(request, True, len(ids), sum(len(data) for _, _, data in entries))
     return JSONResponse(ids)
@@ -32,6 +38,7 @@ async def post_entries(request: Request) -> JSONResponse:
 async def get_entries(request: Request) -> Response:
     """Entries of one or more streams as one body, located by the `entry-offset` header."""
     sids = unique_stream_ids(request.path_params["sid"])
+    require(request, "read", sids)
     params = request.query_params
     cursors = parse_cursors(params.get("last_entry_id", "*"), len(sids))
     count = parse_count(params.get("count"))

@@ -33,7 +33,8 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
   clientPublish pushes entries.
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
-1008 policy (bad option; a producer's number older than the server remembers), 1009 too big, 1011 store unavailable.
+1008 policy (bad option; a producer's number older than the server remembers; `forbidden: ...` a
+permission the token lacks), 1009 too big, 1011 store unavailable.
 Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie. A refused handshake is an
 HTTP 401 (token) or 403 (origin) with `{"detail": reason}`. Cookie-only POST/PUT/DELETE from another
 site's page: 403.
@@ -54,7 +55,8 @@ def _replies(ok_description, ok_content=None, *codes):
     replies = {"200": {"description": ok_description}}
     if ok_content:
         replies["200"]["content"] = ok_content
-    for code, text in (("400", "malformed request"), ("401", "missing or invalid token"), *codes):
+    for code, text in (("400", "malformed request"), ("401", "missing or invalid token"),
+                       ("403", "the token lacks the permission: `forbidden: ...` names it"), *codes):
         replies[code] = {"description": text, "content": {"application/json": {"schema": DETAIL}}}
     return replies
 
@@ -71,6 +73,21 @@ PATHS = {
         "responses": _replies("token", {"application/json": {"schema": {"type": "object", "properties": {
             "access_token": {"type": "string"}, "token_type": {"type": "string"},
             "expires_in": {"type": "integer"}}}}}),
+    }},
+    "/token/derive": {"post": {
+        "summary": "A narrower token for the calling token's user: every pattern asked for must be covered by "
+                   "the caller's, admin only from an admin, ttl no longer than the caller lives (else 403)",
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": {
+                "read": {"type": "array", "items": {"type": "string"}, "description": "stream-id glob patterns"},
+                "write": {"type": "array", "items": {"type": "string"}, "description": "stream-id glob patterns"},
+                "admin": {"type": "boolean", "default": False},
+                "ttl": {"type": "integer", "minimum": 1, "description": "seconds"}}}}}},
+        "responses": _replies("the narrower token (no cookie)", JSON_ANY),
+    }},
+    "/token/scope": {"get": {
+        "summary": "Who the token names and what it may do: read and write patterns, admin, expiry",
+        "responses": _replies("user, read, write, admin, expires", JSON_ANY),
     }},
     "/ping": {"get": {"summary": "`true` when the store answers", "security": [],
                       "responses": _replies("the store answers", JSON_ANY, ("503", "Redis is unreachable"))}},

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from ..framing import BEGINNING, NEWEST, NOW, cursor_before, parse_count, parse_cursors, parse_entry_id, \
     validate_stream_id
-from . import query_bool
+from . import query_bool, require
 
 BOUNDARY = b"frame"
 MEDIA_TYPE = "multipart/x-mixed-replace; boundary=frame"
@@ -40,6 +40,7 @@ def image_type(data: bytes) -> str | None:
 async def stream(request: Request):
     """`GET /mjpeg/{sid}?last_entry_id=$&count=1&latest=true`."""
     sid = validate_stream_id(request.path_params["sid"])
+    require(request, "read", [sid])
     params = request.query_params
     (cursor,) = parse_cursors(params.get("last_entry_id", NOW), 1)
     count = parse_count(params.get("count"))

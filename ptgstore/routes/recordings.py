@@ -28,7 +28,7 @@ from ..uploads import receive_file
 from ..recording_store import RecordingStore
 from ..replay import Progress, paced
 from ..store import StoreError
-from . import close_socket, query_bool, serve_socket
+from . import close_socket, permissions, query_bool, require, serve_socket
 
 log = logging.getLogger("ptgstore.recordings")
 
@@ -110,6 +110,19 @@ def _finished_info(rec_id: str, rec_dir: Path, error: str | None, limits: Limits
     return info
 
 
+def recorded_streams(info: dict) -> list[str] | None:
+    """The streams a recording holds (None: an active recording of every stream, future ones too)."""
+    if info.get("active") and info.get("streams_requested") is None:
+        return None
+    return list(info.get("streams") or {}) + list(info.get("streams_requested") or [])
+
+
+def require_readable(conn, info: dict) -> None:
+    """Reading a recording (its info, files or a replay) needs read on every stream in it, or admin."""
+    if not permissions(conn).admin:
+        require(conn, "read", recorded_streams(info))
+
+
 def _names(root: Path, hidden: bool) -> list[str]:
     if not root.is_dir():
         return []
@@ -118,20 +131,36 @@ def _names(root: Path, hidden: bool) -> list[str]:
 
 
 async def list_recordings(request: Request) -> JSONResponse:
-    """Recording names (hidden ones with `hidden=true`), or their info objects with `info=true`."""
+    """Recording names (hidden ones with `hidden=true`), or their info objects with `info=true`:
+    those whose every stream the caller may read (all for an admin)."""
     names = await asyncio.to_thread(_names, _root(request), query_bool(request.query_params, "hidden"))
-    if not query_bool(request.query_params, "info"):
+    admin = permissions(request).admin
+    if admin and not query_bool(request.query_params, "info"):
         return JSONResponse(names)
-    infos = [await recording_info(request.app, name) for name in names]
-    return JSONResponse([info for info in infos if info is not None])
+    infos = [info for info in [await recording_info(request.app, name) for name in names]
+             if info is not None and (admin or _readable(request, info))]
+    if not query_bool(request.query_params, "info"):
+        return JSONResponse([info["name"] for info in infos])
+    return JSONResponse(infos)
+
+
+def _readable(conn, info: dict) -> bool:
+    try:
+        require_readable(conn, info)
+    except errors.Forbidden:
+        return False
+    return True
 
 
 async def current(request: Request) -> JSONResponse:
     """The active recording's id (null when none), or its info object with `info=true`."""
     rec_id = await _states(request).active_id()
-    if rec_id is None or not query_bool(request.query_params, "info"):
-        return JSONResponse(rec_id)
-    return JSONResponse(await recording_info(request.app, rec_id))
+    if rec_id is None:
+        return JSONResponse(None)
+    info = await recording_info(request.app, rec_id)
+    if info is not None:
+        require_readable(request, info)
+    return JSONResponse(info if query_bool(request.query_params, "info") else rec_id)
 
 
 async def get_recording(request: Request) -> JSONResponse:
@@ -139,6 +168,7 @@ async def get_recording(request: Request) -> JSONResponse:
     info = await recording_info(request.app, rec_id)
     if info is None:
         raise HTTPException(404, f"no recording {rec_id!r}")
+    require_readable(request, info)
     return JSONResponse(info)
 
 
@@ -165,6 +195,7 @@ async def start(request: Request) -> JSONResponse:
             streams = list(dict.fromkeys(split_stream_ids(params["sid"].replace(" ", "+"))))
         except FramingError as exc:
             raise HTTPException(400, str(exc)) from None
+    require(request, "read", streams)  # recording is reading: every stream when none is named
     if rec_dir.exists():
         raise HTTPException(409, f"recording {rec_id!r} already exists")
     try:
@@ -180,8 +211,12 @@ async def start(request: Request) -> JSONResponse:
 
 
 async def stop(request: Request) -> JSONResponse:
-    """Stop the active recording and wait (bounded) for its files; 1 when one was active, else 0."""
+    """Stop the active recording and wait (bounded) for its files; 1 when one was active, else 0.
+    Needs what starting it needed (read on what it records), or admin."""
     states = _states(request)
+    state = await states.state()
+    if state is not None and not permissions(request).admin:
+        require(request, "read", state["streams"])
     rec_id = await states.stop()
     if rec_id is None:
         return JSONResponse(0)
@@ -198,6 +233,7 @@ async def _refuse_active(request, rec_id: str) -> None:
 
 
 async def rename(request: Request) -> JSONResponse:
+    require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     new_id = validate_recording_id(request.path_params["new_id"])
     old_dir, new_dir = _dir(request, rec_id), _dir(request, new_id)
@@ -212,6 +248,7 @@ async def rename(request: Request) -> JSONResponse:
 
 
 async def delete_recording(request: Request) -> JSONResponse:
+    require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     rec_dir = _dir(request, rec_id)
     await _refuse_active(request, rec_id)
@@ -222,12 +259,14 @@ async def delete_recording(request: Request) -> JSONResponse:
     return JSONResponse([not rec_dir.exists(), True])
 
 
-async def clear_cache(_request: Request) -> JSONResponse:
+async def clear_cache(request: Request) -> JSONResponse:
     """The original's info cache: info objects are kept beside each recording, nothing to clear."""
+    require(request, "admin", action="manage recordings")
     return JSONResponse({})
 
 
 async def _set_hidden(request: Request, hidden: bool) -> JSONResponse:
+    require(request, "admin", action="manage recordings")
     rec_dir = _dir(request, request.path_params["rec_id"])
     if not rec_dir.is_dir():
         raise HTTPException(404, f"no recording {rec_dir.name!r}")
@@ -250,9 +289,15 @@ async def unhide(request: Request) -> JSONResponse:
 
 async def static_file(request: Request) -> FileResponse:
     """A file of a recording: an MCAP segment, `info.json`, or an uploaded export; always as data to
-    download (`application/octet-stream`, never a type guessed from its name), sandboxed."""
+    download (`application/octet-stream`, never a type guessed from its name), sandboxed. Needs read
+    on every stream in the recording, or admin."""
     rec_dir = _dir(request, request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
+    if not permissions(request).admin:  # (an admin's download does not wait for the recording's info)
+        info = await recording_info(request.app, rec_dir.name)
+        if info is None:
+            raise HTTPException(404, f"no recording {rec_dir.name!r}")
+        require_readable(request, info)
     path = rec_dir / name
     if name.endswith(".tmp") or not path.is_file():
         raise HTTPException(404, f"no file {name!r} in recording {rec_dir.name!r}")
@@ -261,7 +306,8 @@ async def static_file(request: Request) -> FileResponse:
 
 async def upload(request: Request) -> JSONResponse:
     """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file
-    within the limits. The body streams to a temporary file of its own (PTGSTORE_MAX_UPLOAD)."""
+    within the limits. The body streams to a temporary file of its own (PTGSTORE_MAX_UPLOAD). Admin only."""
+    require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
     rec_dir = _dir(request, rec_id)
@@ -374,6 +420,9 @@ async def _replay(ws: WebSocket) -> None:
     if unknown:
         raise HTTPException(404, f"recording {rec_id!r} has no stream {unknown[0]!r}")
     targets = {sid: writable_stream_id(options["prefix"] + sid) for sid in sids}
+    if not permissions(ws).admin:
+        require(ws, "read", sids)  # a replay reads the recording, as a download does
+    require(ws, "write", targets.values())
     store = ws.app.state.store
     if options["keep_ids"]:
         for target in targets.values():

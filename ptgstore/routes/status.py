@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..store import StoreUnavailable
+from . import permissions, require
 
 STARTED = time.time()
 SNAPSHOT_AGE = 1.0  # seconds a status answer is shared for
@@ -66,20 +67,26 @@ def _json(body: bytes) -> Response:
 
 
 async def streams(request: Request) -> Response:
-    """`{"now": epoch ms, "streams": [summary, ...]}` (`Store.summaries`), sorted by stream id."""
+    """`{"now": epoch ms, "streams": [summary, ...]}` (`Store.summaries`), sorted by stream id: the
+    streams the caller may read."""
     store = request.app.state.store
 
-    async def compute() -> bytes:
+    async def compute() -> tuple[bytes, int, list]:
         now = int(time.time() * 1000)
         summaries = await store.summaries(await store.stream_ids())
-        return orjson.dumps({"now": now, "streams": summaries})
+        return orjson.dumps({"now": now, "streams": summaries}), now, summaries
 
-    return _json(await _snapshot(request, "streams", compute).get())
+    body, now, summaries = await _snapshot(request, "streams", compute).get()
+    scope = permissions(request)
+    if not scope.read.everything:  # the shared snapshot, filtered for this caller
+        body = orjson.dumps({"now": now, "streams": [s for s in summaries if scope.can_read(s["sid"])]})
+    return _json(body)
 
 
 async def server(request: Request) -> Response:
     """The store's health, open sockets and entry counters (totals since start: rates are their
-    differences between two answers, over the difference of their `now`)."""
+    differences between two answers, over the difference of their `now`). Admin only."""
+    require(request, "admin", action="see the server's status")
     app = request.app
 
     async def compute() -> bytes:

@@ -9,13 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..framing import split_writable_stream_ids, validate_stream_id, writable_stream_id
-from . import query_bool
+from . import permissions, query_bool, require
 
 
 async def list_streams(request: Request) -> JSONResponse:
-    """Sorted stream ids, or their info objects with `info=true`."""
+    """Sorted ids of the streams the caller may read, or their info objects with `info=true`."""
     store = request.app.state.store
-    sids = await store.stream_ids()
+    readable = permissions(request).can_read
+    sids = [sid for sid in await store.stream_ids() if readable(sid)]
     if not query_bool(request.query_params, "info"):
         return JSONResponse(sids)
     infos = await asyncio.gather(*(store.info(sid) for sid in sids))
@@ -25,6 +26,7 @@ async def list_streams(request: Request) -> JSONResponse:
 async def get_stream(request: Request) -> JSONResponse:
     """One stream's info object; an unknown stream is 200 with `error`, or 400 with `report_error=true`."""
     sid = validate_stream_id(request.path_params["sid"])
+    require(request, "read", [sid])
     report_error = query_bool(request.query_params, "report_error")
     info = await request.app.state.store.info(sid)
     if info is None:
@@ -36,8 +38,9 @@ async def get_stream(request: Request) -> JSONResponse:
 
 
 async def put_stream(request: Request) -> JSONResponse:
-    """Merge the JSON body into the stream's metadata (`override=true` replaces it)."""
+    """Merge the JSON body into the stream's metadata (`override=true` replaces it); admin only."""
     sid = writable_stream_id(request.path_params["sid"])
+    require(request, "admin", action="set metadata or max_len")
     override = query_bool(request.query_params, "override")
     body = await request.body()
     if not body.strip():
@@ -61,7 +64,8 @@ def _json_kind(value) -> str:
 
 
 async def delete_streams(request: Request) -> JSONResponse:
-    """Delete one stream or several (`a+b`), entries and metadata; answers which existed."""
+    """Delete one stream or several (`a+b`), entries and metadata; answers which existed. Admin only."""
     sids = list(dict.fromkeys(split_writable_stream_ids(request.path_params["sid"])))
+    require(request, "admin", action="delete streams")
     deleted = await request.app.state.store.delete(sids)
     return JSONResponse({"deleted": deleted})

@@ -15,6 +15,7 @@ const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?
 const features = new Set(meta("ptgstore-features").split(/\s+/).filter(Boolean));
 const state = {
   user: meta("ptgstore-user"),
+  permissions: null, // what the token may do (GET /token/scope): controls it lacks stay hidden
   view: null,
   rows: new Map(), // sid -> {row, cells, samples}
   summaries: new Map(), // sid -> newest summary
@@ -75,6 +76,7 @@ function showError(node, error) {
 function handleAuth(error) {
   if (error instanceof PtgStoreError && error.status === 401) {
     state.user = "";
+    state.permissions = null;
     route();
     return true;
   }
@@ -543,9 +545,16 @@ async function loadRecordings() {
   try {
     const [infos, current] = await Promise.all([
       store.request("GET", "/recordings", { query: { info: true } }),
-      store.request("GET", "/recordings/current"),
+      // a recording of streams this token may not read: say that one runs, not its name
+      store.request("GET", "/recordings/current").catch((error) => {
+        if (error instanceof PtgStoreError && error.forbidden) return { forbidden: true };
+        throw error;
+      }),
     ]);
-    setText($("recording-current"), current ? `recording now: ${current}` : "not recording");
+    let now = "not recording";
+    if (current?.forbidden) now = "recording now (streams you may not read)";
+    else if (current) now = `recording now: ${current}`;
+    setText($("recording-current"), now);
     $("recording-list").replaceChildren(...(infos || []).map(recordingItem));
     showError($("recording-error"), null);
   } catch (error) {
@@ -580,6 +589,24 @@ async function recordingAction(path, query) {
     if (!handleAuth(error)) showError($("recording-error"), error);
   }
   loadRecordings();
+}
+
+// -- permissions ----------------------------------------------------------------------------------
+
+const NO_PERMISSIONS = { read: [], write: [], admin: false };
+
+/** Ask what the token may do, then show only the controls it may use (every one hidden until then). */
+async function loadPermissions() {
+  try {
+    state.permissions = await store.permissions();
+  } catch (error) {
+    if (handleAuth(error)) return;
+    state.permissions = NO_PERMISSIONS;
+  }
+  const { admin, read } = state.permissions;
+  $("nav-server").hidden = !admin; // /status is the admin's
+  for (const id of ["max-len-form", "meta-form", "delete"]) $(id).hidden = !admin;
+  $("recording-form").hidden = !read.includes("*"); // the form records every stream
 }
 
 // -- views and routing ----------------------------------------------------------------------------
@@ -618,7 +645,7 @@ function route() {
     } else {
       gridOfCameras();
     }
-  } else if (hash === "/server") {
+  } else if (hash === "/server" && state.permissions?.admin) {
     show("server");
   } else if (hash === "/recordings" && features.has("recordings")) {
     show("recordings");
@@ -637,13 +664,14 @@ async function login(event) {
     store.token = null; // the cookie the server set is what the page uses from now on
     form.reset();
     showError($("login-error"), null);
+    await loadPermissions();
     route();
   } catch (error) {
     showError($("login-error"), error.status === 401 ? "wrong user name or password" : error);
   }
 }
 
-function start() {
+async function start() {
   $("nav-recordings").hidden = !features.has("recordings");
   $("login-form").addEventListener("submit", login);
   $("filter").addEventListener("input", applyFilter);
@@ -664,6 +692,7 @@ function start() {
   });
   $("recording-stop").addEventListener("click", () => recordingAction("/recordings/stop"));
   window.addEventListener("hashchange", route);
+  if (state.user) await loadPermissions();
   route();
   pollSummaries();
   pollServer();

@@ -91,7 +91,9 @@ async def lifespan(app: Starlette):
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
-                                  settings.recording_segment_mb * 1024 * 1024)
+                                  settings.recording_segment_mb * 1024 * 1024, settings.recording_shards,
+                                  settings.recordings_refusal)
+    await app.state.recorder.prove_directory()
     app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(
         serving.collect_garbage(lambda: len(app.state.metrics.open_socket_stats)))

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import base64
 import heapq
+import inspect
+import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import orjson
+from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap.writer import CompressionType, Writer
 
@@ -45,6 +48,12 @@ IMAGE_SCHEMA = orjson.dumps({
         "format": {"type": "string"},
     },
 })
+
+
+# the data section's CRC (chunk CRCs are on by default): mcap 1.0 always wrote it, later versions
+# write it when asked
+_CRC_OPTIONS: dict[str, Any] = {name: True for name in ("enable_crcs", "enable_data_crcs")
+                if name in inspect.signature(Writer.__init__).parameters}
 
 
 def image_format(data: bytes) -> str | None:
@@ -79,7 +88,7 @@ class SegmentWriter:
     def __init__(self, path: Path, chunk_size: int = 4 * 1024 * 1024):
         self.path = path
         self.file = open(path, "wb")
-        self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD)
+        self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD, **_CRC_OPTIONS)
         self.writer.start(profile="", library="ptgstore")
         self.channels: dict[tuple[str, str], int] = {}
         self.image_schema = 0
@@ -165,10 +174,44 @@ def _file_messages(path: Path, index: int, sids: set[str] | None) -> Iterator[Me
                           entry_id_of(message.log_time, message.sequence), _decode(schema, channel, message))
 
 
+def start_time(path: Path) -> int:
+    """The log time of a file's first message from its summary (0 when it has none to tell)."""
+    try:
+        with open(path, "rb") as stream:
+            summary = make_reader(stream).get_summary()
+    except (McapError, ValueError, EOFError):
+        return 0
+    statistics = summary.statistics if summary is not None else None
+    return statistics.message_start_time if statistics is not None and statistics.message_count else 0
+
+
 def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
-    """The entries of MCAP files in log time order (files in order for equal times)."""
+    """The entries of MCAP files in log time order (files in order for equal times). A file is
+    opened only once the merge reaches its first message: a recording of many segments (of several
+    shards, overlapping in time) holds few files open at once."""
     wanted = set(sids) if sids is not None else None
-    return heapq.merge(*(_file_messages(Path(f), i, wanted) for i, f in enumerate(files)))
+    paths = [Path(f) for f in files]
+    pending = sorted((start_time(path), index) for index, path in enumerate(paths))
+    heap: list[tuple[Message, int, Iterator[Message]]] = []
+    ties = itertools.count()  # equal messages (two streams, one id, one file) never compare their files
+    opened = 0
+    while True:
+        while opened < len(pending) and (not heap or pending[opened][0] <= heap[0][0].log_time):
+            index = pending[opened][1]
+            messages = _file_messages(paths[index], index, wanted)
+            first = next(messages, None)
+            if first is not None:
+                heapq.heappush(heap, (first, next(ties), messages))
+            opened += 1
+        if not heap:
+            return
+        message, _, messages = heap[0]
+        following = next(messages, None)
+        if following is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (following, next(ties), messages))
+        yield message
 
 
 def summarize(files: Iterable[str | Path]) -> dict[str, dict]:

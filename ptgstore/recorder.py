@@ -67,6 +67,17 @@ class Recorder:
         self._task: asyncio.Task | None = None
         self._complained = False
         self._proven_at: float | None = None
+        self._scan_lock = asyncio.Lock()
+        self._scanned: tuple[float, list[str]] | None = None
+
+    async def recordable_streams(self, max_age: float) -> list[str]:
+        """The streams a recording of every stream follows, looked up at most every `max_age`
+        seconds for all the shards this process writes (a look is a SCAN of the whole key space)."""
+        async with self._scan_lock:
+            now = asyncio.get_running_loop().time()
+            if self._scanned is None or now - self._scanned[0] >= max_age:
+                self._scanned = (now, await self.states.recordable_streams())
+            return self._scanned[1]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="ptgstore-recorder")

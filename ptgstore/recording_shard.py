@@ -134,7 +134,7 @@ class ShardWriting:
                     if self.mine(sid):
                         self.cursors.setdefault(sid, "0-0")
             elif every and now - last_scan >= SCAN_EVERY:
-                for sid in await self.states.recordable_streams():
+                for sid in await self.recorder.recordable_streams(SCAN_EVERY):
                     if self.mine(sid):
                         self.cursors.setdefault(sid, "0-0")
                 last_scan = now

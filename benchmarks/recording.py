@@ -12,8 +12,9 @@ milliseconds) are compared with the recorded ones: the error of each interval be
 entries, and each entry's distance from the replay's steady schedule (its lag behind the recorded
 time less the stream's median lag). Prints one table row per run, then the medians.
 
-Then, with `--processes 2` (the default), the recorders of several processes: one process recording
-HEADSETS headsets, two `ptgstore serve` processes (their own data directories, one shared
+Then, with `--processes 2` (the default), the recorders of several processes: one process taking
+HEADSETS headsets' pushes without recording (the baseline: the rest is the recorder's CPU), the same
+recording, two `ptgstore serve` processes (their own data directories, one shared
 recordings directory, the headsets' pushes spread over both) recording twice as many, and two
 processes recording HEADSETS headsets (all pushed through the first) with the second killed
 (SIGKILL) halfway: its shards are taken over by the first. Each row: entries, missing, extra, the
@@ -162,7 +163,7 @@ async def one_run(args, run: int) -> dict:
         return result
 
 
-async def scaling_run(args, processes: int, headsets: int, kill: bool) -> dict:
+async def scaling_run(args, processes: int, headsets: int, kill: bool, record: bool = True) -> dict:
     """One recording by `processes` processes sharing a recordings directory (see the docstring)."""
     with tempfile.TemporaryDirectory(prefix="ptgstore-rec-scale-") as tmp, PrivateRedis(Path(tmp)) as redis_server:
         env = {"PTGSTORE_RECORDINGS_DIR": str(Path(tmp) / "recordings"), "PTGSTORE_SECRET": "benchmark " * 4,
@@ -173,7 +174,8 @@ async def scaling_run(args, processes: int, headsets: int, kill: bool) -> dict:
                                 timeout=120)
             wait_for(lambda: http.get("/status").json()["recordings"]["recorders_present"] == processes, 30,
                      "every process able to record")
-            http.put("/recordings/start", params={"rec_id": "scale"}).raise_for_status()
+            if record:
+                http.put("/recordings/start", params={"rec_id": "scale"}).raise_for_status()
             sids = [f"h{h}:{name}" for h in range(headsets) for name, _, _ in SENSORS]
             acked: dict[str, list] = {sid: [] for sid in sids}
             pids = [pid for server in servers for pid in server.pids()]
@@ -186,10 +188,11 @@ async def scaling_run(args, processes: int, headsets: int, kill: bool) -> dict:
             if kill:
                 jobs.append(kill_later(servers[-1], args.seconds / 2, killed_cpu))
             await asyncio.gather(*jobs)
-            http.put("/recordings/stop").raise_for_status()
+            if record:
+                http.put("/recordings/stop").raise_for_status()
             cpu = cpu_seconds(pids) - cpu0 + sum(killed_cpu)  # (a killed process's CPU time, up to its end)
             elapsed = time.monotonic() - t0
-            info = http.get("/recordings/scale").json()
+            info = http.get("/recordings/scale").json() if record else {"writers": [], "files": [], "gaps": 0}
             got: dict[str, list] = {}
             files = sorted((Path(tmp) / "recordings" / "scale").glob("*.mcap"))
             for message in read_messages(files):
@@ -197,7 +200,8 @@ async def scaling_run(args, processes: int, headsets: int, kill: bool) -> dict:
                     (message.entry_id, hashlib.blake2b(message.data, digest_size=16).digest()))
         entries = sum(len(v) for v in acked.values())
         return {"processes": processes, "headsets": headsets, "killed": 1 if kill else 0, "entries": entries,
-                "missing": sum(len(set(acked[s]) - set(got.get(s, []))) for s in sids),
+                "recording": "yes" if record else "no (baseline)",
+                "missing": sum(len(set(acked[s]) - set(got.get(s, []))) for s in sids) if record else 0,
                 "extra": sum(len(v) - len(set(v)) for v in got.values())
                 + sum(len(set(got[s]) - set(acked.get(s, []))) for s in got),
                 "writers": len(info["writers"]), "files": len(info["files"]), "gaps": info["gaps"],
@@ -211,7 +215,7 @@ async def kill_later(server: Server, seconds: float, cpu: list[float]) -> None:
     server.process.wait(10)
 
 
-SCALING = [("processes", "processes", "{:.0f}"), ("headsets", "headsets", "{:.0f}"), ("killed", "killed", "{:.0f}"),
+SCALING = [("recording", "recording", "{}"), ("processes", "processes", "{:.0f}"), ("headsets", "headsets", "{:.0f}"), ("killed", "killed", "{:.0f}"),
            ("entries", "entries", "{:.0f}"), ("missing", "missing", "{:.0f}"), ("extra", "extra", "{:.0f}"),
            ("gaps", "gaps", "{:.0f}"), ("writers", "writers", "{:.0f}"), ("files", "files", "{:.0f}"),
            ("cpu_us", "server CPU µs per entry", "{:.0f}"), ("cpu_pct", "server CPU %", "{:.0f}")]
@@ -223,9 +227,11 @@ async def scaling(args) -> bool:
     print("| " + " | ".join(title for _, title, _ in SCALING) + " |")
     print("|" + "---|" * len(SCALING))
     good = True
-    for processes, headsets, kill in ((1, args.headsets, False), (args.processes, args.headsets * args.processes, False),
-                                      (args.processes, args.headsets * args.processes, True)):
-        result = await scaling_run(args, processes, headsets, kill)
+    runs = ((1, args.headsets, False, False), (1, args.headsets, False, True),
+            (args.processes, args.headsets * args.processes, False, True),
+            (args.processes, args.headsets * args.processes, True, True))
+    for processes, headsets, kill, record in runs:
+        result = await scaling_run(args, processes, headsets, kill, record)
         print("| " + " | ".join(fmt.format(result[key]) for key, _, fmt in SCALING) + " |", flush=True)
         good = good and not result["missing"] and not result["extra"]
     return good

@@ -51,7 +51,7 @@ class Recorder:
     """The recorder of one API process: proves its directory, competes for shards and writes them."""
 
     def __init__(self, store: Store, root: Path, segment_seconds: float, segment_bytes: int, shards: int = 4,
-                 ephemeral_refusal: str | None = None, read_count: int = 16):
+                 ephemeral_refusal: str | None = None, read_count: int = 256):
         self.states = RecordingStore(store)
         self.keys = store.keys
         self.root = Path(root)

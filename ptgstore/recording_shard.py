@@ -31,6 +31,7 @@ STATE_EVERY = 0.25  # seconds between reads of the recording state (a stop reque
 SCAN_EVERY = 1.0  # seconds between looks for new streams when recording every stream
 READ_BLOCK_MS = 200
 READ_BUDGET = 16 * 1024 * 1024  # bytes of entries the reads of one process may bring at once
+DEFAULT_SIZE = 64 * 1024  # the size assumed of the entries of a stream not read yet
 FINISH_GRACE = 2.0  # seconds every shard may be done before any holder ends the recording itself
 
 
@@ -75,7 +76,7 @@ class ShardWriting:
         self.metas: dict[str, dict] = {}
         self.changed: set[str] = set()
         self.new_gaps: list[dict] = []  # found since the last commit, committed with the next segment
-        self.largest = 64 * 1024  # the largest entry seen: sizes the reads to READ_BUDGET
+        self.largest: dict[str, int] = {}  # per stream, the largest entry seen: sizes its reads
         self.all_done_at: float | None = None
 
     def mine(self, sid: str) -> bool:
@@ -146,9 +147,8 @@ class ShardWriting:
             if stop is not None and not pending:
                 await self._complete()
                 continue
-            budget = READ_BUDGET // max(1, len(self.recorder.held))
-            count = max(1, min(self.recorder.read_count, budget // (max(1, len(pending)) * self.largest)))
-            entries = await self.states.read_blocking(connection, pending, count, READ_BLOCK_MS) if pending else []
+            entries = await self.states.read_blocking(connection, pending, self._counts(pending),
+                                                      READ_BLOCK_MS) if pending else []
             if not pending:
                 await asyncio.sleep(READ_BLOCK_MS / 1000)
             if stop is not None:
@@ -161,6 +161,18 @@ class ShardWriting:
             if self.writer is not None and (time.monotonic() - self.opened_at >= self.recorder.segment_seconds
                                             or self.writer.bytes >= self.recorder.segment_bytes):
                 await self._roll()
+
+    def _counts(self, pending: dict[str, str]) -> dict[str, int]:
+        """How many entries of each stream one read may bring: an equal share of the process's
+        budget (READ_BUDGET over the shards it writes) for each stream, in entries of the largest
+        size the stream had (a power of two, at least 1, at most `read_count`): an IMU stream of
+        small entries at a high rate is read hundreds at a time, a camera stream a few."""
+        share = READ_BUDGET // max(1, len(self.recorder.held)) // max(1, len(pending))
+        counts = {}
+        for sid in pending:
+            count = max(1, min(self.recorder.read_count, share // self.largest.get(sid, DEFAULT_SIZE)))
+            counts[sid] = 1 << (count.bit_length() - 1)
+        return counts
 
     async def _wait_for_the_others(self) -> bool:
         """This shard is done: wait for the others (True: leave, the lease given back or the
@@ -219,7 +231,7 @@ class ShardWriting:
                                    "ptgstore.max_len": str(max_len)}
         await _disk(self.writer.write, entries, self.metas)
         for sid, entry_id, data in entries:
-            self.largest = max(self.largest, len(data))
+            self.largest[sid] = max(self.largest.get(sid, 0), len(data))
             self.cursors[sid] = entry_id
             add_to_stats(self.stats, sid, entry_id, len(data))
             self.changed.add(sid)

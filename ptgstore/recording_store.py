@@ -83,6 +83,14 @@ return 2
 """
 
 
+def _by_count(sids: list[str], counts: dict[str, int]) -> list[tuple[int, list[str]]]:
+    """The streams grouped by the count they want read, in order of count."""
+    groups: dict[int, list[str]] = {}
+    for sid in sids:
+        groups.setdefault(counts[sid], []).append(sid)
+    return sorted(groups.items())
+
+
 def _text(value: bytes | str) -> str:
     """A reply's text (redis-py types replies as bytes or str)."""
     return value.decode() if isinstance(value, bytes) else value
@@ -321,33 +329,43 @@ class RecordingStore:
         """The recorder's own connection for its blocking reads (`read_blocking`)."""
         return self.store.connections.tail(self.id_key)
 
-    async def read_blocking(self, tail, cursors: dict[str, str], count: int, block_ms: int) -> list:
-        """Up to `count` entries per stream after each cursor, `(sid, entry id, bytes)`, waiting up to
-        `block_ms` for the first; on the recorder's own connection. On a cluster, streams in several
+    async def read_blocking(self, tail, cursors: dict[str, str], counts: dict[str, int], block_ms: int) -> list:
+        """Up to `counts[sid]` entries of each stream after its cursor, `(sid, entry id, bytes)`,
+        waiting up to `block_ms` for the first, on the recorder's own connection. Streams wanting
+        different counts (small entries and large ones) are read by one XREAD per count, without
+        waiting, then, when none had anything, by one that waits. On a cluster, streams in several
         slots cannot be read by one XREAD: each slot's are read without waiting, and when none had
         anything the call waits a tenth of `block_ms` (at most 100 ms) before answering."""
-        groups = self.store._by_slot(list(cursors))
-        if len(groups) == 1:
-            sids = groups[0]
-            command = ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS",
-                       *(self.store.key(s) for s in sids), *(cursors[s] for s in sids))
-            try:
-                (reply,) = await tail.pipelined([command], key=self.store.key(sids[0]))
-            except (*conn.UNAVAILABLE, conn.ResponseError) as exc:
-                raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}") from exc
-            return self._entries(sids, [reply])
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sids in groups:
-                pipe.execute_command("XREAD", "COUNT", count, "STREAMS", *(self.store.key(s) for s in sids),
-                                     *(cursors[s] for s in sids))
-            try:
+        sids = list(cursors)
+        groups = self.store._by_slot(sids)
+        try:
+            if len(groups) == 1:
+                by_count = _by_count(sids, counts)
+                key = self.store.key(sids[0])
+                if len(by_count) > 1:
+                    replies = await tail.pipelined([self._xread(c, group, cursors) for c, group in by_count], key=key)
+                    out = self._entries(sids, replies)
+                    if out:
+                        return out
+                count = min(counts.values()) if len(by_count) > 1 else by_count[0][0]
+                (reply,) = await tail.pipelined([self._xread(count, sids, cursors, block_ms)], key=key)
+                return self._entries(sids, [reply])
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for group in groups:
+                    for count, same in _by_count(group, counts):
+                        pipe.execute_command(*self._xread(count, same, cursors))
                 replies = await pipe.execute()
-            except (*conn.UNAVAILABLE, conn.ResponseError) as exc:
-                raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}") from exc
-        out = self._entries(list(cursors), replies)
+        except (*conn.UNAVAILABLE, conn.ResponseError) as exc:
+            raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}") from exc
+        out = self._entries(sids, replies)
         if not out:
             await asyncio.sleep(min(block_ms / 10, 100) / 1000)
         return out
+
+    def _xread(self, count: int, sids: list[str], cursors: dict[str, str], block_ms: int | None = None) -> tuple:
+        block = ("BLOCK", block_ms) if block_ms is not None else ()
+        return ("XREAD", "COUNT", count, *block, "STREAMS", *(self.store.key(s) for s in sids),
+                *(cursors[s] for s in sids))
 
     def _entries(self, sids: list[str], replies: list) -> list:
         by_key = {self.store.key(s): s for s in sids}

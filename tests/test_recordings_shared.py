@@ -4,13 +4,14 @@ clearly (another process's local disk, a directory of another Redis, an ephemera
 from __future__ import annotations
 
 import logging
+import signal
 import stat
 
 import httpx
 
 from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
-from test_recordings import api, push_at, read_stream, recorded, run_replay, serve_env, spread_streams
+from test_recordings import api, joined, push_at, read_stream, recorded, run_replay, serve_env
 from ptgstore.auth import hash_password, write_users
 from ptgstore.recordings_dir import MARKER_FILE
 from ptgstore.testing import RedisServer
@@ -40,6 +41,43 @@ def download(process, rec_id: str) -> dict[str, bytes]:
         assert reply.headers["content-disposition"].endswith(f'"{rec_id}-{name}"')  # named after the recording
         out[name] = reply.content
     return out
+
+
+def test_two_api_processes_share_the_shards_and_one_takes_over_from_a_killed_one(tmp_path, rdb, redis_server):
+    data = tmp_path / "data"
+    sids = spread_streams(4)
+    streams = {sid: (lambda sid: lambda i: b"%s %d" % (sid.encode(), i))(sid) for sid in sids}
+    with ServeProcess(data, env=serve_env(redis_server)) as a, ServeProcess(data, env=serve_env(redis_server)) as b:
+        a.wait_ready()
+        b.wait_ready()
+        api(a).put("/recordings/start", params={"rec_id": "shared"})
+        wait_until(lambda: "writes shard" in a.output and "writes shard" in b.output, what="both processes writing")
+        first = joined(push_at(a, dict(list(streams.items())[:2]), hz=30, count=20),
+                       push_at(b, dict(list(streams.items())[2:]), hz=30, count=20))
+        wait_until(lambda: len(api(a).get("/recordings/shared").json()["writers"]) == 2, timeout=30,
+                   what="segments committed by both processes")
+        b.process.send_signal(signal.SIGKILL)
+        b.process.wait(10)
+        taken = a.output.count("writes shard")
+        second = push_at(a, streams, hz=30, count=20)
+        wait_until(lambda: a.output.count("writes shard") == 4, timeout=30, what="the killed process's shards taken over")
+        assert taken == 2  # the fair share of each of two processes, until one was killed
+        assert api(a).put("/recordings/stop").json() == 1
+        info = api(a).get("/recordings/shared").json()
+    assert recorded(data / "recordings", "shared") == joined(first, second)  # nothing lost, nothing twice
+    assert sorted(w["pid"] for w in info["writers"]) == sorted([a.process.pid, b.process.pid])
+
+
+def spread_streams(shards: int) -> list[str]:
+    """Stream ids whose shards (of `shards`) are all different: every shard has one."""
+    from ptgstore.keys import Keys
+    from ptgstore.recorder import shard_of
+    found: dict[int, str] = {}
+    for i in range(1000):
+        found.setdefault(shard_of(f"s{i}", shards, Keys()), f"s{i}")
+        if len(found) == shards:
+            return [found[k] for k in sorted(found)]
+    raise AssertionError("no spread of stream ids found")
 
 
 def test_two_servers_with_their_own_data_and_one_recordings_directory_make_one_recording(tmp_path, rdb, redis_server):

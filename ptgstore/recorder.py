@@ -94,7 +94,7 @@ class Recorder:
     async def prove_directory(self) -> None:
         """At start-up: check that the recordings directory is the deployment's (see `problem`)."""
         try:
-            await self.directory.prove(startup=True)
+            await self.directory.prove()
             self._proven_at = asyncio.get_running_loop().time()
         except (StoreUnavailable, OSError, ConnectionError, RedisError) as exc:
             log.warning("recordings directory not checked yet: %s", exc)
@@ -117,7 +117,7 @@ class Recorder:
                     loop_time = asyncio.get_running_loop().time()
                     every = CHECK_DIRECTORY_EVERY if self.directory.ok else 1.0
                     if self._proven_at is None or loop_time - self._proven_at >= every:
-                        await self.directory.prove(startup=self._proven_at is None)
+                        await self.directory.prove()
                         self._proven_at = loop_time
                     self._reap()
                     if self.directory.ok:

@@ -28,8 +28,8 @@ from .recording_store import RecordingStore
 log = logging.getLogger("ptgstore.recorder")
 
 MARKER_FILE = ".ptgstore-recordings"
-SETTLE_SECONDS = 2.0  # at start-up, how long a process keeps looking before it says its directory is wrong
-SETTLE_EVERY = 0.2
+SETTLE_SECONDS = 2.0  # a problem is logged once it outlasts this since start-up (another process may be mid-claim)
+ADOPT_WITHIN = 10.0  # seconds after start-up a process may adopt a directory without a marker
 ADOPT_AFTER_MS = 15_000  # a directory named this recently may be a process starting now: not adopted
 
 
@@ -80,26 +80,28 @@ class RecordingsDirectory:
         self.refusal = ephemeral_refusal
         self.problem: str | None = ephemeral_refusal or "the recordings directory is not checked yet"
         self.id: str | None = None
+        self.started = time.monotonic()
+        self.logged: str | None = None  # the problem last logged
+        self.announced: str | None = None  # the marker last logged as proven
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
-    async def prove(self, startup: bool = False) -> str | None:
-        """Check (at start-up: settle) the directory; the problem, None when it is the deployment's."""
+    async def prove(self) -> str | None:
+        """Check the directory; the problem, None when it is the deployment's. A problem is logged
+        once it outlasts the first SETTLE_SECONDS (another process starting at the same moment may
+        be between its two steps), and again when it changes."""
         if self.refusal:
             return self.refusal
-        deadline = time.monotonic() + (SETTLE_SECONDS if startup else 0)
-        while True:
-            problem = await self._check(startup)
-            if problem is None or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(SETTLE_EVERY)  # another process may be between its two steps
-        if problem != self.problem:
-            if problem is None:
-                log.info("recordings directory %s is the deployment's (marker %s)", self.root, self.id)
-            else:
-                log.error("recordings refused on this process: %s", problem)
+        age = time.monotonic() - self.started
+        problem = await self._check(startup=age < ADOPT_WITHIN)
+        if problem is None and self.logged is not None or problem is None and self.id != self.announced:
+            log.info("recordings directory %s is the deployment's (marker %s)", self.root, self.id)
+            self.logged, self.announced = None, self.id
+        elif problem is not None and problem != self.logged and age >= SETTLE_SECONDS:
+            log.error("recordings refused on this process: %s", problem)
+            self.logged = problem
         self.problem = problem
         return problem
 

@@ -30,6 +30,10 @@ def recorders_present(process) -> int:
     return api(process).get("/status").json()["recordings"]["recorders_present"]
 
 
+def shards_held(process) -> list[int]:
+    return api(process).get("/status").json()["recordings"]["shards_held"]
+
+
 def download(process, rec_id: str) -> dict[str, bytes]:
     """Every file of a recording, as the routes serve them."""
     http = api(process)
@@ -50,18 +54,18 @@ def test_two_api_processes_share_the_shards_and_one_takes_over_from_a_killed_one
     with ServeProcess(data, env=serve_env(redis_server)) as a, ServeProcess(data, env=serve_env(redis_server)) as b:
         a.wait_ready()
         b.wait_ready()
+        wait_until(lambda: recorders_present(a) == 2 and recorders_present(b) == 2, what="both able to record")
         api(a).put("/recordings/start", params={"rec_id": "shared"})
-        wait_until(lambda: "writes shard" in a.output and "writes shard" in b.output, what="both processes writing")
+        # the fair share of each of two processes: 2 of the 4 shards
+        wait_until(lambda: len(shards_held(a)) == len(shards_held(b)) == 2, what="both processes writing")
         first = joined(push_at(a, dict(list(streams.items())[:2]), hz=30, count=20),
                        push_at(b, dict(list(streams.items())[2:]), hz=30, count=20))
         wait_until(lambda: len(api(a).get("/recordings/shared").json()["writers"]) == 2, timeout=30,
                    what="segments committed by both processes")
         b.process.send_signal(signal.SIGKILL)
         b.process.wait(10)
-        taken = a.output.count("writes shard")
         second = push_at(a, streams, hz=30, count=20)
-        wait_until(lambda: a.output.count("writes shard") == 4, timeout=30, what="the killed process's shards taken over")
-        assert taken == 2  # the fair share of each of two processes, until one was killed
+        wait_until(lambda: shards_held(a) == [0, 1, 2, 3], timeout=30, what="the killed process's shards taken over")
         assert api(a).put("/recordings/stop").json() == 1
         info = api(a).get("/recordings/shared").json()
     assert recorded(data / "recordings", "shared") == joined(first, second)  # nothing lost, nothing twice
@@ -135,7 +139,7 @@ def test_a_process_with_its_own_recordings_directory_is_refused_clearly(tmp_path
             assert api(b).get("/recordings").status_code == 409  # never a silent part of the recordings
             status = api(b).get("/status").json()["recordings"]
             assert status["ok"] is False and "same directory" in status["problem"]
-            assert "recordings refused on this process" in b.output
+            wait_until(lambda: "recordings refused on this process" in b.output, what="the reason in the log")
 
             assert api(a).put("/recordings/start", params={"rec_id": "whole"}).json() == "whole"
             pushed = push_at(b, {"cam": lambda i: b"frame %d" % i}, hz=30, count=20)

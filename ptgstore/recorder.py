@@ -88,8 +88,9 @@ class Recorder:
         return self.directory.problem
 
     def status(self) -> dict:
-        return {"directory": str(self.root), "ok": self.directory.ok, "problem": self.directory.problem,
-                "shards_held": sorted(self.held), "recorders_present": self.present}
+        """For /status: whether this process records, why not, what it writes (no file paths)."""
+        return {"ok": self.directory.ok, "problem": self.directory.problem, "shards_held": sorted(self.held),
+                "recorders_present": self.present}
 
     async def prove_directory(self) -> None:
         """At start-up: check that the recordings directory is the deployment's (see `problem`)."""

@@ -83,6 +83,7 @@ class RecordingsDirectory:
         self.started = time.monotonic()
         self.logged: str | None = None  # the problem last logged
         self.announced: str | None = None  # the marker last logged as proven
+        self.named_path: str | None = None  # where the deployment's directory is (for the log only)
 
     @property
     def ok(self) -> bool:
@@ -100,14 +101,18 @@ class RecordingsDirectory:
             log.info("recordings directory %s is the deployment's (marker %s)", self.root, self.id)
             self.logged, self.announced = None, self.id
         elif problem is not None and problem != self.logged and age >= SETTLE_SECONDS:
-            log.error("recordings refused on this process: %s", problem)
+            log.error("recordings refused on this process: %s (this process's directory: %s; the deployment's: %s)",
+                      problem, self.root, self.named_path or "none named")
             self.logged = problem
         self.problem = problem
         return problem
 
     async def _check(self, startup: bool) -> str | None:
+        """The problem, for clients too: it names settings, hosts and marker ids, never a path (the
+        log line adds the paths)."""
         marker = await asyncio.to_thread(read_marker, self.root)
         named = await self.states.directory()
+        self.named_path = f"{named.get('path')} on {named.get('host')}" if named else None
         if marker is not None and named is not None and marker == named.get("id"):
             self.id = marker
             return None
@@ -118,15 +123,15 @@ class RecordingsDirectory:
                 log.warning("recordings directory of this deployment changes from %s on %s to %s (no process "
                             "using the former is running)", named.get("path"), named.get("host"), self.root)
                 return await self._claim(named.get("id"))
-            return (f"PTGSTORE_RECORDINGS_DIR {self.root} is not the recordings directory the other processes on "
-                    f"this Redis use ({named.get('path')} on {named.get('host')}, which holds the marker file "
+            return (f"this process's PTGSTORE_RECORDINGS_DIR is not the recordings directory the other processes on "
+                    f"this Redis use (theirs, first set up on host {named.get('host')}, holds the marker file "
                     f"{MARKER_FILE}; this one has none): give every process the same directory (a shared volume)")
         if named is None:
-            return (f"PTGSTORE_RECORDINGS_DIR {self.root} belongs to a deployment on another Redis (its marker file "
-                    f"{MARKER_FILE} holds {marker}; this Redis names no directory): two deployments must not share "
-                    f"one directory. If that deployment is gone for good, delete {self.root / MARKER_FILE}")
-        return (f"PTGSTORE_RECORDINGS_DIR {self.root} is not the recordings directory of this deployment: its marker "
-                f"{marker} is not the one this Redis names ({named.get('id')}, {named.get('path')} on "
+            return (f"this process's PTGSTORE_RECORDINGS_DIR belongs to a deployment on another Redis (its marker "
+                    f"file {MARKER_FILE} holds {marker}; this Redis names no directory): two deployments must not "
+                    f"share one directory; if that deployment is gone for good, delete the marker file")
+        return (f"this process's PTGSTORE_RECORDINGS_DIR is not the recordings directory of this deployment: its "
+                f"marker {marker} is not the one this Redis names ({named.get('id')}, set up on host "
                 f"{named.get('host')}): it belongs to another deployment, or to one on another Redis")
 
     async def _unused(self, named: dict[str, str]) -> bool:
@@ -139,7 +144,7 @@ class RecordingsDirectory:
         try:
             written = await asyncio.to_thread(write_marker, self.root, marker_id)
         except OSError as exc:
-            return f"PTGSTORE_RECORDINGS_DIR {self.root} cannot be written: {exc}"
+            return f"this process's PTGSTORE_RECORDINGS_DIR cannot be written: {exc.strerror}"
         if not written:
             return "another process is setting up the recordings directory"  # looked at again
         record = {"id": marker_id, "path": str(self.root), "host": socket.gethostname(),

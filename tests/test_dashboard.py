@@ -465,12 +465,12 @@ def test_recordings_panel_and_server_panel_say_when_this_server_refuses_recordin
     page = signed_in.page
     page.click("#nav a[data-view=server]")
     expect(page.locator("#server-process dt:text-is('recordings') + dd")).to_contain_text(
-        str(server.app.state.recorder.root))
+        "on; processes able to record: 1")
     # the deployment's directory becomes another one (as when another process set it up elsewhere)
     rdb.hset("ptgstore:recordings:directory", mapping={"id": "another-deployment", "path": "/mnt/elsewhere"})
     wait_until(lambda: server.app.state.recorder.problem is not None, timeout=20, what="the directory check")
     expect(page.locator("#server-process dt:text-is('recordings') + dd")).to_contain_text(
-        "refused: PTGSTORE_RECORDINGS_DIR")
+        "refused: this process's PTGSTORE_RECORDINGS_DIR")
     page.click("#nav a[data-view=recordings]")
     problem = page.locator("#recording-problem")
     expect(problem).to_be_visible()

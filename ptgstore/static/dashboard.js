@@ -553,7 +553,7 @@ async function pollServer() {
 function recordingsState(recordings) {
   if (!recordings) return "–";
   if (recordings.problem) return `refused: ${recordings.problem}`;
-  return `${recordings.directory} (shards written here: ${recordings.shards_held.join(", ") || "none"})`;
+  return `on; processes able to record: ${recordings.recorders_present}; shards written here: ${recordings.shards_held.join(", ") || "none"}`;
 }
 
 async function loadRecordings() {

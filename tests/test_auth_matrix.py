@@ -127,6 +127,11 @@ def test_the_matrix_covers_every_route(server):
     assert mounts <= PUBLIC_MOUNTS, f"new mount {mounts - PUBLIC_MOUNTS}: add it to the auth matrix"
 
 
+# what the server itself keeps from start-up: its secret's fingerprint, its recordings directory
+# and its presence as a recorder
+SERVER_KEYS = [b"ptgstore:recorders", b"ptgstore:recordings:directory", b"ptgstore:secret-fingerprint"]
+
+
 def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, rdb):
     cases = [("no token", None, "header")]
     cases += [(name, token, place) for name, token in bad_tokens(server.app.state.authenticator.secret).items()
@@ -139,7 +144,7 @@ def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, r
         assert reply.headers["www-authenticate"] == "Bearer", where
         assert reply.json()["detail"], where
     # nothing a refused request carried was stored
-    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]
+    assert sorted(rdb.keys("*")) == SERVER_KEYS
 
 
 def test_every_protected_rest_route_accepts_a_good_token_in_each_place(server, rdb):
@@ -162,7 +167,7 @@ def test_every_websocket_route_refuses_every_bad_token_at_the_handshake(server, 
     for path in ws_routes(server.app):
         for name, token, place in cases:
             assert ws_handshake(server, path, token, place) == 401, f"{path} with {name} in {place}"
-    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]
+    assert sorted(rdb.keys("*")) == SERVER_KEYS
 
 
 def test_every_websocket_route_accepts_a_good_token_in_each_place(server):

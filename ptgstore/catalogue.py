@@ -137,15 +137,3 @@ def recording_names(root: Path, hidden: bool) -> list[str]:
         return []
     return sorted(p.name for p in root.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (hidden or not (p / HIDDEN_FILE).exists()))
-
-
-def human_duration(seconds: float | None) -> str:
-    """`4.2 s`, `3 min 07 s`, `2 h 05 min` (`-` for none)."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

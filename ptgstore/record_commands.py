@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import orjson
 from tqdm import tqdm
 
-from .catalogue import human_duration
 from .commands import _progress
 
 if TYPE_CHECKING:
@@ -30,6 +29,18 @@ def _speed_arg(text: str):
     if value <= 0:
         raise argparse.ArgumentTypeError(f"speed must be positive, not {text}")
     return value
+
+
+def human_duration(seconds: float | None) -> str:
+    """`4.2 s`, `3 min 07 s`, `2 h 05 min` (`-` for none)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def _listing(item: dict) -> str:

@@ -97,6 +97,8 @@ class Recorder:
         try:
             await self.directory.prove()
             self._proven_at = asyncio.get_running_loop().time()
+            if self.directory.ok:  # present from the start: others count this process at once
+                self.present = await self.states.present(PRESENCE_TTL_MS)
         except (StoreUnavailable, OSError, ConnectionError, RedisError) as exc:
             log.warning("recordings directory not checked yet: %s", exc)
 

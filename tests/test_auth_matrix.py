@@ -13,7 +13,7 @@ import websockets.exceptions
 from starlette.routing import Mount, Route, WebSocketRoute
 from websockets.sync.client import connect
 
-from conftest import live_server, make_settings
+from conftest import SERVER_KEYS, live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
 PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/static/{name}", "/openapi.json", "/"}  # "/": the dashboard's login form
@@ -125,11 +125,6 @@ def test_the_matrix_covers_every_route(server):
     assert set(ws_routes(server.app)) == {"/data/{sid:path}/push", "/data/{sid:path}/pull", "/recordings/replay"}
     mounts = {r.path for r in server.app.routes if isinstance(r, Mount)}
     assert mounts <= PUBLIC_MOUNTS, f"new mount {mounts - PUBLIC_MOUNTS}: add it to the auth matrix"
-
-
-# what the server itself keeps from start-up: its secret's fingerprint, its recordings directory
-# and its presence as a recorder
-SERVER_KEYS = [b"ptgstore:recorders", b"ptgstore:recordings:directory", b"ptgstore:secret-fingerprint"]
 
 
 def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, rdb):

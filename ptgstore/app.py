@@ -18,8 +18,9 @@ from .directsend import DirectSend
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
+from .private import private_dir
 from .recorder import Recorder
-from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
+from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
 
@@ -42,6 +43,7 @@ ROUTES = [
     WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live._Endpoint)
     WebSocketRoute("/data/{sid:path}/pull", live.pull),
     Route("/mjpeg/{sid:path}", mjpeg.stream, methods=["GET"]),
+    WebSocketRoute("/foxglove", foxglove.foxglove),
     Route("/status", status.server, methods=["GET"]),
     Route("/status/streams", status.streams, methods=["GET"]),
     Route("/", dashboard.page, methods=["GET"]),
@@ -90,6 +92,7 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024, settings.recording_shards,
                                   settings.recordings_refusal)
@@ -102,6 +105,8 @@ async def lifespan(app: Starlette):
     finally:
         collector.cancel()
         await app.state.recorder.close()
+        if getattr(app.state, "foxglove", None) is not None:
+            app.state.foxglove.stop()
         await app.state.hub.close()
         await store.close()
         if embedded is not None:
@@ -217,7 +222,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
-        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
+        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message,
+                   paths={recordings.UPLOAD_PREFIX: (settings.max_upload, "PTGSTORE_MAX_UPLOAD")}),
     ]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

@@ -17,6 +17,8 @@ import orjson
 
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, summarize
+from .mcapread import Limits
+from .private import open_private
 from .store import entry_time_iso
 
 INFO_FILE = "info.json"
@@ -96,17 +98,18 @@ def write_info(rec_dir: Path, info: dict) -> None:
     """Keep the info object beside the segments (written whole, then renamed: two processes may
     write the same info at once)."""
     tmp = rec_dir / f"{INFO_FILE}.{uuid.uuid4().hex}.tmp"
-    tmp.write_bytes(orjson.dumps({k: v for k, v in info.items() if k not in ("hidden", "active")},
-                                 option=orjson.OPT_INDENT_2))
+    with open_private(tmp) as file:
+        file.write(orjson.dumps({k: v for k, v in info.items() if k not in ("hidden", "active")},
+                                option=orjson.OPT_INDENT_2))
     os.replace(tmp, rec_dir / INFO_FILE)
 
 
-def info_from_files(rec_id: str, rec_dir: Path) -> dict:
+def info_from_files(rec_id: str, rec_dir: Path, limits: Limits | None = None) -> dict:
     """Info of a recording without a kept info object (an upload): read from its MCAP files."""
-    return build_info(rec_id, rec_dir, summarize(segment_files(rec_dir)), [])
+    return build_info(rec_id, rec_dir, summarize(segment_files(rec_dir), limits), [])
 
 
-def finished_info(rec_id: str, rec_dir: Path, error: str | None) -> dict:
+def finished_info(rec_id: str, rec_dir: Path, error: str | None, limits: Limits | None = None) -> dict:
     """The info object of a recording no process is writing: the kept one, with its files as they
     are now (made from the files, and kept, when there is none)."""
     try:
@@ -114,7 +117,7 @@ def finished_info(rec_id: str, rec_dir: Path, error: str | None) -> dict:
     except (OSError, ValueError):
         kept = None
     if kept is None:
-        info = info_from_files(rec_id, rec_dir)
+        info = info_from_files(rec_id, rec_dir, limits)
         try:
             write_info(rec_dir, info)
         except OSError:

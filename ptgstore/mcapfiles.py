@@ -15,61 +15,29 @@ stream's metadata (strings as they are, other values as JSON) and `ptgstore.enco
 """
 from __future__ import annotations
 
-import base64
-import heapq
 import inspect
-import itertools
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import orjson
-from mcap.exceptions import McapError
-from mcap.reader import make_reader
 from mcap.writer import CompressionType, Writer
 
-NS_PER_MS = 1_000_000
-MAX_SEQUENCE = 2**32 - 1  # the MCAP `sequence` field is 32 bits
-RAW_ENCODING = "application/octet-stream"
+from .foxglove_schemas import (  # noqa: F401 - entry_times, NS_PER_MS and MAX_SEQUENCE are used through here
+    IMAGE_SCHEMA, IMAGE_SCHEMA_NAME, MAX_SEQUENCE, NS_PER_MS, RAW_ENCODING, compressed_image, entry_times, image_format,
+)
+from . import mcapread
+from .mcapread import Limits, Reading
+from .private import open_private
+
 ENCODING_KEY = "ptgstore.encoding"
 SEGMENT_SUFFIX = ".mcap"
-IMAGE_SCHEMA_NAME = "foxglove.CompressedImage"
-# Foxglove's CompressedImage, as a JSON schema (https://docs.foxglove.dev/docs/sdk/schemas/compressed-image)
-IMAGE_SCHEMA = orjson.dumps({
-    "title": IMAGE_SCHEMA_NAME,
-    "description": "A compressed image",
-    "type": "object",
-    "properties": {
-        "timestamp": {"type": "object", "title": "time", "properties": {
-            "sec": {"type": "integer", "minimum": 0}, "nsec": {"type": "integer", "minimum": 0}}},
-        "frame_id": {"type": "string"},
-        "data": {"type": "string", "contentEncoding": "base64"},
-        "format": {"type": "string"},
-    },
-})
 
 
 # the data section's CRC (chunk CRCs are on by default): mcap 1.0 always wrote it, later versions
 # write it when asked
 _CRC_OPTIONS: dict[str, Any] = {name: True for name in ("enable_crcs", "enable_data_crcs")
-                if name in inspect.signature(Writer.__init__).parameters}
-
-
-def image_format(data: bytes) -> str | None:
-    """`jpeg` or `png` when the bytes are one, else None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    return None
-
-
-def entry_times(entry_id: str) -> tuple[int, int]:
-    """(log_time in ns, sequence) for an entry id."""
-    ms, _, seq = entry_id.partition("-")
-    seq_n = int(seq or 0)
-    return int(ms) * NS_PER_MS + min(seq_n, NS_PER_MS - 1), min(seq_n, MAX_SEQUENCE)
+                                if name in inspect.signature(Writer.__init__).parameters}
 
 
 def entry_id_of(log_time: int, sequence: int) -> str:
@@ -87,7 +55,7 @@ class SegmentWriter:
 
     def __init__(self, path: Path, chunk_size: int = 4 * 1024 * 1024):
         self.path = path
-        self.file = open(path, "wb")
+        self.file = open_private(path)
         self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD, **_CRC_OPTIONS)
         self.writer.start(profile="", library="ptgstore")
         self.channels: dict[tuple[str, str], int] = {}
@@ -116,9 +84,7 @@ class SegmentWriter:
             fmt = image_format(data)
             if fmt is not None:
                 channel = self._channel(sid, "image", metas.get(sid, {}))
-                payload = orjson.dumps({
-                    "timestamp": {"sec": log_time // 1_000_000_000, "nsec": log_time % 1_000_000_000},
-                    "frame_id": sid, "data": base64.b64encode(data).decode(), "format": fmt})
+                payload = compressed_image(sid, log_time, data, fmt)
             else:
                 channel = self._channel(sid, "raw", metas.get(sid, {}))
                 payload = data
@@ -149,77 +115,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@dataclass(order=True)
-class Message:
-    log_time: int
-    order: tuple = field(compare=True)
-    sid: str = field(compare=False)
-    entry_id: str = field(compare=False)
-    data: bytes = field(compare=False)
+def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None, limits: Limits | None = None,
+                  oversized: str = "skip") -> Reading:
+    """The entries of MCAP files in log time order, read with bounded memory (ptgstore.mcapread):
+    iterate it; entries over the message limit are skipped and counted in its `skipped`."""
+    return Reading(files, sids, limits, oversized)
 
 
-def _decode(schema, channel, message) -> bytes:
-    """An entry's bytes: the image of a CompressedImage JSON message, else the message data."""
-    if channel.message_encoding == "json" and schema is not None and schema.name == IMAGE_SCHEMA_NAME:
-        return base64.b64decode(orjson.loads(message.data)["data"])
-    return bytes(message.data)
-
-
-def _file_messages(path: Path, index: int, sids: set[str] | None) -> Iterator[Message]:
-    with open(path, "rb") as stream:
-        reader = make_reader(stream)
-        topics = list(sids) if sids is not None else None
-        for schema, channel, message in reader.iter_messages(topics=topics, log_time_order=True):
-            yield Message(message.log_time, (index, message.sequence), channel.topic,
-                          entry_id_of(message.log_time, message.sequence), _decode(schema, channel, message))
-
-
-def start_time(path: Path) -> int:
-    """The log time of a file's first message from its summary (0 when it has none to tell)."""
-    try:
-        with open(path, "rb") as stream:
-            summary = make_reader(stream).get_summary()
-    except (McapError, ValueError, EOFError):
-        return 0
-    statistics = summary.statistics if summary is not None else None
-    return statistics.message_start_time if statistics is not None and statistics.message_count else 0
-
-
-def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
-    """The entries of MCAP files in log time order (files in order for equal times). A file is
-    opened only once the merge reaches its first message: a recording of many segments (of several
-    shards, overlapping in time) holds few files open at once."""
-    wanted = set(sids) if sids is not None else None
-    paths = [Path(f) for f in files]
-    pending = sorted((start_time(path), index) for index, path in enumerate(paths))
-    heap: list[tuple[Message, int, Iterator[Message]]] = []
-    ties = itertools.count()  # equal messages (two streams, one id, one file) never compare their files
-    opened = 0
-    while True:
-        while opened < len(pending) and (not heap or pending[opened][0] <= heap[0][0].log_time):
-            index = pending[opened][1]
-            messages = _file_messages(paths[index], index, wanted)
-            first = next(messages, None)
-            if first is not None:
-                heapq.heappush(heap, (first, next(ties), messages))
-            opened += 1
-        if not heap:
-            return
-        message, _, messages = heap[0]
-        following = next(messages, None)
-        if following is None:
-            heapq.heappop(heap)
-        else:
-            heapq.heapreplace(heap, (following, next(ties), messages))
-        yield message
-
-
-def summarize(files: Iterable[str | Path]) -> dict[str, dict]:
+def summarize(files: Iterable[str | Path], limits: Limits | None = None) -> dict[str, dict]:
     """Per stream: count, bytes, first and last entry ids, read from the files themselves."""
-    streams: dict[str, dict] = {}
-    for message in read_messages(files):
-        add_to_stats(streams, message.sid, message.entry_id, len(message.data))
-    return streams
+    return mcapread.summarize(files, limits)
 
 
 def add_to_stats(streams: dict[str, dict], sid: str, entry_id: str, size: int) -> None:

@@ -6,22 +6,16 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from mcap.reader import make_reader
-
 from .mcapfiles import ENCODING_KEY, SegmentWriter, read_messages
+from .mcapmeta import channel_metadata
 
 BATCH = 256
 
 
 def channel_metas(files: Iterable[Path]) -> dict[str, dict]:
     """Each stream's channel metadata (without the encoding key the writer adds), the newest file's."""
-    metas: dict[str, dict] = {}
-    for path in files:
-        with open(path, "rb") as stream:
-            summary = make_reader(stream).get_summary()
-        for channel in (summary.channels.values() if summary is not None else ()):
-            metas[channel.topic] = {k: v for k, v in channel.metadata.items() if k != ENCODING_KEY}
-    return metas
+    return {topic: {k: v for k, v in metadata.items() if k != ENCODING_KEY}
+            for topic, metadata in channel_metadata(files).items()}
 
 
 def merge_files(files: Iterable[str | Path], target: str | Path) -> int:

@@ -22,6 +22,7 @@ import orjson
 from .catalogue import build_info, parse_segment_name, segment_name, temporary_name, write_info
 from .framing import parse_entry_id
 from .mcapfiles import SegmentWriter, add_to_stats, fsync_dir
+from .private import private_dir
 from .recorder import LeaseLost, ShardTask, shard_of
 from .recording_store import now_iso
 
@@ -99,7 +100,7 @@ class ShardWriting:
 
     def _recover(self, segments: dict[str, str]) -> None:
         """After a crash: rename this shard's committed temporary files, delete uncommitted ones."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.dir)
         for path in self.dir.glob("part-*"):
             parsed = parse_segment_name(path.name)
             if parsed is None or parsed[0] != self.shard:
@@ -229,6 +230,8 @@ class ShardWriting:
                 # kept whole (strings and JSON values told apart) with the retention, for replay
                 self.metas[sid] = {**meta, "ptgstore.meta": orjson.dumps(meta).decode(),
                                    "ptgstore.max_len": str(max_len)}
+        # in time order across the streams of one read: readers reorder a file within a bounded window
+        entries = sorted(entries, key=lambda entry: parse_entry_id(entry[1]))
         await _disk(self.writer.write, entries, self.metas)
         for sid, entry_id, data in entries:
             self.largest[sid] = max(self.largest.get(sid, 0), len(data))

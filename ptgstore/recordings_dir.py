@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from .private import private_dir
 from .recording_store import RecordingStore
 
 log = logging.getLogger("ptgstore.recorder")
@@ -46,7 +47,7 @@ def read_marker(root: Path) -> str | None:
 def write_marker(root: Path, marker_id: str) -> bool:
     """Write the marker unless the directory has one (exclusive: of two processes writing at once,
     one wins); whether this one did."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(root)
     body = orjson.dumps({"id": marker_id, "host": socket.gethostname(), "path": str(root),
                          "created": time.time()})
     tmp = root / f"{MARKER_FILE}.{marker_id}.tmp"

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator
 
 import orjson
-from mcap.exceptions import McapError
-from mcap.reader import make_reader
 
-from .mcapfiles import Message
+from .mcapmeta import channel_metadata
+from .mcapread import Message, off_loop
 
 READ_AHEAD_ENTRIES = 256
-READ_AHEAD_BYTES = 8 * 1024 * 1024
-MAX_BATCH = 64  # entries due together that go out as one batch
+READ_AHEAD_BYTES = 4 * 1024 * 1024
+MAX_BATCH = 64  # entries due together that go out as one batch...
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # ... of at most this many bytes (or one larger entry)
 
 
 class Pacer:
@@ -41,8 +42,9 @@ class Pacer:
         return wall + (log_time - recorded) / 1e9 / self.speed - time.monotonic()
 
 
-def _read_ahead(messages: Iterator[Message]) -> list[Message]:
-    out, size = [], 0
+def _read_ahead(messages: Iterator[Message]) -> deque[Message]:
+    out: deque[Message] = deque()
+    size = 0
     for message in messages:
         out.append(message)
         size += len(message.data)
@@ -52,53 +54,57 @@ def _read_ahead(messages: Iterator[Message]) -> list[Message]:
 
 
 async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterator[list[Message]]:
-    """Batches of messages as they fall due. The files are read in a thread, one bounded chunk ahead
-    of the one being sent, so that reading never holds the pace up."""
+    """Batches of messages as they fall due. The files are read in a thread, one bounded read ahead
+    of the batch being sent (unless that holds large entries: then the next read waits for it), so
+    that reading seldom holds the pace up and at most two bounded reads are in memory."""
     pacer = Pacer(speed)
     batch: list[Message] = []
-    reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+    size = 0
+    reading: asyncio.Future | None = asyncio.ensure_future(off_loop(_read_ahead, messages))
     try:
-        while True:
+        while reading is not None:
             ahead = await reading
             if not ahead:
                 break
-            reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
-            for message in ahead:
+            small = sum(len(m.data) for m in ahead) < READ_AHEAD_BYTES
+            reading = asyncio.ensure_future(off_loop(_read_ahead, messages)) if small else None
+            while ahead:
+                message = ahead.popleft()  # (each message is let go of once sent)
                 wait = pacer.delay(message.log_time)
-                if wait > 0.0005 or len(batch) >= MAX_BATCH:
+                if wait > 0.0005 or len(batch) >= MAX_BATCH or size + len(message.data) > MAX_BATCH_BYTES:
                     if batch:
                         yield batch
-                        batch = []
+                        batch, size = [], 0
                     wait = pacer.delay(message.log_time)
                     if wait > 0:
                         await asyncio.sleep(wait)
                 batch.append(message)
+                size += len(message.data)
+            if reading is None:  # large entries: sent (and let go of) before the next are read
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                del message
+                reading = asyncio.ensure_future(off_loop(_read_ahead, messages))
         if batch:
             yield batch
     finally:
-        reading.cancel()
+        if reading is not None:
+            reading.cancel()
 
 
 def recorded_streams(files: Iterable[Path]) -> dict[str, tuple[dict, int | None]]:
-    """Each recorded stream's metadata and `max_len` as its channel metadata keeps them (the last
-    file's, the newest), for the streams a replay creates. Files of earlier versions kept no
-    `max_len`: None."""
+    """Each recorded stream's metadata and `max_len` as its channel metadata keeps them (the newest
+    file's), for the streams a replay creates. Files of earlier versions kept no `max_len`: None."""
     out: dict[str, tuple[dict, int | None]] = {}
-    for path in files:
+    for topic, metadata in channel_metadata(files).items():
         try:
-            with open(path, "rb") as stream:
-                summary = make_reader(stream).get_summary()
-        except (McapError, ValueError, EOFError):
-            continue  # an uploaded file without a readable summary: nothing to restore from it
-        for channel in (summary.channels.values() if summary is not None else ()):
-            metadata = channel.metadata
-            try:
-                meta = orjson.loads(metadata["ptgstore.meta"]) if "ptgstore.meta" in metadata else {}
-                max_len = int(metadata["ptgstore.max_len"]) if "ptgstore.max_len" in metadata else None
-            except ValueError:
-                continue  # written by another tool: nothing to restore
-            if isinstance(meta, dict):
-                out[channel.topic] = (meta, max_len)
+            meta = orjson.loads(metadata["ptgstore.meta"]) if "ptgstore.meta" in metadata else {}
+            max_len = int(metadata["ptgstore.max_len"]) if "ptgstore.max_len" in metadata else None
+        except ValueError:
+            continue  # written by another tool: nothing to restore
+        if isinstance(meta, dict):
+            out[topic] = (meta, max_len)
     return out
 
 
@@ -133,6 +139,7 @@ class Progress:
         self.updates: dict[str, int] = {}
         self.current: dict[str, float] = {sid: 0.0 for sid in sids}
         self.lasts = {sid: stats[sid].get("last-entry") for sid in sids if sid in stats}
+        self.skipped: dict[str, int] = {}  # entries left out (over the message limit), per stream
 
     def sent(self, message: Message) -> None:
         sid = message.sid
@@ -144,6 +151,6 @@ class Progress:
 
     def report(self) -> dict:
         out = {"updates": self.updates, "active": sorted(self.active), "durations": self.durations,
-               "current": dict(self.current)}
+               "current": dict(self.current), "skipped": dict(self.skipped)}
         self.updates = {}
         return out

@@ -93,6 +93,8 @@ class Settings:
     key_prefix: str = ""
     max_len: int = 1000
     max_message: int = 16 * 1024 * 1024
+    max_upload: int = 4 * 1024**3  # one uploaded recording file (streamed to disk, never held in memory)
+    max_chunk: int | None = None  # an MCAP chunk's uncompressed bytes; default: what the recorder may write
     redis_fsync: str = "always"  # embedded Redis only: everysec can lose acknowledged entries in a crash
     redis_pool_size: int = 64
     redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
@@ -110,6 +112,8 @@ class Settings:
     recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
     recording_segment_mb: int = 256  # ... or when one reaches this size
     recording_shards: int = 4  # a recording's streams are shared out among the processes in this many shards
+    foxglove_scan_ms: int = 1000  # how often /foxglove looks for new streams (once per process)
+    foxglove_queue_bytes: int = 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_POLICIES:
@@ -130,8 +134,8 @@ class Settings:
         if not self.group_separator or "+" in self.group_separator:
             raise SettingsError(f"PTGSTORE_GROUP_SEPARATOR must be a non-empty string without '+', "
                                 f"not {self.group_separator!r}")
-        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
-                     "hub_buffer", "recording_shards"):
+        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
+                     "redis_timeout", "hub_buffer", "foxglove_scan_ms", "foxglove_queue_bytes", "recording_shards"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -159,6 +163,8 @@ class Settings:
             "KEY_PREFIX": ("key_prefix", lambda n, v: v),
             "MAX_LEN": ("max_len", lambda n, v: _parse_int(n, v, 1)),
             "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),
+            "MAX_UPLOAD": ("max_upload", lambda n, v: _parse_int(n, v, 1)),
+            "MAX_CHUNK": ("max_chunk", lambda n, v: _parse_int(n, v, 1)),
             "REDIS_FSYNC": ("redis_fsync", lambda n, v: v.strip().lower()),
             "REDIS_POOL_SIZE": ("redis_pool_size", lambda n, v: _parse_int(n, v, 1)),
             "REDIS_TIMEOUT": ("redis_timeout", lambda n, v: _parse_int(n, v, 1)),
@@ -176,6 +182,8 @@ class Settings:
             "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
             "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
             "RECORDING_SHARDS": ("recording_shards", lambda n, v: _parse_int(n, v, 1)),
+            "FOXGLOVE_SCAN_MS": ("foxglove_scan_ms", lambda n, v: _parse_int(n, v, 10)),
+            "FOXGLOVE_QUEUE_BYTES": ("foxglove_queue_bytes", lambda n, v: _parse_int(n, v, 1)),
         }
         for suffix, (attr, parse) in readers.items():
             name = "PTGSTORE_" + suffix
@@ -207,6 +215,14 @@ class Settings:
             return ("PTGSTORE_EPHEMERAL_DISK=true: recordings under the data directory would be lost at the next "
                     "restart; set PTGSTORE_RECORDINGS_DIR to persistent storage shared by every process")
         return None
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """The largest MCAP chunk read (uncompressed): PTGSTORE_MAX_CHUNK, by default the recorder's 4 MiB
+        chunks plus one entry of PTGSTORE_MAX_MESSAGE as base64 JSON, with 2 MiB to spare (27.3 MiB)."""
+        if self.max_chunk is not None:
+            return self.max_chunk
+        return 4 * 1024 * 1024 + self.max_message * 4 // 3 + 2 * 1024 * 1024
 
     @property
     def embedded(self) -> bool:

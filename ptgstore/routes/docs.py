@@ -23,6 +23,10 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
   message is answered with the new entry ids joined by `,`.
 * `/data/{sid}/pull?count=1&last_entry_id=$&ack=false&latest=false&timeout=MS&time_sync_id=SID&gaps=false&header=json|msgpack` —
   each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
+* `/foxglove` (subprotocol `foxglove.websocket.v1`) — the Foxglove WebSocket protocol: every stream
+  a channel (JPEG/PNG as foxglove.CompressedImage, JSON as json, depth/IMU layouts decoded, anything
+  else raw; `images=protobuf` for protobuf images), advertised and unadvertised as streams come and go;
+  clientPublish pushes entries.
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
 1008 policy (bad option), 1009 too big, 1011 store unavailable.

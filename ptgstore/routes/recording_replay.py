@@ -13,6 +13,7 @@ from .. import errors
 from ..catalogue import segment_files
 from ..framing import FramingError, split_stream_ids, validate_stream_id
 from ..mcapfiles import read_messages
+from ..mcapread import Limits, off_loop
 from ..replay import Progress, paced, recorded_streams, restore_streams
 from . import close_socket, query_bool, serve_socket
 from .recordings import recording_info, validate_recording_id
@@ -67,8 +68,9 @@ async def _replay(ws: WebSocket) -> None:
                 raise HTTPException(409, f"keep_ids needs empty streams: {target!r} holds entries")
     progress = Progress(stats, sids)
     files = segment_files(ws.app.state.recorder.root / rec_id)
-    await restore_streams(store, targets, await asyncio.to_thread(recorded_streams, files))
-    messages = read_messages(files, sids)
+    await restore_streams(store, targets, await off_loop(recorded_streams, files))
+    messages = read_messages(files, sids, Limits.of(ws.app.state.settings))
+    progress.skipped = messages.skipped  # entries over PTGSTORE_MAX_MESSAGE, counted as they are met
     speed = None if options["fullspeed"] else options["speed"]
     reporter = asyncio.ensure_future(_report(ws, progress, options["interval"]))
     listener = asyncio.ensure_future(_until_disconnect(ws))
@@ -79,6 +81,7 @@ async def _replay(ws: WebSocket) -> None:
             await store.add([(targets[m.sid], m.entry_id if options["keep_ids"] else "*", m.data) for m in batch])
             for m in batch:
                 progress.sent(m)
+            del batch, m  # let go of the entries while the next ones are read
     finally:
         reporter.cancel()
         listener.cancel()
@@ -86,7 +89,9 @@ async def _replay(ws: WebSocket) -> None:
             await reporter
     progress.active.clear()
     await ws.send_text(orjson.dumps(progress.report()).decode())
-    await close_socket(ws, errors.NORMAL, "replay done")
+    skipped = sum(messages.skipped.values())
+    await close_socket(ws, errors.NORMAL, f"replay done, {skipped} entries over PTGSTORE_MAX_MESSAGE skipped"
+                       if skipped else "replay done")
 
 
 async def _report(ws: WebSocket, progress: Progress, interval: float) -> None:

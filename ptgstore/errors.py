@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from .framing import FramingError
 from .mcapread import RecordTooLarge, UnreadableRecording
+from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -65,6 +66,7 @@ TABLE: dict[type[BaseException], Reply] = {
     TooLarge: Reply(413, TOO_BIG),
     RecordTooLarge: Reply(413, TOO_BIG),  # an MCAP chunk or entry over the limits (a recording, an upload)
     UnreadableRecording: Reply(400, INVALID),  # an MCAP file that is damaged, truncated or compressed otherwise
+    SequenceRefused: Reply(409, POLICY),  # a producer's batch number the server cannot vouch for (push sockets)
     StoreUnavailable: Reply(503, SERVER_ERROR),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR)

@@ -20,7 +20,9 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
 * `/data/{sid}/push?batch=false&ack=false&header=json|msgpack&offsets=auto|start|end` —
   unbatched: every binary message is one entry; batched (`batch=true` or sid `*`): messages
   alternate header (JSON text or MessagePack binary) and blob. With `ack=true` every stored
-  message is answered with the new entry ids joined by `,`.
+  message is answered with the new entry ids joined by `,`. Idempotent: `producer=ID&seq=N&ack=true`
+  numbers the socket's messages from N; a message whose number the producer already stored is
+  answered with the ids it was stored under and stores nothing (resend after a dropped socket).
 * `/data/{sid}/pull?count=1&last_entry_id=$&ack=false&latest=false&timeout=MS&time_sync_id=SID&gaps=false&header=json|msgpack` —
   each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
 * `/foxglove` (subprotocol `foxglove.websocket.v1`) — the Foxglove WebSocket protocol: every stream
@@ -29,7 +31,7 @@ WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repo
   clientPublish pushes entries.
 
 Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
-1008 policy (bad option), 1009 too big, 1011 store unavailable.
+1008 policy (bad option; a producer's number older than the server remembers), 1009 too big, 1011 store unavailable.
 Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie. A refused handshake is an
 HTTP 401 (token) or 403 (origin) with `{"detail": reason}`. Cookie-only POST/PUT/DELETE from another
 site's page: 403.

@@ -21,7 +21,8 @@ def owned_keys(store: Store) -> dict[str, str]:
     owned = {keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
              recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
              recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
-             recordings.lease_key: "string", recordings.errors_key: "hash"}
+             recordings.writers_key: "set", recordings.presence_key: "zset", recordings.directory_key: "hash",
+             recordings.errors_key: "hash"}
     for sid in SERVER_STREAMS:
         owned[keys.stream(sid)] = "stream"
         owned[keys.stream(sid) + META_SUFFIX] = "hash"

@@ -97,14 +97,19 @@ def parse_cursor(text: str) -> str:
 
 def parse_cursors(value: str, count: int) -> list[str]:
     """One cursor per stream from `a+b` (or `a b`, as an unencoded `+` arrives); fewer values repeat."""
-    parts = [p for p in value.replace(" ", "+").split("+") if p] or [NOW]
+    parts = [p for p in value.replace(" ", "+").split("+") if p]
+    if not parts:
+        raise FramingError("empty last_entry_id")
     if len(parts) > count:
         raise FramingError(f"{len(parts)} last_entry_id values for {count} streams")
     cursors = [parse_cursor(p) for p in parts]
     return [cursors[i % len(cursors)] for i in range(count)]
 
 
-def parse_count(text: str | None, default: int = 1, maximum: int = 100_000) -> int:
+MAX_COUNT = 100_000  # entries per stream per read
+
+
+def parse_count(text: str | None, default: int = 1, maximum: int = MAX_COUNT) -> int:
     """A positive `count` query value (ASCII digits)."""
     if text is None or text == "":
         return default

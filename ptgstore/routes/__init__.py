@@ -10,12 +10,20 @@ from .. import errors
 log = logging.getLogger("ptgstore.routes")
 
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
+
+
+def option(params, name: str, default=None):
+    """A query option's value, or `default` when it is absent or empty: the original client sends
+    `info=` for "not given", so an empty value means the default on every route and socket."""
+    value = params.get(name)
+    return default if value is None or value == "" else value
 
 
 def query_bool(params, name: str, default: bool = False) -> bool:
-    """A true/false query parameter; anything else is a malformed option naming it (400, or 1007 on a socket)."""
-    raw = params.get(name)
+    """A true/false query parameter (empty: the default); anything else is a malformed option naming it
+    (400, or 1007 on a socket)."""
+    raw = option(params, name)
     if raw is None:
         return default
     value = raw.strip().lower()

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -25,13 +26,23 @@ from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segm
 from ..recording_store import RecordingStore
 from ..replay import Progress, paced
 from ..store import StoreError
-from . import close_socket, query_bool, serve_socket
+from . import close_socket, option, query_bool, serve_socket
 
 log = logging.getLogger("ptgstore.recordings")
 
 MAX_ID_BYTES = 200
 RESERVED_IDS = frozenset({"current", "start", "stop", "static", "upload", "replay", "cache"})
 STOP_WAIT = 60.0  # seconds PUT /recordings/stop waits for the recorder to finish the files
+
+
+class RecordingSegment(StringConvertor):
+    """`{rec_id:recording}`: a path segment that is not one of the reserved words, which are routes
+    of their own (`GET /recordings/start` is that route's 405, not a recording named `start`)."""
+
+    regex = "(?!(?:" + "|".join(sorted(RESERVED_IDS)) + ")(?:/|$))[^/]+"
+
+
+register_url_convertor("recording", RecordingSegment())
 
 
 def validate_recording_id(name: str, what: str = "recording id") -> str:
@@ -107,7 +118,20 @@ def _names(root: Path, hidden: bool) -> list[str]:
 
 
 async def list_recordings(request: Request) -> JSONResponse:
-    """Recording names (hidden ones with `hidden=true`), or their info objects with `info=true`."""
+    """Sorted recording ids (hidden ones too with `hidden=true`), or their info objects with `info=true`.
+
+    ---
+    query:
+      info: {flag: false, description: info objects instead of ids}
+      hidden: {flag: false, description: hidden recordings too}
+    raises: [BadOption, StoreUnavailable]
+    responses:
+      200:
+        description: the ids, or the info objects
+        content:
+          application/json:
+            schema: {type: array, items: {oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}}
+    """
     names = await asyncio.to_thread(_names, _root(request), query_bool(request.query_params, "hidden"))
     if not query_bool(request.query_params, "info"):
         return JSONResponse(names)
@@ -116,7 +140,19 @@ async def list_recordings(request: Request) -> JSONResponse:
 
 
 async def current(request: Request) -> JSONResponse:
-    """The active recording's id (null when none), or its info object with `info=true`."""
+    """The active recording's id (null when none), or its info object with `info=true`.
+
+    ---
+    query:
+      info: {flag: false, description: the info object instead of the id}
+    raises: [BadOption, StoreUnavailable]
+    responses:
+      200:
+        description: the id, its info object, or null
+        content:
+          application/json:
+            schema: {nullable: true, oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}
+    """
     rec_id = await _states(request).active_id()
     if rec_id is None or not query_bool(request.query_params, "info"):
         return JSONResponse(rec_id)
@@ -124,6 +160,17 @@ async def current(request: Request) -> JSONResponse:
 
 
 async def get_recording(request: Request) -> JSONResponse:
+    """A recording's info object (an active one's counts cover the segments finished so far).
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200:
+        description: the info object
+        content: {application/json: {schema: {$ref: "#/components/schemas/RecordingInfo"}}}
+      400: a malformed recording id
+      404: no such recording
+    """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     info = await recording_info(request.app, rec_id)
     if info is None:
@@ -141,15 +188,33 @@ def _new_id(root: Path) -> str:
 
 
 async def start(request: Request) -> JSONResponse:
-    """Start recording (every stream, or `sid=a+b`); answers the recording id."""
+    """Start recording every stream (or `sid=a+b`); answers the recording id.
+
+    Start and stop are announced on the stream `event:recording:id`.
+    ---
+    query:
+      rec_id: {$ref: "#/components/schemas/RecordingId", description: "the recording's id (default: the local start time, `YYYY.MM.DD-HH.MM.SS`)"}
+      sid: {$ref: "#/components/schemas/StreamList", description: "the streams to record, `a+b` (default: every stream, including streams that appear during the recording)"}
+    raises: [StoreUnavailable]
+    responses:
+      200:
+        description: the recording id
+        content: {application/json: {schema: {$ref: "#/components/schemas/RecordingId"}}}
+        links:
+          stop: {operationId: recordings.stop}
+          info: {operationId: recordings.get_recording, parameters: {rec_id: $response.body}}
+          hide: {operationId: recordings.hide, parameters: {rec_id: $response.body}}
+      400: a malformed recording id or stream id
+      409: a recording is active, or the id exists
+    """
     params = request.query_params
     root = _root(request)
-    rec_id = params.get("rec_id") or ""
-    if not rec_id:
+    rec_id = option(params, "rec_id")
+    if rec_id is None:
         rec_id = await asyncio.to_thread(_new_id, root)
     rec_dir = _dir(request, rec_id)
     streams = None
-    if params.get("sid"):
+    if option(params, "sid") is not None:
         try:
             streams = list(dict.fromkeys(split_stream_ids(params["sid"].replace(" ", "+"))))
         except FramingError as exc:
@@ -169,7 +234,13 @@ async def start(request: Request) -> JSONResponse:
 
 
 async def stop(request: Request) -> JSONResponse:
-    """Stop the active recording and wait (bounded) for its files; 1 when one was active, else 0."""
+    """Stop the active recording; `1` once its files are written (waits up to 60 s), `0` when none was active.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200: {description: 1 or 0, content: {application/json: {schema: {type: integer, enum: [0, 1]}}}}
+    """
     states = _states(request)
     rec_id = await states.stop()
     if rec_id is None:
@@ -187,6 +258,16 @@ async def _refuse_active(request, rec_id: str) -> None:
 
 
 async def rename(request: Request) -> JSONResponse:
+    """Rename a recording; answers `[true, true]`.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
+      400: a malformed recording id
+      404: no such recording
+      409: "`new_id` exists, or the recording is active"
+    """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     new_id = validate_recording_id(request.path_params["new_id"])
     old_dir, new_dir = _dir(request, rec_id), _dir(request, new_id)
@@ -201,6 +282,16 @@ async def rename(request: Request) -> JSONResponse:
 
 
 async def delete_recording(request: Request) -> JSONResponse:
+    """Delete a recording's files; answers `[true, true]`.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
+      400: a malformed recording id
+      404: no such recording
+      409: the recording is active
+    """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     rec_dir = _dir(request, rec_id)
     await _refuse_active(request, rec_id)
@@ -212,7 +303,12 @@ async def delete_recording(request: Request) -> JSONResponse:
 
 
 async def clear_cache(_request: Request) -> JSONResponse:
-    """The original's info cache: info objects are kept beside each recording, nothing to clear."""
+    """The original server's info cache: info objects are kept beside each recording, nothing to clear.
+
+    ---
+    responses:
+      200: {description: "`{}`", content: {application/json: {schema: {type: object, maxProperties: 0}}}}
+    """
     return JSONResponse({})
 
 
@@ -229,16 +325,38 @@ async def _set_hidden(request: Request, hidden: bool) -> JSONResponse:
 
 
 async def hide(request: Request) -> JSONResponse:
-    """Leave a recording out of `GET /recordings` (still reachable by its id)."""
+    """Leave a recording out of `GET /recordings` (still reachable by its id); answers `true`.
+
+    ---
+    responses:
+      200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
+      400: a malformed recording id
+      404: no such recording
+    """
     return await _set_hidden(request, True)
 
 
 async def unhide(request: Request) -> JSONResponse:
+    """Put a hidden recording back into `GET /recordings`; answers `true`.
+
+    ---
+    responses:
+      200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
+      400: a malformed recording id
+      404: no such recording
+    """
     return await _set_hidden(request, False)
 
 
 async def static_file(request: Request) -> FileResponse:
-    """A file of a recording: an MCAP segment, `info.json`, or an uploaded export."""
+    """A file of a recording: a segment `part-NNNNNN.mcap`, `info.json`, or an uploaded file.
+
+    ---
+    responses:
+      200: {description: the file, content: {"*/*": {schema: {type: string, format: binary}}}}
+      400: a malformed recording id or file name
+      404: no such file
+    """
     rec_dir = _dir(request, request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
     path = rec_dir / name
@@ -249,7 +367,31 @@ async def static_file(request: Request) -> FileResponse:
 
 
 async def upload(request: Request) -> JSONResponse:
-    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file."""
+    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file.
+
+    An `.mcap` file becomes part of the recording (replayable). Bounded by the maximum message size.
+    ---
+    query:
+      overwrite: {flag: false, description: replace a file of the same name}
+    requestBody:
+      required: true
+      description: one file part
+      content:
+        multipart/form-data:
+          schema: {type: object, required: [file], properties: {file: {type: string, format: binary}}}
+    raises: [BadOption, FormParserError, StoreUnavailable]
+    responses:
+      200:
+        description: what was stored
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [recording, file, size]
+              properties: {recording: {type: string}, file: {type: string}, size: {type: integer}}
+      400: "a malformed recording id or file name, a name that cannot be uploaded (`info.json`, `*.tmp`), not one file part, an `.mcap` file that is not readable MCAP"
+      409: the file exists (without `overwrite=true`), or the recording is active
+    """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
     rec_dir = _dir(request, rec_id)
@@ -297,19 +439,19 @@ def _mcap_problem(path: Path) -> str | None:
 # -- replay -------------------------------------------------------------------------------------
 
 def _replay_options(params) -> dict:
-    interval = params.get("interval") or "1"
-    speed = params.get("speed")
+    interval = option(params, "interval", "1")
+    speed = option(params, "speed", "1")
     try:
         interval_s = float(interval)
-        speed_x = float(speed) if speed else 1.0
+        speed_x = float(speed)
     except ValueError:
         raise FramingError("interval and speed must be numbers") from None
     if not (0.01 <= interval_s <= 3600) or not (0 < speed_x <= 1000):
         raise FramingError("interval must be 0.01-3600 s and speed 0-1000")
     return {
-        "rec_id": params.get("rec_id") or "",
-        "sids": params.get("sid"),
-        "prefix": params.get("prefix") or "",
+        "rec_id": option(params, "rec_id", ""),
+        "sids": option(params, "sid"),
+        "prefix": option(params, "prefix", ""),
         "fullspeed": query_bool(params, "fullspeed"),
         "keep_ids": query_bool(params, "keep_ids"),
         "interval": interval_s,
@@ -318,7 +460,36 @@ def _replay_options(params) -> dict:
 
 
 async def replay(ws: WebSocket) -> None:
-    """Replay a recording into live streams; progress JSON every `interval` seconds; close 1000 when done."""
+    """Replay a recording into live streams; progress every `interval` seconds; close 1000 when done.
+
+    The replayed streams are the recorded ones (with `prefix`), stamped now unless `keep_ids=true`.
+    ---
+    path: {}
+    query:
+      rec_id: {$ref: "#/components/schemas/RecordingId", required: true, description: the recording to replay}
+      sid: {$ref: "#/components/schemas/StreamList", description: "the streams to replay, `a+b` (default: every stream of the recording)"}
+      prefix: {type: string, description: "replayed stream = prefix + stream id (default: none)"}
+      fullspeed: {flag: false, description: "as fast as possible (default: the recorded intervals between entries)"}
+      interval: {type: number, minimum: 0.01, maximum: 3600, default: 1, description: seconds between progress messages}
+      speed: {type: number, exclusiveMinimum: 0, maximum: 1000, default: 1, description: a factor of the recorded pace}
+      keep_ids: {flag: false, description: "entries keep their recorded ids, into streams that must be empty (default: stamped now)"}
+    raises: [BadOption, FramingError, StoreError, StoreUnavailable]
+    closes:
+      1000: the replay is done (after the last progress message)
+      1008: "an unknown recording or stream, a malformed recording id, an active recording, `keep_ids` into a stream holding entries"
+    send:
+      progress:
+        summary: every `interval` seconds, and a last one with `active` empty
+        contentType: application/json
+        payload:
+          type: object
+          required: [updates, active, durations, current]
+          properties:
+            updates: {type: object, description: "stream -> entries since the last message"}
+            active: {type: array, items: {type: string}, description: streams still replaying}
+            durations: {type: object, description: "stream -> recorded seconds"}
+            current: {type: object, description: "stream -> seconds replayed"}
+    """
     await ws.accept()
     await serve_socket(ws, _replay)
 

@@ -35,6 +35,8 @@ from .routing import endpoints
 _NO_CONTROL = r"\x00-\x1f\x7f-\x9f"
 _ID_CHAR = f"[^+{_NO_CONTROL}]"
 _BACKSLASH = "\\\\"  # a backslash, escaped for the regular expression
+# in a list `a+b`: an element that is `*` or a reserved id
+_NOT_AN_ID = "(?!(?:" + "|".join(re.escape(sid) for sid in sorted({"*", *RESERVED_STREAM_IDS})) + ")(?:\\+|$))"
 ERROR = {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}
 COMPONENTS: dict[str, dict] = {
     "StreamId": {
@@ -49,13 +51,13 @@ COMPONENTS: dict[str, dict] = {
     },
     "StreamIds": {
         "type": "string", "minLength": 1,
-        "pattern": f"^{_ID_CHAR}+(\\+{_ID_CHAR}+)*$",
+        "pattern": f"^{_NOT_AN_ID}{_ID_CHAR}+(\\+{_NOT_AN_ID}{_ID_CHAR}+)*(?<!/)$",
         "not": {"enum": sorted({"*", *RESERVED_STREAM_IDS})},
         "description": "one stream id, or several joined by `+` (`a+b+c`), each a stream id",
     },
     "StreamList": {
         "type": "string", "minLength": 1,
-        "pattern": f"^[^+ {_NO_CONTROL}]+(\\+[^+ {_NO_CONTROL}]+)*$",
+        "pattern": f"^{_NOT_AN_ID}[^+ {_NO_CONTROL}]+(\\+{_NOT_AN_ID}[^+ {_NO_CONTROL}]+)*$",
         "not": {"enum": sorted({"*", *RESERVED_STREAM_IDS})},
         "description": "stream ids joined by `+` (in a query a space is a `+` too)",
     },
@@ -98,8 +100,10 @@ COMPONENTS: dict[str, dict] = {
     },
     "RecordingId": {
         "type": "string", "minLength": 1, "maxLength": MAX_RECORDING_ID_BYTES,
-        "pattern": f"^[^./{_BACKSLASH}{_NO_CONTROL}][^/{_BACKSLASH}{_NO_CONTROL}]*$",
-        "not": {"enum": sorted(RESERVED_RECORDING_IDS)},
+        # the reserved words as a lookahead, not `not: enum`: a fuzzer's "wrong" id `cache` would be
+        # `DELETE /recordings/cache`, a route of its own that answers 200
+        "pattern": f"^(?!(?:{'|'.join(sorted(RESERVED_RECORDING_IDS))})$)"
+                   f"[^./{_BACKSLASH}{_NO_CONTROL}][^/{_BACKSLASH}{_NO_CONTROL}]*$",
         "description": f"a recording id: non-empty UTF-8 of at most {MAX_RECORDING_ID_BYTES} bytes, without `/`, "
                        "`\\` or control characters, not starting with `.`, not one of "
                        f"{', '.join(sorted(RESERVED_RECORDING_IDS))}",

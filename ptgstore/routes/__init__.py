@@ -15,9 +15,12 @@ _FALSE = ("0", "false", "no", "off")
 
 def option(params, name: str, default=None):
     """A query option's value, or `default` when it is absent or empty: the original client sends
-    `info=` for "not given", so an empty value means the default on every route and socket."""
-    value = params.get(name)
-    return default if value is None or value == "" else value
+    `info=` for "not given", so an empty value means the default on every route and socket. An
+    option given twice is malformed (which one would count?)."""
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise errors.BadOption(f"{name} is given {len(values)} times")
+    return default if not values or values[0] == "" else values[0]
 
 
 def query_bool(params, name: str, default: bool = False) -> bool:

@@ -72,7 +72,7 @@ class Assets(StaticFiles):
 
     ---
     path:
-      path: {type: string, minLength: 1, description: a file name}
+      path: {type: string, pattern: '^[^\\x00-\\x1f\\x7f-\\x9f]+$', example: ptgstore.js, description: a file name}
     responses:
       200: {description: the file, content: {"*/*": {schema: {type: string, format: binary}}}}
       404: no such file

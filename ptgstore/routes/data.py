@@ -18,7 +18,7 @@ async def post_entries(request: Request) -> JSONResponse:
     group).
     ---
     path:
-      sid: {oneOf: [{$ref: "#/components/schemas/StreamId"}, {type: string, enum: ["*"]}],
+      sid: {type: string, oneOf: [{$ref: "#/components/schemas/StreamId"}, {type: string, enum: ["*"]}],
             description: "the stream, or `*`: each part's filename names its stream"}
     requestBody:
       required: true

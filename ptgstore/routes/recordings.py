@@ -132,8 +132,9 @@ async def list_recordings(request: Request) -> JSONResponse:
           application/json:
             schema: {type: array, items: {oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}}
     """
+    info = query_bool(request.query_params, "info")
     names = await asyncio.to_thread(_names, _root(request), query_bool(request.query_params, "hidden"))
-    if not query_bool(request.query_params, "info"):
+    if not info:
         return JSONResponse(names)
     infos = [await recording_info(request.app, name) for name in names]
     return JSONResponse([info for info in infos if info is not None])
@@ -153,8 +154,9 @@ async def current(request: Request) -> JSONResponse:
           application/json:
             schema: {nullable: true, oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}
     """
+    info = query_bool(request.query_params, "info")
     rec_id = await _states(request).active_id()
-    if rec_id is None or not query_bool(request.query_params, "info"):
+    if rec_id is None or not info:
         return JSONResponse(rec_id)
     return JSONResponse(await recording_info(request.app, rec_id))
 
@@ -169,6 +171,7 @@ async def get_recording(request: Request) -> JSONResponse:
         description: the info object
         content: {application/json: {schema: {$ref: "#/components/schemas/RecordingInfo"}}}
       400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
       404: no such recording
     """
     rec_id = validate_recording_id(request.path_params["rec_id"])
@@ -239,7 +242,11 @@ async def stop(request: Request) -> JSONResponse:
     ---
     raises: [StoreUnavailable]
     responses:
-      200: {description: 1 or 0, content: {application/json: {schema: {type: integer, enum: [0, 1]}}}}
+      200:
+        description: 1 or 0
+        content: {application/json: {schema: {type: integer, enum: [0, 1]}}}
+        links:
+          list: {operationId: recordings.list_recordings}
     """
     states = _states(request)
     rec_id = await states.stop()
@@ -265,6 +272,7 @@ async def rename(request: Request) -> JSONResponse:
     responses:
       200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
       400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
       404: no such recording
       409: "`new_id` exists, or the recording is active"
     """
@@ -289,6 +297,7 @@ async def delete_recording(request: Request) -> JSONResponse:
     responses:
       200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
       400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
       404: no such recording
       409: the recording is active
     """
@@ -331,6 +340,7 @@ async def hide(request: Request) -> JSONResponse:
     responses:
       200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
       400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
       404: no such recording
     """
     return await _set_hidden(request, True)
@@ -343,6 +353,7 @@ async def unhide(request: Request) -> JSONResponse:
     responses:
       200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
       400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
       404: no such recording
     """
     return await _set_hidden(request, False)
@@ -402,7 +413,7 @@ async def upload(request: Request) -> JSONResponse:
     path = rec_dir / name
     if path.exists() and not overwrite:
         raise HTTPException(409, f"{name!r} exists in recording {rec_id!r} (overwrite=true replaces it)")
-    async with request.form(max_files=1, max_fields=10) as form:
+    async with request.form(max_files=1, max_fields=1000) as form:  # other fields are ignored
         parts = [part for _, part in form.multi_items() if isinstance(part, UploadFile)]
         if len(parts) != 1:
             raise HTTPException(400, "upload one file part")

@@ -56,7 +56,7 @@ class NotFound(PtgError):
 
 
 class BadRequest(PtgError):
-    """The server refused the request as malformed or too large (HTTP 400, 413, 422)."""
+    """The server refused the request as malformed or too large (HTTP 400, 413)."""
 
 
 class ServerError(PtgError):

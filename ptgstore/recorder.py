@@ -371,7 +371,7 @@ class Recording:
         await _disk(write_info, self.dir, info)
         await self.states.finish(self.id)
         log.info("recording %s finished: %d entries in %d files", self.id,
-                 sum(s["count"] for s in self.stats.values()), len(info["files"]))
+                 sum(s.get("count", 0) for s in self.stats.values()), len(info["files"]))
 
     async def _fail(self, exc: OSError) -> None:
         """A write failed (a full disk): the recording stops with the reason; the store goes on."""

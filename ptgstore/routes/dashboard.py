@@ -10,6 +10,7 @@ import html
 import re
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
@@ -77,6 +78,12 @@ class Assets(StaticFiles):
       200: {description: the file, content: {"*/*": {schema: {type: string, format: binary}}}}
       404: no such file
     """
+
+
+    async def get_response(self, path: str, scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):  # StaticFiles' own 405 has no `Allow`
+            raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)
 
 
 static = Mount("/static", Assets(directory=STATIC_DIR), name="static")

@@ -82,7 +82,7 @@ async def put_stream(request: Request) -> JSONResponse:
       description: the metadata, a JSON object (`{}` for none)
       content:
         application/json:
-          schema: {type: object, properties: {max_len: {type: integer, minimum: 1, maximum: 9223372036854775807}}}
+          schema: {type: object, properties: {max_len: {type: integer, minimum: 1, maximum: 1000000000000}}}
     raises: [BadOption, FramingError, StoreError, StoreUnavailable]
     responses:
       200:

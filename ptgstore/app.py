@@ -19,7 +19,7 @@ from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .recorder import Recorder
-from .routes import dashboard, data, docs, live, misc, mjpeg, recordings, status, streams, tokens
+from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .routing import by_resource
 from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
@@ -47,6 +47,7 @@ ROUTES = by_resource([
     WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live._Endpoint)
     WebSocketRoute("/data/{sid:path}/pull", live.pull),
     Route("/mjpeg/{sid:path}", mjpeg.stream, methods=["GET"]),
+    WebSocketRoute("/foxglove", foxglove.foxglove),
     Route("/status", status.server, methods=["GET"]),
     Route("/status/streams", status.streams, methods=["GET"]),
     Route("/", dashboard.page, methods=["GET"]),
@@ -107,6 +108,8 @@ async def lifespan(app: Starlette):
     finally:
         collector.cancel()
         await app.state.recorder.close()
+        if getattr(app.state, "foxglove", None) is not None:
+            app.state.foxglove.stop()
         await app.state.hub.close()
         await store.close()
         if embedded is not None:

@@ -7,6 +7,7 @@ description, and a YAML block after `---`), with these keys:
     query:    {name: schema}  the handshake's query options (as in openapi.py, `flag: DEFAULT` included)
     raises:   [exception names of errors.TABLE]  each becomes its close code with the table's meaning
     closes:   [code] (meaning from errors.CLOSES) or {code: meaning}  the other ways the server closes
+    subprotocol: the WebSocket subprotocol the client must ask for
     receive:  {message name: AsyncAPI message}  what the server takes from the client
     send:     {message name: AsyncAPI message}  what the server sends
 
@@ -103,14 +104,19 @@ def channel(route: WebSocketRoute, name: str) -> tuple[dict, dict]:
     if parameters:
         out["parameters"] = parameters
     query = _query(extra.get("query") or {})
+    binding: dict[str, Any] = {"method": "GET", "bindingVersion": BINDING_VERSION}
     if query:
-        out["bindings"] = {"ws": {"method": "GET", "bindingVersion": BINDING_VERSION, "query": {
+        binding["query"] = {
             "type": "object",
             "properties": {p["name"]: {**p["schema"], "description": p.get("description", "")} for p in query},
-            "required": [p["name"] for p in query if p["required"]] or None,
-        }}}
-        if out["bindings"]["ws"]["query"]["required"] is None:
-            del out["bindings"]["ws"]["query"]["required"]
+        }
+        required = [p["name"] for p in query if p["required"]]
+        if required:
+            binding["query"]["required"] = required
+    if extra.get("subprotocol"):  # the client must ask for it (Sec-WebSocket-Protocol)
+        binding["headers"] = {"type": "object", "required": ["Sec-WebSocket-Protocol"], "properties": {
+            "Sec-WebSocket-Protocol": {"type": "string", "const": extra["subprotocol"]}}}
+    out["bindings"] = {"ws": binding}
     messages: dict[str, dict] = {}
     operations: dict[str, dict] = {}
     for action, key in (("receive", "receive"), ("send", "send")):

@@ -20,6 +20,7 @@ import orjson
 from tqdm import tqdm
 
 from .framing import parse_entry_id
+from .layouts import DEPTH_HEIGHT, DEPTH_WIDTH, IMU_SAMPLE, depth_meta, imu_meta
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -359,17 +360,14 @@ def _chunks(files: list[Path], max_bytes: int):
 
 # -- simulate -----------------------------------------------------------------------------------
 
-DEPTH_WIDTH, DEPTH_HEIGHT = 320, 288
-IMU_SAMPLE = struct.Struct("<d6f")  # capture time, accelerometer xyz (m/s^2), gyroscope xyz (rad/s)
-
-
 class Sensor:
-    """A synthetic sensor: its stream, its rate and how it makes one entry."""
+    """A synthetic sensor: its stream, its rate, how it makes one entry and its layout's metadata."""
 
-    def __init__(self, stream_id: str, hz: float, make):
+    def __init__(self, stream_id: str, hz: float, make, meta: dict | None = None):
         self.stream_id = stream_id
         self.hz = hz
         self.make = make
+        self.meta = meta
         self.entries = 0
         self.bytes = 0
 
@@ -433,8 +431,8 @@ def _sensors(args) -> list[Sensor]:
 
     prefix = args.device + ":"
     return [Sensor(prefix + "main", args.camera_hz, camera),
-            Sensor(prefix + "depthlt", args.depth_hz, depth_frame),
-            Sensor(prefix + "imu", args.imu_hz / args.imu_batch, imu)]
+            Sensor(prefix + "depthlt", args.depth_hz, depth_frame, depth_meta()),
+            Sensor(prefix + "imu", args.imu_hz / args.imu_batch, imu, imu_meta())]
 
 
 async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> None:
@@ -442,6 +440,8 @@ async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> N
     if sensor.hz <= 0:
         return
     period = 1 / sensor.hz
+    if sensor.meta:
+        await client.update(sensor.stream_id, sensor.meta)  # readers (Foxglove) learn the layout
     async with client.pusher() as pusher:
         tick = time.monotonic()
         while tick < deadline:

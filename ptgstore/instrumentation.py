@@ -163,7 +163,8 @@ class Instrumentation:
 
     async def _socket(self, scope, receive, send):
         route, params = self._route(scope, self.socket_routes)
-        kind = "push" if route.endswith("/push") else "pull" if route.endswith("/pull") else "other"
+        kind = "push" if route.endswith("/push") else "pull" if route.endswith("/pull") else \
+            "foxglove" if route == "/foxglove" else "other"
         stats = SocketStats(self.metrics, kind, params.get("sid", ""), scope)
         scope = dict(scope)
         scope[SOCKET_KEY] = stats

@@ -26,41 +26,12 @@ import orjson
 from mcap.reader import make_reader
 from mcap.writer import CompressionType, Writer
 
-NS_PER_MS = 1_000_000
-MAX_SEQUENCE = 2**32 - 1  # the MCAP `sequence` field is 32 bits
-RAW_ENCODING = "application/octet-stream"
+from .foxglove_schemas import (  # noqa: F401 - entry_times, NS_PER_MS and MAX_SEQUENCE are used through here
+    IMAGE_SCHEMA, IMAGE_SCHEMA_NAME, MAX_SEQUENCE, NS_PER_MS, RAW_ENCODING, compressed_image, entry_times, image_format,
+)
+
 ENCODING_KEY = "ptgstore.encoding"
 SEGMENT_SUFFIX = ".mcap"
-IMAGE_SCHEMA_NAME = "foxglove.CompressedImage"
-# Foxglove's CompressedImage, as a JSON schema (https://docs.foxglove.dev/docs/sdk/schemas/compressed-image)
-IMAGE_SCHEMA = orjson.dumps({
-    "title": IMAGE_SCHEMA_NAME,
-    "description": "A compressed image",
-    "type": "object",
-    "properties": {
-        "timestamp": {"type": "object", "title": "time", "properties": {
-            "sec": {"type": "integer", "minimum": 0}, "nsec": {"type": "integer", "minimum": 0}}},
-        "frame_id": {"type": "string"},
-        "data": {"type": "string", "contentEncoding": "base64"},
-        "format": {"type": "string"},
-    },
-})
-
-
-def image_format(data: bytes) -> str | None:
-    """`jpeg` or `png` when the bytes are one, else None."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    return None
-
-
-def entry_times(entry_id: str) -> tuple[int, int]:
-    """(log_time in ns, sequence) for an entry id."""
-    ms, _, seq = entry_id.partition("-")
-    seq_n = int(seq or 0)
-    return int(ms) * NS_PER_MS + min(seq_n, NS_PER_MS - 1), min(seq_n, MAX_SEQUENCE)
 
 
 def entry_id_of(log_time: int, sequence: int) -> str:
@@ -107,9 +78,7 @@ class SegmentWriter:
             fmt = image_format(data)
             if fmt is not None:
                 channel = self._channel(sid, "image", metas.get(sid, {}))
-                payload = orjson.dumps({
-                    "timestamp": {"sec": log_time // 1_000_000_000, "nsec": log_time % 1_000_000_000},
-                    "frame_id": sid, "data": base64.b64encode(data).decode(), "format": fmt})
+                payload = compressed_image(sid, log_time, data, fmt)
             else:
                 channel = self._channel(sid, "raw", metas.get(sid, {}))
                 payload = data

@@ -88,6 +88,8 @@ class Metrics:
         self.sockets = counter("ptgstore_sockets", "WebSockets accepted", ("kind",))
         self.closes = counter("ptgstore_socket_closes", "WebSocket closes by code and by which side",
                               ("kind", "code", "by"))
+        self.foxglove_dropped = counter("ptgstore_foxglove_dropped",
+                                        "Messages a slow Foxglove client did not get (newer ones took their place)")
         self.errors = counter("ptgstore_errors", "Refused or failed requests and sockets, by reason", ("reason",))
         self.open_socket_stats: weakref.WeakSet = weakref.WeakSet()  # brought up to date at each scrape
         self._redis_children: dict = {}

@@ -109,6 +109,8 @@ class Settings:
     recordings_dir: str | None = None  # default: <data_dir>/recordings
     recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
     recording_segment_mb: int = 256  # ... or when one reaches this size
+    foxglove_scan_ms: int = 1000  # how often /foxglove looks for new streams (once per process)
+    foxglove_queue_bytes: int = 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_POLICIES:
@@ -130,7 +132,7 @@ class Settings:
             raise SettingsError(f"PTGSTORE_GROUP_SEPARATOR must be a non-empty string without '+', "
                                 f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
-                     "hub_buffer"):
+                     "hub_buffer", "foxglove_scan_ms", "foxglove_queue_bytes"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -174,6 +176,8 @@ class Settings:
             "RECORDINGS_DIR": ("recordings_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
             "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
             "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
+            "FOXGLOVE_SCAN_MS": ("foxglove_scan_ms", lambda n, v: _parse_int(n, v, 10)),
+            "FOXGLOVE_QUEUE_BYTES": ("foxglove_queue_bytes", lambda n, v: _parse_int(n, v, 1)),
         }
         for suffix, (attr, parse) in readers.items():
             name = "PTGSTORE_" + suffix

@@ -126,7 +126,8 @@ def test_the_matrix_covers_every_route(server):
     assert {"/streams", "/streams/{sid:path}", "/data/{sid:path}"} <= paths
     assert {("GET", "/data/{sid:path}"), ("POST", "/data/{sid:path}"), ("PUT", "/streams/{sid:path}"),
             ("DELETE", "/streams/{sid:path}")} <= set(rest)
-    assert set(ws_routes(server.app)) == {"/data/{sid:path}/push", "/data/{sid:path}/pull", "/recordings/replay"}
+    assert set(ws_routes(server.app)) == {"/data/{sid:path}/push", "/data/{sid:path}/pull", "/recordings/replay",
+                                          "/foxglove"}
     mounts = {r.path for r in server.app.routes if isinstance(r, Mount)}
     assert mounts <= PUBLIC_MOUNTS, f"new mount {mounts - PUBLIC_MOUNTS}: add it to the auth matrix"
 

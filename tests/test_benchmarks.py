@@ -55,3 +55,16 @@ def test_a_baseline_without_ptgstore_is_refused(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert f"--baseline {tmp_path}: no ptgstore package there" in run.stderr
+
+
+def test_the_foxglove_benchmark_delivers_every_frame_byte_exact_to_both_kinds_of_reader():
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.foxglove", "--clients", "2", "--frames", "20", "--runs", "1",
+         "--hz", "100", "--size", "4096"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines()]
+    rows = [row for row in rows if len(row) > 4 and row[2] in ("pull", "foxglove", "protobuf")]
+    assert sorted(row[2] for row in rows) == ["foxglove", "protobuf", "pull"]
+    assert all(row[3] == "40/40" and row[4] == "0" for row in rows), run.stdout

@@ -191,7 +191,7 @@ def _parser() -> Path | None:
 def _validate(document: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     validate = _parser()
     if validate is None:
-        pytest.skip("no node, or the AsyncAPI parser is not installed (cd tests/asyncapi && npm install)")
+        pytest.skip("no node, or the AsyncAPI parser is not installed (cd tests/asyncapi && npm ci)")
     path = tmp_path / "asyncapi.json"
     path.write_text(json.dumps(document))
     return subprocess.run(["node", str(validate), str(path)], capture_output=True, text=True, timeout=120)

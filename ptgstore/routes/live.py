@@ -31,7 +31,7 @@ class _Endpoint:
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
 
-    def __init__(self, session, name: str):
+    def __init__(self, session, name: str):  # name: the socket's name in /asyncapi.json
         self.session = session
         self.__name__ = name
         self.__doc__ = session.__doc__  # the route's description (asyncapi.py)

@@ -167,7 +167,7 @@ def describe(routes: Iterable[BaseRoute], root_path: str = "") -> dict:
 INTRO = """Sensor frames over REST and WebSockets into Redis Streams. This document is generated from the
 server's routing table and its error table.
 
-The WebSocket routes (push, pull, replay) are described by the AsyncAPI document `/asyncapi.json`,
+The WebSocket routes (push, pull, replay, Foxglove, ...) are described by the AsyncAPI document `/asyncapi.json`,
 shown at [/docs/sockets]({prefix}/docs/sockets). The full contract, with the reasons, is docs/protocol.md.
 
 Tokens: `Authorization: Bearer`, the `token` query parameter, or the `authorization` cookie. Every

@@ -18,6 +18,7 @@ from .directsend import DirectSend
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
+from .private import private_dir
 from .recorder import Recorder
 from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .routing import by_resource
@@ -98,6 +99,7 @@ async def lifespan(app: Starlette):
     app.state.store = store
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
+    await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024)
     app.state.recorder.start()
@@ -225,7 +227,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         Middleware(TrailingSlashMiddleware),
-        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message),
+        Middleware(errors.BodyLimitMiddleware, limit=settings.max_message,
+                   paths={recordings.UPLOAD_PREFIX: (settings.max_upload, "PTGSTORE_MAX_UPLOAD")}),
     ]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

@@ -26,6 +26,7 @@ import redis
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
+from redis.connection import PythonRespSerializer
 from redis.crc import key_slot
 
 log = logging.getLogger("ptgstore.connections")
@@ -87,15 +88,16 @@ async def _call(connection, command: tuple, asking: bool = False):
 
 def _pack(connection, command: tuple):
     """The command in Redis's protocol: packed in C by hiredis (a fifth of redis-py's cost), except
-    with a large value (always last) or memoryviews (slices of a batch), which redis-py's packer
-    sends as they are, uncopied."""
+    with a large value (always last) or memoryviews (slices of a batch), which redis-py's Python
+    packer sends as they are, uncopied (`connection.pack_command` packs with hiredis too, copying
+    the value, when hiredis is installed: a 16 MiB entry cost 16 MiB more)."""
     last = command[-1]
     if not (isinstance(last, bytes) and len(last) >= LARGE_VALUE):
         try:
             return hiredis.pack_command(command)
         except TypeError:  # a memoryview
             pass
-    return connection.pack_command(*command)
+    return PythonRespSerializer(LARGE_VALUE, connection.encoder.encode).pack(*command)
 
 
 def _closed_by_peer(connection) -> bool:

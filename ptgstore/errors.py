@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .framing import FramingError
+from .mcapread import RecordTooLarge, UnreadableRecording
 from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -69,6 +70,8 @@ TABLE: dict[type[BaseException], Reply] = {
     # Starlette before 1.7 lets a malformed multipart body through as this
     FormParserError: Reply(400, INVALID, "a malformed multipart upload"),
     TooLarge: Reply(413, TOO_BIG, "a body or message larger than the configured maximum (PTGSTORE_MAX_MESSAGE)"),
+    RecordTooLarge: Reply(413, TOO_BIG, "an MCAP chunk or entry over the server's limits (a recording, an upload)"),
+    UnreadableRecording: Reply(400, INVALID, "an MCAP file that is damaged, truncated or compressed otherwise"),
     StoreUnavailable: Reply(503, SERVER_ERROR, "Redis is unavailable (down, loading, timing out)"),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR, "a bug in the server (logged with its traceback)")
@@ -130,18 +133,28 @@ EXCEPTION_HANDLERS = {kind: http_error for kind in (HTTPException, *TABLE, Excep
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies larger than `limit` bytes with 413, without reading them into memory."""
+    """Refuse request bodies larger than `limit` bytes with 413, without reading them into memory;
+    `paths` gives other limits to paths under a prefix (uploads, which stream to disk)."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, paths: dict[str, tuple[int, str]] | None = None):
         self.app = app
         self.limit = limit
+        self.paths = paths or {}
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        for prefix, limit in self.paths.items():
+            if path.startswith(prefix):
+                return limit
+        return self.limit, "PTGSTORE_MAX_MESSAGE"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, setting = self._limit(scope.get("path", ""))
+        reason = f"request body larger than {limit} bytes ({setting})"
         for key, value in scope.get("headers", ()):
-            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                error = as_http(TooLarge(f"request body larger than {self.limit} bytes"))
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                error = as_http(TooLarge(reason))
                 return await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive,
                                                                                                   send)
         received = 0
@@ -150,8 +163,8 @@ class BodyLimitMiddleware:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise TooLarge(f"request body larger than {self.limit} bytes")
+            if received > limit:
+                raise TooLarge(reason)
             return message
 
         await self.app(scope, limited_receive, send)

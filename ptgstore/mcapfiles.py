@@ -15,20 +15,19 @@ stream's metadata (strings as they are, other values as JSON) and `ptgstore.enco
 """
 from __future__ import annotations
 
-import base64
-import heapq
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import orjson
-from mcap.reader import make_reader
 from mcap.writer import CompressionType, Writer
 
 from .foxglove_schemas import (  # noqa: F401 - entry_times, NS_PER_MS and MAX_SEQUENCE are used through here
     IMAGE_SCHEMA, IMAGE_SCHEMA_NAME, MAX_SEQUENCE, NS_PER_MS, RAW_ENCODING, compressed_image, entry_times, image_format,
 )
+from . import mcapread
+from .mcapread import Limits, Reading
+from .private import open_private
 
 ENCODING_KEY = "ptgstore.encoding"
 SEGMENT_SUFFIX = ".mcap"
@@ -49,7 +48,7 @@ class SegmentWriter:
 
     def __init__(self, path: Path, chunk_size: int = 4 * 1024 * 1024):
         self.path = path
-        self.file = open(path, "wb")
+        self.file = open_private(path)
         self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD)
         self.writer.start(profile="", library="ptgstore")
         self.channels: dict[tuple[str, str], int] = {}
@@ -109,43 +108,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-@dataclass(order=True)
-class Message:
-    log_time: int
-    order: tuple = field(compare=True)
-    sid: str = field(compare=False)
-    entry_id: str = field(compare=False)
-    data: bytes = field(compare=False)
+def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None, limits: Limits | None = None,
+                  oversized: str = "skip") -> Reading:
+    """The entries of MCAP files in log time order, read with bounded memory (ptgstore.mcapread):
+    iterate it; entries over the message limit are skipped and counted in its `skipped`."""
+    return Reading(files, sids, limits, oversized)
 
 
-def _decode(schema, channel, message) -> bytes:
-    """An entry's bytes: the image of a CompressedImage JSON message, else the message data."""
-    if channel.message_encoding == "json" and schema is not None and schema.name == IMAGE_SCHEMA_NAME:
-        return base64.b64decode(orjson.loads(message.data)["data"])
-    return bytes(message.data)
-
-
-def _file_messages(path: Path, index: int, sids: set[str] | None) -> Iterator[Message]:
-    with open(path, "rb") as stream:
-        reader = make_reader(stream)
-        topics = list(sids) if sids is not None else None
-        for schema, channel, message in reader.iter_messages(topics=topics, log_time_order=True):
-            yield Message(message.log_time, (index, message.sequence), channel.topic,
-                          entry_id_of(message.log_time, message.sequence), _decode(schema, channel, message))
-
-
-def read_messages(files: Iterable[str | Path], sids: Iterable[str] | None = None) -> Iterator[Message]:
-    """The entries of MCAP files in log time order (files in order for equal times)."""
-    wanted = set(sids) if sids is not None else None
-    return heapq.merge(*(_file_messages(Path(f), i, wanted) for i, f in enumerate(files)))
-
-
-def summarize(files: Iterable[str | Path]) -> dict[str, dict]:
+def summarize(files: Iterable[str | Path], limits: Limits | None = None) -> dict[str, dict]:
     """Per stream: count, bytes, first and last entry ids, read from the files themselves."""
-    streams: dict[str, dict] = {}
-    for message in read_messages(files):
-        add_to_stats(streams, message.sid, message.entry_id, len(message.data))
-    return streams
+    return mcapread.summarize(files, limits)
 
 
 def add_to_stats(streams: dict[str, dict], sid: str, entry_id: str, size: int) -> None:

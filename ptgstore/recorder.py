@@ -26,6 +26,8 @@ import orjson
 from .connections import RedisError
 from .framing import parse_entry_id
 from .mcapfiles import SEGMENT_SUFFIX, SegmentWriter, add_to_stats, fsync_dir, summarize
+from .mcapread import Limits
+from .private import open_private, private_dir
 from .recording_store import RecordingStore, now_iso
 from .store import Store, StoreUnavailable, entry_time_iso
 
@@ -110,14 +112,15 @@ def build_info(rec_id: str, rec_dir: Path, stats: dict[str, dict], gaps: list[di
 def write_info(rec_dir: Path, info: dict) -> None:
     """Keep the info object beside the segments (written whole, then renamed)."""
     tmp = rec_dir / (INFO_FILE + ".tmp")
-    tmp.write_bytes(orjson.dumps({k: v for k, v in info.items() if k not in ("hidden", "active")},
-                                 option=orjson.OPT_INDENT_2))
+    with open_private(tmp) as file:
+        file.write(orjson.dumps({k: v for k, v in info.items() if k not in ("hidden", "active")},
+                                option=orjson.OPT_INDENT_2))
     os.replace(tmp, rec_dir / INFO_FILE)
 
 
-def info_from_files(rec_id: str, rec_dir: Path) -> dict:
+def info_from_files(rec_id: str, rec_dir: Path, limits: Limits | None = None) -> dict:
     """Info of a recording without a kept info object (an upload): read from its MCAP files."""
-    return build_info(rec_id, rec_dir, summarize(segment_files(rec_dir)), [])
+    return build_info(rec_id, rec_dir, summarize(segment_files(rec_dir), limits), [])
 
 
 class Recorder:
@@ -239,7 +242,7 @@ class Recording:
 
     def _recover(self, segments: dict[str, str]) -> None:
         """After a crash: rename committed temporary files, delete uncommitted ones."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         for path in self.dir.glob("part-*.tmp"):
             number_text, _, token = path.name[len("part-"):-len(".tmp")].partition(".")
             number = int(number_text) if number_text.isdigit() else -1

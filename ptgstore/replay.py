@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import AsyncIterator, Iterator
 
-from .mcapfiles import Message
+from .mcapread import Message, off_loop
 
 READ_AHEAD_ENTRIES = 256
-READ_AHEAD_BYTES = 8 * 1024 * 1024
-MAX_BATCH = 64  # entries due together that go out as one batch
+READ_AHEAD_BYTES = 4 * 1024 * 1024
+MAX_BATCH = 64  # entries due together that go out as one batch...
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # ... of at most this many bytes (or one larger entry)
 
 
 class Pacer:
@@ -36,8 +38,9 @@ class Pacer:
         return wall + (log_time - recorded) / 1e9 / self.speed - time.monotonic()
 
 
-def _read_ahead(messages: Iterator[Message]) -> list[Message]:
-    out, size = [], 0
+def _read_ahead(messages: Iterator[Message]) -> deque[Message]:
+    out: deque[Message] = deque()
+    size = 0
     for message in messages:
         out.append(message)
         size += len(message.data)
@@ -47,31 +50,43 @@ def _read_ahead(messages: Iterator[Message]) -> list[Message]:
 
 
 async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterator[list[Message]]:
-    """Batches of messages as they fall due. The files are read in a thread, one bounded chunk ahead
-    of the one being sent, so that reading never holds the pace up."""
+    """Batches of messages as they fall due. The files are read in a thread, one bounded read ahead
+    of the batch being sent (unless that holds large entries: then the next read waits for it), so
+    that reading seldom holds the pace up and at most two bounded reads are in memory."""
     pacer = Pacer(speed)
     batch: list[Message] = []
-    reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
+    size = 0
+    reading: asyncio.Future | None = asyncio.ensure_future(off_loop(_read_ahead, messages))
     try:
-        while True:
+        while reading is not None:
             ahead = await reading
             if not ahead:
                 break
-            reading = asyncio.ensure_future(asyncio.to_thread(_read_ahead, messages))
-            for message in ahead:
+            small = sum(len(m.data) for m in ahead) < READ_AHEAD_BYTES
+            reading = asyncio.ensure_future(off_loop(_read_ahead, messages)) if small else None
+            while ahead:
+                message = ahead.popleft()  # (each message is let go of once sent)
                 wait = pacer.delay(message.log_time)
-                if wait > 0.0005 or len(batch) >= MAX_BATCH:
+                if wait > 0.0005 or len(batch) >= MAX_BATCH or size + len(message.data) > MAX_BATCH_BYTES:
                     if batch:
                         yield batch
-                        batch = []
+                        batch, size = [], 0
                     wait = pacer.delay(message.log_time)
                     if wait > 0:
                         await asyncio.sleep(wait)
                 batch.append(message)
+                size += len(message.data)
+            if reading is None:  # large entries: sent (and let go of) before the next are read
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                del message
+                reading = asyncio.ensure_future(off_loop(_read_ahead, messages))
         if batch:
             yield batch
     finally:
-        reading.cancel()
+        if reading is not None:
+            reading.cancel()
 
 
 def durations(stats: dict[str, dict]) -> dict[str, float]:
@@ -94,6 +109,7 @@ class Progress:
         self.updates: dict[str, int] = {}
         self.current: dict[str, float] = {sid: 0.0 for sid in sids}
         self.lasts = {sid: stats[sid].get("last-entry") for sid in sids if sid in stats}
+        self.skipped: dict[str, int] = {}  # entries left out (over the message limit), per stream
 
     def sent(self, message: Message) -> None:
         sid = message.sid
@@ -105,6 +121,6 @@ class Progress:
 
     def report(self) -> dict:
         out = {"updates": self.updates, "active": sorted(self.active), "durations": self.durations,
-               "current": dict(self.current)}
+               "current": dict(self.current), "skipped": dict(self.skipped)}
         self.updates = {}
         return out

@@ -93,6 +93,8 @@ class Settings:
     key_prefix: str = ""
     max_len: int = 1000
     max_message: int = 16 * 1024 * 1024
+    max_upload: int = 4 * 1024**3  # one uploaded recording file (streamed to disk, never held in memory)
+    max_chunk: int | None = None  # an MCAP chunk's uncompressed bytes; default: what the recorder may write
     redis_fsync: str = "always"  # embedded Redis only: everysec can lose acknowledged entries in a crash
     redis_pool_size: int = 64
     redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
@@ -131,8 +133,8 @@ class Settings:
         if not self.group_separator or "+" in self.group_separator:
             raise SettingsError(f"PTGSTORE_GROUP_SEPARATOR must be a non-empty string without '+', "
                                 f"not {self.group_separator!r}")
-        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "redis_pool_size", "redis_timeout",
-                     "hub_buffer", "foxglove_scan_ms", "foxglove_queue_bytes"):
+        for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
+                     "redis_timeout", "hub_buffer", "foxglove_scan_ms", "foxglove_queue_bytes"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -160,6 +162,8 @@ class Settings:
             "KEY_PREFIX": ("key_prefix", lambda n, v: v),
             "MAX_LEN": ("max_len", lambda n, v: _parse_int(n, v, 1)),
             "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),
+            "MAX_UPLOAD": ("max_upload", lambda n, v: _parse_int(n, v, 1)),
+            "MAX_CHUNK": ("max_chunk", lambda n, v: _parse_int(n, v, 1)),
             "REDIS_FSYNC": ("redis_fsync", lambda n, v: v.strip().lower()),
             "REDIS_POOL_SIZE": ("redis_pool_size", lambda n, v: _parse_int(n, v, 1)),
             "REDIS_TIMEOUT": ("redis_timeout", lambda n, v: _parse_int(n, v, 1)),
@@ -201,6 +205,14 @@ class Settings:
     @property
     def recordings_path(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else Path(self.data_dir) / "recordings"
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """The largest MCAP chunk read (uncompressed): PTGSTORE_MAX_CHUNK, by default the recorder's 4 MiB
+        chunks plus one entry of PTGSTORE_MAX_MESSAGE as base64 JSON, with 2 MiB to spare (27.3 MiB)."""
+        if self.max_chunk is not None:
+            return self.max_chunk
+        return 4 * 1024 * 1024 + self.max_message * 4 // 3 + 2 * 1024 * 1024
 
     @property
     def embedded(self) -> bool:

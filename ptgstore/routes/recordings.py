@@ -10,9 +10,9 @@ import shutil
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import orjson
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
@@ -22,7 +22,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from .. import errors
 from ..framing import FramingError, split_stream_ids, validate_stream_id
 from ..mcapfiles import SEGMENT_SUFFIX, read_messages
+from ..mcapread import FileReader, Limits, RecordTooLarge, off_loop
+from ..private import FILE_MODE, private_dir
 from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segment_files, write_info
+from ..uploads import receive_file
 from ..recording_store import RecordingStore
 from ..replay import Progress, paced
 from ..store import StoreError
@@ -33,6 +36,10 @@ log = logging.getLogger("ptgstore.recordings")
 MAX_ID_BYTES = 200
 RESERVED_IDS = frozenset({"current", "start", "stop", "static", "upload", "replay", "cache"})
 STOP_WAIT = 60.0  # seconds PUT /recordings/stop waits for the recorder to finish the files
+UPLOAD_PREFIX = "/recordings/upload/"
+UPLOADS_DIR = ".uploads"  # under the recordings directory: uploads being received (same file system)
+# a recording's files are data, never a page: no type sniffing, no script, no same-origin rights
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
 class RecordingSegment(StringConvertor):
@@ -74,6 +81,10 @@ def _dir(request, rec_id: str) -> Path:
     return _root(request) / validate_recording_id(rec_id)
 
 
+def _limits(app) -> Limits:
+    return Limits.of(app.state.settings)
+
+
 async def recording_info(app, rec_id: str) -> dict | None:
     """The info object of a recording (active or finished), or None when there is none."""
     recorder = app.state.recorder
@@ -86,17 +97,17 @@ async def recording_info(app, rec_id: str) -> dict | None:
                                        streams_requested=state["streams"])
     if not rec_dir.is_dir():
         return None
-    return await asyncio.to_thread(_finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id))
+    return await off_loop(_finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id), _limits(app))
 
 
-def _finished_info(rec_id: str, rec_dir: Path, error: str | None) -> dict:
+def _finished_info(rec_id: str, rec_dir: Path, error: str | None, limits: Limits) -> dict:
     path = rec_dir / INFO_FILE
     try:
         kept = orjson.loads(path.read_bytes())
     except (OSError, ValueError):
         kept = None
     if kept is None:
-        info = info_from_files(rec_id, rec_dir)
+        info = info_from_files(rec_id, rec_dir, limits)
         with contextlib.suppress(OSError):
             write_info(rec_dir, info)
     else:
@@ -229,7 +240,7 @@ async def start(request: Request) -> JSONResponse:
     except StoreError as exc:
         raise HTTPException(400 if "not a stream" in str(exc) else 409, str(exc)) from None
     try:
-        await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, rec_dir)
     except OSError as exc:
         log.error("recording %s: cannot create %s: %s", rec_id, rec_dir, exc)
     log.info("recording %s started (%s)", rec_id, "+".join(streams) if streams else "every stream")
@@ -327,7 +338,7 @@ async def _set_hidden(request: Request, hidden: bool) -> JSONResponse:
         raise HTTPException(404, f"no recording {rec_dir.name!r}")
     marker = rec_dir / HIDDEN_FILE
     if hidden:
-        await asyncio.to_thread(marker.touch)
+        await asyncio.to_thread(marker.touch, FILE_MODE)
     else:
         await asyncio.to_thread(marker.unlink, True)
     return JSONResponse(True)
@@ -362,9 +373,11 @@ async def unhide(request: Request) -> JSONResponse:
 async def static_file(request: Request) -> FileResponse:
     """A file of a recording: a segment `part-NNNNNN.mcap`, `info.json`, or an uploaded file.
 
+    Always as data to download (`application/octet-stream`, never a type guessed from its name),
+    sandboxed.
     ---
     responses:
-      200: {description: the file, content: {"*/*": {schema: {type: string, format: binary}}}}
+      200: {description: the file, content: {application/octet-stream: {schema: {type: string, format: binary}}}}
       400: a malformed recording id or file name
       404: no such file
     """
@@ -373,14 +386,14 @@ async def static_file(request: Request) -> FileResponse:
     path = rec_dir / name
     if name.endswith(".tmp") or not path.is_file():
         raise HTTPException(404, f"no file {name!r} in recording {rec_dir.name!r}")
-    media = "application/octet-stream" if name.endswith(SEGMENT_SUFFIX) else None
-    return FileResponse(path, media_type=media, filename=name)
+    return FileResponse(path, media_type="application/octet-stream", filename=name, headers=FILE_HEADERS)
 
 
 async def upload(request: Request) -> JSONResponse:
-    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file.
+    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file within the limits.
 
-    An `.mcap` file becomes part of the recording (replayable). Bounded by the maximum message size.
+    An `.mcap` file becomes part of the recording (replayable). The body streams to a temporary file
+    of its own (bounded by PTGSTORE_MAX_UPLOAD).
     ---
     query:
       overwrite: {flag: false, description: replace a file of the same name}
@@ -390,7 +403,7 @@ async def upload(request: Request) -> JSONResponse:
       content:
         multipart/form-data:
           schema: {type: object, required: [file], properties: {file: {type: string, format: binary}}}
-    raises: [BadOption, FormParserError, StoreUnavailable]
+    raises: [BadOption, FormParserError, RecordTooLarge, UnreadableRecording, StoreUnavailable]
     responses:
       200:
         description: what was stored
@@ -402,6 +415,7 @@ async def upload(request: Request) -> JSONResponse:
               properties: {recording: {type: string}, file: {type: string}, size: {type: integer}}
       400: "a malformed recording id or file name, a name that cannot be uploaded (`info.json`, `*.tmp`), not one file part, an `.mcap` file that is not readable MCAP"
       409: the file exists (without `overwrite=true`), or the recording is active
+      413: a file over the server's upload limit (PTGSTORE_MAX_UPLOAD)
     """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
@@ -413,38 +427,63 @@ async def upload(request: Request) -> JSONResponse:
     path = rec_dir / name
     if path.exists() and not overwrite:
         raise HTTPException(409, f"{name!r} exists in recording {rec_id!r} (overwrite=true replaces it)")
-    async with request.form(max_files=1, max_fields=1000) as form:  # other fields are ignored
-        parts = [part for _, part in form.multi_items() if isinstance(part, UploadFile)]
-        if len(parts) != 1:
-            raise HTTPException(400, "upload one file part")
-        await asyncio.to_thread(rec_dir.mkdir, parents=True, exist_ok=True)
-        tmp = rec_dir / f"{name}.upload.tmp"
-        await asyncio.to_thread(_save, parts[0].file, tmp)
-    if name.endswith(SEGMENT_SUFFIX):
-        problem = await asyncio.to_thread(_mcap_problem, tmp)
-        if problem:
-            await asyncio.to_thread(tmp.unlink, True)
-            with contextlib.suppress(OSError):
-                rec_dir.rmdir()  # only when it was created for this upload
-            raise HTTPException(400, f"{name!r} is not a readable MCAP file: {problem}")
-    await asyncio.to_thread(os.replace, tmp, path)
+    tmp = await receive_file(request, _root(request) / UPLOADS_DIR)
+    try:
+        if name.endswith(SEGMENT_SUFFIX):
+            problem = await _mcap_problem(tmp, _limits(request.app))
+            if problem:
+                status, reason = problem
+                what = "is over this server's limits" if status == 413 else "is not a readable MCAP file"
+                raise HTTPException(status, f"{name!r} {what}: {reason}")
+        await _refuse_active(request, rec_id)  # (started while the body arrived)
+        await asyncio.to_thread(private_dir, rec_dir)
+        if not await asyncio.to_thread(_put, tmp, path, overwrite):
+            raise HTTPException(409, f"{name!r} exists in recording {rec_id!r} (overwrite=true replaces it)")
+    finally:
+        await asyncio.to_thread(tmp.unlink, True)
     await asyncio.to_thread((rec_dir / INFO_FILE).unlink, True)  # counted again from the files
     return JSONResponse({"recording": rec_id, "file": name, "size": path.stat().st_size})
 
 
-def _save(source, target: Path) -> None:
-    source.seek(0)
-    with open(target, "wb") as out:
-        shutil.copyfileobj(source, out, 1024 * 1024)
-
-
-def _mcap_problem(path: Path) -> str | None:
+def _put(tmp: Path, path: Path, overwrite: bool) -> bool:
+    """Give the received file its name; False when one exists and may not be replaced (another upload
+    of the same name may have finished meanwhile)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return True
     try:
-        for _ in read_messages([path]):
+        os.link(tmp, path)  # fails when `path` exists, unlike a rename
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+    return True
+
+
+async def _mcap_problem(path: Path, limits: Limits) -> tuple[int, str] | None:
+    """(status, reason) when the file is not MCAP this server reads back within its limits, else None.
+    Read in steps, so that replays reading on the same thread meanwhile are not held up for long."""
+    entries = iter(FileReader(path, limits, oversized="refuse", headers_only=True))
+    try:
+        while await off_loop(_advance, entries):
             pass
-    except Exception as exc:  # the reader raises several kinds for a damaged file
-        return f"{type(exc).__name__}: {exc}"[:200]
+    except RecordTooLarge as exc:
+        return 413, str(exc)
+    except Exception as exc:  # a damaged file: UnreadableRecording, or whatever else it made go wrong
+        return 400, f"{type(exc).__name__}: {exc}"[:200]
     return None
+
+
+def _advance(entries: Iterator, step: int = 64 * 1024 * 1024) -> bool:
+    """Read about `step` bytes of entries; False once there are none left."""
+    done = 0
+    for _, size in entries:
+        done += size + 64
+        if done >= step:
+            return True
+    return False
 
 
 # -- replay -------------------------------------------------------------------------------------
@@ -527,7 +566,8 @@ async def _replay(ws: WebSocket) -> None:
                 raise HTTPException(409, f"keep_ids needs empty streams: {target!r} holds entries")
     progress = Progress(stats, sids)
     files = segment_files(ws.app.state.recorder.root / rec_id)
-    messages = read_messages(files, sids)
+    messages = read_messages(files, sids, _limits(ws.app))
+    progress.skipped = messages.skipped  # entries over PTGSTORE_MAX_MESSAGE, counted as they are met
     speed = None if options["fullspeed"] else options["speed"]
     reporter = asyncio.ensure_future(_report(ws, progress, options["interval"]))
     listener = asyncio.ensure_future(_until_disconnect(ws))
@@ -538,6 +578,7 @@ async def _replay(ws: WebSocket) -> None:
             await store.add([(targets[m.sid], m.entry_id if options["keep_ids"] else "*", m.data) for m in batch])
             for m in batch:
                 progress.sent(m)
+            del batch, m  # let go of the entries while the next ones are read
     finally:
         reporter.cancel()
         listener.cancel()
@@ -545,7 +586,9 @@ async def _replay(ws: WebSocket) -> None:
             await reporter
     progress.active.clear()
     await ws.send_text(orjson.dumps(progress.report()).decode())
-    await close_socket(ws, errors.NORMAL, "replay done")
+    skipped = sum(messages.skipped.values())
+    await close_socket(ws, errors.NORMAL, f"replay done, {skipped} entries over PTGSTORE_MAX_MESSAGE skipped"
+                       if skipped else "replay done")
 
 
 async def _report(ws: WebSocket, progress: Progress, interval: float) -> None:

@@ -247,6 +247,6 @@ def test_schemathesis_finds_no_failure(server, tmp_path):
     assert tested and tested.group(1) == tested.group(3), out[-5000:]  # every operation but the one disabled
     assert int(tested.group(2)) - int(tested.group(1)) == 1, out[-5000:]  # (MJPEG: see schemathesis.toml)
     # the links alone (links the fuzzing phase infers are Schemathesis's guesses, not the document's)
-    out = schemathesis("stateful", 20)
+    out = schemathesis("stateful", 30)
     covered = re.search(r"API Links:\s+(\d+) covered / (\d+) selected / (\d+) total", out)
     assert covered and covered.group(1) == covered.group(2) == covered.group(3), out[-5000:]  # every link followed

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import orjson
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from websockets.asyncio.client import connect
 
 from benchmarks.harness import PrivateRedis, Server
@@ -85,8 +86,8 @@ async def foxglove_reader(server: Server, reader: Reader, expected: list[bytes],
         while not done.is_set():
             message = await ws.recv()
             if isinstance(message, bytes):
-                if protobuf:  # the image is the message's last field: its bytes end the message
-                    reader.got(message[-len(expected[0]):], expected)
+                if protobuf:  # a foxglove.CompressedImage message, decoded by Foxglove's own class
+                    reader.got(CompressedImage.FromString(message[13:]).data, expected)
                 else:
                     reader.got(base64.b64decode(orjson.loads(message[13:])["data"]), expected)
 

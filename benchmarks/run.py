@@ -69,6 +69,21 @@ def build(ctx: s.Context) -> list[Scenario]:
                  lambda c, r: s.push_ack_ptg(c, f"frames-p{r}", n(150, 5), 512 * s.KIB, 60),
                  lambda c, r: s.push_ack_raw(c, f"frames-r{r}", n(150, 5), 512 * s.KIB, 60),
                  {"entries/s": (">=", 0.8)}),
+        # the same pushes from a named producer (idempotent: docs/protocol.md); compare their server CPU
+        Scenario("single-producer", "1 KiB entries, ack, producer named",
+                 lambda c, r: s.push_ack_ptg(c, f"single-q{r}", n(3000, 20), s.KIB, 60, producer=f"single-{r}", seq=1),
+                 lambda c, r: s.push_ack_raw(c, f"single-r{r}", n(3000, 20), s.KIB, 60),
+                 {}),
+        Scenario("batch-producer", "batches of 64 x 1 KiB, ack, producer named",
+                 lambda c, r: s.batch_ack_ptg(c, f"batch-q{r}", n(300, 2), 64, s.KIB, 60, producer=f"batch-{r}",
+                                              seq=1),
+                 lambda c, r: s.batch_ack_raw(c, f"batch-r{r}", n(300, 2), 64, s.KIB, 60),
+                 {}),
+        Scenario("frames-producer", "512 KiB frames, ack, producer named",
+                 lambda c, r: s.push_ack_ptg(c, f"frames-q{r}", n(150, 5), 512 * s.KIB, 60, producer=f"frames-{r}",
+                                             seq=1),
+                 lambda c, r: s.push_ack_raw(c, f"frames-r{r}", n(150, 5), 512 * s.KIB, 60),
+                 {}),
         Scenario("live", "8 pushers x 100 KiB at 30 Hz, 1 puller on all 8",
                  lambda c, r: s.live_ptg(c, f"live-p{r}", 8, live_seconds, 100 * s.KIB, HZ),
                  lambda c, r: s.live_raw(c, f"live-r{r}", 8, live_seconds, 100 * s.KIB, HZ),
@@ -246,8 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="runs per scenario and side (default 5, --quick 1)")
     parser.add_argument("--scale", type=float, help="fraction of the full work per run (default 1, --quick 0.2)")
     parser.add_argument("--fanout", default="10,100,1000", help="puller counts of the fan-out scenario")
-    parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, live, "
-                                       "fanout<N>, drain, rest, rest2)")
+    parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, single-producer, "
+                                       "batch-producer, frames-producer, live, fanout<N>, drain, rest, rest2)")
     parser.add_argument("--baseline", metavar="DIR",
                         help="a checkout of ptgstore (a git worktree of an older commit) run through every "
                              "scenario too, in turn with this one; its figures and ptgstore / baseline are added")

@@ -116,10 +116,10 @@ def percentile(values: list, fraction: float) -> float:
 
 # -- pushes of single entries, batches and large frames ------------------------------------------
 
-async def push_ack_ptg(ctx: Context, key: str, count: int, size: int, limit: float) -> Result:
+async def push_ack_ptg(ctx: Context, key: str, count: int, size: int, limit: float, **query) -> Result:
     deadline = deadline_after(limit)
     sent = 0
-    async with ws_connect(ctx.ws(f"/data/{key}/push", ack="true")) as ws:
+    async with ws_connect(ctx.ws(f"/data/{key}/push", ack="true", **query)) as ws:
         start = time.perf_counter()
         for i in range(count):
             await ws.send(payload(i, size))
@@ -192,10 +192,11 @@ def batch_of(first: int, per_batch: int, size: int) -> tuple[bytes, bytes]:
     return header, b"".join(payload(first + i, size) for i in range(per_batch))
 
 
-async def batch_ack_ptg(ctx: Context, key: str, batches: int, per_batch: int, size: int, limit: float) -> Result:
+async def batch_ack_ptg(ctx: Context, key: str, batches: int, per_batch: int, size: int, limit: float,
+                        **query) -> Result:
     deadline = deadline_after(limit)
     sent = 0
-    async with ws_connect(ctx.ws(f"/data/{key}/push", ack="true", batch="true")) as ws:
+    async with ws_connect(ctx.ws(f"/data/{key}/push", ack="true", batch="true", **query)) as ws:
         start = time.perf_counter()
         for b in range(batches):
             header, blob = batch_of(b * per_batch, per_batch, size)

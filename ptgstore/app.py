@@ -19,6 +19,7 @@ from .embedded import EmbeddedRedis
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .private import private_dir
+from .producers import Producers
 from .recorder import Recorder
 from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
 from .routing import by_resource
@@ -45,7 +46,7 @@ ROUTES = by_resource([
     Route("/streams/{sid:path}", streams.delete_streams, methods=["DELETE"]),
     Route("/data/{sid:path}", data.get_entries, methods=["GET"]),
     Route("/data/{sid:path}", data.post_entries, methods=["POST"]),
-    WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live._Endpoint)
+    WebSocketRoute("/data/{sid:path}/push", live.push),  # plain ASGI apps (see live.Endpoint)
     WebSocketRoute("/data/{sid:path}/pull", live.pull),
     Route("/mjpeg/{sid:path}", mjpeg.stream, methods=["GET"]),
     WebSocketRoute("/foxglove", foxglove.foxglove),
@@ -97,6 +98,7 @@ async def lifespan(app: Starlette):
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
     app.state.store = store
+    app.state.producers = Producers(store, settings.producer_window, settings.producer_batches)
     app.state.hub = Hub(store, buffer_entries=settings.hub_buffer, buffer_bytes=settings.hub_buffer_bytes)
     log_policy(settings, url, embedded)
     await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from typing import AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -27,9 +27,12 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from .framing import (
-    BEGINNING, NEWEST, NOW, FramingError, decode_header, encode_header, format_entry_id, pack_entries,
-    id_before, parse_cursors, parse_entry_id, timestamp_spec, unpack_entries,
+    BEGINNING, NEWEST, NOW, FramingError, decode_header, format_entry_id, id_before, parse_cursors,
+    parse_entry_id, timestamp_spec, unpack_entries,
 )
+
+if TYPE_CHECKING:
+    from .pushing import BlockingPusher, Pusher
 
 DEFAULT_URL = "http://127.0.0.1:7890"
 # close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
@@ -189,47 +192,6 @@ def _mcap_files(path) -> list[str]:
 
 # -- the asynchronous client -------------------------------------------------------------------
 
-class Pusher:
-    """A push WebSocket that sends batches (header + blob) and waits for the ids of each."""
-
-    def __init__(self, ws, max_batch_bytes: int, max_batch_entries: int, ack_timeout: float):
-        self._ws = ws
-        self.max_batch_bytes = max_batch_bytes
-        self.max_batch_entries = max_batch_entries
-        self.ack_timeout = ack_timeout
-
-    async def push(self, stream_id: str, entries: bytes | Iterable[bytes], timestamps: Sequence | None = None
-                   ) -> list[str]:
-        """Store entries in `stream_id`; returns their ids in order.
-
-        `timestamps` (one per entry): epoch seconds, an entry id string to store under, or None for now.
-        """
-        data = _as_entries(entries)
-        stamps = list(timestamps) if timestamps is not None else [None] * len(data)
-        if len(stamps) != len(data):
-            raise ValueError(f"{len(stamps)} timestamps for {len(data)} entries")
-        return await self.push_items([(stream_id, ts, d) for ts, d in zip(stamps, data)])
-
-    async def push_items(self, items: Sequence[tuple[str, object, bytes]]) -> list[str]:
-        """Store `(stream id, timestamp or None, bytes)` items, several streams at once; returns their ids."""
-        ids: list[str] = []
-        for batch in _batches(items, self.max_batch_bytes, self.max_batch_entries):
-            header, blob = pack_entries(batch)
-            try:
-                await self._ws.send(encode_header(header).decode())
-                await self._ws.send(blob)
-                ack = await asyncio.wait_for(self._ws.recv(), self.ack_timeout)
-            except ConnectionClosed as exc:
-                raise _closed(exc) from None
-            except asyncio.TimeoutError:
-                # a late answer would pass for the next batch's ids: this socket cannot be trusted any more
-                await self._ws.close()
-                raise ServerError(f"no acknowledgement of {len(batch)} entries within {self.ack_timeout} s "
-                                  "(they may still be stored); the pusher is closed") from None
-            ids += ack.split(",")
-        return ids
-
-
 class AsyncClient:
     """ptgstore over HTTP and WebSockets, as coroutines and async iterators."""
 
@@ -296,7 +258,7 @@ class AsyncClient:
             raise _error_for(response.status_code, body or "no reason given") \
                 from None
         except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-            raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from None
+            raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from exc  # (the kind: pushing.py)
         self._sockets.add(ws)
         return ws
 
@@ -364,13 +326,16 @@ class AsyncClient:
             return await pusher.push(stream_id, data, timestamps)
 
     @contextlib.asynccontextmanager
-    async def pusher(self) -> AsyncIterator[Pusher]:
-        """A push WebSocket for many pushes: `async with client.pusher() as p: await p.push(sid, entries)`."""
-        ws = await self._connect("/data/*/push", {"batch": "true", "ack": "true", "offsets": "start"})
+    async def pusher(self, producer_id: str | None = None, first_seq: int = 1) -> AsyncIterator[Pusher]:
+        """A push WebSocket for many pushes that carries on across interruptions (`pushing.py`):
+        `async with client.pusher() as p: await p.push(sid, entries)`; `p.summary` says what it took.
+        A producer id of your own (kept across runs) goes on from its `p.next_seq` of before."""
+        from .pushing import Pusher  # noqa: PLC0415 - it builds on this module
+        pusher = Pusher(self, producer_id, first_seq)
         try:
-            yield Pusher(ws, self.max_batch_bytes, self.max_batch_entries, self.timeout)
+            yield pusher
         finally:
-            await self._disconnect(ws)
+            await pusher.aclose()
 
     async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
         """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""
@@ -625,6 +590,15 @@ async def _receive_delivery(ws) -> list[Entry]:
     return [Entry(*entry) for entry in unpack_entries(items, blob)]
 
 
+def __getattr__(name: str):
+    """`Pusher` and `BlockingPusher` live in `pushing.py` (which builds on this module) since they carry on."""
+    if name in ("Pusher", "BlockingPusher"):
+        from . import pushing  # noqa: PLC0415
+
+        return getattr(pushing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- the blocking client ----------------------------------------------------------------------
 
 async def _step(agen):
@@ -679,17 +653,6 @@ def _blocking(method):
         return self._loop.run(method(self._async, *args, **kwargs))
 
     return call
-
-
-class BlockingPusher:
-    """`Pusher` for scripts: the same methods, blocking."""
-
-    def __init__(self, loop: _LoopThread, pusher: Pusher):
-        self._loop = loop
-        self._async = pusher
-
-    push = _blocking(Pusher.push)
-    push_items = _blocking(Pusher.push_items)
 
 
 def _shut_down(loop: _LoopThread, client: AsyncClient) -> None:
@@ -762,9 +725,10 @@ class Client:
                 yield from delivery
 
     @contextlib.contextmanager
-    def pusher(self) -> Iterator[BlockingPusher]:
+    def pusher(self, producer_id: str | None = None, first_seq: int = 1) -> Iterator[BlockingPusher]:
         """A push WebSocket for many pushes: `with client.pusher() as p: p.push(sid, entries)`."""
-        context = self._async.pusher()
+        from .pushing import BlockingPusher  # noqa: PLC0415 - it builds on this module
+        context = self._async.pusher(producer_id, first_seq)
         pusher = self._loop.run(context.__aenter__())
         try:
             yield BlockingPusher(self._loop, pusher)

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from .framing import FramingError
 from .mcapread import RecordTooLarge, UnreadableRecording
+from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.errors")
@@ -59,8 +60,8 @@ class Reply:
 TABLE: dict[type[BaseException], Reply] = {
     # malformed like any other data: the protocol's 1007 since the start
     BadOption: Reply(400, INVALID, "a malformed query option (`header=xml`, `ack=perhaps`, `count=0`)"),
-    Refused: Reply(400, POLICY, "well-formed options in a combination the route refuses "
-                                "(an unbatched push to several streams)"),
+    Refused: Reply(400, POLICY, "well-formed options in a combination the route refuses (an unbatched push "
+                                "to several streams; `producer` without `seq` or `ack=true`)"),
     FramingError: Reply(400, INVALID, "malformed data: a stream id (in the path or a header), a batch header, "
                                       "offsets, entry ids, timestamps, `count`, `last_entry_id`; a path that "
                                       "is not UTF-8 or holds a control character"),
@@ -72,6 +73,8 @@ TABLE: dict[type[BaseException], Reply] = {
     TooLarge: Reply(413, TOO_BIG, "a body or message larger than the configured maximum (PTGSTORE_MAX_MESSAGE)"),
     RecordTooLarge: Reply(413, TOO_BIG, "an MCAP chunk or entry over the server's limits (a recording, an upload)"),
     UnreadableRecording: Reply(400, INVALID, "an MCAP file that is damaged, truncated or compressed otherwise"),
+    SequenceRefused: Reply(409, POLICY, "a producer's batch number the server cannot vouch for (older than "
+                                        "what it remembers, or a resend unlike the batch stored under it)"),
     StoreUnavailable: Reply(503, SERVER_ERROR, "Redis is unavailable (down, loading, timing out)"),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR, "a bug in the server (logged with its traceback)")

@@ -1,108 +1,73 @@
-"""Foxglove's CompressedImage and RawImage in the protobuf wire format, written by hand.
+"""`images=protobuf` on /foxglove: images and depth as Foxglove's own protobuf messages.
 
 The binary alternative to their JSON form (`foxglove_schemas`): the image bytes go into the
-message as they are (no base64 on either side), behind a header of a few dozen bytes. A channel
-of this encoding is advertised with `encoding: protobuf`, `schemaEncoding: protobuf` and, as the
-schema, a base64 `FileDescriptorSet` describing `google.protobuf.Timestamp` and the message
-(field names and numbers as in Foxglove's schemas). No protobuf library is needed for four fields.
+message as they are (no base64 on either side). The messages are Foxglove's precompiled
+`foxglove.CompressedImage` and `foxglove.RawImage` (PyPI `foxglove-schemas-protobuf`), serialized by
+the `protobuf` runtime; a channel of this encoding is advertised with `encoding: protobuf`,
+`schemaEncoding: protobuf` and, as the schema, the base64 `FileDescriptorSet` of the message's file
+and the files it imports (google/protobuf/timestamp.proto), taken from the message's descriptor.
+
+Server only (the `server` extra): the client and the recordings (`mcapfiles`) never import it.
 """
 from __future__ import annotations
 
 import base64
-import struct
 
-VARINT, LEN, I32 = 0, 2, 5  # wire types
-TYPE_INT64, TYPE_INT32, TYPE_FIXED32, TYPE_STRING, TYPE_MESSAGE, TYPE_BYTES = 3, 5, 7, 9, 11, 12
-LABEL_OPTIONAL = 1
-TIMESTAMP_FILE = "google/protobuf/timestamp.proto"
-TIMESTAMP_TYPE = ".google.protobuf.Timestamp"
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+from foxglove_schemas_protobuf.RawImage_pb2 import RawImage
+from google.protobuf.descriptor_pb2 import FileDescriptorSet
+from google.protobuf.timestamp_pb2 import Timestamp
 
-# (name, number, type) of each field, in Foxglove's numbering
-COMPRESSED_IMAGE_FIELDS = (("timestamp", 1, TYPE_MESSAGE), ("frame_id", 4, TYPE_STRING), ("data", 2, TYPE_BYTES),
-                           ("format", 3, TYPE_STRING))
-RAW_IMAGE_FIELDS = (("timestamp", 1, TYPE_MESSAGE), ("frame_id", 7, TYPE_STRING), ("width", 2, TYPE_FIXED32),
-                    ("height", 3, TYPE_FIXED32), ("encoding", 4, TYPE_STRING), ("step", 5, TYPE_FIXED32),
-                    ("data", 6, TYPE_BYTES))
+from .foxglove_schemas import NS_PER_S, Format, entry_times, image_format, payloads
+
+ENCODING = "protobuf"
+DEPTH_ENCODING = "16UC1"  # 16-bit depth in millimetres, one channel (layouts.DEPTH_U16_MM)
 
 
-def varint(value: int) -> bytes:
-    """A non-negative integer as a protobuf varint (negative int64 as its two's complement)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+def descriptor_set(message) -> str:
+    """The base64 `FileDescriptorSet` of a message type's file and, before it, every file it imports."""
+    files = FileDescriptorSet()
+    seen: set[str] = set()
+
+    def add(file) -> None:
+        if file.name in seen:
+            return
+        seen.add(file.name)
+        for dependency in file.dependencies:
+            add(dependency)
+        file.CopyToProto(files.file.add())
+
+    add(message.DESCRIPTOR.file)
+    return base64.b64encode(files.SerializeToString()).decode()
 
 
-def _key(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
+IMAGE = Format("image.pb", ENCODING, CompressedImage.DESCRIPTOR.full_name, descriptor_set(CompressedImage), ENCODING)
+_RAW_IMAGE_SCHEMA = descriptor_set(RawImage)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field: strings, bytes, nested messages."""
-    return _key(number, LEN) + varint(len(payload)) + payload
+def variant(fmt: Format) -> Format:
+    """The protobuf form of an image or depth format; other formats as they are."""
+    if fmt.kind == "image":
+        return IMAGE
+    if fmt.kind == "depth":
+        return Format("depth.pb", ENCODING, RawImage.DESCRIPTOR.full_name, _RAW_IMAGE_SCHEMA, ENCODING,
+                      fmt.width, fmt.height)
+    return fmt
 
 
-def _text(number: int, text: str) -> bytes:
-    return _field(number, text.encode())
+def _timestamp(ns: int) -> Timestamp:
+    seconds, nanos = divmod(ns, NS_PER_S)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
-def _number(number: int, value: int) -> bytes:
-    return _key(number, VARINT) + varint(value)
-
-
-def _fixed32(number: int, value: int) -> bytes:
-    return _key(number, I32) + struct.pack("<I", value)
-
-
-def timestamp(ns: int) -> bytes:
-    """A google.protobuf.Timestamp (seconds, nanos) of a time in nanoseconds."""
-    return _number(1, ns // 1_000_000_000) + _number(2, ns % 1_000_000_000)
-
-
-def compressed_image(sid: str, log_time: int, data: bytes, fmt: str) -> bytes:
-    """A foxglove.CompressedImage message holding the image bytes as they are."""
-    return b"".join((_field(1, timestamp(log_time)), _text(4, sid), _text(3, fmt),
-                     _key(2, LEN), varint(len(data)), data))
-
-
-def raw_image(sid: str, log_time: int, data: bytes, width: int, height: int, encoding: str, step: int) -> bytes:
-    """A foxglove.RawImage message holding the pixel bytes as they are."""
-    return b"".join((_field(1, timestamp(log_time)), _text(7, sid), _fixed32(2, width), _fixed32(3, height),
-                     _text(4, encoding), _fixed32(5, step), _key(6, LEN), varint(len(data)), data))
-
-
-# -- the schemas: FileDescriptorSet { FileDescriptorProto file = 1 } -----------------------------
-
-def _field_descriptor(name: str, number: int, kind: int) -> bytes:
-    # FieldDescriptorProto: name 1, number 3, label 4, type 5, type_name 6, json_name 10
-    out = _text(1, name) + _number(3, number) + _number(4, LABEL_OPTIONAL) + _number(5, kind)
-    if kind == TYPE_MESSAGE:
-        out += _text(6, TIMESTAMP_TYPE)
-    return out + _text(10, "".join(part if i == 0 else part.title() for i, part in enumerate(name.split("_"))))
-
-
-def _message_descriptor(name: str, fields) -> bytes:
-    # DescriptorProto: name 1, field 2
-    return _text(1, name) + b"".join(_field(2, _field_descriptor(*field)) for field in fields)
-
-
-def _file_descriptor(name: str, package: str, messages: list[bytes], dependencies=()) -> bytes:
-    # FileDescriptorProto: name 1, package 2, dependency 3, message_type 4, syntax 12
-    return (_text(1, name) + _text(2, package) + b"".join(_text(3, d) for d in dependencies)
-            + b"".join(_field(4, m) for m in messages) + _text(12, "proto3"))
-
-
-def descriptor_set(message: str, fields) -> str:
-    """The base64 FileDescriptorSet of `foxglove.<message>` and google.protobuf.Timestamp."""
-    timestamp_file = _file_descriptor(TIMESTAMP_FILE, "google.protobuf", [_message_descriptor(
-        "Timestamp", (("seconds", 1, TYPE_INT64), ("nanos", 2, TYPE_INT32)))])
-    image_file = _file_descriptor(f"foxglove/{message}.proto", "foxglove", [_message_descriptor(message, fields)],
-                                  [TIMESTAMP_FILE])
-    return base64.b64encode(_field(1, timestamp_file) + _field(1, image_file)).decode()
-
-
-COMPRESSED_IMAGE_SCHEMA = descriptor_set("CompressedImage", COMPRESSED_IMAGE_FIELDS)
-RAW_IMAGE_SCHEMA = descriptor_set("RawImage", RAW_IMAGE_FIELDS)
+def protobuf_payloads(fmt: Format, sid: str, entry_id: str, data: bytes) -> list[bytes]:
+    """`foxglove_schemas.payloads` for the formats `variant` gives: one message per entry, the
+    entry's bytes in its `data` as they are, its time as the `timestamp`, the stream id as `frame_id`."""
+    if fmt.kind == "image.pb":
+        return [CompressedImage(timestamp=_timestamp(entry_times(entry_id)[0]), frame_id=sid, data=data,
+                                format=image_format(data) or "").SerializeToString()]
+    if fmt.kind == "depth.pb":
+        return [RawImage(timestamp=_timestamp(entry_times(entry_id)[0]), frame_id=sid, width=fmt.width,
+                         height=fmt.height, encoding=DEPTH_ENCODING, step=fmt.width * 2,
+                         data=data).SerializeToString()]
+    return payloads(fmt, sid, entry_id, data)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import foxglove_protobuf, layouts
+from . import layouts
 
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
@@ -153,7 +153,7 @@ def inferred_schema(value, depth: int = 0) -> dict:
 class Format:
     """How a stream's entries appear as a Foxglove channel."""
 
-    kind: str  # image | depth | imu | json | raw, and image.pb | depth.pb (protobuf_variant)
+    kind: str  # image | depth | imu | json | raw, and image.pb | depth.pb (foxglove_protobuf.variant)
     encoding: str
     schema_name: str
     schema: str
@@ -171,7 +171,6 @@ class Format:
 
 
 IMAGE = Format("image", "json", IMAGE_SCHEMA_NAME, IMAGE_SCHEMA.decode(), "jsonschema")
-IMAGE_PROTOBUF = Format("image.pb", "protobuf", IMAGE_SCHEMA_NAME, foxglove_protobuf.COMPRESSED_IMAGE_SCHEMA, "protobuf")
 IMU = Format("imu", "json", IMU_SCHEMA_NAME, IMU_SCHEMA.decode(), "jsonschema")
 RAW = Format("raw", RAW_ENCODING, "", "")
 
@@ -198,28 +197,13 @@ def classify(sid: str, meta: dict, newest_type: str | None, newest: bytes | None
     return RAW
 
 
-def protobuf_variant(fmt: Format) -> Format:
-    """The protobuf form of an image or depth format (the image bytes without base64); others as they are."""
-    if fmt.kind == "image":
-        return IMAGE_PROTOBUF
-    if fmt.kind == "depth":
-        return Format("depth.pb", "protobuf", RAW_IMAGE_SCHEMA_NAME, foxglove_protobuf.RAW_IMAGE_SCHEMA, "protobuf",
-                      fmt.width, fmt.height)
-    return fmt
-
-
 def payloads(fmt: Format, sid: str, entry_id: str, data: bytes) -> list[bytes]:
     """The message payloads of one entry on a channel of format `fmt` (one, or one per IMU sample)."""
     kind = fmt.kind
     if kind == "image":
         return [compressed_image(sid, entry_times(entry_id)[0], data, image_format(data) or "")]
-    if kind == "image.pb":
-        return [foxglove_protobuf.compressed_image(sid, entry_times(entry_id)[0], data, image_format(data) or "")]
     if kind == "depth":
         return [raw_image(sid, entry_times(entry_id)[0], data, fmt.width, fmt.height)]
-    if kind == "depth.pb":
-        return [foxglove_protobuf.raw_image(sid, entry_times(entry_id)[0], data, fmt.width, fmt.height, "16UC1",
-                                            fmt.width * 2)]
     if kind == "imu":
         return imu_samples(sid, data)
     return [data]

@@ -10,12 +10,18 @@ so that the streams of one group, and every key of each, live in one hash slot:
 `<prefix>{<group>}<stream id>`. The group of a stream id is what comes before the first separator
 (default `:`): `hl1:main` and `hl1:depth` are in group `hl1`; ids without the separator (or starting
 with it) are in the default group, whose tag is `_`.
+
+A producer's record (idempotent pushes, `producers.py`) is named after the account and the
+producer id, and on a cluster carries the tag of the group its batches go to, so that it lives in
+their slot: `<prefix>[{<group>}]ptgstore+producer:<producer id>/<account>`. It holds a `+` after the
+part a stream id would take, so it is never taken for a stream or a stream's key.
 """
 from __future__ import annotations
 
 DEFAULT_GROUP_TAG = "_"
 META_SUFFIX = "+meta"
 EPOCH_SUFFIX = "+epoch"
+PRODUCER_RECORD = "ptgstore+producer:"
 
 
 class Keys:
@@ -47,6 +53,12 @@ class Keys:
         if not self.tagged:
             return self.prefix + sid
         return f"{self.prefix}{{{self.group(sid) or DEFAULT_GROUP_TAG}}}{sid}"
+
+    def producer(self, producer_id: str, account: str, sid: str) -> str:
+        """The record of a producer's batches into `sid`'s group, in that group's slot on a cluster.
+        A producer id holds no `/`: the account after it cannot make two records' names meet."""
+        tag = f"{{{self.group(sid) or DEFAULT_GROUP_TAG}}}" if self.tagged else ""
+        return f"{self.prefix}{tag}{PRODUCER_RECORD}{producer_id}/{account}"
 
     def meta(self, sid: str) -> str:
         return self.stream(sid) + META_SUFFIX

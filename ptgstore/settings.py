@@ -100,6 +100,8 @@ class Settings:
     redis_timeout: int = 30  # seconds a Redis command may take before the store counts as unavailable
     hub_buffer: int = 1024  # recent entries kept per followed stream, per process
     hub_buffer_bytes: int = 64 * 1024 * 1024
+    producer_window: int = 3600  # seconds a quiet producer's record (push `producer=`) is kept after its last batch
+    producer_batches: int = 64  # batches per producer (and group) whose ids a resend is answered with
     metrics_public: bool = False  # /metrics without any token, for every client
     metrics_token: str | None = None  # a fixed bearer token for scrapers (API tokens work too)
     metrics_dir: str | None = None  # shared by worker processes: prometheus_client's multiprocess mode
@@ -134,7 +136,8 @@ class Settings:
             raise SettingsError(f"PTGSTORE_GROUP_SEPARATOR must be a non-empty string without '+', "
                                 f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
-                     "redis_timeout", "hub_buffer", "foxglove_scan_ms", "foxglove_queue_bytes"):
+                     "redis_timeout", "hub_buffer", "producer_window", "producer_batches", "foxglove_scan_ms",
+                     "foxglove_queue_bytes"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -169,6 +172,8 @@ class Settings:
             "REDIS_TIMEOUT": ("redis_timeout", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER": ("hub_buffer", lambda n, v: _parse_int(n, v, 1)),
             "HUB_BUFFER_BYTES": ("hub_buffer_bytes", lambda n, v: _parse_int(n, v, 0)),
+            "PRODUCER_WINDOW": ("producer_window", lambda n, v: _parse_int(n, v, 1)),
+            "PRODUCER_BATCHES": ("producer_batches", lambda n, v: _parse_int(n, v, 1)),
             "METRICS_PUBLIC": ("metrics_public", _parse_bool),
             "METRICS_TOKEN": ("metrics_token", lambda n, v: v or None),
             "METRICS_DIR": ("metrics_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),

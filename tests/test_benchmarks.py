@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["1 KiB entries, ack", "no ack", "batches of 64", "512 KiB frames", "8 pushers",
+SCENARIOS = ["1 KiB entries, ack", "no ack", "batches of 64", "512 KiB frames", "1 KiB entries, ack, producer named",
+             "batches of 64 x 1 KiB, ack, producer named", "512 KiB frames, ack, producer named", "8 pushers",
              "10 pullers on one stream", "drain", "REST GET latest 100 KiB, 16 clients",
              "REST GET latest 100 KiB, 16 clients, 2 workers"]
 
@@ -55,6 +56,16 @@ def test_a_baseline_without_ptgstore_is_refused(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert f"--baseline {tmp_path}: no ptgstore package there" in run.stderr
+
+
+def test_the_producer_cost_comparison_runs():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.producers", "--repeats", "2", "--scale", "0.01"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    for title in ("| 1 KiB entries |", "| batches of 64 x 1 KiB |", "| 512 KiB frames |"):
+        row = next(r for r in rows if r.startswith(title))
+        assert row.count(" %") == 2  # a change for the server and one for Redis
 
 
 def test_the_foxglove_benchmark_delivers_every_frame_byte_exact_to_both_kinds_of_reader():

@@ -197,6 +197,9 @@ def test_errors_carry_the_servers_reason(server, rdb):
         with pytest.raises(Unreachable):
             next(client.pull("cam", "0"))
         assert time.monotonic() - started < 5, "no reconnect loop before the first connection"
+        with pytest.raises(Unreachable, match="Connect call failed"), client.pusher() as pusher:
+            pusher.push("cam", b"x")  # refused: nobody there, said at once
+        assert time.monotonic() - started < 5
 
 
 def test_server_error_when_the_store_is_down(tmp_path):
@@ -264,17 +267,45 @@ def test_async_pull_waiting_for_data_survives_a_restart(tmp_path, rdb, redis_ser
                                                                             b"after restart"]))
 
 
-def test_pusher_gives_up_when_no_acknowledgement_comes(server, rdb):
-    """Redis paused for writes: the batch is not stored in time, the pusher says so instead of hanging."""
-    with Client(server.url, token=server.token(), timeout=0.5) as client, client.pusher() as pusher:
+def test_pusher_waits_out_a_late_acknowledgement_and_stores_once(server, rdb):
+    """Redis paused for writes: no ack within the timeout, so the pusher resends on a new socket
+    under the same number; both copies run once Redis is back, and one of them stores."""
+    with Client(server.url, token=server.token(), timeout=0.3) as client, client.pusher() as pusher:
+        rdb.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        ids = pusher.push("cam", [b"x"])
+        assert pusher.summary.reconnects >= 1 and pusher.summary.resends >= 1
+    assert stored(rdb, "cam") == [(ids[0], b"x")]
+
+
+def test_a_producer_id_kept_across_runs_goes_on_from_its_next_number(server, rdb):
+    with Client(server.url, token=server.token()) as client:
+        with client.pusher(producer_id="headset-7") as pusher:
+            first = pusher.push("cam", [b"a", b"b"]) + pusher.push("cam", b"c")
+            assert (pusher.producer_id, pusher.next_seq) == ("headset-7", 3)
+        with client.pusher(producer_id="headset-7", first_seq=3) as pusher:
+            later = pusher.push("cam", b"d")
+        with pytest.raises(StreamClosed, match="batch 1 was stored with 2 entries, not 1") as refused, \
+                client.pusher(producer_id="headset-7") as pusher:
+            pusher.push("cam", b"again")  # numbered from 1 again: taken for a resend, which it cannot be
+        assert refused.value.code == 1008
+    assert [d for _, d in stored(rdb, "cam")] == [b"a", b"b", b"c", b"d"] and stored(rdb, "cam")[3][0] == later[0]
+    assert len(first) == 3
+
+
+def test_pusher_gives_up_after_reconnect_timeout(server, rdb):
+    """An interruption longer than reconnect_timeout is raised, saying the batch may be stored."""
+    with Client(server.url, token=server.token(), timeout=0.3, reconnect_timeout=1) as client, \
+            client.pusher() as pusher:
         rdb.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
         try:
-            with pytest.raises(ServerError, match="no acknowledgement of 1 entries within 0.5 s"):
+            with pytest.raises(ServerError, match="no acknowledgement of 1 entries within 0.3 s "
+                                                  r"\(gave up after 1 s; batch 1 of producer .*may be stored"):
                 pusher.push("cam", [b"x"])
         finally:
             rdb.execute_command("CLIENT", "UNPAUSE")
-        with pytest.raises(StreamClosed):
-            pusher.push("cam", [b"y"])  # never mistakes the late answer for this batch's ids
+        y = pusher.push("cam", [b"y"])  # the next batch has a number of its own: never taken for x's
+    wait_until(lambda: rdb.xlen("cam") == 2, what="both batches")
+    assert [d for _, d in stored(rdb, "cam")] == [b"x", b"y"] and stored(rdb, "cam")[1][0] == y[0]
 
 
 @pytest.mark.parametrize("sid", ["we ird?#%25&x=1", "caméra/ünï:1", "a;b,c=d@e!"])

@@ -284,7 +284,7 @@ def test_images_as_protobuf_decode_as_foxglove_decodes_them(client_dir, server):
         for entry_id, entry, message in receive_pushed(server, client, "cam", subs["cam"],
                                                        lambda i: jpeg((0, i % 256, 0))):
             payload = base64.b64decode(message["data"])
-            assert payload.endswith(entry)  # the image bytes as they are, after a short header
+            assert entry in payload and len(payload) < len(entry) + 64  # the image bytes as they are, no base64
             image = protobuf_decode(client_dir, found["cam"], payload)
             assert base64.b64decode(image["data"]) == entry and image["format"] == "jpeg"
             log_time = entry_times(entry_id)[0]

@@ -669,6 +669,26 @@ def test_ws_push_paths_and_query_strings(env, sid, batch, ack, header, offsets):
     env.settled(before)
 
 
+@EXAMPLES
+@given(producer=st.one_of(query_values, st.sampled_from(["p", "héé", "a/b", "x" * 128, "x" * 129, "a b"])),
+       seq=st.one_of(query_values, st.sampled_from([str(2**53 - 1), str(2**53), "007"])))
+def test_ws_push_producer_options(env, producer, seq):
+    """`producer` and `seq` (idempotent pushes): both or neither (else 1008), each well-formed (else 1007)."""
+    paired = (producer is None) == (seq is None)
+    producer_ok = producer is None or re.fullmatch(r"[A-Za-z0-9._~:@-]{1,128}", producer) is not None
+    seq_ok = seq is None or (re.fullmatch(r"[0-9]+", seq) is not None and int(seq) < 2**53)
+    before = env.keys()
+    with ws(env, "/data/fuzz-producer/push", ack="true", producer=producer, seq=seq) as sock:
+        if paired and producer_ok and seq_ok:
+            sock.send(b"payload")
+            entry_id = sock.recv(timeout=10)
+            assert stored(env, "fuzz-producer") == [(entry_id, b"payload")]
+            env.redis.delete("fuzz-producer", *env.redis.keys("ptgstore+producer:*"))
+        else:
+            assert_refused(*closed_with(sock), {1008} if not paired else {1007})
+    env.settled(before)
+
+
 def test_unbatched_push_to_several_streams_is_refused(env):
     before = env.keys()
     with ws(env, "/data/a+b/push") as sock:

@@ -21,12 +21,13 @@ from starlette.websockets import WebSocket
 
 from .. import __version__, errors
 from ..foxglove_channels import Catalogue, Channel
-from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads, protobuf_variant
+from ..foxglove_protobuf import protobuf_payloads, variant
+from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads
 from ..framing import FramingError, validate_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
 from . import option, serve_socket
-from .live import _Endpoint
+from .live import Endpoint
 
 log = logging.getLogger("ptgstore.foxglove")
 
@@ -95,7 +96,7 @@ async def _session(ws: WebSocket, receive, send) -> None:
     await serve_socket(ws, lambda ws: Session(ws, receive, send).run())
 
 
-foxglove = _Endpoint(_session, "foxglove")
+foxglove = Endpoint(_session, "foxglove")
 
 
 class Feed:
@@ -135,9 +136,10 @@ def _messages(delivery, channel: Channel, fmt: Format) -> list[tuple[int, bytes]
     made = delivery.encoded.get(key)
     if made is None:
         made = []
+        encode = protobuf_payloads if fmt.encoding == "protobuf" else payloads
         for sid, entry_id, data in delivery.entries:
             log_time = entry_times(entry_id)[0]
-            made += [(log_time, payload) for payload in payloads(fmt, sid, entry_id, data)]
+            made += [(log_time, payload) for payload in encode(fmt, sid, entry_id, data)]
         delivery.encoded[key] = made
     return made
 
@@ -166,7 +168,7 @@ class Session:
         self.protobuf = _images_option(ws.query_params) == "protobuf"
 
     def format_of(self, channel: Channel) -> Format:
-        return protobuf_variant(channel.format) if self.protobuf else channel.format
+        return variant(channel.format) if self.protobuf else channel.format
 
     async def run(self) -> None:
         if SUBPROTOCOL not in self.ws.scope.get("subprotocols", ()):

@@ -26,14 +26,14 @@ def _push_options(params):
     }
 
 
-class _Endpoint:
+class Endpoint:
     """A socket route as a plain ASGI app. The handler gets Starlette's WebSocket for the
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
 
-    def __init__(self, session, name: str):  # name: the socket's name in /asyncapi.json
+    def __init__(self, session, name: str | None = None):  # name: the socket's channel in /asyncapi.json
         self.session = session
-        self.__name__ = name
+        self.__name__ = name or session.__name__.strip("_").removesuffix("_session")
         self.__doc__ = session.__doc__  # the route's description (asyncapi.py)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -56,7 +56,9 @@ async def _push_session(ws: WebSocket, receive, send) -> None:
       ack: {flag: false, description: "after each stored message the server answers the new entry ids joined by `,`"}
       header: {type: string, enum: [json, msgpack], default: json, description: the header's encoding}
       offsets: {type: string, enum: [auto, start, end], default: auto, description: "how the header's offsets are read (`auto`: first offset 0 means start offsets, last offset equal to the blob's length end offsets)"}
-    raises: [BadOption, Refused, FramingError, StoreError, WrongMessageType, TooLarge, StoreUnavailable]
+      producer: {type: string, pattern: '^[A-Za-z0-9._~:@-]{1,128}$', description: "an idempotent push: the producer's id (with `seq` and `ack=true`); a resent message is stored once"}
+      seq: {type: string, pattern: '^[0-9]+$', description: "the number of the socket's first message (0 to 2^53-1), each next message one more"}
+    raises: [BadOption, Refused, FramingError, StoreError, WrongMessageType, TooLarge, SequenceRefused, StoreUnavailable]
     receive:
       entry: {summary: "one entry (not batched)", contentType: application/octet-stream, payload: {type: string, format: binary}}
       header:
@@ -85,7 +87,8 @@ async def _push(ws: WebSocket, receive, send) -> None:
         sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
             raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
-    store = ws.app.state.store
+    producer = _producer(ws, options["ack"])
+    add = ws.app.state.store.add if producer is None else producer.add
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
     while True:
@@ -96,13 +99,25 @@ async def _push(ws: WebSocket, receive, send) -> None:
             entries = split_batch(header, blob, path_sid, options["offsets"])
         else:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
-        ids = await store.add(entries)
+        ids = await add(entries)
         if options["ack"]:
             await send({"type": "websocket.send", "text": ",".join(ids)})
-        tally(len(ids), len(blob) if batched else len(entries[0][2]))
+        if producer is None or not producer.repeated:  # a resend stored nothing
+            tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
 
-push = _Endpoint(_push_session, "push")
+def _producer(ws: WebSocket, ack: bool):
+    """The socket's producer (`producer=` and `seq=`, see producers.py), or None for a plain push."""
+    name, first = option(ws.query_params, "producer"), option(ws.query_params, "seq")
+    if name is None and first is None:
+        return None
+    if name is None or first is None or not ack:
+        raise errors.Refused("an idempotent push needs producer=, seq= and ack=true together")
+    caller = ws.scope.get("state", {}).get("caller")
+    return ws.app.state.producers.session(name, caller.user if caller else "", first)
+
+
+push = Endpoint(_push_session, "push")
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -213,7 +228,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = _Endpoint(_pull_session, "pull")
+pull = Endpoint(_pull_session, "pull")
 
 
 async def _newest_cursors(store, sids, cursors, count):

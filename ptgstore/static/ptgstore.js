@@ -5,7 +5,8 @@
 //   await store.login("test", "test");            // POST /token (also sets the cookie)
 //   const ids = await store.streams();
 //   const pusher = store.pusher("main");          // WebSocket push, one entry per message
-//   await pusher.push(new Uint8Array([1, 2, 3])); // resolves with the entry id (ack=true)
+//   await pusher.push(new Uint8Array([1, 2, 3])); // resolves with the entry id (ack=true), stored once
+//                                                 // even across dropped connections (it resends)
 //   for await (const entry of store.pull("main", { latest: true })) {
 //     entry.sid; entry.id; entry.data;            // data: Uint8Array; entry.time: epoch ms of the id
 //   }
@@ -152,9 +153,14 @@ export class PtgStore {
     return this.request("POST", `/data/${encodeURIComponent(sid)}`, { body: form });
   }
 
-  /** A push socket (`/data/{sid}/push`); `push(data)` resolves with the new entry id when `ack`. */
-  pusher(sid, { ack = true } = {}) {
-    return new Pusher(this.socketUrl(`/data/${encodeURIComponent(sid)}/push`, { ack }), ack);
+  /**
+   * A push socket (`/data/{sid}/push`); `push(data)` resolves with the new entry id when `ack`.
+   * With `ack` it carries on across dropped connections and server restarts (see `Pusher`);
+   * options: `producer` (default: a random id), `reconnectTimeout` (ms, default 30000), `maxInFlight`
+   * (unacknowledged entries at most, default 32: fewer than the server remembers, `PTGSTORE_PRODUCER_BATCHES`).
+   */
+  pusher(sid, options = {}) {
+    return new Pusher(this, `/data/${encodeURIComponent(sid)}/push`, options);
   }
 
   /**
@@ -183,39 +189,136 @@ function closeError(event) {
   return new PtgStoreError(reason, { code: event.code });
 }
 
-/** A WebSocket push: one binary message per entry. */
+/** Close codes after which a pusher reconnects: going away, dropped, store unavailable, restarting. */
+const TRANSIENT_CLOSES = new Set([1001, 1006, 1011, 1012, 1013]);
+
+function randomId() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * A WebSocket push: one binary message per entry. With `ack` (the default) the socket names a
+ * producer and numbers its entries (docs/protocol.md, "Idempotent pushes"): when it drops or the
+ * server goes away it reconnects with backoff, resends what was not acknowledged, and each push
+ * resolves once with its entry's id, in order; the server stores every entry once. Only an
+ * interruption longer than `reconnectTimeout` ms (or a refusal) rejects the pending pushes.
+ * `reconnects` and `resends` count what it took. Without `ack` nothing is resent (as before).
+ */
 export class Pusher {
-  constructor(url, ack) {
+  constructor(store, path, { ack = true, producer = null, reconnectTimeout = 30000, maxInFlight = 32 } = {}) {
+    this.store = store;
+    this.path = path;
     this.ack = ack;
-    this.waiting = []; // [resolve, reject] of pushes awaiting their ack, in order
+    this.producer = ack ? producer || randomId() : null;
+    this.reconnectTimeout = reconnectTimeout;
+    this.maxInFlight = maxInFlight; // entries unacknowledged at most (the server remembers 64 by default)
+    this.nextSeq = 1;
+    this.pending = []; // {seq, data, resolve, reject, sent}: numbered, not yet acknowledged, in order
+    this.queue = []; // pushes waiting until fewer than maxInFlight are unacknowledged
+    this.reconnects = 0;
+    this.resends = 0;
     this.error = null;
-    this.socket = new WebSocket(url);
-    this.socket.binaryType = "arraybuffer";
+    this.closing = false;
+    this.everOpened = false;
+    this.lostAt = null;
+    this.delay = 0; // a cut connection is usually back at once: the first retry does not wait
     this.opened = new Promise((resolve, reject) => {
-      this.socket.addEventListener("open", resolve, { once: true });
-      this.socket.addEventListener("close", (event) => reject(closeError(event)), { once: true });
+      this.openedResolve = resolve;
+      this.openedReject = reject;
     });
     this.opened.catch(() => {}); // reported by push()
-    this.socket.addEventListener("message", (event) => {
-      const next = this.waiting.shift();
-      if (next) next[0](String(event.data));
+    this.connect();
+  }
+
+  connect() {
+    const seq = this.pending.length ? this.pending[0].seq : this.nextSeq;
+    const query = this.ack ? { ack: true, producer: this.producer, seq } : { ack: false };
+    const socket = new WebSocket(this.store.socketUrl(this.path, query));
+    socket.binaryType = "arraybuffer";
+    this.socket = socket;
+    socket.addEventListener("open", () => {
+      if (this.everOpened) this.reconnects += 1;
+      this.everOpened = true;
+      if (!this.pending.length) this.lostAt = null; // nothing at stake: a later drop starts a new wait
+      this.openedResolve();
+      for (const item of this.pending) this.send(item);
     });
-    this.socket.addEventListener("close", (event) => {
-      this.error = event.code === 1000 ? new PtgStoreError("push socket closed", { code: 1000 }) : closeError(event);
-      for (const [, reject] of this.waiting.splice(0)) reject(this.error);
+    socket.addEventListener("message", (event) => {
+      if (socket !== this.socket) return;
+      this.lostAt = null; // acknowledged: the interruption, if any, is over
+      this.delay = 0;
+      const item = this.pending.shift();
+      if (item) item.resolve(String(event.data));
+      this.fill();
     });
+    socket.addEventListener("close", (event) => this.closed(socket, event));
+  }
+
+  send(item) {
+    if (item.sent) this.resends += 1;
+    item.sent = true;
+    this.socket.send(item.data);
+  }
+
+  closed(socket, event) {
+    if (socket !== this.socket) return;
+    if (this.closing || !this.ack || !this.everOpened || !TRANSIENT_CLOSES.has(event.code)) {
+      const error = this.closing || event.code === 1000
+        ? new PtgStoreError("push socket closed", { code: event.code }) : closeError(event);
+      this.fail(error);
+      return;
+    }
+    const now = Date.now();
+    if (this.lostAt === null) this.lostAt = now;
+    const left = this.lostAt + this.reconnectTimeout - now;
+    if (left <= 0) {
+      const error = closeError(event);
+      this.fail(new PtgStoreError(`${error.message} (gave up after ${this.reconnectTimeout} ms; `
+        + `${this.pending.length} entries may be stored)`, { code: event.code }));
+      return;
+    }
+    setTimeout(() => { if (!this.closing) this.connect(); }, Math.min(this.delay, left));
+    this.delay = this.delay ? Math.min(this.delay * 2, 1000) : 50;
+  }
+
+  fail(error) {
+    this.error = error;
+    this.openedReject(error);
+    for (const item of this.pending.splice(0).concat(this.queue.splice(0))) item.reject(error);
+  }
+
+  fill() {
+    while (this.queue.length && this.pending.length < this.maxInFlight) {
+      const item = this.queue.shift();
+      item.seq = this.nextSeq++;
+      this.pending.push(item);
+      if (this.socket.readyState === WebSocket.OPEN) this.send(item);
+    }
   }
 
   /** Send one entry; resolves with its id (with ack), else once it is sent. */
   async push(data) {
-    await this.opened;
+    const bytes = asBytes(data);
+    if (!this.ack) {
+      await this.opened;
+      if (this.error) throw this.error;
+      this.socket.send(bytes);
+      return null;
+    }
     if (this.error) throw this.error;
-    const reply = this.ack ? new Promise((resolve, reject) => this.waiting.push([resolve, reject])) : null;
-    this.socket.send(asBytes(data));
-    return reply;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ data: bytes, resolve, reject, sent: false });
+      this.fill();
+    });
+  }
+
+  /** What it took so far: `{producer, reconnects, resends}`. */
+  get summary() {
+    return { producer: this.producer, reconnects: this.reconnects, resends: this.resends };
   }
 
   close() {
+    this.closing = true;
     closeSocket(this.socket);
   }
 }

@@ -1,0 +1,129 @@
+"""What idempotent pushes cost: the same acknowledged pushes with and without a producer named
+(`producer=`, `seq=`: docs/protocol.md), alternating on one server and one Redis, so that both
+meet the same load. Prints, per kind of push, the medians of the server's CPU per entry (from
+/proc/<pid>/schedstat, in ns: finer than the clock ticks of /proc/<pid>/stat) and of Redis's (INFO
+cpu), plain and named, and the change.
+
+    python -m benchmarks.producers              # 7 rounds of each
+    python -m benchmarks.producers --quick
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from . import scenarios as s
+from .harness import PrivateRedis, Server
+
+KINDS = [  # name, entries per message, entry size, messages per round (full scale)
+    ("1 KiB entries", 1, s.KIB, 3000),
+    ("batches of 64 x 1 KiB", 64, s.KIB, 300),
+    ("512 KiB frames", 1, 512 * s.KIB, 150),
+]
+
+
+def server_cpu_ns(server: Server) -> int:
+    """Nanoseconds the server's processes have run on a CPU."""
+    total = 0
+    for pid in server.pids():
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+async def redis_cpu_ns(r: aioredis.Redis) -> int:
+    info = await r.info("cpu")
+    return int((info["used_cpu_user"] + info["used_cpu_sys"]) * 1e9)
+
+
+async def push_round(server: Server, key: str, per_message: int, size: int, messages: int, query: dict) -> int:
+    """Acknowledged pushes of `messages` messages; the entries stored."""
+    params = {"ack": "true", "token": server.token, **query}
+    if per_message > 1:
+        params["batch"] = "true"
+    url = f"{server.ws_url}/data/{key}/push?" + "&".join(f"{k}={v}" for k, v in params.items())
+    async with s.ws_connect(url) as ws:
+        for m in range(messages):
+            if per_message > 1:
+                header, blob = s.batch_of(m * per_message, per_message, size)
+                await ws.send(header.decode())
+                await ws.send(blob)
+            else:
+                await ws.send(s.payload(m, size))
+            await ws.recv()
+    return messages * per_message
+
+
+async def measure(server: Server, r: aioredis.Redis, key: str, kind: tuple, scale: float, named: bool
+                  ) -> tuple[float, float]:
+    """Server and Redis CPU per entry (µs) of one round."""
+    _, per_message, size, full = kind
+    messages = max(5, int(full * scale))
+    query = {"producer": key, "seq": 1} if named else {}
+    before = server_cpu_ns(server), await redis_cpu_ns(r)
+    entries = await push_round(server, key, per_message, size, messages, query)
+    after = server_cpu_ns(server), await redis_cpu_ns(r)
+    await r.delete(key)
+    return (after[0] - before[0]) / entries / 1e3, (after[1] - before[1]) / entries / 1e3
+
+
+async def run(repeats: int, scale: float) -> list[tuple]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ptgstore-bench-redis-") as directory, \
+            PrivateRedis(Path(directory)) as private, Server(private.url) as server:
+        r = aioredis.Redis.from_url(private.url)
+        try:
+            for k, kind in enumerate(KINDS):
+                figures: dict[bool, list] = {False: [], True: []}
+                for rep in range(repeats):
+                    for named in ((False, True) if rep % 2 == 0 else (True, False)):  # neither always first
+                        key = f"k{k}-r{rep}-{'named' if named else 'plain'}"
+                        figures[named].append(await measure(server, r, key, kind, scale, named))
+                rows.append((kind[0], figures))
+                print(f"  {kind[0]}: done", file=sys.stderr, flush=True)
+        finally:
+            await r.aclose()
+    return rows
+
+
+def table(rows: list[tuple]) -> list[str]:
+    lines = ["| push (ack) | server µs/entry plain | named | change | Redis µs/entry plain | named | change |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, figures in rows:
+        cells = []
+        for side in (0, 1):
+            plain = statistics.median(f[side] for f in figures[False])
+            named = statistics.median(f[side] for f in figures[True])
+            cells += [f"{plain:.1f}", f"{named:.1f}", f"{100 * (named / plain - 1):+.1f} %"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.producers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 rounds at a fifth of the work")
+    parser.add_argument("--repeats", type=int, help="rounds of each, plain and named (default 7, --quick 3)")
+    parser.add_argument("--scale", type=float, help="fraction of the full work per round (default 1, --quick 0.2)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    scale = args.scale or (0.2 if args.quick else 1.0)
+    started = time.monotonic()
+    rows = asyncio.run(run(repeats, scale))
+    print(f"\nidempotent pushes: medians of {repeats} alternating rounds, scale {scale:g} "
+          f"({time.monotonic() - started:.0f} s)\n")
+    print("\n".join(table(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

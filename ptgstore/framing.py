@@ -97,9 +97,7 @@ def parse_cursor(text: str) -> str:
 
 def parse_cursors(value: str, count: int) -> list[str]:
     """One cursor per stream from `a+b` (or `a b`, as an unencoded `+` arrives); fewer values repeat."""
-    parts = [p for p in value.replace(" ", "+").split("+") if p]
-    if not parts:
-        raise FramingError("empty last_entry_id")
+    parts = [p for p in value.replace(" ", "+").split("+") if p] or [NOW]
     if len(parts) > count:
         raise FramingError(f"{len(parts)} last_entry_id values for {count} streams")
     cursors = [parse_cursor(p) for p in parts]

@@ -30,6 +30,8 @@ def query_bool(params, name: str, default: bool = False) -> bool:
     if raw is None:
         return default
     value = raw.strip().lower()
+    if value == "":  # blanks only: empty, the default
+        return default
     if value in _TRUE:
         return True
     if value in _FALSE:

@@ -65,9 +65,15 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def PrivateRedis(directory: Path) -> RedisServer:  # (a context manager: `with PrivateRedis(dir) as redis`)
-    """A redis-server on a free loopback port with no persistence (the same for both sides)."""
-    return RedisServer(directory, extra_args=("--maxclients", "4000"))
+def PrivateRedis(directory: Path, unix: bool = False) -> RedisServer:  # (`with PrivateRedis(dir) as redis`)
+    """A redis-server on a free loopback port with no persistence (the same for both sides); with
+    `unix`, also on a unix socket in `directory`, which `server_url` then names (as the Redis that
+    `ptgstore serve` embeds is reached)."""
+    socket_path = Path(directory) / "redis.sock"
+    server = RedisServer(directory, extra_args=("--maxclients", "4000") + (
+        ("--unixsocket", str(socket_path), "--unixsocketperm", "700") if unix else ()))
+    server.server_url = f"unix://{socket_path}" if unix else server.url  # type: ignore[attr-defined]
+    return server
 
 
 class Server:

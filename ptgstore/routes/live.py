@@ -6,14 +6,15 @@ import asyncio
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .. import errors
+from .. import errors, fanout
 from ..directsend import direct_send
 from ..errors import TooLarge, WrongMessageType
 from ..framing import (
-    BEGINNING, NOW, FramingError, cursor_before, decode_header, encode_header, pack_entries, parse_count, parse_cursors,
+    BEGINNING, NOW, FramingError, cursor_before, decode_header, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
+from ..wsframes import FRAMES, text_frame
 from . import close_socket, option, query_bool, serve_socket
 
 
@@ -91,6 +92,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
     add = ws.app.state.store.add if producer is None else producer.add
     limit = ws.app.state.settings.max_message
     tally = socket_tally(ws)
+    sink = ws.scope.get("extensions", {}).get(FRAMES)
     while True:
         if batched:
             raw_header = await _receive(receive, limit, "text" if options["codec"] == "json" else "bytes", "header")
@@ -101,7 +103,10 @@ async def _push(ws: WebSocket, receive, send) -> None:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
         ids = await add(entries)
         if options["ack"]:
-            await send({"type": "websocket.send", "text": ",".join(ids)})
+            if sink is not None and sink.ready():
+                sink.write((text_frame(",".join(ids)),))
+            else:
+                await send({"type": "websocket.send", "text": ",".join(ids)})
         if producer is None or not producer.repeated:  # a resend stored nothing
             tally(len(ids), len(blob) if batched else len(entries[0][2]))
 
@@ -265,6 +270,12 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
     binary_header = options["codec"] == "msgpack"
     tally = socket_tally(ws)
     confirm = False
+    # frames encoded once and written to the transport as they are, when the server offers it
+    sink = ws.scope.get("extensions", {}).get(FRAMES)
+    if (sink is not None and len(subscription.sids) == 1 and not options["ack"] and not options["latest"]
+            and options["timeout"] is None and sync is None):
+        # the follower itself writes to this socket while it waits for entries (`fanout`)
+        subscription.direct = fanout.Direct(sink, options["codec"], options["count"], tally)
     while True:
         # after an ack the client asked for more: a stream deleted meanwhile is checked for in Redis
         delivery = await subscription.next(options["count"], latest=options["latest"], timeout=options["timeout"],
@@ -277,10 +288,14 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
         for gap in delivery.gaps:
             await send({"type": "websocket.send", "text": orjson.dumps(gap).decode()})
         if delivery.entries:
-            header, blob = _wire(delivery, options["codec"])
-            await send({"type": "websocket.send", "bytes": header} if binary_header
-                       else {"type": "websocket.send", "text": header})
-            await send({"type": "websocket.send", "bytes": blob})
+            if sink is not None and sink.ready():
+                sink.write(fanout.frames(delivery, options["codec"]))
+                blob = delivery.encoded[options["codec"]][1]
+            else:  # (the ASGI send waits for a full transport buffer to drain)
+                header, blob = fanout.wire(delivery, options["codec"])
+                await send({"type": "websocket.send", "bytes": header} if binary_header
+                           else {"type": "websocket.send", "text": header})
+                await send({"type": "websocket.send", "bytes": blob})
             tally(len(delivery.entries), len(blob))
         if sync is not None:
             subscription.sync_to(sync)
@@ -290,12 +305,3 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
                 return
             confirm = True
 
-
-def _wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
-    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
-    wire = delivery.encoded.get(codec)
-    if wire is None:
-        header, blob = pack_entries(delivery.entries)
-        encoded = encode_header(header, codec)
-        wire = delivery.encoded[codec] = (encoded.decode() if codec == "json" else encoded, blob)
-    return wire

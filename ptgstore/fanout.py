@@ -1,0 +1,86 @@
+"""New entries written straight to the pull sockets waiting on a stream, each delivery encoded once.
+
+Without this, each pull socket's task is woken for every delivery, asks its subscription for the
+entries, has them framed by the WebSocket library and sent through the ASGI send: per socket and
+per delivery, a task switch and two frames serialized. A socket whose options allow it (one
+stream, no acks, no `latest`, no timeout, no time sync) instead leaves a `Direct` on its
+subscription: while its task waits for entries, the follower that read them writes the delivery's
+frames (made once for every socket at the same cursor: server frames are not masked) to its
+transport in one loop, and advances its cursor. A socket that cannot take them now (its transport's
+write buffer is past the high-water mark, it is closing) or whose delivery carries a gap notice, or
+whose cursor fell out of the buffer, is woken as before and served by its task, which waits for
+the transport to drain: a slow socket never holds up the others and costs no memory here.
+"""
+from __future__ import annotations
+
+from .framing import encode_header, pack_entries
+from .wsframes import delivery_frames
+
+
+def wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
+    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
+    encoded = delivery.encoded.get(codec)
+    if encoded is None:
+        header, blob = pack_entries(delivery.entries)
+        raw = encode_header(header, codec)
+        encoded = delivery.encoded[codec] = (raw.decode() if codec == "json" else raw, blob)
+    return encoded
+
+
+def frames(delivery, codec: str) -> tuple[bytes, ...]:
+    """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to."""
+    key = ("frames", codec)
+    made = delivery.encoded.get(key)
+    if made is None:
+        made = delivery.encoded[key] = delivery_frames(*wire(delivery, codec))
+    return made
+
+
+class Direct:
+    """How a pull socket takes deliveries without its task: frames written to its `sink` (the
+    server's `serving.FrameSink`), counted with `tally(entries, bytes)`."""
+
+    def __init__(self, sink, codec: str, count: int, tally):
+        self.sink, self.codec, self.count, self.tally = sink, codec, count, tally
+        self.sent = 0  # deliveries written so
+
+    def send(self, delivery) -> bool:
+        """Write `delivery` now if the socket can take it; whether it did."""
+        if not self.sink.ready():
+            return False
+        self.sink.write(frames(delivery, self.codec))
+        self.tally(len(delivery.entries), len(delivery.encoded[self.codec][1]))
+        self.sent += 1
+        return True
+
+
+def deliver(follower) -> None:
+    """After `follower` buffered new entries: write them to its parked sockets that take them
+    directly, and wake every other socket (and any that could not take them)."""
+    written = set()
+    for subscription in follower.readers:
+        if subscription.parked and subscription.direct is not None:
+            if _send(subscription, follower):
+                written.add(subscription.wake)
+            else:
+                subscription.parked = False  # its task serves it from here
+    for waiter in follower.waiters:
+        if waiter not in written:
+            waiter.set()
+
+
+def _send(subscription, follower) -> bool:
+    """Write every delivery due up to the follower's newest entry; whether all went (else its task
+    takes over from the cursor reached)."""
+    if subscription.closed or len(subscription.followers) != 1 or subscription.epochs[0] != follower.epoch:
+        return False
+    direct = subscription.direct
+    while subscription.cursors[0] < follower.newest:
+        delivery = follower.delivery_after(subscription.cursors[0], direct.count)
+        if delivery is None or delivery.last is None or delivery.gaps or not delivery.entries:
+            return False
+        if not direct.send(delivery):
+            return False
+        subscription.cursors[0] = delivery.last
+        subscription.fresh[0] = False
+    return True

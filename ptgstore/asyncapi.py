@@ -88,8 +88,9 @@ def channel_name(route: WebSocketRoute) -> str:
 def channel(route: WebSocketRoute, name: str) -> tuple[dict, dict]:
     """The channel of a socket route and its operations (AsyncAPI's `action` is the server's)."""
     summary, description, extra = parse_docstring(route.endpoint)
-    if not summary:
-        raise Undescribed(f"socket {route.path}: its handler has no docstring")
+    if not summary or not (extra.get("send") or extra.get("receive")):
+        raise Undescribed(f"socket {route.path}: its handler's docstring has no summary, or no `send:` or "
+                          "`receive:` messages in a YAML block after a `---` line")
     closes = close_codes(extra.get("raises") or [], extra.get("closes") or [], route.path)
     address = route.path_format
     out: dict = {"address": address, "title": route.path_format, "summary": summary,

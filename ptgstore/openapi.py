@@ -13,7 +13,7 @@ a few shorthands:
 
 Everything else (`requestBody`, `security`, ...) is copied into the operation as written. Path
 parameters, the bearer requirement, the gate's 401/403, 413 for bodies and 500 are added from the
-routing table, auth.py and errors.py. A route without a docstring is an error (`Undescribed`).
+routing table, auth.py and errors.py. A route without a docstring, or whose YAML block has no `responses`, is an error (`Undescribed`).
 """
 from __future__ import annotations
 
@@ -200,6 +200,9 @@ def operation(path: str, method: str, handler: Callable) -> dict:
         del op["parameters"]
     raises = extra.pop("raises", []) or []
     responses = extra.pop("responses", {}) or {}
+    if not responses:  # a client (and a fuzzer) needs at least what a success looks like
+        raise Undescribed(f"{where}: {handler.__module__}.{getattr(handler, '__name__', handler)}'s docstring has "
+                          "no `responses:` in a YAML block after a `---` line")
     op.update(extra)
     if is_public(path) and "security" not in op:
         op["security"] = []

@@ -57,6 +57,11 @@ async def _undocumented(request):
     return None
 
 
+async def _summary_only(request):
+    """A route with a summary and nothing else."""
+    return None
+
+
 async def _undocumented_socket(websocket):
     return None
 
@@ -64,6 +69,8 @@ async def _undocumented_socket(websocket):
 def test_a_route_without_a_docstring_fails_the_description():
     with pytest.raises(openapi.Undescribed, match="_undocumented"):
         openapi.describe([*ROUTES, Route("/new", _undocumented, methods=["POST"])])
+    with pytest.raises(openapi.Undescribed, match="no `responses:`"):
+        openapi.describe([*ROUTES, Route("/new", _summary_only, methods=["POST"])])
     with pytest.raises(openapi.Undescribed, match="/new-socket"):
         asyncapi.describe([*ROUTES, WebSocketRoute("/new-socket", _undocumented_socket)])
 

@@ -1,8 +1,6 @@
 """Credentials, tokens, and who is calling (HTTP and WebSocket alike)."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -18,7 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 
+from .permissions import EVERYTHING, FULL_RIGHTS, NO_RIGHTS, NOTHING, BadPatterns, Rights, Scope, account_rights
 from .settings import Settings
+from .users import (  # noqa: F401 - hash_password and verify_password were imported from here
+    DUMMY_HASH, hash_password, password_generation, password_of, read_users, verify_password, write_users,
+)
 
 log = logging.getLogger("ptgstore.auth")
 
@@ -28,7 +30,6 @@ VERIFIED_TOKENS = 4096  # tokens remembered as verified, per process
 # not on every token check
 if hasattr(jwt, "InsecureKeyLengthWarning"):
     warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 class AuthError(Exception):
@@ -41,63 +42,8 @@ class AuthError(Exception):
         self.status = status
 
 
-# -- passwords and the users file ---------------------------------------------------------
-
-def hash_password(password: str) -> str:
-    """A salted scrypt hash of `password`, self-describing so parameters can change later."""
-    salt = os.urandom(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
-    params = f"{_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}"
-    return f"scrypt${params}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    """Whether `password` matches a hash made by `hash_password` (constant-time comparison)."""
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        actual = hashlib.scrypt(
-            password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-def password_generation(stored_hash: str) -> str:
-    """A short fingerprint of a user's password hash, carried in their tokens (`gen`): a new
-    password (a new salted hash) revokes every token issued before it."""
-    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
-
-
 # characters whose bytes could become '-' or '_' in base64url, written as JSON escapes instead
 _URLSAFE_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in ">?~\x7f"}
-
-# a hash checked against when the user is unknown, so both refusals take as long
-_DUMMY_HASH = hash_password(secrets.token_hex(8))
-
-
-def read_users(path: Path) -> dict[str, str]:
-    """The users file as {name: password hash}; a missing file means no users."""
-    try:
-        users = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    if not isinstance(users, dict):
-        raise ValueError(f"{path} is not a users file (expected a JSON object)")
-    return users
-
-
-def write_users(path: Path, users: dict[str, str]) -> None:
-    """Replace the users file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump(users, file, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def load_or_create_secret(settings: Settings) -> str:
@@ -130,10 +76,23 @@ def load_or_create_secret(settings: Settings) -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, and how their token arrived (header, query or cookie)."""
+    """Who is calling, how their token arrived (header, query or cookie), and what they may do."""
 
     user: str
     source: str
+    permissions: Scope = NOTHING
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified token says: its user, expiry, policy, password generation and scope (None:
+    the account's own permissions, whatever they are at each request)."""
+
+    user: str
+    exp: float | None
+    policy: str | None
+    generation: str | None
+    scope: Rights | None
 
 
 class Authenticator:
@@ -142,13 +101,17 @@ class Authenticator:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._secret: str | None = None
-        # token -> (user, exp, policy, generation): a signature check costs more than serving a
-        # small request; whether the account still stands is checked at every request (_admit)
-        self._verified: dict[str, tuple[str, float | None, str | None, str | None]] = {}
-        self._users: dict[str, str] = {}
+        # a signature check costs more than serving a small request: verified claims are kept;
+        # whether the account still stands is checked at every request (_admit)
+        self._verified: dict[str, Claims] = {}
+        # token -> (rights version, Scope): compiled once per token and users file
+        self._scopes: dict[str, tuple[int, Scope]] = {}
+        self._users: dict = {}
         self._users_key: tuple | None = None
         self._users_file = str(settings.users_path)
         self._generations: dict[str, str] = {}
+        self._rights: dict[str, Rights] = {}
+        self._rights_version = 0
 
     @property
     def secret(self) -> str:
@@ -161,12 +124,13 @@ class Authenticator:
         """Whether the pair is accepted by the policy (slow on purpose under `users`: run off the loop)."""
         if self.settings.auth == "dev":
             return bool(username) and hmac.compare_digest(username.encode(), password.encode())
-        stored = read_users(self.settings.users_path).get(username)
-        matched = verify_password(password, stored or _DUMMY_HASH)
+        stored = password_of(read_users(self.settings.users_path).get(username))
+        matched = verify_password(password, stored or DUMMY_HASH)
         return stored is not None and matched
 
-    def issue(self, username: str) -> str:
-        """A signed token for `username`.
+    def issue(self, username: str, scope: Rights | None = None, ttl: int | None = None) -> str:
+        """A signed token for `username`, limited to `scope` when given, living `ttl` seconds
+        (default PTGSTORE_TOKEN_TTL).
 
         A widely used client decodes the header and payload with the standard base64
         alphabet, so neither segment may contain `-` or `_`. In ASCII JSON only the
@@ -174,11 +138,14 @@ class Authenticator:
         JSON escapes (same claims, other bytes).
         """
         now = int(time.time())
-        claims = {"sub": username, "iat": now, "exp": now + self.settings.token_ttl, "pol": self.settings.auth}
+        claims: dict = {"sub": username, "iat": now, "exp": now + (self.settings.token_ttl if ttl is None else ttl),
+                        "pol": self.settings.auth}
         if self.settings.auth == "users":
-            stored = self.current_users().get(username)
+            stored = password_of(self.current_users().get(username))
             if stored is not None:
                 claims["gen"] = password_generation(stored)
+        if scope is not None:
+            claims["scope"] = scope.as_claim()
         text = json.dumps(claims, separators=(",", ":"), ensure_ascii=True)
         payload = text.translate(_URLSAFE_ESCAPES).encode()
         token = jwt.api_jws.encode(payload, self.secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
@@ -190,19 +157,40 @@ class Authenticator:
     def verify(self, token: str) -> str:
         """The user a token names; AuthError when it is malformed, expired, not ours, or its account
         no longer stands (policy changed, user removed, password changed)."""
+        return self.claims(token).user
+
+    def claims(self, token: str) -> Claims:
+        """The verified claims of a token whose account still stands (else AuthError, as `verify`)."""
         known = self._verified.get(token)
         if known is not None:
-            user, exp, policy, generation = known
-            if exp is not None and self.settings.token_verify_exp and exp <= time.time():
+            if known.exp is not None and self.settings.token_verify_exp and known.exp <= time.time():
                 del self._verified[token]
                 raise AuthError("token expired")
         else:
-            user, exp, policy, generation = self._check(token)
+            known = self._check(token)
             if len(self._verified) >= VERIFIED_TOKENS:
-                del self._verified[next(iter(self._verified))]  # the oldest
-            self._verified[token] = (user, exp, policy, generation)
-        self._admit(user, policy, generation)
-        return user
+                oldest = next(iter(self._verified))  # the oldest
+                del self._verified[oldest]
+                self._scopes.pop(oldest, None)
+            self._verified[token] = known
+        self._admit(known.user, known.policy, known.generation)
+        return known
+
+    def scope(self, token: str, claims: Claims) -> Scope:
+        """What the token may do now: its own scope claim intersected with its account's
+        permissions in the users file as it is now (all permissions under the dev policy)."""
+        if self.settings.auth == "users":
+            self.current_users()
+        cached = self._scopes.get(token)
+        if cached is not None and cached[0] == self._rights_version:
+            return cached[1]
+        account = self._rights.get(claims.user, FULL_RIGHTS) if self.settings.auth == "users" else FULL_RIGHTS
+        rights = [r for r in (claims.scope, account) if r is not None and not r.full]
+        scope = Scope.of(*rights) if rights else EVERYTHING
+        if len(self._scopes) >= VERIFIED_TOKENS:
+            del self._scopes[next(iter(self._scopes))]
+        self._scopes[token] = (self._rights_version, scope)
+        return scope
 
     def _admit(self, user: str, policy: str | None, generation: str | None) -> None:
         """Refuse a well-signed token whose account no longer stands. Tokens without a `pol` claim
@@ -216,7 +204,7 @@ class Authenticator:
         if policy is not None and generation != self._generations.get(user):
             raise AuthError("token issued before the user's password changed: log in again")
 
-    def current_users(self) -> dict[str, str]:
+    def current_users(self) -> dict:
         """The users file, read again only when it changed (one stat per call)."""
         key: tuple | None
         try:
@@ -234,12 +222,23 @@ class Authenticator:
                 log.error("cannot read the users file %s (%s): every token is refused until it is fixed", path, exc)
                 users = {}
             self._users, self._users_key = users, key
-            self._generations = {name: password_generation(stored) for name, stored in users.items()
-                                 if isinstance(stored, str)}
+            self._generations = {name: password_generation(stored) for name, stored in
+                                 ((name, password_of(record)) for name, record in users.items()) if stored}
+            self._rights = {name: self._account_rights(path, name, record) for name, record in users.items()}
+            self._rights_version += 1
         return self._users
 
-    def _check(self, token: str) -> tuple[str, float | None, str | None, str | None]:
-        """Verify signature and claims: the token's user and expiry time."""
+    @staticmethod
+    def _account_rights(path, name: str, record) -> Rights:
+        try:
+            return account_rights(record)
+        except BadPatterns as exc:
+            log.error("users file %s: the permissions of %r are malformed (%s): they allow nothing until fixed",
+                      path, name, exc)
+            return NO_RIGHTS
+
+    def _check(self, token: str) -> Claims:
+        """Verify signature and claims."""
         try:
             claims = jwt.decode(
                 token, self.secret, algorithms=[ALGORITHM],
@@ -260,7 +259,16 @@ class Authenticator:
         policy, generation = claims.get("pol"), claims.get("gen")
         if not all(value is None or isinstance(value, str) for value in (policy, generation)):
             raise AuthError("invalid token: malformed pol or gen claim")
-        return user, exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None, policy, generation
+        scope = claims.get("scope")
+        if scope is not None:
+            try:
+                if not isinstance(scope, dict):
+                    raise BadPatterns("not an object")
+                scope = Rights.from_record(scope)
+            except BadPatterns as exc:
+                raise AuthError(f"invalid token: malformed scope claim ({exc})") from None
+        return Claims(user, exp if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
+                      policy, generation, scope)
 
 
 def find_token(scope) -> tuple[str | None, str | None]:
@@ -385,12 +393,13 @@ class AuthMiddleware:
         try:
             if token is None:
                 raise AuthError("not authenticated: no token in header, query or cookie")
-            user = self.authenticator.verify(token)
+            claims = self.authenticator.claims(token)
             if source == "cookie":
                 self._check_origin(scope)
         except AuthError as exc:
             return await self._refuse(scope, receive, send, exc)
-        scope.setdefault("state", {})["caller"] = Caller(user, source)
+        permissions = self.authenticator.scope(token, claims)
+        scope.setdefault("state", {})["caller"] = Caller(claims.user, source, permissions)
         return await self.app(scope, receive, send)
 
     def _check_origin(self, scope) -> None:
@@ -467,29 +476,3 @@ class DevPolicyGuard:
         if local:
             return await self.app(scope, receive, send)
         return await AuthMiddleware._refuse(scope, receive, send, AuthError(DEV_POLICY_NOT_PUBLIC, 403))
-
-
-def ephemeral_disk_problems(settings: Settings) -> list[str]:
-    """What a host whose disk vanishes at each restart (PTGSTORE_EPHEMERAL_DISK=true) lacks: a
-    generated secret, users added there or an embedded Redis would be lost."""
-    problems = []
-    if not settings.secret:
-        problems.append("PTGSTORE_SECRET (a generated one would change at each restart, ending every token)")
-    if settings.redis_url is None:
-        problems.append("PTGSTORE_REDIS_URL (the embedded Redis would lose every entry at each restart)")
-    if settings.auth != "users":
-        problems.append("PTGSTORE_AUTH=users (the dev policy accepts anyone)")
-    elif not settings.users_file:
-        problems.append("PTGSTORE_USERS_FILE (a users file deployed with the app: one made there is lost)")
-    else:
-        try:
-            users = read_users(settings.users_path)
-        except (OSError, ValueError) as exc:
-            users, reason = {}, str(exc)
-        else:
-            reason = "it holds no users"
-        if not users:
-            problems.append(f"PTGSTORE_USERS_FILE={settings.users_file} ({reason}; "
-                            f"make it with `PTGSTORE_USERS_FILE={settings.users_file} ptgstore user add NAME` "
-                            "and deploy it)")
-    return problems

@@ -124,6 +124,7 @@ def serve(args) -> int:
 
     from . import serving  # noqa: PLC0415
     from .embedded import EmbeddedRedis  # noqa: PLC0415
+    from .guards import describe_allowed_hosts  # noqa: PLC0415
 
     settings = _settings(args)
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
@@ -160,6 +161,7 @@ def serve(args) -> int:
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"
+          f"ptgstore: hosts: {describe_allowed_hosts(settings)}\n"
           f"ptgstore: auth policy '{settings.auth}'"
           + (" - any username with password equal to it; get a token with `ptgstore token`"
              if settings.auth == "dev" else f" - accounts in {settings.users_path}"), flush=True)
@@ -177,11 +179,47 @@ def serve(args) -> int:
     return 0
 
 
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    """`90`, `45s`, `30m`, `8h` or `2d` as seconds (argparse type)."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _TTL_UNITS else (text, "s")
+    if not (number.isascii() and number.isdigit()) or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime such as 3600, 45s, 30m, 8h or 2d")
+    return int(number) * _TTL_UNITS[unit]
+
+
+def _asked_rights(args):
+    """The permissions given with --read, --write and --admin (None when none was given); a
+    malformed pattern ends the command."""
+    from .permissions import BadPatterns, Rights, check_patterns  # noqa: PLC0415
+
+    if not (args.read or args.write or args.admin):
+        return None
+    try:
+        rights = Rights(check_patterns(args.read or [], "read patterns"),
+                        check_patterns(args.write or [], "write patterns"), bool(args.admin))
+        return rights.claimable() if args.command == "token" else rights
+    except BadPatterns as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def token(args) -> int:
-    """Print a fresh token signed with this server's secret."""
+    """Print a fresh token signed with this server's secret, under the policy it runs (limited by
+    --read/--write/--admin)."""
     from .auth import Authenticator  # noqa: PLC0415
+    from .permissions import Forbidden, Scope, account_rights  # noqa: PLC0415
+    from .policyfile import recorded  # noqa: PLC0415
 
     settings = _settings(args)
+    server = recorded(settings.data_dir)
+    if server is not None:
+        if settings.auth_explicit and settings.auth != server["auth"]:
+            print(f"ptgstore token: the server on {settings.data_dir} runs the '{server['auth']}' policy: a "
+                  f"'{settings.auth}' token would be refused there", file=sys.stderr)
+            return 1
+        settings = settings.replace(auth=server["auth"], users_file=server["users_file"])
     secret = Path(settings.data_dir) / "secret"
     if not settings.secret and not secret.exists():
         # a new secret here would sign tokens that the server (with its own secret) refuses
@@ -190,22 +228,70 @@ def token(args) -> int:
               "secret), or its PTGSTORE_SECRET; or ask the server: curl -d 'username=NAME&password=PASSWORD' "
               "http://HOST:PORT/token", file=sys.stderr)
         return 1
-    print(Authenticator(settings).issue(args.user or getpass.getuser()))
+    name = args.user or getpass.getuser()
+    authenticator = Authenticator(settings)
+    users = authenticator.current_users() if settings.auth == "users" else {}
+    if settings.auth == "users" and name not in users:
+        print(f"ptgstore token: no user {name!r} in {settings.users_path} (the 'users' policy): add one with "
+              "`ptgstore user add`", file=sys.stderr)
+        return 1
+    wanted = _asked_rights(args)
+    if wanted is not None and settings.auth == "users":
+        # only narrowed: asking more than the account has would mint a token that promises it
+        try:
+            Scope.of(account_rights(users.get(name))).narrowed(wanted)
+        except Forbidden as exc:
+            print(f"ptgstore token: {name} may not have that: {exc}", file=sys.stderr)
+            return 1
+    print(authenticator.issue(name, wanted, args.ttl))
     return 0
 
 
+def describe_rights(rights) -> str:
+    """One line of `ptgstore user ls`."""
+    if rights.full:
+        return "full access"
+    parts = [f"read {' '.join(rights.read) or '-'}", f"write {' '.join(rights.write) or '-'}"]
+    return "; ".join(parts + (["admin"] if rights.admin else []))
+
+
 def user(args) -> int:
-    """Add, remove or list accounts of the `users` policy."""
-    from .auth import hash_password, read_users, write_users  # noqa: PLC0415
+    """Add, change, remove or list accounts of the `users` policy and their permissions."""
+    from .permissions import FULL_RIGHTS, BadPatterns, account_rights  # noqa: PLC0415
+    from .users import hash_password, make_record, password_of, read_users, write_users  # noqa: PLC0415
 
     path = _settings(args).users_path
     users = read_users(path)
-    if args.action == "list":
-        print("\n".join(sorted(users)) if users else f"no users in {path}")
+    if args.action in ("list", "ls"):
+        if not users:
+            print(f"no users in {path}")
+        width = max((len(name) for name in users), default=0)
+        for name in sorted(users):
+            try:
+                rights = describe_rights(account_rights(users[name]))
+            except BadPatterns as exc:
+                rights = f"malformed permissions ({exc}): allowed nothing"
+            print(f"{name:<{width}}  {rights}")
         return 0
     if not args.name:
         print("a user name is needed", file=sys.stderr)
         return 2
+    wanted = FULL_RIGHTS if args.full else _asked_rights(args)
+    if args.full and (args.read or args.write or args.admin):
+        print("--full gives every permission: give it alone, or --read/--write/--admin", file=sys.stderr)
+        return 2
+    if args.action == "set":
+        if args.name not in users:
+            print(f"no user {args.name!r} in {path}: `ptgstore user add` creates it", file=sys.stderr)
+            return 1
+        if wanted is None:
+            print("say what to set: --read PATTERN, --write PATTERN (repeatable), --admin, or --full",
+                  file=sys.stderr)
+            return 2
+        users[args.name] = make_record(password_of(users[args.name]) or "", wanted)
+        write_users(path, users)
+        print(f"{args.name}: {describe_rights(wanted)}")
+        return 0
     if args.action == "remove":
         if users.pop(args.name, None) is None:
             print(f"no user {args.name!r} in {path}", file=sys.stderr)
@@ -224,9 +310,15 @@ def user(args) -> int:
         print("an empty password is not allowed", file=sys.stderr)
         return 1
     existed = args.name in users
-    users[args.name] = hash_password(password)
+    if wanted is None:  # a new password keeps the permissions
+        try:
+            wanted = account_rights(users.get(args.name))
+        except BadPatterns as exc:
+            print(f"the permissions of {args.name} in {path} are malformed ({exc}): give them again", file=sys.stderr)
+            return 1
+    users[args.name] = make_record(hash_password(password), wanted)
     write_users(path, users)
-    print(f"{'updated' if existed else 'added'} {args.name} in {path}")
+    print(f"{'updated' if existed else 'added'} {args.name} in {path} ({describe_rights(wanted)})")
     return 0
 
 
@@ -250,13 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--auth", choices=["dev", "users"], help="credential policy")
     run.add_argument("--log-level", help="critical, error, warning, info (default), debug or trace")
 
+    def permission_flags(sub, whom):
+        sub.add_argument("--read", action="append", metavar="PATTERN",
+                         help=f"stream ids {whom} may read (glob: 'hl1:*', '*:main'; repeatable)")
+        sub.add_argument("--write", action="append", metavar="PATTERN",
+                         help=f"stream ids {whom} may write (repeatable)")
+        sub.add_argument("--admin", action="store_true",
+                         help="delete streams, set metadata and max_len, manage recordings, /status, /metrics")
+
     mint = command("token", token, "print a fresh token")
     mint.add_argument("--user", help="the token's subject (default: your login name)")
+    permission_flags(mint, "the token")
+    mint.add_argument("--ttl", type=parse_ttl, help="lifetime: seconds, or 30m, 8h, 2d (default PTGSTORE_TOKEN_TTL)")
 
-    users = command("user", user, "manage accounts of the 'users' policy")
-    users.add_argument("action", choices=["add", "remove", "list"])
+    users = command("user", user, "manage accounts of the 'users' policy and their permissions "
+                                  "(an account without --read/--write/--admin has every permission)")
+    users.add_argument("action", choices=["add", "set", "remove", "list", "ls"])
     users.add_argument("name", nargs="?")
     users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    permission_flags(users, "the user")
+    users.add_argument("--full", action="store_true", help="every permission (as an account that lists none)")
 
     from .commands import add_client_commands  # noqa: PLC0415 - the client side lives in its own module
     add_client_commands(commands)

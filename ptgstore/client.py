@@ -5,8 +5,9 @@
         for entry in client.pull("cam", last_entry_id="0", limit=2):
             print(entry.stream_id, entry.entry_id, len(entry.data))
 
-Every failure is a `PtgError` carrying the server's reason: `AuthError`, `NotFound`, `BadRequest`,
-`ServerError`, `Unreachable`, or `StreamClosed` (a WebSocket closed with a code and reason).
+Every failure is a `PtgError` carrying the server's reason: `AuthError` (and `Forbidden`, a token
+without the permission), `NotFound`, `BadRequest`, `ServerError`, `Unreachable`, or `StreamClosed`
+(a WebSocket closed with a code and reason; `StreamForbidden` when it names a missing permission).
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ import orjson
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from .clienterrors import (  # noqa: F401 - the errors are part of the client's interface
+    AuthError, BadRequest, Forbidden, NotFound, PtgError, ServerError, StreamClosed, StreamForbidden, Unreachable,
+    _closed, _detail, _error_for,
+)
+
 from .framing import (
     BEGINNING, NEWEST, NOW, FramingError, decode_header, format_entry_id, id_before, parse_cursors,
     parse_entry_id, timestamp_spec, unpack_entries,
@@ -37,72 +43,6 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:7890"
 # close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
 _TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
-
-
-# -- errors -------------------------------------------------------------------------------------
-
-class PtgError(Exception):
-    """Anything ptgstore refused or could not do: `.detail` is the server's reason, `.status` its HTTP status."""
-
-    def __init__(self, detail: str, status: int | None = None, hint: str = ""):
-        super().__init__(f"{detail} ({hint})" if hint else detail)
-        self.detail = detail
-        self.status = status
-
-
-class AuthError(PtgError):
-    """No token, or a token or credentials the server refuses (HTTP 401/403)."""
-
-
-class NotFound(PtgError):
-    """The stream or route does not exist."""
-
-
-class BadRequest(PtgError):
-    """The server refused the request as malformed or too large (HTTP 400, 413)."""
-
-
-class ServerError(PtgError):
-    """The server failed or its store is unavailable (HTTP 5xx)."""
-
-
-class Unreachable(PtgError):
-    """No server answers at the URL."""
-
-
-class StreamClosed(PtgError):
-    """A WebSocket ended with a close `code` and `reason` (1007 malformed, 1008 policy, 1009 too big...)."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(f"websocket closed with {code}: {reason}" if reason else f"websocket closed with {code}")
-        self.code = code
-        self.reason = reason
-
-
-def _error_for(status: int, detail: str) -> PtgError:
-    kind: type[PtgError]
-    if status in (401, 403):
-        kind = AuthError
-    elif status == 404:
-        kind = NotFound
-    elif status >= 500:
-        kind = ServerError
-    else:
-        kind = BadRequest
-    return kind(detail or f"HTTP {status}", status)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500]
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
-
-
-def _closed(exc: ConnectionClosed) -> StreamClosed:
-    close = exc.rcvd
-    return StreamClosed(close.code, close.reason) if close else StreamClosed(1006, "connection dropped")
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -281,6 +221,19 @@ class AsyncClient:
             raise _error_for(response.status_code, _detail(response))
         self.token = response.json()["access_token"]
         return self.token
+
+    async def derive_token(self, read: Sequence[str] = (), write: Sequence[str] = (), admin: bool = False,
+                           ttl: int | None = None) -> str:
+        """A new token narrower than this client's (`POST /token/derive`): `read`/`write` stream-id
+        patterns, `admin`, `ttl` seconds. `Forbidden` when it asks for more than this token has."""
+        reply = await self._request("POST", "/token/derive", data={"read": list(read), "write": list(write),
+                                                                   "admin": str(admin).lower(),
+                                                                   **({"ttl": str(ttl)} if ttl else {})})
+        return reply.json()["access_token"]
+
+    async def permissions(self) -> dict:
+        """Who this client's token names and what it may do: `{user, read, write, admin, expires}`."""
+        return (await self._request("GET", "/token/scope")).json()
 
     async def ping(self) -> bool:
         """True when the server and its store answer."""
@@ -693,6 +646,8 @@ class Client:
         return self._async.url
 
     login = _blocking(AsyncClient.login)
+    derive_token = _blocking(AsyncClient.derive_token)
+    permissions = _blocking(AsyncClient.permissions)
     ping = _blocking(AsyncClient.ping)
     streams = _blocking(AsyncClient.streams)
     info = _blocking(AsyncClient.info)

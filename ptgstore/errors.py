@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from .framing import FramingError
 from .mcapread import RecordTooLarge, UnreadableRecording
+from .permissions import BadPatterns, Forbidden
 from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
@@ -71,6 +72,8 @@ TABLE: dict[type[BaseException], Reply] = {
     # Starlette before 1.7 lets a malformed multipart body through as this
     FormParserError: Reply(400, INVALID, "a malformed multipart upload"),
     TooLarge: Reply(413, TOO_BIG, "a body or message larger than the configured maximum (PTGSTORE_MAX_MESSAGE)"),
+    Forbidden: Reply(403, POLICY, "a valid token without the permission (the reason names it)"),
+    BadPatterns: Reply(400, INVALID, "a malformed read or write pattern asked of /token/derive"),
     RecordTooLarge: Reply(413, TOO_BIG, "an MCAP chunk or entry over the server's limits (a recording, an upload)"),
     UnreadableRecording: Reply(400, INVALID, "an MCAP file that is damaged, truncated or compressed otherwise"),
     SequenceRefused: Reply(409, POLICY, "a producer's batch number the server cannot vouch for (older than "
@@ -82,8 +85,9 @@ UNEXPECTED = Reply(500, SERVER_ERROR, "a bug in the server (logged with its trac
 GATE = {
     401: "no acceptable token: missing, malformed, expired, wrongly signed, of a removed user or of a "
          "credential policy no longer in force (`WWW-Authenticate: Bearer`)",
-    403: "a state-changing request authenticated by the cookie alone from another site's page (or a "
-         "socket from an origin not allowed), or a request on a public address under the dev policy",
+    403: "a valid token without the permission (`forbidden: ...`); a state-changing request authenticated "
+         "by the cookie alone from another site's page (or a socket from an origin not allowed); a request "
+         "on a public address under the dev policy",
 }
 # the closes that are not refusals
 CLOSES = {NORMAL: "normal close (a `timeout` without data, a replay done)",

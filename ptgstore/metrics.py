@@ -160,7 +160,8 @@ class Metrics:
 
     def may_scrape(self, scope, authenticator) -> bool:
         """Everyone when configured public, else a metrics token or an API token (from any client:
-        a proxy on the same host would make every client look local)."""
+        a proxy on the same host would make every client look local); Forbidden for an API token
+        without the admin permission."""
         if self.public:
             return True
         token, _ = find_token(scope)
@@ -169,9 +170,10 @@ class Metrics:
         if self.token and hmac.compare_digest(token.encode(), self.token.encode()):
             return True
         try:
-            authenticator.verify(token)
+            claims = authenticator.claims(token)
         except AuthError:
             return False
+        authenticator.scope(token, claims).require("admin", action="read the metrics")
         return True
 
     def close(self) -> None:

@@ -62,6 +62,18 @@ COMPONENTS: dict[str, dict] = {
         "description": "stream ids joined by `+` (in a query a space is a `+` too)",
     },
     "Error": ERROR,
+    "Derive": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "read": {"type": "array", "maxItems": 32, "items": {"type": "string", "pattern": f"^{_ID_CHAR}+$"}},
+            "write": {"type": "array", "maxItems": 32, "items": {"type": "string", "pattern": f"^{_ID_CHAR}+$"}},
+            "admin": {"type": "boolean", "default": False},
+            "ttl": {"type": "integer", "minimum": 1, "description": "seconds"},
+        },
+        "description": "what the new token may do: stream-id glob patterns to read and write (each at most "
+                       "256 bytes, at most 32 per list, the whole scope at most 2048 bytes of JSON), admin, "
+                       "and its lifetime; at least one pattern or admin=true",
+    },
     "Credentials": {"type": "object", "required": ["username", "password"],
                     "properties": {"username": {"type": "string", "minLength": 1},
                                    "password": {"type": "string", "format": "password"}}},

@@ -90,6 +90,10 @@ class Settings:
     token_verify_exp: bool = True
     ws_allowed_origins: tuple[str, ...] = ()  # besides the server's own origin
     cors_origins: tuple[str, ...] = ()
+    # Host header values served besides loopback names and the address a request arrived on
+    # (DNS rebinding): `name`, `name:port`, `*.domain`, or `*` for any (guards.HostGuard)
+    allowed_hosts: tuple[str, ...] = ()
+    login_rate: int = 10  # password checks (`users` policy) per client address and minute, in bursts of as many
     key_prefix: str = ""
     max_len: int = 1000
     max_message: int = 16 * 1024 * 1024
@@ -113,6 +117,7 @@ class Settings:
     recordings_dir: str | None = None  # default: <data_dir>/recordings
     recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
     recording_segment_mb: int = 256  # ... or when one reaches this size
+    recording_shards: int = 4  # a recording's streams are shared out among the processes in this many shards
     foxglove_scan_ms: int = 1000  # how often /foxglove looks for new streams (once per process)
     foxglove_queue_bytes: int = 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
 
@@ -137,7 +142,7 @@ class Settings:
                                 f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
                      "redis_timeout", "hub_buffer", "producer_window", "producer_batches", "foxglove_scan_ms",
-                     "foxglove_queue_bytes"):
+                     "foxglove_queue_bytes", "login_rate", "recording_shards"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -162,6 +167,8 @@ class Settings:
             "TOKEN_VERIFY_EXP": ("token_verify_exp", _parse_bool),
             "WS_ALLOWED_ORIGINS": ("ws_allowed_origins", lambda n, v: _parse_list(v)),
             "CORS_ORIGINS": ("cors_origins", lambda n, v: _parse_list(v)),
+            "ALLOWED_HOSTS": ("allowed_hosts", lambda n, v: tuple(h.lower() for h in _parse_list(v))),
+            "LOGIN_RATE": ("login_rate", lambda n, v: _parse_int(n, v, 1)),
             "KEY_PREFIX": ("key_prefix", lambda n, v: v),
             "MAX_LEN": ("max_len", lambda n, v: _parse_int(n, v, 1)),
             "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),
@@ -185,6 +192,7 @@ class Settings:
             "RECORDINGS_DIR": ("recordings_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
             "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
             "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
+            "RECORDING_SHARDS": ("recording_shards", lambda n, v: _parse_int(n, v, 1)),
             "FOXGLOVE_SCAN_MS": ("foxglove_scan_ms", lambda n, v: _parse_int(n, v, 10)),
             "FOXGLOVE_QUEUE_BYTES": ("foxglove_queue_bytes", lambda n, v: _parse_int(n, v, 1)),
         }
@@ -210,6 +218,14 @@ class Settings:
     @property
     def recordings_path(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else Path(self.data_dir) / "recordings"
+
+    @property
+    def recordings_refusal(self) -> str | None:
+        """Why this process may not record at all (its recordings would not outlive a restart)."""
+        if self.ephemeral_disk and not self.recordings_dir:
+            return ("PTGSTORE_EPHEMERAL_DISK=true: recordings under the data directory would be lost at the next "
+                    "restart; set PTGSTORE_RECORDINGS_DIR to persistent storage shared by every process")
+        return None
 
     @property
     def max_chunk_bytes(self) -> int:

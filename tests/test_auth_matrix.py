@@ -14,7 +14,7 @@ import websockets.exceptions
 from starlette.routing import Mount, Route, WebSocketRoute
 from websockets.sync.client import connect
 
-from conftest import live_server, make_settings
+from conftest import SERVER_KEYS, live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
 PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/sockets", "/docs/static/{name}", "/openapi.json",
@@ -26,6 +26,7 @@ PUBLIC_MOUNTS = {"/docs/static", "/static"}  # the dashboard's scripts and style
 BODIES = {
     ("PUT", "/streams/{sid:path}"): {"content": b"{}", "headers": {"content-type": "application/json"}},
     ("POST", "/data/{sid:path}"): {"files": {"f": ("f", b"payload")}},
+    ("POST", "/token/derive"): {"content": b"read=*", "headers": {"content-type": "application/x-www-form-urlencoded"}},
 }
 # answers that never end while the client reads: only their status is looked at
 STREAMING = {("GET", "/mjpeg/{sid:path}")}
@@ -144,7 +145,7 @@ def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, r
         assert reply.headers["www-authenticate"] == "Bearer", where
         assert reply.json()["detail"], where
     # nothing a refused request carried was stored
-    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]
+    assert sorted(rdb.keys("*")) == SERVER_KEYS
 
 
 def test_every_protected_rest_route_accepts_a_good_token_in_each_place(server, rdb):
@@ -167,7 +168,7 @@ def test_every_websocket_route_refuses_every_bad_token_at_the_handshake(server, 
     for path in ws_routes(server.app):
         for name, token, place in cases:
             assert ws_handshake(server, path, token, place) == 401, f"{path} with {name} in {place}"
-    assert rdb.keys("*") == [b"ptgstore:secret-fingerprint"]
+    assert sorted(rdb.keys("*")) == SERVER_KEYS
 
 
 def test_every_websocket_route_accepts_a_good_token_in_each_place(server):
@@ -227,7 +228,8 @@ def test_expiry_is_enforced_to_the_second(server):
 def users_server(tmp_path, rdb, redis_server):
     from ptgstore.auth import hash_password, write_users
 
-    settings = make_settings(tmp_path, redis_server.url, auth="users")
+    # (more logins a minute than the default rate allows: tests/test_guards.py checks the limit)
+    settings = make_settings(tmp_path, redis_server.url, auth="users", login_rate=1000)
     write_users(settings.users_path, {"alice": hash_password("correct horse"), "bob": hash_password("bob")})
     with live_server(settings) as live:
         yield live

@@ -60,6 +60,15 @@ def test_a_baseline_without_ptgstore_is_refused(tmp_path):
     assert f"--baseline {tmp_path}: no ptgstore package there" in run.stderr
 
 
+def test_the_permissions_benchmark_runs_both_tokens():
+    run = subprocess.run([sys.executable, "-m", "benchmarks.permissions", "--batches", "20", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    assert sum("every permission" in row for row in rows) == 3
+    assert sum("write bench:*, *:main" in row for row in rows) == 5
+
+
 def test_the_producer_cost_comparison_runs():
     run = subprocess.run([sys.executable, "-m", "benchmarks.producers", "--repeats", "2", "--scale", "0.01"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

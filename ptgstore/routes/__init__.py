@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Iterable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from .. import errors
+from ..permissions import NOTHING, Scope
 
 log = logging.getLogger("ptgstore.routes")
 
@@ -17,7 +19,7 @@ def option(params, name: str, default=None):
     """A query option's value, or `default` when it is absent or empty: the original client sends
     `info=` for "not given", so an empty value means the default on every route and socket. An
     option given twice is malformed (which one would count?)."""
-    values = params.getlist(name)
+    values = params.getlist(name) if hasattr(params, "getlist") else [params[name]] if name in params else []
     if len(values) > 1:
         raise errors.BadOption(f"{name} is given {len(values)} times")
     return default if not values or values[0] == "" else values[0]
@@ -37,6 +39,21 @@ def query_bool(params, name: str, default: bool = False) -> bool:
     if value in _FALSE:
         return False
     raise errors.BadOption(f"{name} must be true or false, not {raw!r}")
+
+
+def permissions(conn) -> Scope:
+    """What the caller of a request or socket may do (nothing when no token was checked)."""
+    caller = conn.scope.get("state", {}).get("caller")
+    return caller.permissions if caller is not None else NOTHING
+
+
+def require(conn, permission: str, sids: Iterable[str] | None = (), action: str = "do this") -> Scope:
+    """The one permission check of every route: the caller's scope when it has `permission`
+    ("read", "write" on each of `sids` (None: every stream), or "admin" to do `action`), else
+    `Forbidden` (403, close 1008) naming the stream or action and the permission."""
+    scope = permissions(conn)
+    scope.require(permission, sids, action)
+    return scope
 
 
 async def close_socket(ws: WebSocket, code: int, reason: str) -> None:

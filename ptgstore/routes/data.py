@@ -6,8 +6,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import option
-from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, validate_stream_id
+from ..framing import (
+    NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id,
+)
+from . import option, require
 
 
 async def post_entries(request: Request) -> JSONResponse:
@@ -38,7 +40,8 @@ async def post_entries(request: Request) -> JSONResponse:
       400: a body that is not multipart/form-data, or holds no file part
     """
     path_sid = request.path_params["sid"]
-    target = None if path_sid == "*" else validate_stream_id(path_sid)
+    target = None if path_sid == "*" else writable_stream_id(path_sid)
+    scope = require(request, "write", [target] if target is not None else [])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "upload entries as multipart/form-data, one file part per entry")
     entries = []
@@ -46,10 +49,12 @@ async def post_entries(request: Request) -> JSONResponse:
         for _, part in form.multi_items():
             if not isinstance(part, UploadFile):
                 continue
-            sid = target if target is not None else validate_stream_id(part.filename or "")
+            sid = target if target is not None else writable_stream_id(part.filename or "")
             entries.append((sid, "*", await part.read()))
     if not entries:
         raise HTTPException(400, "no file parts in the upload")
+    if target is None:
+        scope.require("write", {sid for sid, _, _ in entries})  # before anything is stored
     ids = await request.app.state.store.add(entries)
     request.app.state.metrics.entries(request, True, len(ids), sum(len(data) for _, _, data in entries))
     return JSONResponse(ids)
@@ -78,6 +83,7 @@ async def get_entries(request: Request) -> Response:
         content: {application/octet-stream: {schema: {type: string, format: binary}}}
     """
     sids = unique_stream_ids(request.path_params["sid"])
+    require(request, "read", sids)
     params = request.query_params
     cursors = parse_cursors(option(params, "last_entry_id", "*"), len(sids))
     count = parse_count(option(params, "count"))

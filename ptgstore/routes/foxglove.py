@@ -23,10 +23,10 @@ from .. import __version__, errors
 from ..foxglove_channels import Catalogue, Channel
 from ..foxglove_protobuf import protobuf_payloads, variant
 from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads
-from ..framing import FramingError, validate_stream_id
+from ..framing import FramingError, writable_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
-from . import option, serve_socket
+from . import option, permissions, serve_socket
 from .live import Endpoint
 
 log = logging.getLogger("ptgstore.foxglove")
@@ -46,10 +46,11 @@ SESSION_ID = str(time.time_ns())  # the same for every socket of this process (a
 INFO, WARNING, ERROR = 0, 1, 2
 
 
-def permitted(scope, sid: str, write: bool) -> bool:  # noqa: ARG001 - what per-token permissions will ask
-    """Whether the caller of this socket (`scope["state"]["caller"]`) may read (or with `write`, push
-    to) the stream: the one place the endpoint asks. Every token may read and write every stream for now."""
-    return True
+def permitted(ws: WebSocket, sid: str, write: bool) -> bool:
+    """Whether the caller of this socket may read (or with `write`, push to) the stream: the one place
+    the endpoint asks, through the routes' one permission helper (the token's scope as the socket opened)."""
+    allowed = permissions(ws)
+    return allowed.can_write(sid) if write else allowed.can_read(sid)
 
 
 def catalogue_of(app) -> Catalogue:
@@ -235,7 +236,7 @@ class Session:
     async def _advertise(self, initial: bool = False) -> None:
         """Advertise the catalogue's channels this socket does not know yet, unadvertise the gone."""
         current = {channel.id: channel for channel in self.catalogue.channels.values()
-                   if permitted(self.ws.scope, channel.sid, write=False)}
+                   if permitted(self.ws, channel.sid, write=False)}
         gone = [cid for cid in self.advertised if cid not in current]
         new = [channel for cid, channel in current.items() if cid not in self.advertised]
         self.advertised = current
@@ -349,13 +350,13 @@ class Session:
                 problems.append(f"advertise: id must be an integer 0..{MAX_U32}")
                 continue
             try:
-                sid = validate_stream_id(topic if isinstance(topic, str) else "")
+                sid = writable_stream_id(topic if isinstance(topic, str) else "")  # (not the server's own)
             except FramingError as exc:
                 problems.append(f"advertise: channel {channel_id}: {exc}")
                 continue
             if encoding not in PUBLISH_ENCODINGS:
                 problems.append(f"advertise: channel {channel_id}: encoding must be one of {', '.join(PUBLISH_ENCODINGS)}")
-            elif not permitted(self.ws.scope, sid, write=True):
+            elif not permitted(self.ws, sid, write=True):
                 problems.append(f"advertise: channel {channel_id}: this token may not write to {sid}")
             elif channel_id not in self.client_channels and len(self.client_channels) >= MAX_CLIENT_CHANNELS:
                 problems.append(f"advertise: at most {MAX_CLIENT_CHANNELS} client channels per socket")

@@ -11,11 +11,11 @@ from ..directsend import direct_send
 from ..errors import TooLarge, WrongMessageType
 from ..framing import (
     BEGINNING, NOW, FramingError, cursor_before, decode_header, parse_count, parse_cursors,
-    parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
+    parse_header_codec, parse_offsets_mode, split_batch, split_writable_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
 from ..wsframes import FRAMES, text_frame
-from . import close_socket, option, query_bool, serve_socket
+from . import close_socket, option, query_bool, require, serve_socket
 
 
 def _push_options(params):
@@ -85,9 +85,12 @@ async def _push(ws: WebSocket, receive, send) -> None:
     options = _push_options(ws.query_params)
     batched = options["batch"] or path_sid == "*"
     if path_sid != "*":
-        sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
+        sids = split_writable_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
             raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
+    # a `*` push names its streams in each batch: each batch is checked whole before it is stored
+    scope = require(ws, "write", sids if path_sid != "*" else [])
+    check_each_batch = path_sid == "*" and not scope.write.everything
     producer = _producer(ws, options["ack"])
     add = ws.app.state.store.add if producer is None else producer.add
     limit = ws.app.state.settings.max_message
@@ -99,6 +102,8 @@ async def _push(ws: WebSocket, receive, send) -> None:
             blob = await _receive(receive, limit, "bytes", "blob")
             header = decode_header(raw_header, options["codec"])
             entries = split_batch(header, blob, path_sid, options["offsets"])
+            if check_each_batch:
+                scope.require("write", {sid for sid, _, _ in entries})
         else:
             entries = [(path_sid, "*", await _receive(receive, limit, "bytes", "entry"))]
         ids = await add(entries)
@@ -209,6 +214,7 @@ async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull read
 async def _pull(ws: WebSocket, send) -> None:
     options = _pull_options(ws.query_params)
     sids = unique_stream_ids(ws.path_params["sid"])  # a malformed stream id is malformed data, not an option
+    require(ws, "read", sids)
     cursors = parse_cursors(options["last_entry_id"], len(sids))
     sync = _sync_index(options["time_sync_id"], sids)
     store = ws.app.state.store

@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from ..framing import BEGINNING, NEWEST, NOW, cursor_before, parse_count, parse_cursors, parse_entry_id, \
     validate_stream_id
-from . import option, query_bool
+from . import option, query_bool, require
 
 BOUNDARY = b"frame"
 MEDIA_TYPE = "multipart/x-mixed-replace; boundary=frame"
@@ -56,6 +56,7 @@ async def stream(request: Request):
         content: {multipart/x-mixed-replace: {schema: {type: string, format: binary}}}
     """
     sid = validate_stream_id(request.path_params["sid"])
+    require(request, "read", [sid])
     params = request.query_params
     (cursor,) = parse_cursors(option(params, "last_entry_id", NOW), 1)
     count = parse_count(option(params, "count"))

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..store import StoreUnavailable
+from . import permissions, require
 
 STARTED = time.time()
 SNAPSHOT_AGE = 1.0  # seconds a status answer is shared for
@@ -86,12 +87,16 @@ async def streams(request: Request) -> Response:
     """
     store = request.app.state.store
 
-    async def compute() -> bytes:
+    async def compute() -> tuple[bytes, int, list]:
         now = int(time.time() * 1000)
         summaries = await store.summaries(await store.stream_ids())
-        return orjson.dumps({"now": now, "streams": summaries})
+        return orjson.dumps({"now": now, "streams": summaries}), now, summaries
 
-    return _json(await _snapshot(request, "streams", compute).get())
+    body, now, summaries = await _snapshot(request, "streams", compute).get()
+    scope = permissions(request)
+    if not scope.read.everything:  # the shared snapshot, filtered for this caller
+        body = orjson.dumps({"now": now, "streams": [s for s in summaries if scope.can_read(s["sid"])]})
+    return _json(body)
 
 
 async def server(request: Request) -> Response:
@@ -113,12 +118,15 @@ async def server(request: Request) -> Response:
                 redis: {type: object, required: [reachable], properties: {reachable: {type: boolean}}}
                 open_sockets: {type: object, properties: {push: {type: integer}, pull: {type: integer}}}
     """
+    require(request, "admin", action="see the server's status")
     app = request.app
 
     async def compute() -> bytes:
         settings = app.state.settings
         now = int(time.time() * 1000)
-        redis = {"embedded": settings.redis_url is None, "address": app.state.store.connections.address}
+        address = app.state.store.connections.address
+        # no file paths for token holders: a unix socket is named as such
+        redis = {"embedded": settings.redis_url is None, "address": "unix socket" if address.startswith("unix:") else address}
         try:
             redis.update(await app.state.store.server_info(), reachable=True)
         except StoreUnavailable as exc:
@@ -130,6 +138,7 @@ async def server(request: Request) -> Response:
         return orjson.dumps({
             "now": now, "uptime_s": round(time.time() - STARTED, 1), "pid": os.getpid(), "workers": settings.workers,
             "auth": settings.auth, "redis": redis, "followed_streams": len(app.state.hub.followers), **counters,
+            "recordings": app.state.recorder.status(),
         })
 
     return _json(await _snapshot(request, "server", compute).get())

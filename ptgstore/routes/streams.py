@@ -8,8 +8,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..framing import unique_stream_ids, validate_stream_id
-from . import query_bool
+from ..framing import split_writable_stream_ids, validate_stream_id, writable_stream_id
+from . import permissions, query_bool, require
 
 
 async def list_streams(request: Request) -> JSONResponse:
@@ -30,7 +30,8 @@ async def list_streams(request: Request) -> JSONResponse:
                 oneOf: [{type: string}, {$ref: "#/components/schemas/StreamInfo"}]
     """
     store = request.app.state.store
-    sids = await store.stream_ids()
+    readable = permissions(request).can_read
+    sids = [sid for sid in await store.stream_ids() if readable(sid)]
     if not query_bool(request.query_params, "info"):
         return JSONResponse(sids)
     infos = await asyncio.gather(*(store.info(sid) for sid in sids))
@@ -60,6 +61,7 @@ async def get_stream(request: Request) -> JSONResponse:
       400: an unknown stream with `report_error=true`
     """
     sid = validate_stream_id(request.path_params["sid"])
+    require(request, "read", [sid])
     report_error = query_bool(request.query_params, "report_error")
     info = await request.app.state.store.info(sid)
     if info is None:
@@ -95,7 +97,8 @@ async def put_stream(request: Request) -> JSONResponse:
           delete: {operationId: streams.delete_streams, parameters: {sid: $request.path.sid}}
       400: an empty body, a body that is not a JSON object, or a `max_len` that is not a positive integer
     """
-    sid = validate_stream_id(request.path_params["sid"])
+    sid = writable_stream_id(request.path_params["sid"])
+    require(request, "admin", action="set metadata or max_len")
     override = query_bool(request.query_params, "override")
     body = await request.body()
     if not body.strip():
@@ -134,6 +137,7 @@ async def delete_streams(request: Request) -> JSONResponse:
           application/json:
             schema: {type: object, required: [deleted], properties: {deleted: {type: array, items: {type: string}}}}
     """
-    sids = unique_stream_ids(request.path_params["sid"])
+    sids = list(dict.fromkeys(split_writable_stream_ids(request.path_params["sid"])))
+    require(request, "admin", action="delete streams")
     deleted = await request.app.state.store.delete(sids)
     return JSONResponse({"deleted": deleted})

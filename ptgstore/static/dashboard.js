@@ -15,6 +15,7 @@ const meta = (name) => document.querySelector(`meta[name="${name}"]`)?.content ?
 const features = new Set(meta("ptgstore-features").split(/\s+/).filter(Boolean));
 const state = {
   user: meta("ptgstore-user"),
+  permissions: null, // what the token may do (GET /token/scope): controls it lacks stay hidden
   view: null,
   rows: new Map(), // sid -> {row, cells, samples}
   summaries: new Map(), // sid -> newest summary
@@ -54,6 +55,15 @@ function formatBytes(n) {
   return `${n < 10 && i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 }
 
+/** A recording's length as people read it: `4.2 s`, `3 min 07 s`, `2 h 05 min`. */
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const whole = Math.floor(seconds);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
+  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
+}
+
 function formatAge(ms) {
   if (ms === null || Number.isNaN(ms)) return "–";
   if (ms < 0) ms = 0;
@@ -75,6 +85,7 @@ function showError(node, error) {
 function handleAuth(error) {
   if (error instanceof PtgStoreError && error.status === 401) {
     state.user = "";
+    state.permissions = null;
     route();
     return true;
   }
@@ -524,6 +535,7 @@ async function pollServer() {
         fillList($("server-process"), [
           ["up", formatAge(status.uptime_s * 1000)], ["pid", status.pid], ["workers", status.workers],
           ["auth policy", status.auth], ["followed streams", status.followed_streams],
+          ["recordings", recordingsState(status.recordings)],
         ]);
         previous = status;
         showError($("server-error"), null);
@@ -539,13 +551,32 @@ async function pollServer() {
 
 // -- recordings (only when the server has them) ---------------------------------------------------
 
+/** Where this process keeps recordings, or why it refuses them (its directory is not the deployment's). */
+function recordingsState(recordings) {
+  if (!recordings) return "–";
+  if (recordings.problem) return `refused: ${recordings.problem}`;
+  return `on; processes able to record: ${recordings.recorders_present}; shards written here: ${recordings.shards_held.join(", ") || "none"}`;
+}
+
 async function loadRecordings() {
   try {
+    // /status is the admin's: only an admin is told why this server refuses recordings
+    const status = state.permissions?.admin ? await store.status() : {};
+    const problem = status.recordings && status.recordings.problem;
+    setText($("recording-problem"), problem ? `Recordings are refused on this server: ${problem}` : "");
+    $("recording-problem").hidden = !problem;
     const [infos, current] = await Promise.all([
-      store.request("GET", "/recordings", { query: { info: true } }),
-      store.request("GET", "/recordings/current"),
+      problem ? [] : store.request("GET", "/recordings", { query: { info: true } }),
+      // a recording of streams this token may not read: say that one runs, not its name
+      store.request("GET", "/recordings/current").catch((error) => {
+        if (error instanceof PtgStoreError && error.forbidden) return { forbidden: true };
+        throw error;
+      }),
     ]);
-    setText($("recording-current"), current ? `recording now: ${current}` : "not recording");
+    let now = "not recording";
+    if (current?.forbidden) now = "recording now (streams you may not read)";
+    else if (current) now = `recording now: ${current}`;
+    setText($("recording-current"), now);
     $("recording-list").replaceChildren(...(infos || []).map(recordingItem));
     showError($("recording-error"), null);
   } catch (error) {
@@ -556,7 +587,7 @@ async function loadRecordings() {
 /** One recording: its name, duration and size, its files as download links, and its info on demand. */
 function recordingItem(info) {
   const name = String(info.name);
-  const summary = `${info.duration || "0:00:00"} · ${formatBytes(info.size)}` +
+  const summary = `${formatDuration(info.duration_secs ?? 0)} · ${formatBytes(info.size)}` +
     (info.active ? " · recording" : "") + (info.error ? ` · stopped: ${info.error}` : "");
   const files = (info.files || []).map((file) => el("a", {
     text: String(file), className: "download",
@@ -580,6 +611,24 @@ async function recordingAction(path, query) {
     if (!handleAuth(error)) showError($("recording-error"), error);
   }
   loadRecordings();
+}
+
+// -- permissions ----------------------------------------------------------------------------------
+
+const NO_PERMISSIONS = { read: [], write: [], admin: false };
+
+/** Ask what the token may do, then show only the controls it may use (every one hidden until then). */
+async function loadPermissions() {
+  try {
+    state.permissions = await store.permissions();
+  } catch (error) {
+    if (handleAuth(error)) return;
+    state.permissions = NO_PERMISSIONS;
+  }
+  const { admin, read } = state.permissions;
+  $("nav-server").hidden = !admin; // /status is the admin's
+  for (const id of ["max-len-form", "meta-form", "delete"]) $(id).hidden = !admin;
+  $("recording-form").hidden = !read.includes("*"); // the form records every stream
 }
 
 // -- views and routing ----------------------------------------------------------------------------
@@ -618,7 +667,7 @@ function route() {
     } else {
       gridOfCameras();
     }
-  } else if (hash === "/server") {
+  } else if (hash === "/server" && state.permissions?.admin) {
     show("server");
   } else if (hash === "/recordings" && features.has("recordings")) {
     show("recordings");
@@ -637,13 +686,14 @@ async function login(event) {
     store.token = null; // the cookie the server set is what the page uses from now on
     form.reset();
     showError($("login-error"), null);
+    await loadPermissions();
     route();
   } catch (error) {
     showError($("login-error"), error.status === 401 ? "wrong user name or password" : error);
   }
 }
 
-function start() {
+async function start() {
   $("nav-recordings").hidden = !features.has("recordings");
   $("login-form").addEventListener("submit", login);
   $("filter").addEventListener("input", applyFilter);
@@ -664,6 +714,7 @@ function start() {
   });
   $("recording-stop").addEventListener("click", () => recordingAction("/recordings/stop"));
   window.addEventListener("hashchange", route);
+  if (state.user) await loadPermissions();
   route();
   pollSummaries();
   pollServer();

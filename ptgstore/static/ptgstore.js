@@ -23,6 +23,14 @@ export class PtgStoreError extends Error {
     this.status = status;
     this.code = code;
   }
+
+  /**
+   * Whether the token lacks a permission (HTTP 403, or a socket closed 1008 with a `forbidden:`
+   * reason): the message names the stream or action and the permission.
+   */
+  get forbidden() {
+    return this.message.startsWith("forbidden:") && (this.status === 403 || this.code === 1008);
+  }
 }
 
 const encoder = new TextEncoder();
@@ -102,6 +110,27 @@ export class PtgStore {
     });
     this.token = reply.access_token;
     return reply;
+  }
+
+  /** Who the token names and what it may do: `{user, read, write, admin, expires}` (GET /token/scope). */
+  permissions() {
+    return this.request("GET", "/token/scope");
+  }
+
+  /**
+   * A new token narrower than this one (POST /token/derive): `read` and `write` stream-id patterns,
+   * `admin`, `ttl` seconds. Rejects with a `forbidden` error when it asks for more than this token has.
+   */
+  async deriveToken({ read = [], write = [], admin = false, ttl } = {}) {
+    const form = new URLSearchParams();
+    for (const pattern of read) form.append("read", pattern);
+    for (const pattern of write) form.append("write", pattern);
+    form.append("admin", String(admin));
+    if (ttl !== undefined) form.append("ttl", String(ttl));
+    const reply = await this.request("POST", "/token/derive", {
+      body: form, headers: { "Content-Type": "application/x-www-form-urlencoded" },
+    });
+    return reply.access_token;
   }
 
   /** Sorted stream ids, or info objects with `{info: true}`. */

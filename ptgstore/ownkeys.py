@@ -22,7 +22,7 @@ def owned_keys(store: Store) -> dict[str, str]:
              recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
              recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
              recordings.writers_key: "set", recordings.presence_key: "zset", recordings.directory_key: "hash",
-             recordings.errors_key: "hash"}
+             recordings.errors_key: "hash"}  # (leases are per shard: lease_key(shard))
     for sid in SERVER_STREAMS:
         owned[keys.stream(sid)] = "stream"
         owned[keys.stream(sid) + META_SUFFIX] = "hash"

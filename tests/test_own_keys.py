@@ -20,6 +20,14 @@ def quoted(sid: str) -> str:
     return urllib.parse.quote(sid, safe="")
 
 
+def assert_nothing_written(rdb) -> None:
+    """No stream, no stream's metadata or epoch, and the server's own keys of their own types."""
+    assert list(rdb.scan_iter(_type="stream")) == []
+    assert [k for k in rdb.keys("*") if b"+" in k and not k.startswith(b"ptgstore+producer:")] == []
+    assert rdb.type("ptgstore:secret-fingerprint") == b"string"
+    assert rdb.type("ptgstore:recording") in (b"none", b"hash") and rdb.type("recording:id") in (b"none", b"string")
+
+
 def push_close(server, path: str, *messages, **query) -> int:
     """The close code a push socket ends with after `messages` (sent while it stays open)."""
     with ws_connect(server, path, **query) as ws:
@@ -27,16 +35,6 @@ def push_close(server, path: str, *messages, **query) -> int:
             for message in messages:
                 ws.send(message)
         return expect_close(ws)[0]
-
-
-# what a server writes at start-up: its secret's fingerprint, its recordings directory's marker and the
-# recorders present (recordings_dir.py)
-STARTUP_KEYS = {b"ptgstore:secret-fingerprint", b"ptgstore:recordings:directory", b"ptgstore:recorders"}
-
-
-def assert_only_startup_keys(rdb) -> None:
-    keys = set(rdb.keys("*"))
-    assert b"ptgstore:secret-fingerprint" in keys and keys <= STARTUP_KEYS, keys
 
 
 @pytest.mark.parametrize("sid", OWN)
@@ -51,8 +49,7 @@ def test_no_stream_id_names_the_servers_keys(server, rdb, sid):
     assert http.get(f"/data/{quoted(sid)}").status_code == 400
     assert push_close(server, f"/data/{quoted(sid)}/push", b"entry") == 1007
     assert push_close(server, "/data/*/push", f'[["{sid}", 0]]', b"entry", batch="true") == 1007
-    assert_only_startup_keys(rdb)  # the server's own, written at start: nothing else
-    assert rdb.type("ptgstore:secret-fingerprint") == b"string"
+    assert_nothing_written(rdb)
 
 
 def test_a_delete_cannot_empty_an_active_recording(server, rdb):
@@ -93,6 +90,8 @@ def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_serve
     rdb.xadd("ptgstore:secret-fingerprint", {"d": b"x"})
     rdb.xadd("ptgstore:recording", {"d": b"x"})
     rdb.set("ptgstore:recording:cursors", "x")
+    rdb.xadd("ptgstore:recording:writers", {"d": b"x"})
+    rdb.set("ptgstore:recordings:directory", "x")
     rdb.hset("event:recording:id", "d", "x")
     rdb.xadd("cam", {"d": b"frame"})
     with caplog.at_level(logging.ERROR, logger="ptgstore.ownkeys"):
@@ -106,7 +105,8 @@ def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_serve
     assert rdb.type("ptgstore:secret-fingerprint") == b"string"
     assert rdb.xlen("cam") == 1  # streams are never touched
     removed = " ".join(record.getMessage() for record in caplog.records)
-    for key in ("ptgstore:secret-fingerprint", "ptgstore:recording", "ptgstore:recording:cursors"):
+    for key in ("ptgstore:secret-fingerprint", "ptgstore:recording", "ptgstore:recording:cursors",
+                "ptgstore:recording:writers", "ptgstore:recordings:directory"):
         assert f"'{key}'" in removed
 
 
@@ -137,4 +137,4 @@ def test_a_foxglove_client_cannot_publish_to_the_servers_keys_or_streams(server,
                     .decode())
             status = next_op(ws, "status")
             assert status["level"] == 2 and ("reserved" in status["message"] or "server only" in status["message"])
-    assert_only_startup_keys(rdb)
+    assert_nothing_written(rdb)

@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
-from . import errors, metrics, serving
+from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard
 from .deployment import ephemeral_disk_problems
 from .directsend import DirectSend
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, recorded_run_id
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .private import private_dir
@@ -27,6 +29,8 @@ from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore")
+
+PASSWORD_CHECKS = 2
 
 ROUTES = [
     Route("/token", tokens.issue_token, methods=["POST"]),
@@ -80,8 +84,11 @@ async def lifespan(app: Starlette):
                        + "; ".join(problems))
             log.error(message)
             raise SettingsError(message)
+    # the data directory (secret, users, embedded Redis, recordings) is this account's only
+    await asyncio.to_thread(private_dir, Path(settings.data_dir))
     # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
     await asyncio.to_thread(lambda: app.state.authenticator.secret)
+    await asyncio.to_thread(policyfile.record, settings)  # ... and mints tokens of this policy
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -90,6 +97,12 @@ async def lifespan(app: Starlette):
     store = Store(url, key_prefix=settings.key_prefix, default_max_len=settings.max_len,
                   pool_size=settings.redis_pool_size, timeout=settings.redis_timeout,
                   cluster=settings.redis_cluster, group_separator=settings.group_separator)
+    if embedded is not None:  # a reconnect checks who answers, as start-up did
+        store.connections.expect_run_id(embedded.embedded_run_id)
+    elif not settings.redis_cluster and recorded_run_id(settings.data_dir, url) is not None:
+        # a worker of `ptgstore serve --workers N`, handed the URL of the embedded Redis its parent runs
+        store.connections.expect_run_id(functools.partial(recorded_run_id, settings.data_dir, url))
+    await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip
@@ -157,7 +170,8 @@ def configure_logging(level: str) -> None:
 def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> None:
     """Say at start-up which Redis is used and anything that weakens security."""
     if embedded is not None:
-        log.info("redis: embedded at %s (data in %s, appendfsync %s)", url, embedded.dir, settings.redis_fsync)
+        log.info("redis: embedded at %s (data in %s, appendfsync %s)", redact_url(url), embedded.dir,
+                 settings.redis_fsync)
     else:
         log.info("redis: %s", redact_url(url))
     if settings.auth == "dev":
@@ -168,6 +182,7 @@ def log_policy(settings: Settings, url: str, embedded: EmbeddedRedis | None) -> 
         log.info("auth policy 'users': accounts from %s", settings.users_path)
     if settings.secret and len(settings.secret.encode()) < 32:
         log.warning("the configured PTGSTORE_SECRET is shorter than 32 bytes: tokens are easier to forge")
+    log.info("hosts: %s", guards.describe_allowed_hosts(settings))
     if settings.metrics_public:
         log.warning("/metrics is public: served to anyone without a token (PTGSTORE_METRICS_PUBLIC=true)")
     if not settings.token_verify_exp:
@@ -224,6 +239,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(DirectSend),  # outermost: socket routes send their data messages past every layer below
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
+        # guards.py's, in its order: headers on every answer (refusals too), then who may ask
+        Middleware(guards.SecurityHeaders),
+        Middleware(guards.HostGuard, settings=settings),
+        Middleware(guards.LoginGuard, settings=settings),
         Middleware(TrailingSlashMiddleware),
         Middleware(errors.BodyLimitMiddleware, limit=settings.max_message,
                    paths={recordings.UPLOAD_PREFIX: (settings.max_upload, "PTGSTORE_MAX_UPLOAD")}),
@@ -243,6 +262,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.metrics = meter
+    # scrypt checks at a time (each costs 16 MiB and a core for ~50 ms): more wait their turn
+    app.state.password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
     app.router.redirect_slashes = False
     return app
 

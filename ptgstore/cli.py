@@ -124,6 +124,7 @@ def serve(args) -> int:
 
     from . import serving  # noqa: PLC0415
     from .embedded import EmbeddedRedis  # noqa: PLC0415
+    from .guards import describe_allowed_hosts  # noqa: PLC0415
 
     settings = _settings(args)
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
@@ -160,6 +161,7 @@ def serve(args) -> int:
     print(f"ptgstore: listening on http://{settings.host}:{settings.port} "
           f"({settings.workers} worker{'s' if settings.workers > 1 else ''})\n"
           f"ptgstore: redis {redis_text}\n"
+          f"ptgstore: hosts: {describe_allowed_hosts(settings)}\n"
           f"ptgstore: auth policy '{settings.auth}'"
           + (" - any username with password equal to it; get a token with `ptgstore token`"
              if settings.auth == "dev" else f" - accounts in {settings.users_path}"), flush=True)
@@ -204,11 +206,20 @@ def _asked_rights(args):
 
 
 def token(args) -> int:
-    """Print a fresh token signed with this server's secret (limited by --read/--write/--admin)."""
-    from .auth import Authenticator  # noqa: PLC0415
+    """Print a fresh token signed with this server's secret, under the policy it runs (limited by
+    --read/--write/--admin)."""
+    from .auth import Authenticator, read_users  # noqa: PLC0415
     from .permissions import Forbidden, Scope, account_rights  # noqa: PLC0415
+    from .policyfile import recorded  # noqa: PLC0415
 
     settings = _settings(args)
+    server = recorded(settings.data_dir)
+    if server is not None:
+        if settings.auth_explicit and settings.auth != server["auth"]:
+            print(f"ptgstore token: the server on {settings.data_dir} runs the '{server['auth']}' policy: a "
+                  f"'{settings.auth}' token would be refused there", file=sys.stderr)
+            return 1
+        settings = settings.replace(auth=server["auth"], users_file=server["users_file"])
     secret = Path(settings.data_dir) / "secret"
     if not settings.secret and not secret.exists():
         # a new secret here would sign tokens that the server (with its own secret) refuses
@@ -218,6 +229,10 @@ def token(args) -> int:
               "http://HOST:PORT/token", file=sys.stderr)
         return 1
     name = args.user or getpass.getuser()
+    if settings.auth == "users" and name not in read_users(settings.users_path):
+        print(f"ptgstore token: no user {name!r} in {settings.users_path} (the 'users' policy): add one with "
+              "`ptgstore user add`", file=sys.stderr)
+        return 1
     authenticator = Authenticator(settings)
     wanted = _asked_rights(args)
     if wanted is not None and settings.auth == "users":

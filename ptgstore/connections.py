@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,13 +53,17 @@ class Unavailable(Exception):
     """Redis cannot be reached, or did not answer in time, or cannot serve the key now."""
 
 
+_SOCKET_PATH = re.compile(r"(unix socket): .*?(\. |\.?$)")
+
+
 def reason(exc: BaseException) -> str:
     """What to say about a Redis failure."""
     if isinstance(exc, rexc.BusyLoadingError):
         return "Redis is loading its data"
     if isinstance(exc, (rexc.AskError, rexc.TryAgainError)):
         return f"a cluster slot is moving: {exc}"
-    return str(exc) or type(exc).__name__
+    # clients are told that the socket failed, not where the server's files are
+    return _SOCKET_PATH.sub(r"\1\2", str(exc)) or type(exc).__name__
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -171,6 +176,27 @@ class Connections:
             options = {**kwargs, "socket_timeout": None, "health_check_interval": 0}
             self._lane_class, self._lane_options = self.pool.connection_class, options
             self._single = self._lanes_of()
+
+    def expect_run_id(self, expected) -> None:
+        """Check every new connection (a reconnect after Redis restarted included) against
+        `expected()`, the run id of the server meant to answer (None: any): another server answering
+        at the same address (a reused port) is refused as unavailable instead of being written to."""
+        async def connect(connection) -> None:
+            await connection.on_connect()
+            await connection.send_command("INFO", "server", check_health=False)
+            info = await connection.read_response()
+            text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+            found = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("run_id:")),
+                         None)
+            wanted = expected()
+            if wanted is not None and found != wanted:
+                log.error("the Redis answering at %s is not the embedded one (run id %s, expected %s): not using it",
+                          self.address, found, wanted)
+                raise rexc.ConnectionError(f"the Redis at {self.address} is not the embedded server")
+
+        assert self.pool is not None, "the embedded Redis is a single server"
+        self.pool.connection_kwargs["redis_connect_func"] = connect
+        self._lane_options["redis_connect_func"] = connect
 
     # -- where keys live ----------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ def ephemeral_disk_problems(settings: Settings) -> list[str]:
         problems.append("PTGSTORE_SECRET (a generated one would change at each restart, ending every token)")
     if settings.redis_url is None:
         problems.append("PTGSTORE_REDIS_URL (the embedded Redis would lose every entry at each restart)")
+    if not settings.allowed_hosts:
+        problems.append("PTGSTORE_ALLOWED_HOSTS (the name clients reach the app by, e.g. myapp.example.com: "
+                        "requests for other names are refused)")
     if settings.auth != "users":
         problems.append("PTGSTORE_AUTH=users (the dev policy accepts anyone)")
     elif not settings.users_file:

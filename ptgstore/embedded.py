@@ -7,21 +7,40 @@ import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import socket
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import redis
 
 from .backoff import Backoff
+from .private import private_dir, private_tree, write_private
 
 log = logging.getLogger("ptgstore.embedded")
 
 # unix socket paths are limited to 108 bytes by the kernel
 _MAX_SOCKET_PATH = 100
+# commands nobody needs on a private server, which turn access to it into access to the machine
+# (CONFIG SET dir + SAVE writes files as this user; MODULE LOAD runs code) or crash it (DEBUG)
+DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE")
+SOCKET_DIR_PREFIX = "ptgstore-redis-"
+
+
+def _socket_dir_is_ours(directory: str) -> bool:
+    """A directory only this user can enter (no symlink), as a socket of the private server needs."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -100,8 +119,52 @@ def _listen_for(url: str) -> list[str]:
     """The redis.conf lines that make a server answer at `url` (a restart listens where clients connect)."""
     if url.startswith("unix://"):
         return ["port 0", f"unixsocket {url[len('unix://'):]}", "unixsocketperm 700"]
-    port = url.rsplit(":", 1)[1].split("/", 1)[0]
-    return [f"port {port}", "bind 127.0.0.1"]
+    parts = urlsplit(url)
+    return [f"port {parts.port}", "bind 127.0.0.1"] + ([f"requirepass {parts.password}"] if parts.password else [])
+
+
+def shown(url: str | None) -> str:
+    """A URL for the log: without its password."""
+    parts = urlsplit(url or "")
+    return (url or "") if parts.password is None else (url or "").replace(f":{parts.password}@", ":***@")
+
+
+def recorded_run_id(data_dir: str | os.PathLike, url: str) -> str | None:
+    """The run id of the embedded server of `data_dir` as its starter recorded it, when it is the one
+    answering at `url` (a worker of `ptgstore serve --workers N` is handed the URL alone)."""
+    try:
+        state = json.loads((Path(data_dir).expanduser().resolve() / "redis" / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return state.get("run_id") if isinstance(state, dict) and state.get("url") == url else None
+
+
+def _short_socket_path() -> str | None:
+    """A socket path in a new private temporary directory (mkdtemp: 0700, an unguessable name), or
+    None when no temporary directory gives one short enough."""
+    for base in (None, "/tmp"):
+        try:
+            short = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX, dir=base)
+        except OSError:
+            continue
+        path = os.path.join(short, "redis.sock")
+        if len(path) <= _MAX_SOCKET_PATH:
+            return path
+        os.rmdir(short)
+    return None
+
+
+def _private_listen(sock_path: Path) -> tuple[list[str], str]:
+    """Where a new server listens: the data directory's socket; when that path is too long for a
+    socket, one in a private temporary directory (0700, unguessable); when even that is too long,
+    a loopback port that answers only with a random password."""
+    path = str(sock_path)
+    if len(path) > _MAX_SOCKET_PATH:
+        path = _short_socket_path() or path
+    if len(path) <= _MAX_SOCKET_PATH:
+        return ["port 0", f"unixsocket {path}", "unixsocketperm 700"], f"unix://{path}"
+    port, password = _free_loopback_port(), secrets.token_urlsafe(32)
+    return [f"port {port}", "bind 127.0.0.1", f"requirepass {password}"], f"redis://:{password}@127.0.0.1:{port}/0"
 
 
 class EmbeddedRedis:
@@ -116,7 +179,8 @@ class EmbeddedRedis:
     """
 
     def __init__(self, data_dir: str | os.PathLike, fsync: str = "always"):
-        self.dir = Path(data_dir).expanduser().resolve() / "redis"
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.dir = self.data_dir / "redis"
         self.fsync = fsync
         self.url: str | None = None
         self.binary: str | None = None
@@ -132,7 +196,7 @@ class EmbeddedRedis:
     @contextlib.contextmanager
     def _locked(self):
         """Only one process at a time starts, joins, restarts or stops the server of this directory."""
-        with open(self.dir / "lock", "w") as lock:
+        with os.fdopen(os.open(self.dir / "lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
@@ -144,18 +208,20 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 15.0) -> str:
         """Join or start the server; return its URL."""
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.data_dir)
+        private_tree(private_dir(self.dir))  # (its files hold every entry, and the password of a TCP fallback)
         with self._locked():
             state = self._state()
             # the run id proves that what answers is our server, not another one on a reused port
             if state.get("url") and state.get("run_id") and _run_id(state["url"]) == state["run_id"]:
                 self.url = state["url"]
                 self._listen = _listen_for(self.url)
-                log.info("joined embedded redis at %s", self.url)
+                log.info("joined embedded redis at %s", shown(self.url))
             else:
                 self._spawn(timeout)
                 self._write_state()
-            self._use = open(self.dir / "users.lock", "a")  # noqa: SIM115 - held until stop()
+            # held until stop()
+            self._use = os.fdopen(os.open(self.dir / "users.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
             fcntl.flock(self._use, fcntl.LOCK_SH)
         threading.Thread(target=self._watch, args=(timeout,), name="ptgstore-embedded-redis", daemon=True).start()
         assert self.url is not None  # joined or spawned: both set it
@@ -164,7 +230,7 @@ class EmbeddedRedis:
     def _write_state(self) -> None:
         assert self._process is not None  # (called right after a spawn)
         state = {"url": self.url, "pid": self._process.pid, "run_id": _run_id(self.url)}
-        (self.dir / "state.json").write_text(json.dumps(state))
+        write_private(self.dir / "state.json", json.dumps(state))  # (its URL may carry the password)
 
     def _watch(self, timeout: float) -> None:
         """Restart the server when it dies on its own (killed, out of memory): acknowledged
@@ -207,16 +273,10 @@ class EmbeddedRedis:
 
     def _spawn(self, timeout: float) -> None:
         self.binary = find_redis_server()
-        sock_path = self.dir / "redis.sock"
         if self._listen is not None:
-            pass  # a restart listens where clients already connect
-        elif len(str(sock_path)) <= _MAX_SOCKET_PATH:
-            self._listen = ["port 0", f"unixsocket {sock_path}", "unixsocketperm 700"]
-            self.url = f"unix://{sock_path}"
+            self._check_socket_dir()  # a restart listens where clients already connect
         else:
-            port = _free_loopback_port()
-            self._listen = [f"port {port}", "bind 127.0.0.1"]
-            self.url = f"redis://127.0.0.1:{port}/0"
+            self._listen, self.url = _private_listen(self.dir / "redis.sock")
         config = [
             *self._listen,
             f'dir "{self.dir}"',
@@ -227,13 +287,15 @@ class EmbeddedRedis:
             "daemonize no",
             f'logfile "{self.dir / "redis.log"}"',
             "protected-mode yes",
+            *(f'rename-command {command} ""' for command in DISABLED_COMMANDS),
         ]
-        (self.dir / "redis.conf").write_text("\n".join(config) + "\n")
-        # own session: a Ctrl-C in the terminal reaches the server, which then stops Redis cleanly
+        write_private(self.dir / "redis.conf", "\n".join(config) + "\n")
+        # own session: a Ctrl-C in the terminal reaches the server, which then stops Redis cleanly;
+        # umask: its append-only log, log file and socket are this user's only
         self._process = subprocess.Popen(
             [self.binary, str(self.dir / "redis.conf")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True, umask=0o077,
         )
         deadline = time.monotonic() + timeout
         while _run_id(self.url) is None:
@@ -244,7 +306,31 @@ class EmbeddedRedis:
                 self._process.wait(timeout)
                 raise EmbeddedRedisError(f"redis-server did not answer within {timeout:.0f} s: {self._log_tail()}")
             time.sleep(0.05)
-        log.info("started embedded redis (%s) at %s, data in %s", self.binary, self.url, self.dir)
+        log.info("started embedded redis (%s) at %s, data in %s", self.binary, shown(self.url), self.dir)
+
+    def _socket_dir(self) -> str | None:
+        """The private temporary directory of the socket, when the server listens in one."""
+        if not (self.url or "").startswith("unix://"):
+            return None
+        directory = os.path.dirname(self.url[len("unix://"):])  # type: ignore[index]
+        return directory if os.path.basename(directory).startswith(SOCKET_DIR_PREFIX) else None
+
+    def _check_socket_dir(self) -> None:
+        """Before a restart: the socket's private directory is still there and still this user's only
+        (a temporary directory may be cleaned away; another account must not slip one in its place)."""
+        directory = self._socket_dir()
+        if directory is None:
+            return
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        if not _socket_dir_is_ours(directory):
+            raise EmbeddedRedisError(f"the socket directory {directory} is not private to this user: not listening there")
+
+    def embedded_run_id(self) -> str | None:
+        """The run id of the server this data directory's processes started last (state.json)."""
+        return recorded_run_id(self.data_dir, self.url) if self.url else None
 
     def _log_tail(self) -> str:
         try:
@@ -282,6 +368,8 @@ class EmbeddedRedis:
                 (self.dir / "state.json").unlink()
             except OSError:
                 pass
+            if self._socket_dir() is not None:
+                shutil.rmtree(self._socket_dir(), ignore_errors=True)  # type: ignore[arg-type]
         log.info("stopped embedded redis")
 
     def _shut_down_joined(self, timeout: float) -> None:

@@ -9,7 +9,11 @@ import msgpack
 import orjson
 
 MAX_STREAM_ID_BYTES = 256
-RESERVED_STREAM_IDS = frozenset({"ptgstore:meta", "ptgstore:maxlen"})
+# ptgstore's own keys (keys.py, recording_store.py) are named like streams: no stream id may name them
+RESERVED_PREFIX = "ptgstore:"
+RESERVED_STREAM_IDS = frozenset({"recording:id"})  # the original server's key of the active recording
+# streams only the server writes (the recorder's announcements): readable, never written or deleted by clients
+SERVER_STREAMS = frozenset({"event:recording:id"})
 MAX_PART = 2**64 - 1  # Redis keeps both parts of an entry id in 64 unsigned bits
 _DIGITS = frozenset("0123456789")
 
@@ -32,14 +36,27 @@ def validate_stream_id(sid: str) -> str:
         raise FramingError("stream id contains '+'")
     if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in sid):
         raise FramingError("stream id contains a control character or is not valid UTF-8")
-    if sid in RESERVED_STREAM_IDS:
-        raise FramingError(f"stream id {sid!r} is reserved")
+    if sid in RESERVED_STREAM_IDS or sid.startswith(RESERVED_PREFIX):
+        raise FramingError(f"stream id {sid!r} is reserved (ids starting with {RESERVED_PREFIX!r} and "
+                           "'recording:id' name the server's own keys)")
+    return sid
+
+
+def writable_stream_id(sid: str) -> str:
+    """`sid` when a client may write to it or delete it, else FramingError saying why."""
+    if validate_stream_id(sid) in SERVER_STREAMS:
+        raise FramingError(f"stream {sid!r} is written by the server only")
     return sid
 
 
 def split_stream_ids(path_sid: str) -> list[str]:
     """The stream ids of a path segment `a+b+c`, each validated."""
     return [validate_stream_id(sid) for sid in path_sid.split("+")]
+
+
+def split_writable_stream_ids(path_sid: str) -> list[str]:
+    """Like `split_stream_ids`, for a write or a delete: streams only the server writes are refused."""
+    return [writable_stream_id(sid) for sid in path_sid.split("+")]
 
 
 def unique_stream_ids(path_sid: str) -> list[str]:
@@ -273,7 +290,7 @@ def split_batch(
     if path_sid == "*":
         path_sids: list[str] = []
     else:
-        path_sids = split_stream_ids(path_sid)
+        path_sids = split_writable_stream_ids(path_sid)
     if not header_items and blob:
         raise FramingError(f"the header lists no entries but the blob holds {len(blob)} bytes")
     parsed = [_parse_item(item, i) for i, item in enumerate(header_items)]
@@ -287,7 +304,7 @@ def split_batch(
     entries = []
     for i, ((sid, spec, _), (start, end)) in enumerate(zip(parsed, spans)):
         if path_sid == "*":
-            target = validate_stream_id(sid or "")  # (never None here: bare items were refused above)
+            target = writable_stream_id(sid or "")  # (never None here: bare items were refused above)
         elif len(path_sids) == 1:
             target = path_sids[0]
         elif sid is None:

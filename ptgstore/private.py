@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import IO
 
@@ -39,3 +40,25 @@ def open_private(path: Path, mode: str = "wb") -> IO:
         os.close(fd)
         raise
     return os.fdopen(fd, mode)
+
+
+def private_tree(directory: Path) -> None:
+    """Everything in `directory` private to this account: no group or other permissions (an earlier
+    version left 0755 directories and 0644 files). Symlinks and other accounts' files are left alone."""
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+            except OSError:
+                continue  # gone meanwhile, or not ours to change
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, mode 0600 (written aside, then moved into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open_private(tmp, "w") as file:
+        file.write(text)
+    os.replace(tmp, path)

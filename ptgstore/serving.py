@@ -20,12 +20,23 @@ from typing import Any, Callable
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets import http11
 
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools (Windows, PyPy): uvicorn's h11 protocol, without the header timeout
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
 from .errors import GOING_AWAY
 from .wsframes import FRAMES
 from .instrumentation import SERVER_INITIATED, SHUTDOWN_REASON
 
-# the import string for uvicorn's `--ws` (Procfile, Dockerfile, README)
+# the import strings for uvicorn's `--ws` and `--http` (Procfile, Dockerfile, README)
 PROTOCOL = "ptgstore.serving:GracefulWebSocketProtocol"
+HTTP_PROTOCOL = "ptgstore.serving:HeaderTimeoutProtocol"
+
+# Seconds a client has to send a request's headers, from connecting (or, on a kept-alive connection,
+# from the previous response plus uvicorn's keep-alive time): uvicorn itself waits forever, so a few
+# hundred connections that never finish their headers would hold the server's sockets (slowloris).
+HEADER_TIMEOUT = 10.0
 
 # A long stream list (`/data/a+b+...+z/pull`) makes a request line over websockets' 8 KiB
 # default, and uvicorn's sans-I/O protocol then never answers the handshake at all.
@@ -50,6 +61,7 @@ def allow_long_request_lines() -> None:
 def uvicorn_options(max_message: int) -> dict[str, Any]:
     """The uvicorn settings every way of serving ptgstore shares (`ptgstore serve`, the tests)."""
     return {
+        **({"http": HTTP_PROTOCOL} if HttpToolsProtocol is not None else {}),
         "ws": PROTOCOL,
         # per-message deflate burns CPU on JPEG and depth frames that do not compress
         "ws_per_message_deflate": False,
@@ -126,6 +138,51 @@ class FrameSink:
             self.protocol.transport.write(frames[0])
         else:  # (one system call for all, where the event loop gathers them: uvloop does)
             self.protocol.transport.writelines(frames)
+
+
+if HttpToolsProtocol is not None:
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        """uvicorn's HTTP protocol that closes a connection whose request headers are not complete
+        HEADER_TIMEOUT seconds after it opened (or after the previous response, past the keep-alive
+        time). A request being answered, a body being received and an upgraded WebSocket are not
+        limited."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.header_timer: asyncio.TimerHandle | None = None
+
+        def _await_headers(self, within: float) -> None:
+            self._headers_arrived()
+            self.header_timer = self.loop.call_later(within, self._headers_too_slow)
+
+        def _headers_arrived(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.header_timer = None
+            if not self.transport.is_closing():
+                self.logger.debug("closing a connection whose request headers took over %.0f s", HEADER_TIMEOUT)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._await_headers(HEADER_TIMEOUT)
+
+        def on_headers_complete(self) -> None:
+            self._headers_arrived()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # (its headers are in already)
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._await_headers(self.timeout_keep_alive + HEADER_TIMEOUT)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._headers_arrived()
+            super().connection_lost(exc)
 
 
 async def collect_garbage(open_sockets: Callable[[], int]) -> None:

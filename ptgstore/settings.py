@@ -90,6 +90,10 @@ class Settings:
     token_verify_exp: bool = True
     ws_allowed_origins: tuple[str, ...] = ()  # besides the server's own origin
     cors_origins: tuple[str, ...] = ()
+    # Host header values served besides loopback names and the address a request arrived on
+    # (DNS rebinding): `name`, `name:port`, `*.domain`, or `*` for any (guards.HostGuard)
+    allowed_hosts: tuple[str, ...] = ()
+    login_rate: int = 10  # password checks (`users` policy) per client address and minute, in bursts of as many
     key_prefix: str = ""
     max_len: int = 1000
     max_message: int = 16 * 1024 * 1024
@@ -137,7 +141,7 @@ class Settings:
                                 f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
                      "redis_timeout", "hub_buffer", "producer_window", "producer_batches", "foxglove_scan_ms",
-                     "foxglove_queue_bytes"):
+                     "foxglove_queue_bytes", "login_rate"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -162,6 +166,8 @@ class Settings:
             "TOKEN_VERIFY_EXP": ("token_verify_exp", _parse_bool),
             "WS_ALLOWED_ORIGINS": ("ws_allowed_origins", lambda n, v: _parse_list(v)),
             "CORS_ORIGINS": ("cors_origins", lambda n, v: _parse_list(v)),
+            "ALLOWED_HOSTS": ("allowed_hosts", lambda n, v: tuple(h.lower() for h in _parse_list(v))),
+            "LOGIN_RATE": ("login_rate", lambda n, v: _parse_int(n, v, 1)),
             "KEY_PREFIX": ("key_prefix", lambda n, v: v),
             "MAX_LEN": ("max_len", lambda n, v: _parse_int(n, v, 1)),
             "MAX_MESSAGE": ("max_message", lambda n, v: _parse_int(n, v, 1)),

@@ -18,7 +18,7 @@ import orjson
 from .backoff import Backoff
 from . import connections as conn
 from .connections import Connections, NoScriptError, ResponseError, WatchError
-from .framing import BEGINNING, LAST_POSSIBLE_ID, NEWEST, FramingError, validate_stream_id
+from .framing import BEGINNING, LAST_POSSIBLE_ID, NEWEST, FramingError, writable_stream_id
 from .keys import META_SUFFIX, Keys
 
 log = logging.getLogger("ptgstore.store")
@@ -488,7 +488,7 @@ class Store:
             if sid is None:  # not a key of ptgstore's layout
                 continue
             try:
-                valid.append(validate_stream_id(sid))
+                valid.append(writable_stream_id(sid))  # the server's own streams are not listed
             except FramingError:
                 continue
         return sorted(valid)

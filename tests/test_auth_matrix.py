@@ -224,7 +224,8 @@ def test_expiry_is_enforced_to_the_second(server):
 def users_server(tmp_path, rdb, redis_server):
     from ptgstore.auth import hash_password, write_users
 
-    settings = make_settings(tmp_path, redis_server.url, auth="users")
+    # (more logins a minute than the default rate allows: tests/test_guards.py checks the limit)
+    settings = make_settings(tmp_path, redis_server.url, auth="users", login_rate=1000)
     write_users(settings.users_path, {"alice": hash_password("correct horse"), "bob": hash_password("bob")})
     with live_server(settings) as live:
         yield live

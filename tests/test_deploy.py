@@ -48,6 +48,7 @@ def test_procfile_runs_uvicorn_on_port_with_graceful_websockets():
             options[word] = argv[i + 1]
     assert options["--port"] == "$PORT"
     assert options["--ws"] == "ptgstore.serving:GracefulWebSocketProtocol"
+    assert options["--http"] == "ptgstore.serving:HeaderTimeoutProtocol"  # unfinished headers time out
     assert options["--ws-per-message-deflate"] == "false"
     # the --ws value must be importable as uvicorn imports it
     from uvicorn.importer import import_from_string
@@ -105,6 +106,10 @@ def test_docker_context_holds_only_what_the_dockerfile_copies():
     assert copied == kept
 
 
+def proxy_domain(compose: dict) -> str:
+    return compose["services"]["proxy"]["environment"]["PTGSTORE_DOMAIN"]
+
+
 def test_compose_file_wires_redis_api_and_https_proxy():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -121,6 +126,8 @@ def test_compose_file_wires_redis_api_and_https_proxy():
     assert (DEPLOY / api["build"]["context"] / api["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     assert api["environment"]["PTGSTORE_REDIS_URL"] == "redis://redis:6379/0"
     assert api["environment"]["PTGSTORE_AUTH"].startswith("${PTGSTORE_AUTH:-users}")
+    # Caddy passes the browser's Host on: the API serves the proxy's domain
+    assert api["environment"]["PTGSTORE_ALLOWED_HOSTS"] == proxy_domain(compose) == "${PTGSTORE_DOMAIN:-localhost}"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "ports" not in api, "the API is reached through the proxy"
     grace = int(api["stop_grace_period"].rstrip("s"))

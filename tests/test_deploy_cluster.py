@@ -48,6 +48,8 @@ def test_cluster_compose_wires_six_nodes_two_apis_and_the_proxy():
         assert services[name]["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
     assert len(secrets) == 1 and next(iter(secrets)).startswith("${PTGSTORE_SECRET:?"), "one secret, required"
     proxy = services["proxy"]
+    for name in apis:  # Caddy passes the browser's Host on: the APIs serve the proxy's domain
+        assert services[name]["environment"]["PTGSTORE_ALLOWED_HOSTS"] == proxy["environment"]["PTGSTORE_DOMAIN"]
     assert proxy["environment"]["PTGSTORE_UPSTREAM"].split() == [f"{name}:7890" for name in apis]
     assert "443:443" in proxy["ports"] and "./Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
     for service in services.values():

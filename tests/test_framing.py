@@ -48,7 +48,7 @@ def test_stream_ids():
     assert split_stream_ids("a+b+a") == ["a", "b", "a"]
     assert unique_stream_ids("a+b+a") == ["a", "b"]
     assert validate_stream_id("hololens1:imu") == "hololens1:imu"
-    for bad in ("", "*", "a\nb", "\x7f", "ptgstore:meta", "x" * 257):
+    for bad in ("", "*", "a\nb", "\x7f", "ptgstore:meta", "ptgstore:recording", "recording:id", "x" * 257):
         with pytest.raises(FramingError):
             validate_stream_id(bad)
 

@@ -161,7 +161,7 @@ TRUE_FALSE = ("1", "true", "yes", "on", "0", "false", "no", "off", "")
 def sid_ok(sid: str) -> bool:
     return (0 < len(sid.encode()) <= 256 and "+" not in sid and sid != "*"
             and not any(unicodedata.category(c) == "Cc" for c in sid)
-            and sid not in ("ptgstore:meta", "ptgstore:maxlen"))
+            and not sid.startswith("ptgstore:") and sid != "recording:id")
 
 
 def bool_ok(value: str | None) -> bool:
@@ -398,7 +398,7 @@ def test_rest_oversized_body_is_413_and_stores_nothing(env):
     assert reply.status_code == 413 and reply.json()["detail"]
     # a declared length over the limit is refused before any of the body is read
     with socket.create_connection(("127.0.0.1", env.server.port), timeout=10) as raw:
-        raw.sendall(f"POST /data/{sid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {env.server.token()}\r\n"
+        raw.sendall(f"POST /data/{sid} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {env.server.token()}\r\n"
                     f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {MAX_MESSAGE + 1}\r\n"
                     "\r\n--x".encode())
         answer = raw.recv(4096)

@@ -166,7 +166,7 @@ def test_a_client_that_stops_reading_holds_no_frames(server):
     frame = b"\xff\xd8\xff" + bytes(200_000) + b"\xff\xd9"
     stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.sendall(f"GET /mjpeg/cam?token={server.token()} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    stalled.sendall(f"GET /mjpeg/cam?token={server.token()} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     try:
         hub = server.app.state.hub
         wait_until(lambda: "cam" in hub.followers, timeout=10, what="the stalled client to subscribe")

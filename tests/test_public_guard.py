@@ -91,7 +91,7 @@ def test_procfile_refuses_to_start_without_what_must_outlive_a_restart(tmp_path)
             process.wait(10)
     output = log.read_text()
     assert "PTGSTORE_EPHEMERAL_DISK=true" in output
-    for name in ("PTGSTORE_SECRET", "PTGSTORE_REDIS_URL", "PTGSTORE_AUTH=users"):
+    for name in ("PTGSTORE_SECRET", "PTGSTORE_REDIS_URL", "PTGSTORE_AUTH=users", "PTGSTORE_ALLOWED_HOSTS"):
         assert name in output, output[-2000:]
     assert not (tmp_path / "data" / "redis").exists(), "no embedded Redis was started"
 
@@ -103,7 +103,7 @@ def test_procfile_starts_once_configured(tmp_path, redis_server, rdb):
                            env={**os.environ, "PTGSTORE_USERS_FILE": str(users_file)})
     assert added.returncode == 0, added.stderr
     env = {"PTGSTORE_SECRET": "a platform config var of at least 32 bytes!", "PTGSTORE_REDIS_URL": redis_server.url,
-           "PTGSTORE_AUTH": "users", "PTGSTORE_USERS_FILE": str(users_file)}
+           "PTGSTORE_AUTH": "users", "PTGSTORE_USERS_FILE": str(users_file), "PTGSTORE_ALLOWED_HOSTS": "app.example"}
     process, log, port = run_procfile(tmp_path, env)
     try:
         def ready():
@@ -116,6 +116,9 @@ def test_procfile_starts_once_configured(tmp_path, redis_server, rdb):
         wait_until(ready, timeout=60, what="the Procfile's server")
         login = httpx.post(f"http://127.0.0.1:{port}/token", data={"username": "alice", "password": "s3cret pass"})
         assert login.status_code == 200
+        # the platform's router passes on the app's public name
+        assert httpx.get(f"http://127.0.0.1:{port}/ping", headers={"Host": "app.example"}).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/ping", headers={"Host": "other.example"}).status_code == 400
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -6,14 +6,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, validate_stream_id
+from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id
 from . import require
 
 
 async def post_entries(request: Request) -> JSONResponse:
     """Every file part of a multipart body is one entry, in order; `*` routes parts by filename."""
     path_sid = request.path_params["sid"]
-    target = None if path_sid == "*" else validate_stream_id(path_sid)
+    target = None if path_sid == "*" else writable_stream_id(path_sid)
     scope = require(request, "write", [target] if target is not None else [])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "upload entries as multipart/form-data, one file part per entry")
@@ -22,7 +22,7 @@ async def post_entries(request: Request) -> JSONResponse:
         for _, part in form.multi_items():
             if not isinstance(part, UploadFile):
                 continue
-            sid = target if target is not None else validate_stream_id(part.filename or "")
+            sid = target if target is not None else writable_stream_id(part.filename or "")
             entries.append((sid, "*", await part.read()))
     if not entries:
         raise HTTPException(400, "no file parts in the upload")

@@ -23,7 +23,7 @@ from .. import __version__, errors
 from ..foxglove_channels import Catalogue, Channel
 from ..foxglove_protobuf import protobuf_payloads, variant
 from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads
-from ..framing import FramingError, validate_stream_id
+from ..framing import FramingError, writable_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
 from . import permissions, serve_socket
@@ -332,7 +332,7 @@ class Session:
                 problems.append(f"advertise: id must be an integer 0..{MAX_U32}")
                 continue
             try:
-                sid = validate_stream_id(topic if isinstance(topic, str) else "")
+                sid = writable_stream_id(topic if isinstance(topic, str) else "")  # (not the server's own)
             except FramingError as exc:
                 problems.append(f"advertise: channel {channel_id}: {exc}")
                 continue

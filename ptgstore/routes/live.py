@@ -11,7 +11,7 @@ from ..directsend import direct_send
 from ..errors import TooLarge, WrongMessageType
 from ..framing import (
     BEGINNING, NOW, FramingError, cursor_before, decode_header, parse_count, parse_cursors,
-    parse_header_codec, parse_offsets_mode, split_batch, split_stream_ids, unique_stream_ids,
+    parse_header_codec, parse_offsets_mode, split_batch, split_writable_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
 from ..wsframes import FRAMES, text_frame
@@ -49,7 +49,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
     options = _push_options(ws.query_params)
     batched = options["batch"] or path_sid == "*"
     if path_sid != "*":
-        sids = split_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
+        sids = split_writable_stream_ids(path_sid)  # a malformed stream id is malformed data, not an option
         if not batched and len(sids) > 1:
             raise errors.Refused("unbatched push goes to one stream; use batch=true for several")
     # a `*` push names its streams in each batch: each batch is checked whole before it is stored

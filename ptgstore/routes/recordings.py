@@ -19,7 +19,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
-from ..framing import FramingError, split_stream_ids, validate_stream_id
+from ..framing import FramingError, split_stream_ids, writable_stream_id
 from ..mcapfiles import SEGMENT_SUFFIX, read_messages
 from ..mcapread import FileReader, Limits, RecordTooLarge, off_loop
 from ..private import FILE_MODE, private_dir
@@ -419,7 +419,7 @@ async def _replay(ws: WebSocket) -> None:
     unknown = [sid for sid in sids if sid not in stats]
     if unknown:
         raise HTTPException(404, f"recording {rec_id!r} has no stream {unknown[0]!r}")
-    targets = {sid: validate_stream_id(options["prefix"] + sid) for sid in sids}
+    targets = {sid: writable_stream_id(options["prefix"] + sid) for sid in sids}
     if not permissions(ws).admin:
         require(ws, "read", sids)  # a replay reads the recording, as a download does
     require(ws, "write", targets.values())

@@ -92,7 +92,9 @@ async def server(request: Request) -> Response:
     async def compute() -> bytes:
         settings = app.state.settings
         now = int(time.time() * 1000)
-        redis = {"embedded": settings.redis_url is None, "address": app.state.store.connections.address}
+        address = app.state.store.connections.address
+        # no file paths for token holders: a unix socket is named as such
+        redis = {"embedded": settings.redis_url is None, "address": "unix socket" if address.startswith("unix:") else address}
         try:
             redis.update(await app.state.store.server_info(), reachable=True)
         except StoreUnavailable as exc:

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..framing import unique_stream_ids, validate_stream_id
+from ..framing import split_writable_stream_ids, validate_stream_id, writable_stream_id
 from . import permissions, query_bool, require
 
 
@@ -39,7 +39,7 @@ async def get_stream(request: Request) -> JSONResponse:
 
 async def put_stream(request: Request) -> JSONResponse:
     """Merge the JSON body into the stream's metadata (`override=true` replaces it); admin only."""
-    sid = validate_stream_id(request.path_params["sid"])
+    sid = writable_stream_id(request.path_params["sid"])
     require(request, "admin", action="set metadata or max_len")
     override = query_bool(request.query_params, "override")
     body = await request.body()
@@ -65,7 +65,7 @@ def _json_kind(value) -> str:
 
 async def delete_streams(request: Request) -> JSONResponse:
     """Delete one stream or several (`a+b`), entries and metadata; answers which existed. Admin only."""
-    sids = unique_stream_ids(request.path_params["sid"])
+    sids = list(dict.fromkeys(split_writable_stream_ids(request.path_params["sid"])))
     require(request, "admin", action="delete streams")
     deleted = await request.app.state.store.delete(sids)
     return JSONResponse({"deleted": deleted})

@@ -33,13 +33,16 @@ async def issue_token(request: Request) -> Response:
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise HTTPException(422, "username and password form fields are required")
     authenticator = request.app.state.authenticator
-    if not await run_in_threadpool(authenticator.check_credentials, username, password):
+    async with request.app.state.password_checks:  # bounded: each scrypt check takes 16 MiB and a core
+        accepted = await run_in_threadpool(authenticator.check_credentials, username, password)
+    if not accepted:
         raise HTTPException(401, REFUSED, headers={"WWW-Authenticate": "Bearer"})
     token = authenticator.issue(username)
     ttl = authenticator.settings.token_ttl
     body = {"access_token": token, "token_type": "bearer", "expires_in": ttl}
     response = Response(orjson.dumps(body), media_type="application/json")
-    response.set_cookie("authorization", f"Bearer {token}", max_age=ttl, httponly=True, samesite="lax")
+    response.set_cookie("authorization", f"Bearer {token}", max_age=ttl, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https")  # (the scheme after uvicorn's proxy headers)
     return response
 
 

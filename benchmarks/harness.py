@@ -79,12 +79,14 @@ def PrivateRedis(directory: Path, unix: bool = False) -> RedisServer:  # (`with 
 class Server:
     """`python -m ptgstore serve` in a process of its own, on a free loopback port."""
 
-    def __init__(self, redis_url: str, workers: int = 1, max_len: int = 100_000, pythonpath: str | None = None):
+    def __init__(self, redis_url: str, workers: int = 1, max_len: int = 100_000, pythonpath: str | None = None,
+                 env: dict[str, str] | None = None):
         self.redis_url = redis_url
         self.redis_port = urlsplit(redis_url).port
         self.workers = workers
         self.max_len = max_len
         self.pythonpath = pythonpath  # the checkout whose ptgstore this is (the installed one by default)
+        self.env = env or {}  # more PTGSTORE_* settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
@@ -94,7 +96,7 @@ class Server:
 
     def __enter__(self) -> "Server":
         env = dict(os.environ, PTGSTORE_REDIS_URL=self.redis_url, PTGSTORE_MAX_LEN=str(self.max_len),
-                   PTGSTORE_DATA_DIR=self._data.name, PTGSTORE_LOG_LEVEL="warning", PTGSTORE_AUTH="dev")
+                   PTGSTORE_DATA_DIR=self._data.name, PTGSTORE_LOG_LEVEL="warning", PTGSTORE_AUTH="dev", **self.env)
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.pythonpath, env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(

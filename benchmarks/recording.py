@@ -1,6 +1,6 @@
 """Recording benchmark: does the recorder keep up with N headsets, and how exact is replay pacing?
 
-    python -m benchmarks.recording [--headsets 8] [--seconds 20] [--runs 3]
+    python -m benchmarks.recording [--headsets 8] [--seconds 20] [--runs 3] [--processes 2]
 
 Each run starts a private redis-server and `ptgstore serve` (default retention: 1000 entries per
 stream), starts a recording, and pushes for SECONDS from every headset: camera 100 KiB at 30 Hz,
@@ -11,15 +11,26 @@ recorded speed into `replay:` streams, and the replayed entries (their ids: arri
 milliseconds) are compared with the recorded ones: the error of each interval between consecutive
 entries, and each entry's distance from the replay's steady schedule (its lag behind the recorded
 time less the stream's median lag). Prints one table row per run, then the medians.
+
+Then, with `--processes 2` (the default), the recorders of several processes: one process taking
+HEADSETS headsets' pushes without recording (the baseline: the rest is the recorder's CPU), the same
+recording, two `ptgstore serve` processes (their own data directories, one shared
+recordings directory, the headsets' pushes spread over both) recording twice as many, and two
+processes recording HEADSETS headsets (all pushed through the first) with the second killed
+(SIGKILL) halfway: its shards are taken over by the first. Each row: entries, missing, extra, the
+processes that wrote segments, and the CPU of every server process per recorded entry.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import random
+import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +39,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks.harness import PrivateRedis, Server
+from benchmarks.harness import PrivateRedis, Server, cpu_seconds, wait_for
 from benchmarks.scenarios import percentile
 from ptgstore.mcapfiles import read_messages
 
@@ -152,6 +163,81 @@ async def one_run(args, run: int) -> dict:
         return result
 
 
+async def scaling_run(args, processes: int, headsets: int, kill: bool, record: bool = True) -> dict:
+    """One recording by `processes` processes sharing a recordings directory (see the docstring)."""
+    with tempfile.TemporaryDirectory(prefix="ptgstore-rec-scale-") as tmp, PrivateRedis(Path(tmp)) as redis_server:
+        env = {"PTGSTORE_RECORDINGS_DIR": str(Path(tmp) / "recordings"), "PTGSTORE_SECRET": "benchmark " * 4,
+               "PTGSTORE_RECORDING_SHARDS": str(args.shards), "PTGSTORE_RECORDING_SEGMENT_SECONDS": "1"}
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(Server(redis_server.url, max_len=1000, env=env)) for _ in range(processes)]
+            http = httpx.Client(base_url=servers[0].url, headers={"Authorization": f"Bearer {servers[0].token}"},
+                                timeout=120)
+            wait_for(lambda: http.get("/status").json()["recordings"]["recorders_present"] == processes, 30,
+                     "every process able to record")
+            if record:
+                http.put("/recordings/start", params={"rec_id": "scale"}).raise_for_status()
+            sids = [f"h{h}:{name}" for h in range(headsets) for name, _, _ in SENSORS]
+            acked: dict[str, list] = {sid: [] for sid in sids}
+            pids = [pid for server in servers for pid in server.pids()]
+            cpu0, t0 = cpu_seconds(pids), time.monotonic()
+            targets = [servers[0]] * headsets if kill else [servers[h % processes] for h in range(headsets)]
+            jobs = [push_stream(targets[h].ws_url, targets[h].token, f"h{h}:{name}", size, hz, args.seconds,
+                                h * 10 + k, acked)
+                    for h in range(headsets) for k, (name, size, hz) in enumerate(SENSORS)]
+            killed_cpu: list[float] = []
+            if kill:
+                jobs.append(kill_later(servers[-1], args.seconds / 2, killed_cpu))
+            await asyncio.gather(*jobs)
+            if record:
+                http.put("/recordings/stop").raise_for_status()
+            cpu = cpu_seconds(pids) - cpu0 + sum(killed_cpu)  # (a killed process's CPU time, up to its end)
+            elapsed = time.monotonic() - t0
+            info = http.get("/recordings/scale").json() if record else {"writers": [], "files": [], "gaps": 0}
+            got: dict[str, list] = {}
+            files = sorted((Path(tmp) / "recordings" / "scale").glob("*.mcap"))
+            for message in read_messages(files):
+                got.setdefault(message.sid, []).append(
+                    (message.entry_id, hashlib.blake2b(message.data, digest_size=16).digest()))
+        entries = sum(len(v) for v in acked.values())
+        return {"processes": processes, "headsets": headsets, "killed": 1 if kill else 0, "entries": entries,
+                "recording": "yes" if record else "no (baseline)",
+                "missing": sum(len(set(acked[s]) - set(got.get(s, []))) for s in sids) if record else 0,
+                "extra": sum(len(v) - len(set(v)) for v in got.values())
+                + sum(len(set(got[s]) - set(acked.get(s, []))) for s in got),
+                "writers": len(info["writers"]), "files": len(info["files"]), "gaps": info["gaps"],
+                "cpu_us": 1e6 * cpu / max(1, entries), "cpu_pct": 100 * cpu / elapsed}
+
+
+async def kill_later(server: Server, seconds: float, cpu: list[float]) -> None:
+    await asyncio.sleep(seconds)
+    cpu.append(server.cpu())
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+
+
+SCALING = [("recording", "recording", "{}"), ("processes", "processes", "{:.0f}"), ("headsets", "headsets", "{:.0f}"), ("killed", "killed", "{:.0f}"),
+           ("entries", "entries", "{:.0f}"), ("missing", "missing", "{:.0f}"), ("extra", "extra", "{:.0f}"),
+           ("gaps", "gaps", "{:.0f}"), ("writers", "writers", "{:.0f}"), ("files", "files", "{:.0f}"),
+           ("cpu_us", "server CPU µs per entry", "{:.0f}"), ("cpu_pct", "server CPU %", "{:.0f}")]
+
+
+async def scaling(args) -> bool:
+    """The rows of the processes table; whether every one recorded every entry once."""
+    print(f"\nrecorders of several processes ({args.shards} shards, {args.seconds:.0f} s each):")
+    print("| " + " | ".join(title for _, title, _ in SCALING) + " |")
+    print("|" + "---|" * len(SCALING))
+    good = True
+    runs = ((1, args.headsets, False, False), (1, args.headsets, False, True),
+            (args.processes, args.headsets * args.processes, False, True),
+            (args.processes, args.headsets * args.processes, True, True))
+    for processes, headsets, kill, record in runs:
+        result = await scaling_run(args, processes, headsets, kill, record)
+        print("| " + " | ".join(fmt.format(result[key]) for key, _, fmt in SCALING) + " |", flush=True)
+        good = good and not result["missing"] and not result["extra"]
+    return good
+
+
+
 COLUMNS = [("entries", "entries pushed", "{:.0f}"), ("mb_s", "MB/s pushed", "{:.1f}"),
            ("late_s", "push late s", "{:.2f}"), ("missing", "missing", "{:.0f}"), ("extra", "extra", "{:.0f}"),
            ("gaps", "gaps", "{:.0f}"), ("drain_s", "stop drain s", "{:.2f}"), ("files", "files", "{:.0f}"),
@@ -181,6 +267,8 @@ async def main_async(args) -> int:
     medians = {key: statistics.median(r[key] for r in results) for key, _, _ in COLUMNS}
     print(row("median", medians))
     bad = any(r["missing"] or r["extra"] or not r["ordered"] for r in results)
+    if args.processes > 1:
+        bad = not await scaling(args) or bad
     print("every acknowledged entry recorded once, byte-exact, in id order" if not bad else "RECORDING MISMATCH")
     return 1 if bad else 0
 
@@ -190,9 +278,12 @@ def main(argv=None) -> int:
     parser.add_argument("--headsets", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="push time per run (bounded)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2, help="then compare 1 process with this many (1: skip)")
+    parser.add_argument("--shards", type=int, default=4, help="PTGSTORE_RECORDING_SHARDS of those runs")
     args = parser.parse_args(argv)
-    if not (0 < args.seconds <= 120 and 0 < args.headsets <= 32 and 0 < args.runs <= 10):
-        parser.error("seconds 0-120, headsets 1-32, runs 1-10")
+    if not (0 < args.seconds <= 120 and 0 < args.headsets <= 32 and 0 < args.runs <= 10 and 1 <= args.processes <= 4
+            and 1 <= args.shards <= 64):
+        parser.error("seconds 0-120, headsets 1-32, runs 1-10, processes 1-4, shards 1-64")
     return asyncio.run(main_async(args))
 
 

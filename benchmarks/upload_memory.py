@@ -123,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, write in plan:  # each on a server of its own, warmed up with a small file first
             path = files / f"{name}.mcap"
             entries = write(path)
-            with Server(redis.url, max_len=1000) as server:
+            # the servers one after another on one Redis: one recordings directory (a deployment's)
+            with Server(redis.url, max_len=1000, env={"PTGSTORE_RECORDINGS_DIR": str(files / "recordings")}) as server:
                 http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token}"},
                                     timeout=600)
                 pid = server.process.pid
                 measure(server, http, pid, "warm", files / "warm.mcap", 64)  # every path once, code loaded
+                http.delete("/recordings/warm").raise_for_status()  # (the next server warms up the same way)
                 rows.append(measure(server, http, pid, name, path, entries))
             path.unlink()
     columns = list(rows[0])

@@ -112,7 +112,9 @@ async def lifespan(app: Starlette):
     log_policy(settings, url, embedded)
     await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
-                                  settings.recording_segment_mb * 1024 * 1024)
+                                  settings.recording_segment_mb * 1024 * 1024, settings.recording_shards,
+                                  settings.recordings_refusal)
+    await app.state.recorder.prove_directory()
     app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(
         serving.collect_garbage(lambda: len(app.state.metrics.open_socket_stats)))

@@ -208,7 +208,7 @@ def _asked_rights(args):
 def token(args) -> int:
     """Print a fresh token signed with this server's secret, under the policy it runs (limited by
     --read/--write/--admin)."""
-    from .auth import Authenticator, read_users  # noqa: PLC0415
+    from .auth import Authenticator  # noqa: PLC0415
     from .permissions import Forbidden, Scope, account_rights  # noqa: PLC0415
     from .policyfile import recorded  # noqa: PLC0415
 
@@ -229,16 +229,17 @@ def token(args) -> int:
               "http://HOST:PORT/token", file=sys.stderr)
         return 1
     name = args.user or getpass.getuser()
-    if settings.auth == "users" and name not in read_users(settings.users_path):
+    authenticator = Authenticator(settings)
+    users = authenticator.current_users() if settings.auth == "users" else {}
+    if settings.auth == "users" and name not in users:
         print(f"ptgstore token: no user {name!r} in {settings.users_path} (the 'users' policy): add one with "
               "`ptgstore user add`", file=sys.stderr)
         return 1
-    authenticator = Authenticator(settings)
     wanted = _asked_rights(args)
     if wanted is not None and settings.auth == "users":
         # only narrowed: asking more than the account has would mint a token that promises it
         try:
-            Scope.of(account_rights(authenticator.current_users().get(name))).narrowed(wanted)
+            Scope.of(account_rights(users.get(name))).narrowed(wanted)
         except Forbidden as exc:
             print(f"ptgstore token: {name} may not have that: {exc}", file=sys.stderr)
             return 1

@@ -15,9 +15,10 @@ stream's metadata (strings as they are, other values as JSON) and `ptgstore.enco
 """
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import orjson
 from mcap.writer import CompressionType, Writer
@@ -31,6 +32,12 @@ from .private import open_private
 
 ENCODING_KEY = "ptgstore.encoding"
 SEGMENT_SUFFIX = ".mcap"
+
+
+# the data section's CRC (chunk CRCs are on by default): mcap 1.0 always wrote it, later versions
+# write it when asked
+_CRC_OPTIONS: dict[str, Any] = {name: True for name in ("enable_crcs", "enable_data_crcs")
+                                if name in inspect.signature(Writer.__init__).parameters}
 
 
 def entry_id_of(log_time: int, sequence: int) -> str:
@@ -49,7 +56,7 @@ class SegmentWriter:
     def __init__(self, path: Path, chunk_size: int = 4 * 1024 * 1024):
         self.path = path
         self.file = open_private(path)
-        self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD)
+        self.writer = Writer(self.file, chunk_size=chunk_size, compression=CompressionType.ZSTD, **_CRC_OPTIONS)
         self.writer.start(profile="", library="ptgstore")
         self.channels: dict[tuple[str, str], int] = {}
         self.image_schema = 0

@@ -32,6 +32,7 @@ import binascii
 import functools
 import heapq
 import io
+import itertools
 import re
 import struct
 import zlib
@@ -399,10 +400,12 @@ def _image(source, size: int, measure_only: bool) -> tuple[bytes, int]:
 
 
 class Reading:
-    """The entries of MCAP files in log time order, read one file after another (files in order of
-    their first entry) with bounded memory; entries a file holds out of order are put back in order
-    within a window of `REORDER_BYTES` / `REORDER_COUNT` entries. Entries over the message limit are
-    skipped and counted per stream in `skipped` (or refused: `oversized="refuse"`)."""
+    """The entries of MCAP files in log time order with bounded memory. The files are merged (those
+    of a recording's shards overlap in time): a file is opened once the merge reaches its first
+    entry, so the files open at once are those that overlap (about one per shard). Entries a file
+    holds out of order are put back in order within a window of `REORDER_BYTES` / `REORDER_COUNT`
+    entries per open file. Entries over the message limit are skipped and counted per stream in
+    `skipped` (or refused: `oversized="refuse"`)."""
 
     def __init__(self, files: Iterable[str | Path], sids: Iterable[str] | None = None,
                  limits: Limits | None = None, oversized: str = "skip"):
@@ -419,38 +422,58 @@ class Reading:
     def __next__(self) -> Message:
         return next(self._messages)
 
-    def _reader(self, path: Path) -> FileReader:
-        return FileReader(path, self.limits, self.sids, self.oversized)
-
-    def _ordered_files(self) -> list[Path]:
+    def _firsts(self) -> list[tuple[int, int, Path]]:
+        """(log time of its first entry, index, path) of each file, in that order."""
         firsts = []
         for index, path in enumerate(self.files):
             first = next(iter(FileReader(path, self.limits, self.sids, "skip", headers_only=True)), None)
             firsts.append((first[0].log_time if first else 0, index, path))
-        return [path for _, _, path in sorted(firsts)]
+        return sorted(firsts)
 
-    def _read(self) -> Iterator[Message]:
+    def _file(self, index: int, path: Path) -> Iterator[Message]:
+        """One file's entries in log time order (within its reordering window)."""
+        reader = FileReader(path, self.limits, self.sids, self.oversized)
         held: list[tuple[int, int, Message]] = []
-        size = 0
-        number = 0
-        files = self._ordered_files() if len(self.files) > 1 else self.files
-        for index, path in enumerate(files):
-            reader = self._reader(path)
-            for message, _ in reader:
-                message.order = (index, *message.order)
-                number += 1
-                heapq.heappush(held, (message.log_time, number, message))
-                size += len(message.data)
-                del message  # (nor the one given out below: neither is held while the next is read)
-                while size > REORDER_BYTES or len(held) > REORDER_COUNT:
-                    out = heapq.heappop(held)[2]
-                    size -= len(out.data)
-                    yield out
-                    del out
-            for topic, n in reader.skipped.items():
-                self.skipped[topic] = self.skipped.get(topic, 0) + n
+        size = number = 0
+        for message, _ in reader:
+            message.order = (index, *message.order)
+            number += 1
+            heapq.heappush(held, (message.log_time, number, message))
+            size += len(message.data)
+            del message  # (nor the one given out below: neither is held while the next is read)
+            while size > REORDER_BYTES or len(held) > REORDER_COUNT:
+                out = heapq.heappop(held)[2]
+                size -= len(out.data)
+                yield out
+                del out
+        for topic, n in reader.skipped.items():
+            self.skipped[topic] = self.skipped.get(topic, 0) + n
         while held:
             yield heapq.heappop(held)[2]
+
+    def _read(self) -> Iterator[Message]:
+        pending = self._firsts() if len(self.files) > 1 else [(0, 0, f) for f in self.files]
+        heads: list[tuple[int, int, Message, Iterator[Message]]] = []  # each open file's next entry
+        ties = itertools.count()
+        opened = 0
+        while True:
+            while opened < len(pending) and (not heads or pending[opened][0] <= heads[0][0]):
+                _, index, path = pending[opened]
+                entries = self._file(index, path)
+                first = next(entries, None)
+                if first is not None:
+                    heapq.heappush(heads, (first.log_time, next(ties), first, entries))
+                opened += 1
+            if not heads:
+                return
+            _, _, message, entries = heads[0]
+            following = next(entries, None)
+            if following is None:
+                heapq.heappop(heads)
+            else:
+                heapq.heapreplace(heads, (following.log_time, next(ties), following, entries))
+            yield message
+            del message, following
 
 
 def summarize(files: Iterable[str | Path], limits: Limits | None = None) -> dict[str, dict]:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import AsyncIterator, Iterator
+from pathlib import Path
+from typing import AsyncIterator, Iterable, Iterator
 
+import orjson
+
+from .mcapmeta import channel_metadata
 from .mcapread import Message, off_loop
 
 READ_AHEAD_ENTRIES = 256
@@ -89,6 +93,31 @@ async def paced(messages: Iterator[Message], speed: float | None) -> AsyncIterat
             reading.cancel()
 
 
+def recorded_streams(files: Iterable[Path]) -> dict[str, tuple[dict, int | None]]:
+    """Each recorded stream's metadata and `max_len` as its channel metadata keeps them (the newest
+    file's), for the streams a replay creates. Files of earlier versions kept no `max_len`: None."""
+    out: dict[str, tuple[dict, int | None]] = {}
+    for topic, metadata in channel_metadata(files).items():
+        try:
+            meta = orjson.loads(metadata["ptgstore.meta"]) if "ptgstore.meta" in metadata else {}
+            max_len = int(metadata["ptgstore.max_len"]) if "ptgstore.max_len" in metadata else None
+        except ValueError:
+            continue  # written by another tool: nothing to restore
+        if isinstance(meta, dict):
+            out[topic] = (meta, max_len)
+    return out
+
+
+async def restore_streams(store, targets: dict[str, str], recorded: dict[str, tuple[dict, int | None]]) -> None:
+    """Give each target stream that does not exist yet its recorded stream's metadata and `max_len`
+    (a long recording replayed at full speed is not trimmed to the default retention)."""
+    for sid, target in targets.items():
+        meta, max_len = recorded.get(sid, ({}, None))
+        if not meta and max_len is None or await store.info(target) is not None:
+            continue
+        await store.set_meta(target, {**meta, **({"max_len": max_len} if max_len else {})})
+
+
 def durations(stats: dict[str, dict]) -> dict[str, float]:
     """Seconds between first and last entry of each stream, from an info object's streams."""
     out = {}
@@ -104,8 +133,9 @@ class Progress:
 
     def __init__(self, stats: dict[str, dict], sids: list[str]):
         self.durations = {sid: d for sid, d in durations(stats).items() if sid in sids}
-        self.firsts = {sid: int(stats[sid]["first-entry"].split("-")[0]) for sid in sids if sid in stats}
-        self.active = set(sids)
+        self.firsts = {sid: int(stats[sid]["first-entry"].split("-")[0]) for sid in sids
+                       if sid in stats and stats[sid].get("first-entry")}
+        self.active = {sid for sid in sids if sid in self.firsts}  # a stream that got nothing has nothing to replay
         self.updates: dict[str, int] = {}
         self.current: dict[str, float] = {sid: 0.0 for sid in sids}
         self.lasts = {sid: stats[sid].get("last-entry") for sid in sids if sid in stats}

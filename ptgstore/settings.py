@@ -117,6 +117,7 @@ class Settings:
     recordings_dir: str | None = None  # default: <data_dir>/recordings
     recording_segment_seconds: int = 10  # a recording's MCAP files are finished at least this often
     recording_segment_mb: int = 256  # ... or when one reaches this size
+    recording_shards: int = 4  # a recording's streams are shared out among the processes in this many shards
     foxglove_scan_ms: int = 1000  # how often /foxglove looks for new streams (once per process)
     foxglove_queue_bytes: int = 1024 * 1024  # per Foxglove subscription: more waiting drops the oldest
 
@@ -141,7 +142,7 @@ class Settings:
                                 f"not {self.group_separator!r}")
         for name in ("port", "workers", "token_ttl", "max_len", "max_message", "max_upload", "redis_pool_size",
                      "redis_timeout", "hub_buffer", "producer_window", "producer_batches", "foxglove_scan_ms",
-                     "foxglove_queue_bytes", "login_rate"):
+                     "foxglove_queue_bytes", "login_rate", "recording_shards"):
             value = getattr(self, name)
             if value < (0 if name == "port" else 1):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
@@ -191,6 +192,7 @@ class Settings:
             "RECORDINGS_DIR": ("recordings_dir", lambda n, v: str(Path(v).expanduser()) if v.strip() else None),
             "RECORDING_SEGMENT_SECONDS": ("recording_segment_seconds", lambda n, v: _parse_int(n, v, 1)),
             "RECORDING_SEGMENT_MB": ("recording_segment_mb", lambda n, v: _parse_int(n, v, 1)),
+            "RECORDING_SHARDS": ("recording_shards", lambda n, v: _parse_int(n, v, 1)),
             "FOXGLOVE_SCAN_MS": ("foxglove_scan_ms", lambda n, v: _parse_int(n, v, 10)),
             "FOXGLOVE_QUEUE_BYTES": ("foxglove_queue_bytes", lambda n, v: _parse_int(n, v, 1)),
         }
@@ -216,6 +218,14 @@ class Settings:
     @property
     def recordings_path(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else Path(self.data_dir) / "recordings"
+
+    @property
+    def recordings_refusal(self) -> str | None:
+        """Why this process may not record at all (its recordings would not outlive a restart)."""
+        if self.ephemeral_disk and not self.recordings_dir:
+            return ("PTGSTORE_EPHEMERAL_DISK=true: recordings under the data directory would be lost at the next "
+                    "restart; set PTGSTORE_RECORDINGS_DIR to persistent storage shared by every process")
+        return None
 
     @property
     def max_chunk_bytes(self) -> int:

@@ -15,6 +15,11 @@ from ptgstore.settings import Settings
 from ptgstore.testing import RedisServer, free_port, wait_until  # noqa: F401 - the tests import them from here
 
 
+# the keys a server keeps from start-up: its secret's fingerprint, its recordings directory and its
+# presence as a recorder (a test that stores nothing finds these alone)
+SERVER_KEYS = [b"ptgstore:recorders", b"ptgstore:recordings:directory", b"ptgstore:secret-fingerprint"]
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()

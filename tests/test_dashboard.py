@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from ptgstore.mcapfiles import read_messages
 from wsutil import push, ws_connect
 
@@ -453,7 +453,26 @@ def test_recordings_panel_starts_stops_lists_and_downloads(signed_in, server):
     item = page.locator("#recording-list li[data-name=bench-session]")
     link = item.locator("a.download", has_text=re.compile(r"\.mcap$")).first
     expect(link).to_be_visible()
+    expect(item.locator(".muted")).to_contain_text(re.compile(r"^\d+\.\d s · "))  # `0.1 s`, not `0:00:00.1`
     with page.expect_download() as download:
         link.click()
+    assert download.value.suggested_filename.startswith("bench-session-part-")  # named after the recording
     messages = list(read_messages([download.value.path()]))
     assert [(m.sid, m.entry_id, m.data) for m in messages] == [("main", i, f) for i, f in zip(ids, frames)]
+
+
+def test_recordings_panel_and_server_panel_say_when_this_server_refuses_recordings(signed_in, server, rdb):
+    page = signed_in.page
+    page.click("#nav a[data-view=server]")
+    expect(page.locator("#server-process dt:text-is('recordings') + dd")).to_contain_text(
+        "on; processes able to record: 1")
+    # the deployment's directory becomes another one (as when another process set it up elsewhere)
+    rdb.hset("ptgstore:recordings:directory", mapping={"id": "another-deployment", "path": "/mnt/elsewhere"})
+    wait_until(lambda: server.app.state.recorder.problem is not None, timeout=20, what="the directory check")
+    expect(page.locator("#server-process dt:text-is('recordings') + dd")).to_contain_text(
+        "refused: this process's PTGSTORE_RECORDINGS_DIR")
+    page.click("#nav a[data-view=recordings]")
+    problem = page.locator("#recording-problem")
+    expect(problem).to_be_visible()
+    expect(problem).to_contain_text("Recordings are refused on this server")
+    expect(problem).to_contain_text("not the recordings directory of this deployment")

@@ -1,5 +1,5 @@
 """Recordings: the recorder writes MCAP files holding exactly the entries stored while it ran;
-the routes the original client calls; replay; crash and resume; one recorder among processes."""
+the routes the original client calls; replay; crash and resume (several processes: test_recordings_shared.py)."""
 from __future__ import annotations
 
 import base64
@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
+from ptgstore.catalogue import parse_segment_name, segment_name
 from ptgstore.mcapfiles import read_messages
 from wsutil import expect_close, ws_connect
 
@@ -418,26 +419,6 @@ def test_sigkill_mid_recording_then_restart_resumes_exactly_once(tmp_path, rdb, 
     assert not list(rec_dir.glob("*.tmp"))
 
 
-def test_two_api_processes_run_one_recorder_and_the_other_takes_over(tmp_path, rdb, redis_server):
-    data = tmp_path / "data"
-    with ServeProcess(data, env=serve_env(redis_server)) as a, ServeProcess(data, env=serve_env(redis_server)) as b:
-        a.wait_ready()
-        b.wait_ready()
-        api(a).put("/recordings/start", params={"rec_id": "shared"})
-        first = joined(push_at(a, {"cam": payloads()["cam"]}, hz=30, count=20),
-                       push_at(b, {"imu": payloads()["imu"]}, hz=30, count=20))
-        wait_until(lambda: "holds the recorder lease" in a.output + b.output, what="a lease holder")
-        holders = [p for p in (a, b) if "holds the recorder lease" in p.output]
-        assert len(holders) == 1  # exactly one recorder writes
-        holder, other = holders[0], (b if holders[0] is a else a)
-        holder.process.send_signal(signal.SIGKILL)
-        holder.process.wait(10)
-        second = push_at(other, payloads(), hz=30, count=20)
-        assert api(other).put("/recordings/stop").json() == 1
-        assert "holds the recorder lease" in other.output  # taken over
-    assert recorded(data / "recordings", "shared") == joined(first, second)
-
-
 def test_a_full_disk_stops_the_recording_visibly_never_the_store(tmp_path, rdb, redis_server):
     """The server's files may not grow past 2 MiB (RLIMIT_FSIZE, as a full disk would refuse)."""
     import resource
@@ -485,7 +466,8 @@ def test_a_graceful_stop_finishes_the_segment_and_a_restart_goes_on(tmp_path, rd
         before = push_at(first, payloads(), hz=30, count=15)
         wait_until(lambda: list((root_of(first) / "shift").glob("*.tmp")), what="a segment being written")
     rec_dir = Path(settings.data_dir) / "recordings" / "shift"
-    assert not list(rec_dir.glob("*.tmp")) and len(list(rec_dir.glob("*.mcap"))) == 1  # finished at shutdown
+    shards = [parse_segment_name(p.name)[0] for p in rec_dir.glob("*.mcap")]
+    assert not list(rec_dir.glob("*.tmp")) and shards and len(shards) == len(set(shards))  # each finished at shutdown
     with live_server(settings) as second:
         after = push_at(second, payloads(), hz=30, count=15)
         assert second.http().put("/recordings/stop").json() == 1
@@ -502,14 +484,18 @@ def test_resume_keeps_a_committed_segment_left_unrenamed_and_drops_uncommitted_f
         first.http().put("/recordings/start", params={"rec_id": "steps"})
         before = push_at(first, payloads(), hz=30, count=10)
         wait_until(lambda: list(rec_dir.glob("*.tmp")), what="a segment being written")
-    token = rdb.hget("ptgstore:recording:segments", "1").decode()
-    os.replace(rec_dir / "part-000001.mcap", rec_dir / f"part-000001.{token}.tmp")  # committed, not renamed
-    (rec_dir / "part-000002.othertoken.tmp").write_bytes(b"half a segment")  # never committed
-    (rec_dir / "part-000002.mcap").write_bytes(b"renamed, never committed")
+    shard = parse_segment_name(min(rec_dir.glob("*.mcap")).name)[0]
+    others = sorted(p.name for p in rec_dir.glob("*.mcap") if parse_segment_name(p.name)[0] != shard)
+    token = rdb.hget("ptgstore:recording:segments", f"{shard}:1").decode()
+    os.replace(rec_dir / segment_name(shard, 1), rec_dir / f"part-{shard:02d}-000001.{token}.tmp")  # committed, not renamed
+    (rec_dir / f"part-{shard:02d}-000002.othertoken.tmp").write_bytes(b"half a segment")  # never committed
+    (rec_dir / segment_name(shard, 2)).write_bytes(b"renamed, never committed")
     with live_server(settings) as second:
         after = push_at(second, payloads(), hz=30, count=10)
         assert second.http().put("/recordings/stop").json() == 1
-    assert sorted(p.name for p in rec_dir.iterdir()) == ["info.json", "part-000001.mcap", "part-000002.mcap"]
+    names = sorted(p.name for p in rec_dir.iterdir() if not p.name.startswith("."))
+    assert names == sorted(["info.json", segment_name(shard, 1), segment_name(shard, 2), *others,
+                            *(n.replace("-000001.", "-000002.") for n in others)])
     assert recorded(rec_dir.parent, "steps") == joined(before, after)
 
 

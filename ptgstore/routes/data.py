@@ -6,7 +6,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..framing import NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id
+from ..framing import (
+    NOW, ascii_json, pack_entries, parse_count, parse_cursors, unique_stream_ids, writable_stream_id,
+)
 from . import require
 
 

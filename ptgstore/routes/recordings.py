@@ -1,9 +1,12 @@
-"""`/recordings`: start and stop recording, list, inspect, rename, hide, delete, download,
-upload, and replay recordings over a WebSocket."""
+"""`/recordings`: start and stop recording, list, inspect, rename, hide, delete, download and
+upload recordings (replay over a WebSocket: `recording_replay.py`).
+
+Every route that reads or writes the recordings directory is refused (409 with the reason) on a
+process whose directory is not the deployment's (`recordings_dir.py`): it would show or write a
+part of the recordings only. Stop and the active recording's id are in Redis: any process answers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -12,23 +15,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
-from ..framing import FramingError, split_stream_ids, writable_stream_id
-from ..mcapfiles import SEGMENT_SUFFIX, read_messages
+from ..catalogue import HIDDEN_FILE, INFO_FILE, build_info, finished_info, recording_names
+from ..framing import FramingError, split_stream_ids
+from ..mcapfiles import SEGMENT_SUFFIX
 from ..mcapread import FileReader, Limits, RecordTooLarge, off_loop
 from ..private import FILE_MODE, private_dir
-from ..recorder import HIDDEN_FILE, INFO_FILE, build_info, info_from_files, segment_files, write_info
 from ..uploads import receive_file
 from ..recording_store import RecordingStore
-from ..replay import Progress, paced
 from ..store import StoreError
-from . import close_socket, permissions, query_bool, require, serve_socket
+from . import permissions, query_bool, require
 
 log = logging.getLogger("ptgstore.recordings")
 
@@ -62,7 +62,15 @@ def _states(request) -> RecordingStore:
     return request.app.state.recorder.states
 
 
+def refuse_unproven(app) -> None:
+    """409 with the reason when this process's recordings directory is not the deployment's."""
+    problem = app.state.recorder.problem
+    if problem is not None:
+        raise HTTPException(409, f"recordings are refused on this process: {problem}")
+
+
 def _root(request) -> Path:
+    refuse_unproven(request.app)
     return request.app.state.recorder.root
 
 
@@ -76,38 +84,19 @@ def _limits(app) -> Limits:
 
 async def recording_info(app, rec_id: str) -> dict | None:
     """The info object of a recording (active or finished), or None when there is none."""
+    refuse_unproven(app)
     recorder = app.state.recorder
     rec_dir = recorder.root / rec_id
     state = await recorder.states.state()
     if state is not None and state["id"] == rec_id:
         _, stats, gaps, _ = await recorder.states.progress()
+        writers = await recorder.states.writers()
         return await asyncio.to_thread(build_info, rec_id, rec_dir, stats, gaps, active=True,
                                        status=state.get("status"), started=state.get("started"),
-                                       streams_requested=state["streams"])
+                                       streams_requested=state["streams"], writers=writers)
     if not rec_dir.is_dir():
         return None
-    return await off_loop(_finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id), _limits(app))
-
-
-def _finished_info(rec_id: str, rec_dir: Path, error: str | None, limits: Limits) -> dict:
-    path = rec_dir / INFO_FILE
-    try:
-        kept = orjson.loads(path.read_bytes())
-    except (OSError, ValueError):
-        kept = None
-    if kept is None:
-        info = info_from_files(rec_id, rec_dir, limits)
-        with contextlib.suppress(OSError):
-            write_info(rec_dir, info)
-    else:
-        files = segment_files(rec_dir)
-        size = sum(f.stat().st_size for f in files)
-        info = {**kept, "name": rec_id, "files": [f.name for f in files], "size": size, "size_mb": size / 1024**2}
-    info["hidden"] = (rec_dir / HIDDEN_FILE).exists()
-    info["active"] = False
-    if error and not info.get("error"):
-        info["error"] = error
-    return info
+    return await off_loop(finished_info, rec_id, rec_dir, await recorder.states.error_of(rec_id), _limits(app))
 
 
 def recorded_streams(info: dict) -> list[str] | None:
@@ -123,17 +112,10 @@ def require_readable(conn, info: dict) -> None:
         require(conn, "read", recorded_streams(info))
 
 
-def _names(root: Path, hidden: bool) -> list[str]:
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (hidden or not (p / HIDDEN_FILE).exists()))
-
-
 async def list_recordings(request: Request) -> JSONResponse:
     """Recording names (hidden ones with `hidden=true`), or their info objects with `info=true`:
     those whose every stream the caller may read (all for an admin)."""
-    names = await asyncio.to_thread(_names, _root(request), query_bool(request.query_params, "hidden"))
+    names = await asyncio.to_thread(recording_names, _root(request), query_bool(request.query_params, "hidden"))
     admin = permissions(request).admin
     if admin and not query_bool(request.query_params, "info"):
         return JSONResponse(names)
@@ -199,7 +181,7 @@ async def start(request: Request) -> JSONResponse:
     if rec_dir.exists():
         raise HTTPException(409, f"recording {rec_id!r} already exists")
     try:
-        await _states(request).start(rec_id, streams)
+        await _states(request).start(rec_id, streams, request.app.state.settings.recording_shards)
     except StoreError as exc:
         raise HTTPException(400 if "not a stream" in str(exc) else 409, str(exc)) from None
     try:
@@ -301,7 +283,9 @@ async def static_file(request: Request) -> FileResponse:
     path = rec_dir / name
     if name.endswith(".tmp") or not path.is_file():
         raise HTTPException(404, f"no file {name!r} in recording {rec_dir.name!r}")
-    return FileResponse(path, media_type="application/octet-stream", filename=name, headers=FILE_HEADERS)
+    # saved under the recording's name (a browser would name every segment `part-...mcap`)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{rec_dir.name}-{name}",
+                        headers=FILE_HEADERS)
 
 
 async def upload(request: Request) -> JSONResponse:
@@ -377,92 +361,4 @@ def _advance(entries: Iterator, step: int = 64 * 1024 * 1024) -> bool:
     return False
 
 
-# -- replay -------------------------------------------------------------------------------------
-
-def _replay_options(params) -> dict:
-    interval = params.get("interval") or "1"
-    speed = params.get("speed")
-    try:
-        interval_s = float(interval)
-        speed_x = float(speed) if speed else 1.0
-    except ValueError:
-        raise FramingError("interval and speed must be numbers") from None
-    if not (0.01 <= interval_s <= 3600) or not (0 < speed_x <= 1000):
-        raise FramingError("interval must be 0.01-3600 s and speed 0-1000")
-    return {
-        "rec_id": params.get("rec_id") or "",
-        "sids": params.get("sid"),
-        "prefix": params.get("prefix") or "",
-        "fullspeed": query_bool(params, "fullspeed"),
-        "keep_ids": query_bool(params, "keep_ids"),
-        "interval": interval_s,
-        "speed": speed_x,
-    }
-
-
-async def replay(ws: WebSocket) -> None:
-    """Replay a recording into live streams; progress JSON every `interval` seconds; close 1000 when done."""
-    await ws.accept()
-    await serve_socket(ws, _replay)
-
-
-async def _replay(ws: WebSocket) -> None:
-    options = _replay_options(ws.query_params)
-    rec_id = validate_recording_id(options["rec_id"])
-    info = await recording_info(ws.app, rec_id)
-    if info is None:
-        raise HTTPException(404, f"no recording {rec_id!r}")
-    if info.get("active"):
-        raise HTTPException(409, f"recording {rec_id!r} is active: stop it first")
-    stats = info["streams"]
-    sids = split_stream_ids(options["sids"].replace(" ", "+")) if options["sids"] else sorted(stats)
-    unknown = [sid for sid in sids if sid not in stats]
-    if unknown:
-        raise HTTPException(404, f"recording {rec_id!r} has no stream {unknown[0]!r}")
-    targets = {sid: writable_stream_id(options["prefix"] + sid) for sid in sids}
-    if not permissions(ws).admin:
-        require(ws, "read", sids)  # a replay reads the recording, as a download does
-    require(ws, "write", targets.values())
-    store = ws.app.state.store
-    if options["keep_ids"]:
-        for target in targets.values():
-            existing = await store.info(target)
-            if existing is not None and existing["length"]:
-                raise HTTPException(409, f"keep_ids needs empty streams: {target!r} holds entries")
-    progress = Progress(stats, sids)
-    files = segment_files(ws.app.state.recorder.root / rec_id)
-    messages = read_messages(files, sids, _limits(ws.app))
-    progress.skipped = messages.skipped  # entries over PTGSTORE_MAX_MESSAGE, counted as they are met
-    speed = None if options["fullspeed"] else options["speed"]
-    reporter = asyncio.ensure_future(_report(ws, progress, options["interval"]))
-    listener = asyncio.ensure_future(_until_disconnect(ws))
-    try:
-        async for batch in paced(messages, speed):
-            if listener.done():
-                return
-            await store.add([(targets[m.sid], m.entry_id if options["keep_ids"] else "*", m.data) for m in batch])
-            for m in batch:
-                progress.sent(m)
-            del batch, m  # let go of the entries while the next ones are read
-    finally:
-        reporter.cancel()
-        listener.cancel()
-        with contextlib.suppress(BaseException):
-            await reporter
-    progress.active.clear()
-    await ws.send_text(orjson.dumps(progress.report()).decode())
-    skipped = sum(messages.skipped.values())
-    await close_socket(ws, errors.NORMAL, f"replay done, {skipped} entries over PTGSTORE_MAX_MESSAGE skipped"
-                       if skipped else "replay done")
-
-
-async def _report(ws: WebSocket, progress: Progress, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await ws.send_text(orjson.dumps(progress.report()).decode())
-
-
-async def _until_disconnect(ws: WebSocket) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-        while (await ws.receive())["type"] != "websocket.disconnect":
-            pass
+from .recording_replay import replay  # noqa: E402,F401 - the replay socket's route, served beside these

@@ -106,6 +106,7 @@ async def server(request: Request) -> Response:
         return orjson.dumps({
             "now": now, "uptime_s": round(time.time() - STARTED, 1), "pid": os.getpid(), "workers": settings.workers,
             "auth": settings.auth, "redis": redis, "followed_streams": len(app.state.hub.followers), **counters,
+            "recordings": app.state.recorder.status(),
         })
 
     return _json(await _snapshot(request, "server", compute).get())

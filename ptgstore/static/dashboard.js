@@ -55,6 +55,15 @@ function formatBytes(n) {
   return `${n < 10 && i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
 }
 
+/** A recording's length as people read it: `4.2 s`, `3 min 07 s`, `2 h 05 min`. */
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || Number.isNaN(seconds)) return "–";
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const whole = Math.floor(seconds);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${String(whole % 60).padStart(2, "0")} s`;
+  return `${Math.floor(whole / 3600)} h ${String(Math.floor((whole % 3600) / 60)).padStart(2, "0")} min`;
+}
+
 function formatAge(ms) {
   if (ms === null || Number.isNaN(ms)) return "–";
   if (ms < 0) ms = 0;
@@ -526,6 +535,7 @@ async function pollServer() {
         fillList($("server-process"), [
           ["up", formatAge(status.uptime_s * 1000)], ["pid", status.pid], ["workers", status.workers],
           ["auth policy", status.auth], ["followed streams", status.followed_streams],
+          ["recordings", recordingsState(status.recordings)],
         ]);
         previous = status;
         showError($("server-error"), null);
@@ -541,10 +551,22 @@ async function pollServer() {
 
 // -- recordings (only when the server has them) ---------------------------------------------------
 
+/** Where this process keeps recordings, or why it refuses them (its directory is not the deployment's). */
+function recordingsState(recordings) {
+  if (!recordings) return "–";
+  if (recordings.problem) return `refused: ${recordings.problem}`;
+  return `on; processes able to record: ${recordings.recorders_present}; shards written here: ${recordings.shards_held.join(", ") || "none"}`;
+}
+
 async function loadRecordings() {
   try {
+    // /status is the admin's: only an admin is told why this server refuses recordings
+    const status = state.permissions?.admin ? await store.status() : {};
+    const problem = status.recordings && status.recordings.problem;
+    setText($("recording-problem"), problem ? `Recordings are refused on this server: ${problem}` : "");
+    $("recording-problem").hidden = !problem;
     const [infos, current] = await Promise.all([
-      store.request("GET", "/recordings", { query: { info: true } }),
+      problem ? [] : store.request("GET", "/recordings", { query: { info: true } }),
       // a recording of streams this token may not read: say that one runs, not its name
       store.request("GET", "/recordings/current").catch((error) => {
         if (error instanceof PtgStoreError && error.forbidden) return { forbidden: true };
@@ -565,7 +587,7 @@ async function loadRecordings() {
 /** One recording: its name, duration and size, its files as download links, and its info on demand. */
 function recordingItem(info) {
   const name = String(info.name);
-  const summary = `${info.duration || "0:00:00"} · ${formatBytes(info.size)}` +
+  const summary = `${formatDuration(info.duration_secs ?? 0)} · ${formatBytes(info.size)}` +
     (info.active ? " · recording" : "") + (info.error ? ` · stopped: ${info.error}` : "");
   const files = (info.files || []).map((file) => el("a", {
     text: String(file), className: "download",

@@ -18,7 +18,7 @@ def owned_keys(store: Store) -> dict[str, str]:
     """Every key of ptgstore's own state, with the Redis type it holds."""
     keys = store.keys
     recordings = RecordingStore(store)
-    owned = {keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
+    owned: dict[str, str] = {keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
              recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
              recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
              recordings.lease_key: "string", recordings.errors_key: "hash"}

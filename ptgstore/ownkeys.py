@@ -19,7 +19,8 @@ def owned_keys(store: Store) -> dict[str, str]:
     keys = store.keys
     recordings = RecordingStore(store)
     # (the recorders' per-shard leases are left out: strings with a short expiry, taken with SET NX)
-    owned = {keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
+    owned: dict[str, str] = {
+             keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
              recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
              recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
              recordings.writers_key: "set", recordings.presence_key: "zset", recordings.directory_key: "hash",

@@ -102,7 +102,7 @@ async def lifespan(app: Starlette):
     elif not settings.redis_cluster and recorded_run_id(settings.data_dir, url) is not None:
         # a worker of `ptgstore serve --workers N`, handed the URL of the embedded Redis its parent runs
         store.connections.expect_run_id(functools.partial(recorded_run_id, settings.data_dir, url))
-    await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
+    await ownkeys.repair(store, settings.recording_shards)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip

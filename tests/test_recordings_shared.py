@@ -167,7 +167,8 @@ def test_a_directory_used_with_another_redis_is_refused(tmp_path, rdb, redis_ser
 def test_an_ephemeral_disk_refuses_recordings_unless_a_recordings_directory_is_set(tmp_path, rdb, redis_server):
     users = tmp_path / "users.json"
     write_users(users, {"alice": hash_password("alice's long password")})
-    common = {"ephemeral_disk": True, "secret": SECRET, "auth": "users", "users_file": str(users)}
+    common = {"ephemeral_disk": True, "secret": SECRET, "auth": "users", "users_file": str(users),
+              "allowed_hosts": ("store.example.com",)}
     for recordings_dir, refused in ((None, True), (str(tmp_path / "persistent"), False)):
         settings = make_settings(tmp_path / ("default" if refused else "set"), redis_server.url,
                                  recording_segment_seconds=1, **common)

@@ -25,6 +25,7 @@ from .private import private_dir
 from .producers import Producers
 from .recorder import Recorder
 from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
+from .routing import by_resource
 from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
 
@@ -32,7 +33,9 @@ log = logging.getLogger("ptgstore")
 
 PASSWORD_CHECKS = 2
 
-ROUTES = [
+# every route's description is its handler's docstring (openapi.py, asyncapi.py); the routes of one
+# path become one resource, so that a wrong method is answered with all of the path's methods
+ROUTES = by_resource([
     Route("/token", tokens.issue_token, methods=["POST"]),
     Route("/token/derive", tokens.derive_token, methods=["POST"]),
     Route("/token/scope", tokens.token_scope, methods=["GET"]),
@@ -40,7 +43,9 @@ ROUTES = [
     Route("/ping/error", misc.ping_error, methods=["GET"]),
     Route("/metrics", metrics.scrape, methods=["GET"]),
     Route("/openapi.json", docs.openapi, methods=["GET"]),
+    Route("/asyncapi.json", docs.asyncapi, methods=["GET"]),
     Route("/docs", docs.page, methods=["GET"]),
+    Route("/docs/sockets", docs.sockets_page, methods=["GET"]),
     Route("/docs/static/{name}", docs.asset, methods=["GET"]),
     Route("/streams", streams.list_streams, methods=["GET"]),
     Route("/streams/{sid:path}", streams.get_stream, methods=["GET"]),
@@ -62,15 +67,17 @@ ROUTES = [
     Route("/recordings/start", recordings.start, methods=["PUT"]),
     Route("/recordings/stop", recordings.stop, methods=["PUT"]),
     Route("/recordings/cache", recordings.clear_cache, methods=["DELETE"]),
-    Route("/recordings/static/{rec_id}/{name:path}", recordings.static_file, methods=["GET"]),
-    Route("/recordings/upload/{rec_id}/{name:path}", recordings.upload, methods=["POST"]),
+    Route("/recordings/static/{rec_id}/{name}", recordings.static_file, methods=["GET"]),
+    Route("/recordings/upload/{rec_id}/{name}", recordings.upload, methods=["POST"]),
     WebSocketRoute("/recordings/replay", recordings.replay),
-    Route("/recordings/{rec_id}/rename/{new_id:path}", recordings.rename, methods=["PUT"]),
-    Route("/recordings/{rec_id}/hide", recordings.hide, methods=["PUT"]),
-    Route("/recordings/{rec_id}/unhide", recordings.unhide, methods=["PUT"]),
-    Route("/recordings/{rec_id:path}", recordings.get_recording, methods=["GET"]),
-    Route("/recordings/{rec_id:path}", recordings.delete_recording, methods=["DELETE"]),
-]
+    # `recording`: a path segment that is not one of the fixed words above (a wrong method on
+    # those is their 405, not a recording named `start`)
+    Route("/recordings/{rec_id:recording}/rename/{new_id}", recordings.rename, methods=["PUT"]),
+    Route("/recordings/{rec_id:recording}/hide", recordings.hide, methods=["PUT"]),
+    Route("/recordings/{rec_id:recording}/unhide", recordings.unhide, methods=["PUT"]),
+    Route("/recordings/{rec_id:recording}", recordings.get_recording, methods=["GET"]),
+    Route("/recordings/{rec_id:recording}", recordings.delete_recording, methods=["DELETE"]),
+])
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +109,7 @@ async def lifespan(app: Starlette):
     elif not settings.redis_cluster and recorded_run_id(settings.data_dir, url) is not None:
         # a worker of `ptgstore serve --workers N`, handed the URL of the embedded Redis its parent runs
         store.connections.expect_run_id(functools.partial(recorded_run_id, settings.data_dir, url))
-    await ownkeys.repair(store, settings.recording_shards)  # (before anything reads them: a wrong type would fail the start)
+    await ownkeys.repair(store)  # (before anything reads them: a wrong type would fail the start)
     await migrate_layout(store)
     await share_secret(store, app.state.authenticator.secret)
     store.on_roundtrip = app.state.metrics.redis_roundtrip

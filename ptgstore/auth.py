@@ -365,7 +365,7 @@ REDACT_CREDENTIALS = CredentialRedactor()
 
 # /metrics decides for itself: a metrics token or an API token, or public when configured
 # (metrics.Metrics.may_scrape)
-PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/metrics", "/"})
+PUBLIC_PATHS = frozenset({"/token", "/ping", "/ping/error", "/docs", "/openapi.json", "/asyncapi.json", "/metrics", "/"})
 PUBLIC_PREFIXES = ("/docs/", "/static/")  # the dashboard's page and assets: its data calls need a token
 STATE_CHANGING = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 

@@ -301,6 +301,8 @@ def user(args) -> int:
         return 0
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif os.environ.get("PTGSTORE_PASSWORD"):  # as the client commands take it: for scripts and CI
+        password = os.environ["PTGSTORE_PASSWORD"]
     else:
         password = getpass.getpass(f"password for {args.name}: ")
         if password != getpass.getpass("again: "):
@@ -359,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(an account without --read/--write/--admin has every permission)")
     users.add_argument("action", choices=["add", "set", "remove", "list", "ls"])
     users.add_argument("name", nargs="?")
-    users.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input (else $PTGSTORE_PASSWORD, else a prompt)")
     permission_flags(users, "the user")
     users.add_argument("--full", action="store_true", help="every permission (as an account that lists none)")
 

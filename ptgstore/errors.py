@@ -55,24 +55,43 @@ class TooLarge(ValueError):
 class Reply:
     status: int  # over HTTP
     close: int  # on a WebSocket
+    meaning: str = ""  # for people: /openapi.json and /asyncapi.json print it beside the code
 
 
 TABLE: dict[type[BaseException], Reply] = {
-    BadOption: Reply(400, INVALID),  # malformed like any other data: the protocol's 1007 since the start
-    Refused: Reply(400, POLICY),
-    FramingError: Reply(400, INVALID),  # malformed header, offsets, entry ids, stream ids, timestamps
-    StoreError: Reply(400, INVALID),  # the data does not fit the stream (an older timestamp, a key of another type)
-    WrongMessageType: Reply(400, UNSUPPORTED),
-    FormParserError: Reply(400, INVALID),  # a malformed multipart upload (Starlette before 1.7 lets it through)
-    TooLarge: Reply(413, TOO_BIG),
-    Forbidden: Reply(403, POLICY),  # a valid token without the permission (the reason names it)
-    BadPatterns: Reply(400, INVALID),  # a malformed read/write pattern asked of /token/derive
-    RecordTooLarge: Reply(413, TOO_BIG),  # an MCAP chunk or entry over the limits (a recording, an upload)
-    UnreadableRecording: Reply(400, INVALID),  # an MCAP file that is damaged, truncated or compressed otherwise
-    SequenceRefused: Reply(409, POLICY),  # a producer's batch number the server cannot vouch for (push sockets)
-    StoreUnavailable: Reply(503, SERVER_ERROR),
+    # malformed like any other data: the protocol's 1007 since the start
+    BadOption: Reply(400, INVALID, "a malformed query option (`header=xml`, `ack=perhaps`, `count=0`)"),
+    Refused: Reply(400, POLICY, "well-formed options in a combination the route refuses (an unbatched push "
+                                "to several streams; `producer` without `seq` or `ack=true`)"),
+    FramingError: Reply(400, INVALID, "malformed data: a stream id (in the path or a header), a batch header, "
+                                      "offsets, entry ids, timestamps, `count`, `last_entry_id`; a path that "
+                                      "is not UTF-8 or holds a control character"),
+    StoreError: Reply(400, INVALID, "data the stream cannot take (a timestamp older than its newest entry, "
+                                    "a key of another type)"),
+    WrongMessageType: Reply(400, UNSUPPORTED, "a text message where a binary one belongs, or the reverse"),
+    # Starlette before 1.7 lets a malformed multipart body through as this
+    FormParserError: Reply(400, INVALID, "a malformed multipart upload"),
+    TooLarge: Reply(413, TOO_BIG, "a body or message larger than the configured maximum (PTGSTORE_MAX_MESSAGE)"),
+    Forbidden: Reply(403, POLICY, "a valid token without the permission (the reason names it)"),
+    BadPatterns: Reply(400, INVALID, "a malformed read or write pattern asked of /token/derive"),
+    RecordTooLarge: Reply(413, TOO_BIG, "an MCAP chunk or entry over the server's limits (a recording, an upload)"),
+    UnreadableRecording: Reply(400, INVALID, "an MCAP file that is damaged, truncated or compressed otherwise"),
+    SequenceRefused: Reply(409, POLICY, "a producer's batch number the server cannot vouch for (older than "
+                                        "what it remembers, or a resend unlike the batch stored under it)"),
+    StoreUnavailable: Reply(503, SERVER_ERROR, "Redis is unavailable (down, loading, timing out)"),
 }
-UNEXPECTED = Reply(500, SERVER_ERROR)
+UNEXPECTED = Reply(500, SERVER_ERROR, "a bug in the server (logged with its traceback)")
+# refusals of the gate in front of every route (auth.py), before any handler runs
+GATE = {
+    401: "no acceptable token: missing, malformed, expired, wrongly signed, of a removed user or of a "
+         "credential policy no longer in force (`WWW-Authenticate: Bearer`)",
+    403: "a valid token without the permission (`forbidden: ...`); a state-changing request authenticated "
+         "by the cookie alone from another site's page (or a socket from an origin not allowed); a request "
+         "on a public address under the dev policy",
+}
+# the closes that are not refusals
+CLOSES = {NORMAL: "normal close (a `timeout` without data, a replay done)",
+          GOING_AWAY: "the server shuts down (after acknowledging what it received)"}
 
 
 def reply_for(exc: BaseException) -> Reply:

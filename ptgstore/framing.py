@@ -121,7 +121,10 @@ def parse_cursors(value: str, count: int) -> list[str]:
     return [cursors[i % len(cursors)] for i in range(count)]
 
 
-def parse_count(text: str | None, default: int = 1, maximum: int = 100_000) -> int:
+MAX_COUNT = 100_000  # entries per stream per read
+
+
+def parse_count(text: str | None, default: int = 1, maximum: int = MAX_COUNT) -> int:
     """A positive `count` query value (ASCII digits)."""
     if text is None or text == "":
         return default

@@ -8,6 +8,7 @@ import orjson
 from starlette.routing import Match, WebSocketRoute
 
 from . import accesslog
+from .routing import endpoints
 from .metrics import CLOSE_CODES, CLOSE_ERRORS, HTTP_ERRORS, Metrics
 
 SOCKET_KEY = "ptgstore.socket"
@@ -117,6 +118,7 @@ class Instrumentation:
         # the router leaves the endpoint it chose in the scope: its template is one lookup away
         self.templates = {getattr(route, "endpoint", None) or getattr(route, "app", None): route.path_format
                           for route in routes}
+        self.templates.update({handler: route.path_format for route in routes for handler in endpoints(route).values()})
         self.access_log = access_log
 
     async def __call__(self, scope, receive, send):

@@ -185,7 +185,19 @@ class Metrics:
 
 
 async def scrape(request: Request) -> Response:
-    """`GET /metrics`: Prometheus text format."""
+    """The server's metrics in Prometheus text format (OpenMetrics when the `Accept` header asks for it).
+
+    Takes the operator's metrics token (PTGSTORE_METRICS_TOKEN) or any API token; public only when the
+    operator sets PTGSTORE_METRICS_PUBLIC=true.
+    ---
+    security: [{bearer: []}]
+    responses:
+      200:
+        description: the metrics
+        content:
+          text/plain: {schema: {type: string}}
+          application/openmetrics-text: {schema: {type: string}}
+    """
     metrics: Metrics = request.app.state.metrics
     if not metrics.may_scrape(request.scope, request.app.state.authenticator):
         raise HTTPException(401, "metrics need a token: PTGSTORE_METRICS_TOKEN or an API token",

@@ -14,28 +14,29 @@ from .store import Store
 log = logging.getLogger("ptgstore.ownkeys")
 
 
-def owned_keys(store: Store, shards: int = 4) -> dict[str, str]:
-    """Every key of ptgstore's own state, with the Redis type it holds (the lease of each of `shards`
-    recording shards)."""
+def owned_keys(store: Store) -> dict[str, str]:
+    """Every key of ptgstore's own state, with the Redis type it holds."""
     keys = store.keys
     recordings = RecordingStore(store)
-    owned = {keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
+    # (the recorders' per-shard leases are left out: strings with a short expiry, taken with SET NX)
+    owned: dict[str, str] = {
+             keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
              recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
              recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
-             recordings.errors_key: "hash", recordings.writers_key: "set", recordings.presence_key: "zset",
-             recordings.directory_key: "hash", **{recordings.lease_key(k): "string" for k in range(shards)}}
+             recordings.writers_key: "set", recordings.presence_key: "zset", recordings.directory_key: "hash",
+             recordings.errors_key: "hash"}
     for sid in SERVER_STREAMS:
         owned[keys.stream(sid)] = "stream"
         owned[keys.stream(sid) + META_SUFFIX] = "hash"
     return owned
 
 
-async def repair(store: Store, shards: int = 4) -> list[str]:
+async def repair(store: Store) -> list[str]:
     """Remove own keys of the wrong type; returns their names. A Redis down at start-up is left to the
     routes (StoreUnavailable is logged, not raised)."""
     removed = []
     try:
-        for key, expected in owned_keys(store, shards).items():
+        for key, expected in owned_keys(store).items():
             found = await store.connections.once(key, "TYPE", key)
             found = found.decode() if isinstance(found, bytes) else str(found)
             if found in ("none", expected):

@@ -173,11 +173,11 @@ def _text(value):
 
 
 def validate_max_len(meta: dict) -> None:
-    """Refuse a `max_len` that is not a positive whole number."""
+    """Refuse a `max_len` but a whole number from 1 to 10**12 (Lua writes larger ones as 1e+14: XTRIM refuses)."""
     if "max_len" in meta:
         value = meta["max_len"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise StoreError(f"max_len must be a positive whole number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12:
+            raise StoreError(f"max_len must be a whole number from 1 to 10**12, not {value!r}")
 
 
 class Store:

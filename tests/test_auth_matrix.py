@@ -3,6 +3,7 @@
 The routes are taken from the application's own routing table, so a route added
 later is refused without a token unless it is deliberately public (listed here).
 """
+import re
 import statistics
 import time
 
@@ -16,7 +17,8 @@ from websockets.sync.client import connect
 from conftest import SERVER_KEYS, live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
-PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/static/{name}", "/openapi.json", "/"}  # "/": the dashboard's login form
+PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/sockets", "/docs/static/{name}", "/openapi.json",
+          "/asyncapi.json", "/"}  # "/": the dashboard's login form
 PUBLIC_MOUNTS = {"/docs/static", "/static"}  # the dashboard's scripts and styles
 # /metrics is protected like every other route (it also takes the configured metrics token)
 
@@ -43,9 +45,11 @@ def ws_routes(app):
     return [route.path for route in app.routes if isinstance(route, WebSocketRoute)]
 
 
+PARAMETERS = {"rec_id": "authrec", "new_id": "authrec2", "name": "info.json", "sid": "authcam"}
+
+
 def concrete(path: str) -> str:
-    path = path.replace("{rec_id}", "authrec").replace("{rec_id:path}", "authrec")
-    return path.replace("{new_id:path}", "authrec2").replace("{name:path}", "info.json").replace("{sid:path}", "authcam")
+    return re.sub(r"{(\w+)(:\w+)?}", lambda m: PARAMETERS[m.group(1)], path)
 
 
 def bad_tokens(secret: str) -> dict:

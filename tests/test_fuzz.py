@@ -673,10 +673,12 @@ def test_ws_push_paths_and_query_strings(env, sid, batch, ack, header, offsets):
 @given(producer=st.one_of(query_values, st.sampled_from(["p", "héé", "a/b", "x" * 128, "x" * 129, "a b"])),
        seq=st.one_of(query_values, st.sampled_from([str(2**53 - 1), str(2**53), "007"])))
 def test_ws_push_producer_options(env, producer, seq):
-    """`producer` and `seq` (idempotent pushes): both or neither (else 1008), each well-formed (else 1007)."""
-    paired = (producer is None) == (seq is None)
-    producer_ok = producer is None or re.fullmatch(r"[A-Za-z0-9._~:@-]{1,128}", producer) is not None
-    seq_ok = seq is None or (re.fullmatch(r"[0-9]+", seq) is not None and int(seq) < 2**53)
+    """`producer` and `seq` (idempotent pushes): both or neither (else 1008), each well-formed (else 1007);
+    an empty value is not given (as every option's)."""
+    given_producer, given_seq = producer or None, seq or None
+    paired = (given_producer is None) == (given_seq is None)
+    producer_ok = given_producer is None or re.fullmatch(r"[A-Za-z0-9._~:@-]{1,128}", given_producer) is not None
+    seq_ok = given_seq is None or (re.fullmatch(r"[0-9]+", given_seq) is not None and int(given_seq) < 2**53)
     before = env.keys()
     with ws(env, "/data/fuzz-producer/push", ack="true", producer=producer, seq=seq) as sock:
         if paired and producer_ok and seq_ok:

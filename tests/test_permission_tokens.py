@@ -130,9 +130,19 @@ def test_a_forged_or_malformed_scope_claim_is_refused(lab):
 
 # -- the command line -----------------------------------------------------------------------------
 
-def ptgstore(data_dir, *args, stdin=None):
+def ptgstore(data_dir, *args, stdin=None, env=None):
     return subprocess.run([sys.executable, "-m", "ptgstore", *args, "--data-dir", data_dir], input=stdin,
-                          text=True, capture_output=True, timeout=60)
+                          text=True, capture_output=True, timeout=60, env=env)
+
+
+def test_user_add_takes_the_password_from_the_environment(tmp_path):
+    from ptgstore.users import password_of, read_users, verify_password
+
+    data_dir = str(tmp_path / "data")
+    env = {**os.environ, "PTGSTORE_PASSWORD": "from the environment"}
+    assert ptgstore(data_dir, "user", "add", "bob", "--write", "hl1:*", env=env, stdin="").returncode == 0
+    stored = password_of(read_users(tmp_path / "data" / "users.json")["bob"])
+    assert verify_password("from the environment", stored) and not verify_password("other", stored)
 
 
 def test_user_commands_manage_permissions(tmp_path):

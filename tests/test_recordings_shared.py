@@ -168,7 +168,7 @@ def test_an_ephemeral_disk_refuses_recordings_unless_a_recordings_directory_is_s
     users = tmp_path / "users.json"
     write_users(users, {"alice": hash_password("alice's long password")})
     common = {"ephemeral_disk": True, "secret": SECRET, "auth": "users", "users_file": str(users),
-              "allowed_hosts": ("store.example.com",)}
+              "allowed_hosts": ("127.0.0.1",)}
     for recordings_dir, refused in ((None, True), (str(tmp_path / "persistent"), False)):
         settings = make_settings(tmp_path / ("default" if refused else "set"), redis_server.url,
                                  recording_segment_seconds=1, **common)

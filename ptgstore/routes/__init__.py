@@ -12,15 +12,28 @@ from ..permissions import NOTHING, Scope
 log = logging.getLogger("ptgstore.routes")
 
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
+
+
+def option(params, name: str, default=None):
+    """A query option's value, or `default` when it is absent or empty: the original client sends
+    `info=` for "not given", so an empty value means the default on every route and socket. An
+    option given twice is malformed (which one would count?)."""
+    values = params.getlist(name) if hasattr(params, "getlist") else [params[name]] if name in params else []
+    if len(values) > 1:
+        raise errors.BadOption(f"{name} is given {len(values)} times")
+    return default if not values or values[0] == "" else values[0]
 
 
 def query_bool(params, name: str, default: bool = False) -> bool:
-    """A true/false query parameter; anything else is a malformed option naming it (400, or 1007 on a socket)."""
-    raw = params.get(name)
+    """A true/false query parameter (empty: the default); anything else is a malformed option naming it
+    (400, or 1007 on a socket)."""
+    raw = option(params, name)
     if raw is None:
         return default
     value = raw.strip().lower()
+    if value == "":  # blanks only: empty, the default
+        return default
     if value in _TRUE:
         return True
     if value in _FALSE:

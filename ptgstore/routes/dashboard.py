@@ -10,6 +10,7 @@ import html
 import re
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
@@ -48,7 +49,13 @@ def features(request: Request) -> str:
 
 
 async def page(request: Request) -> Response:
-    """The dashboard (a login form when not signed in)."""
+    """The dashboard page (a login form when not signed in).
+
+    Sent with a content security policy that allows nothing but this server.
+    ---
+    responses:
+      200: {description: the page, content: {text/html: {schema: {type: string}}}}
+    """
     text = (STATIC_DIR / "index.html").read_text()
     text = text.replace("{{user}}", html.escape(signed_in_user(request), quote=True))
     text = text.replace("{{features}}", features(request))
@@ -61,4 +68,22 @@ async def page(request: Request) -> Response:
     })
 
 
-static = Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+class Assets(StaticFiles):
+    """The dashboard's scripts, styles and stand-by image, and the browser client `/static/ptgstore.js`.
+
+    ---
+    path:
+      path: {type: string, pattern: '^[^\\x00-\\x1f\\x7f-\\x9f]+$', example: ptgstore.js, description: a file name}
+    responses:
+      200: {description: the file, content: {"*/*": {schema: {type: string, format: binary}}}}
+      404: no such file
+    """
+
+
+    async def get_response(self, path: str, scope) -> Response:
+        if scope["method"] not in ("GET", "HEAD"):  # StaticFiles' own 405 has no `Allow`
+            raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+        return await super().get_response(path, scope)
+
+
+static = Mount("/static", Assets(directory=STATIC_DIR), name="static")

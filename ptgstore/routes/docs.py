@@ -1,8 +1,7 @@
-"""`/openapi.json` and `/docs`: the REST API described, and an interactive page served from here."""
+"""`/openapi.json`, `/asyncapi.json` and `/docs`: the API described from the routes themselves
+(openapi.py, asyncapi.py), an interactive page for REST and a page for the sockets, served from here."""
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 import os
@@ -12,156 +11,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse
 
-from .. import __version__
+from .. import asyncapi as asyncapi_doc
+from .. import openapi as openapi_doc
+from .sockets_page import render
 
 ROOT_PATH_KEY = "ptgstore.root_path"
-
-WEBSOCKETS = """
-WebSocket routes (OpenAPI cannot describe them; see docs/protocol.md in the repository for the full contract):
-
-* `/data/{sid}/push?batch=false&ack=false&header=json|msgpack&offsets=auto|start|end` —
-  unbatched: every binary message is one entry; batched (`batch=true` or sid `*`): messages
-  alternate header (JSON text or MessagePack binary) and blob. With `ack=true` every stored
-  message is answered with the new entry ids joined by `,`. Idempotent: `producer=ID&seq=N&ack=true`
-  numbers the socket's messages from N; a message whose number the producer already stored is
-  answered with the ids it was stored under and stores nothing (resend after a dropped socket).
-* `/data/{sid}/pull?count=1&last_entry_id=$&ack=false&latest=false&timeout=MS&time_sync_id=SID&gaps=false&header=json|msgpack` —
-  each delivery is a header `[[sid, entry_id, start_offset], ...]` then one binary blob.
-* `/foxglove` (subprotocol `foxglove.websocket.v1`) — the Foxglove WebSocket protocol: every stream
-  a channel (JPEG/PNG as foxglove.CompressedImage, JSON as json, depth/IMU layouts decoded, anything
-  else raw; `images=protobuf` for protobuf images), advertised and unadvertised as streams come and go;
-  clientPublish pushes entries.
-
-Close codes: 1003 wrong message type, 1007 malformed header/offsets/ids/timestamps,
-1008 policy (bad option; a producer's number older than the server remembers; `forbidden: ...` a
-permission the token lacks), 1009 too big, 1011 store unavailable.
-Tokens: `Authorization: Bearer`, `?token=`, or the `authorization` cookie. A refused handshake is an
-HTTP 401 (token) or 403 (origin) with `{"detail": reason}`. Cookie-only POST/PUT/DELETE from another
-site's page: 403.
-"""
-
-
-def _param(name, where, description, schema=None, required=False):
-    return {"name": name, "in": where, "required": required or where == "path",
-            "description": description, "schema": schema or {"type": "string"}}
-
-
-SID = _param("sid", "path", "stream id; `a+b` for several streams where allowed")
-BOOL = {"type": "boolean", "default": False}
-DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}}
-
-
-def _replies(ok_description, ok_content=None, *codes):
-    replies = {"200": {"description": ok_description}}
-    if ok_content:
-        replies["200"]["content"] = ok_content
-    for code, text in (("400", "malformed request"), ("401", "missing or invalid token"),
-                       ("403", "the token lacks the permission: `forbidden: ...` names it"), *codes):
-        replies[code] = {"description": text, "content": {"application/json": {"schema": DETAIL}}}
-    return replies
-
-
-JSON_ANY: dict[str, dict] = {"application/json": {"schema": {}}}
-
-PATHS = {
-    "/token": {"post": {
-        "summary": "Log in: an OAuth2 password form in, a bearer token out (also set as the `authorization` cookie)",
-        "security": [],
-        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "required": ["username", "password"],
-            "properties": {"username": {"type": "string"}, "password": {"type": "string", "format": "password"}}}}}},
-        "responses": _replies("token", {"application/json": {"schema": {"type": "object", "properties": {
-            "access_token": {"type": "string"}, "token_type": {"type": "string"},
-            "expires_in": {"type": "integer"}}}}}),
-    }},
-    "/token/derive": {"post": {
-        "summary": "A narrower token for the calling token's user: every pattern asked for must be covered by "
-                   "the caller's, admin only from an admin, ttl no longer than the caller lives (else 403)",
-        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "properties": {
-                "read": {"type": "array", "items": {"type": "string"}, "description": "stream-id glob patterns"},
-                "write": {"type": "array", "items": {"type": "string"}, "description": "stream-id glob patterns"},
-                "admin": {"type": "boolean", "default": False},
-                "ttl": {"type": "integer", "minimum": 1, "description": "seconds"}}}}}},
-        "responses": _replies("the narrower token (no cookie)", JSON_ANY),
-    }},
-    "/token/scope": {"get": {
-        "summary": "Who the token names and what it may do: read and write patterns, admin, expiry",
-        "responses": _replies("user, read, write, admin, expires", JSON_ANY),
-    }},
-    "/ping": {"get": {"summary": "`true` when the store answers", "security": [],
-                      "responses": _replies("the store answers", JSON_ANY, ("503", "Redis is unreachable"))}},
-    "/ping/error": {"get": {"summary": "A deliberate 500 with a JSON error body", "security": [],
-                            "responses": {"500": {"description": "always",
-                                                  "content": {"application/json": {"schema": DETAIL}}}}}},
-    "/streams": {"get": {
-        "summary": "Sorted stream ids (streams with entries, and streams created by PUT)",
-        "parameters": [_param("info", "query", "info objects instead of ids", BOOL)],
-        "responses": _replies("stream ids or info objects", JSON_ANY),
-    }},
-    "/streams/{sid}": {
-        "get": {"summary": "A stream's info: meta, length, first/last entry ids and times",
-                "parameters": [SID, _param("report_error", "query", "400 (not 200 with `error`) when unknown", BOOL)],
-                "responses": _replies("info object", JSON_ANY)},
-        "put": {"summary": "Merge (or with `override=true` replace) the stream's metadata; `max_len` sets retention",
-                "parameters": [SID, _param("override", "query", "replace instead of merge", BOOL)],
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-                "responses": _replies("the stored metadata", JSON_ANY)},
-        "delete": {"summary": "Delete streams' entries and metadata (`a+b` for several)",
-                   "parameters": [SID], "responses": _replies("the ids that existed", JSON_ANY)},
-    },
-    "/data/{sid}": {
-        "get": {"summary": "Entries as one octet-stream body, located by the `entry-offset` header "
-                           "`[[sid, entry_id, start_offset], ...]`",
-                "parameters": [SID,
-                               _param("last_entry_id", "query", "`*` newest, `$` none yet, `0`/`-` from the start, "
-                                      "or an entry id (strictly after); one per stream joined by `+`",
-                                      {"type": "string", "default": "*"}),
-                               _param("count", "query", "at most this many per stream",
-                                      {"type": "integer", "default": 1, "minimum": 1})],
-                "responses": _replies("entries", {"application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary"}}})},
-        "post": {"summary": "Upload entries: every file part is one entry, in order; "
-                            "sid `*` routes each part by its filename",
-                 "parameters": [SID],
-                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                     "type": "object", "properties": {"entries": {
-                         "type": "array", "items": {"type": "string", "format": "binary"}}}}}}},
-                 "responses": _replies("the new entry ids", JSON_ANY, ("413", "body larger than the maximum"))},
-    },
-    "/mjpeg/{sid}": {"get": {
-        "summary": "A camera stream as MJPEG for an `<img>` tag (`multipart/x-mixed-replace; boundary=frame`): "
-                   "the newest JPEG/PNG entries as they arrive, a stand-by image while there are none",
-        "parameters": [SID,
-                       _param("last_entry_id", "query", "start cursor, as on pull sockets",
-                              {"type": "string", "default": "$"}),
-                       _param("count", "query", "entries per read with latest=false",
-                              {"type": "integer", "default": 1, "minimum": 1}),
-                       _param("latest", "query", "each part is the newest image (skip backlog)",
-                              {"type": "boolean", "default": True})],
-        "responses": _replies("an endless multipart body", {"multipart/x-mixed-replace": {"schema": {}}}),
-    }},
-    "/status/streams": {"get": {
-        "summary": "Every stream's summary (length, entries added, newest id, size and image type, max_len, "
-                   "metadata) and the server clock `now`: a snapshot shared for up to a second",
-        "responses": _replies("summaries", JSON_ANY),
-    }},
-    "/status": {"get": {
-        "summary": "Server status: Redis reachable and which, open push/pull sockets, entry counters",
-        "responses": _replies("status", JSON_ANY),
-    }},
-}
-
-
-SPEC = {
-    "openapi": "3.0.3",
-    "info": {"title": "ptgstore", "version": __version__,
-             "description": "Sensor frames over REST and WebSockets into Redis Streams.\n" + WEBSOCKETS},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
-    "security": [{"bearer": []}],
-    "paths": PATHS,
-}
-
 
 def root_path(request: Request) -> str:
     """The prefix a proxy serves ptgstore under: the configured root path, else uvicorn's `--root-path`
@@ -170,8 +24,42 @@ def root_path(request: Request) -> str:
 
 
 async def openapi(request: Request) -> JSONResponse:
-    prefix = root_path(request)
-    return JSONResponse(dict(SPEC, servers=[{"url": prefix or "/"}]) if prefix else SPEC)
+    """This document: the REST routes, generated from the routing table and the error table.
+
+    ---
+    responses:
+      200: {description: an OpenAPI 3.0 document, content: {application/json: {schema: {type: object}}}}
+    """
+    return JSONResponse(openapi_doc.describe(request.app.routes, root_path(request)))
+
+
+async def asyncapi(request: Request) -> JSONResponse:
+    """The WebSocket routes as an AsyncAPI 3.0 document, generated from the routing table and the error table.
+
+    Shown at `/docs/sockets`.
+    ---
+    responses:
+      200: {description: an AsyncAPI 3.0 document, content: {application/json: {schema: {type: object}}}}
+    """
+    return JSONResponse(_sockets(request))
+
+
+def _sockets(request: Request) -> dict:
+    return asyncapi_doc.describe(request.app.routes, request.url.netloc or "127.0.0.1:8000", root_path(request))
+
+
+async def sockets_page(request: Request) -> HTMLResponse:
+    """The WebSocket routes (the AsyncAPI document) as a page: options, messages, close codes.
+
+    ---
+    responses:
+      200: {description: the page, content: {text/html: {schema: {type: string}}}}
+    """
+    return HTMLResponse(render(_sockets(request), root_path(request)), headers={
+        "content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+                                   "frame-ancestors 'none'",
+        "x-content-type-options": "nosniff",
+    })
 
 
 # validatorUrl null: Swagger UI would otherwise fetch a badge from validator.swagger.io
@@ -180,27 +68,21 @@ PAGE = """<!doctype html>
 <link rel="stylesheet" href="{prefix}/docs/static/swagger-ui.css"></head>
 <body><div id="ui"></div>
 <script src="{prefix}/docs/static/swagger-ui-bundle.js"></script>
-<script>{script}</script>
+<script>window.ui = SwaggerUIBundle({{url: {spec}, dom_id: "#ui", persistAuthorization: true, validatorUrl: null}});</script>
 </body></html>
 """
-SCRIPT = 'window.ui = SwaggerUIBundle({{url: {spec}, dom_id: "#ui", persistAuthorization: true, validatorUrl: null}});'
-
-
-def content_security_policy(script: str) -> str:
-    """The page's policy: scripts from here and the one inline script (by its hash); Swagger UI sets
-    inline styles and shows data: images."""
-    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    return (f"default-src 'self'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-            "form-action 'self'; frame-ancestors 'none'")
 
 
 async def page(request: Request) -> HTMLResponse:
+    """The REST API as an interactive page (Swagger UI, served from here: nothing from the internet).
+
+    ---
+    responses:
+      200: {description: the page, content: {text/html: {schema: {type: string}}}}
+    """
     prefix = root_path(request)
     spec = json.dumps(prefix + "/openapi.json").replace("<", "\\u003c")
-    script = SCRIPT.format(spec=spec)
-    return HTMLResponse(PAGE.format(prefix=html.escape(prefix), script=script), headers={
-        "content-security-policy": content_security_policy(script), "x-frame-options": "DENY"})
+    return HTMLResponse(PAGE.format(prefix=html.escape(prefix), spec=spec))
 
 
 # the two files the page loads; the bundle's own index.html (which fetches a demo spec from the
@@ -209,6 +91,17 @@ ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript
 
 
 async def asset(request: Request) -> FileResponse:
+    """A file the `/docs` page loads: `swagger-ui.css` or `swagger-ui-bundle.js`.
+
+    ---
+    path:
+      name: {type: string, enum: [swagger-ui.css, swagger-ui-bundle.js]}
+    responses:
+      200:
+        description: the file
+        content: {text/css: {schema: {type: string}}, text/javascript: {schema: {type: string}}}
+      404: any other name
+    """
     name = request.path_params["name"]
     if name not in ASSETS:
         raise HTTPException(404, "Not Found")

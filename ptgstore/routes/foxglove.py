@@ -26,7 +26,7 @@ from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads
 from ..framing import FramingError, writable_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
-from . import permissions, serve_socket
+from . import option, permissions, serve_socket
 from .live import Endpoint
 
 log = logging.getLogger("ptgstore.foxglove")
@@ -74,12 +74,30 @@ async def _session(ws: WebSocket, receive, send) -> None:
     (the image bytes without base64). A message's log time is its entry's time (ms in ns, plus
     the sequence number). A client channel (`advertise` with encoding `json` or
     `application/octet-stream`, topic = a stream id) publishes entries into that stream like a push.
+    Binary messages start with a one-byte opcode, then little-endian ids and times (the spec's).
+    ---
+    path: {}
+    query:
+      images: {type: string, enum: [json, protobuf], default: json, description: how images and depth are encoded}
+    subprotocol: foxglove.websocket.v1
+    raises: [BadOption, Refused, FramingError, StoreError, TooLarge, StoreUnavailable]
+    send:
+      serverInfo: {summary: "first: the server's name, capabilities (`clientPublish`) and encodings", contentType: application/json, payload: {type: object, required: [op], properties: {op: {const: serverInfo}}}}
+      advertise: {summary: "channels (streams) that appeared, with topic, encoding, schema name and schema", contentType: application/json, payload: {type: object, required: [op, channels], properties: {op: {const: advertise}, channels: {type: array}}}}
+      unadvertise: {summary: channels (streams) that were deleted, contentType: application/json, payload: {type: object, required: [op, channelIds], properties: {op: {const: unadvertise}}}}
+      status: {summary: "a warning or error for the client (a refused request, dropped messages, Redis down)", contentType: application/json, payload: {type: object, required: [op, level, message], properties: {op: {const: status}}}}
+      messageData: {summary: "opcode 0x01, subscription id (u32), log time (u64 ns), the message", contentType: application/octet-stream, payload: {type: string, format: binary}}
+    receive:
+      subscribe: {summary: "subscribe to channels (the client's subscription ids)", contentType: application/json, payload: {type: object, required: [op, subscriptions], properties: {op: {const: subscribe}}}}
+      unsubscribe: {summary: end subscriptions, contentType: application/json, payload: {type: object, required: [op, subscriptionIds], properties: {op: {const: unsubscribe}}}}
+      clientAdvertise: {summary: "`advertise`: client channels to publish into streams (topic = stream id)", contentType: application/json, payload: {type: object, required: [op, channels], properties: {op: {const: advertise}}}}
+      clientUnadvertise: {summary: "`unadvertise`: end client channels", contentType: application/json, payload: {type: object, required: [op, channelIds], properties: {op: {const: unadvertise}}}}
+      clientMessageData: {summary: "opcode 0x01, client channel id (u32), the entry's bytes", contentType: application/octet-stream, payload: {type: string, format: binary}}
     """
     await serve_socket(ws, lambda ws: Session(ws, receive, send).run())
 
 
-foxglove = Endpoint(_session)
-foxglove.__doc__ = _session.__doc__  # the route's description, for generated API documents
+foxglove = Endpoint(_session, "foxglove")
 
 
 class Feed:
@@ -388,7 +406,7 @@ class Session:
 
 def _images_option(params) -> str:
     """`images=json` (the default: as recordings) or `images=protobuf` (image bytes without base64)."""
-    value = params.get("images", "json")
+    value = option(params, "images", "json")
     if value not in ("json", "protobuf"):
         raise errors.BadOption(f"images must be json or protobuf, not {value[:40]!r}")
     return value

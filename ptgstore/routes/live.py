@@ -15,15 +15,15 @@ from ..framing import (
 )
 from ..instrumentation import socket_tally
 from ..wsframes import FRAMES, text_frame
-from . import close_socket, query_bool, require, serve_socket
+from . import close_socket, option, query_bool, require, serve_socket
 
 
 def _push_options(params):
     return {
         "batch": query_bool(params, "batch"),
         "ack": query_bool(params, "ack"),
-        "codec": parse_header_codec(params.get("header")),
-        "offsets": parse_offsets_mode(params.get("offsets")),
+        "codec": parse_header_codec(option(params, "header")),
+        "offsets": parse_offsets_mode(option(params, "offsets")),
     }
 
 
@@ -32,14 +32,50 @@ class Endpoint:
     handshake, options and close, and for its messages the bare ASGI receive and the server's own
     send (`directsend.direct_send`): a few layers cheaper per message."""
 
-    def __init__(self, session):
+    def __init__(self, session, name: str | None = None):  # name: the socket's channel in /asyncapi.json
         self.session = session
+        self.__name__ = name or session.__name__.strip("_").removesuffix("_session")
+        self.__doc__ = session.__doc__  # the route's description (asyncapi.py)
 
     async def __call__(self, scope, receive, send) -> None:
         await self.session(WebSocket(scope, receive, send), receive, direct_send(scope, send))
 
 
 async def _push_session(ws: WebSocket, receive, send) -> None:
+    """Push entries: every binary message one entry, or batches of a header and a blob.
+
+    Not batched: every binary message is one entry of the path's stream. Batched (`batch=true`,
+    or the path's stream id `*`): messages alternate a header (JSON text, or MessagePack binary with
+    `header=msgpack`) and a binary blob; the header lists the entries, `[sid, offset]`,
+    `[sid, ts, offset]` or a bare `offset`. A batch is stored all or nothing. Bad input closes the
+    socket with a code and a reason; everything acknowledged before it stays stored.
+    ---
+    path:
+      sid: {description: "a stream id, several joined by `+` (batched), or `*` (batched: the header names each entry's stream)"}
+    query:
+      batch: {flag: false, description: messages alternate a header and a blob}
+      ack: {flag: false, description: "after each stored message the server answers the new entry ids joined by `,`"}
+      header: {type: string, enum: [json, msgpack], default: json, description: the header's encoding}
+      offsets: {type: string, enum: [auto, start, end], default: auto, description: "how the header's offsets are read (`auto`: first offset 0 means start offsets, last offset equal to the blob's length end offsets)"}
+      producer: {type: string, pattern: '^[A-Za-z0-9._~:@-]{1,128}$', description: "an idempotent push: the producer's id (with `seq` and `ack=true`); a resent message is stored once"}
+      seq: {type: string, pattern: '^[0-9]+$', description: "the number of the socket's first message (0 to 2^53-1), each next message one more"}
+    raises: [BadOption, Refused, FramingError, StoreError, WrongMessageType, TooLarge, SequenceRefused, StoreUnavailable]
+    receive:
+      entry: {summary: "one entry (not batched)", contentType: application/octet-stream, payload: {type: string, format: binary}}
+      header:
+        summary: "a batch header: JSON text (or MessagePack binary with `header=msgpack`)"
+        contentType: application/json
+        payload:
+          type: array
+          items:
+            oneOf:
+              - {type: integer, minimum: 0, description: "a bare offset: the path's stream (with `a+b`, the i-th listed stream)"}
+              - {type: array, minItems: 2, maxItems: 2, description: "[sid, offset]"}
+              - {type: array, minItems: 3, maxItems: 3, description: "[sid, ts, offset]; ts: epoch seconds, an entry id, or null for now"}
+      blob: {summary: "a batch's entries, concatenated", contentType: application/octet-stream, payload: {type: string, format: binary}}
+    send:
+      ack: {summary: "with `ack=true`: the new entry ids joined by `,` (empty for an empty batch)", contentType: text/plain, payload: {type: string}}
+    """
     await ws.accept()
     await serve_socket(ws, lambda ws: _push(ws, receive, send))
 
@@ -82,7 +118,7 @@ async def _push(ws: WebSocket, receive, send) -> None:
 
 def _producer(ws: WebSocket, ack: bool):
     """The socket's producer (`producer=` and `seq=`, see producers.py), or None for a plain push."""
-    name, first = ws.query_params.get("producer"), ws.query_params.get("seq")
+    name, first = option(ws.query_params, "producer"), option(ws.query_params, "seq")
     if name is None and first is None:
         return None
     if name is None or first is None or not ack:
@@ -91,7 +127,7 @@ def _producer(ws: WebSocket, ack: bool):
     return ws.app.state.producers.session(name, caller.user if caller else "", first)
 
 
-push = Endpoint(_push_session)
+push = Endpoint(_push_session, "push")
 
 
 async def _receive(receive, limit: int, kind: str, what: str):
@@ -110,18 +146,18 @@ async def _receive(receive, limit: int, kind: str, what: str):
 # -- pull ---------------------------------------------------------------------------------------
 
 def _pull_options(params):
-    timeout = params.get("timeout")
+    timeout = option(params, "timeout")
     if timeout is not None and not (timeout.isascii() and timeout.isdigit()):
         raise FramingError(f"timeout must be milliseconds, not {timeout!r}")
     return {
-        "count": parse_count(params.get("count")),
+        "count": parse_count(option(params, "count")),
         "ack": query_bool(params, "ack"),
         "latest": query_bool(params, "latest"),
         "gaps": query_bool(params, "gaps"),
-        "codec": parse_header_codec(params.get("header")),
+        "codec": parse_header_codec(option(params, "header")),
         "timeout": int(timeout) / 1000 if timeout else None,
-        "last_entry_id": params.get("last_entry_id", NOW),
-        "time_sync_id": params.get("time_sync_id"),
+        "last_entry_id": option(params, "last_entry_id", NOW),
+        "time_sync_id": option(params, "time_sync_id"),
     }
 
 
@@ -136,6 +172,42 @@ def _sync_index(value: str | None, sids: list[str]) -> int | None:
 
 
 async def _pull_session(ws: WebSocket, _receive, send) -> None:  # the pull reads acks through `ws`
+    """Pull entries as they arrive: each delivery a header message and one binary blob.
+
+    The header is `[[sid, entry_id, start_offset], ...]`: entry *i* is `blob[start_i : start_i+1]`.
+    The call blocks: with nothing new, the server waits and delivers as soon as an entry arrives.
+    `$` is fixed when the socket opens: nothing pushed after that moment is skipped.
+    ---
+    path:
+      sid: {description: "a stream id, or several joined by `+`"}
+    query:
+      count: {$ref: "#/components/schemas/Count"}
+      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start (default `$`: only entries newer than now); one value per stream joined by `+`"}
+      ack: {flag: false, description: after each delivery the server waits for any message from the client}
+      latest: {flag: false, description: each delivery carries only the newest entry of each stream that has something new}
+      timeout: {type: string, pattern: "^[0-9]+$", description: close normally (1000) after this many milliseconds without data}
+      time_sync_id: {type: string, minLength: 1, description: "a pulled stream (or its index): after each delivery every stream's cursor moves to its last delivered id"}
+      gaps: {flag: false, description: 'a text message `{"gap": ...}` before entries when the stream was trimmed past the cursor'}
+      header: {type: string, enum: [json, msgpack], default: json, description: the header's encoding}
+    raises: [BadOption, FramingError, StoreError, StoreUnavailable]
+    closes: [1000]
+    send:
+      header:
+        summary: "`[[sid, entry_id, start_offset], ...]`: JSON text (or MessagePack binary with `header=msgpack`)"
+        contentType: application/json
+        payload: {type: array, items: {type: array, minItems: 3, maxItems: 3}}
+      blob: {summary: "the delivery's entries, concatenated", contentType: application/octet-stream, payload: {type: string, format: binary}}
+      gap:
+        summary: "with `gaps=true`: entries were trimmed past the cursor (delivery goes on from the oldest kept)"
+        contentType: application/json
+        payload:
+          type: object
+          required: [gap]
+          properties:
+            gap: {type: object, required: [sid, after, oldest], properties: {sid: {type: string}, after: {type: string}, oldest: {type: string}}}
+    receive:
+      ack: {summary: "with `ack=true`: any message, asking for the next delivery", payload: {}}
+    """
     await serve_socket(ws, lambda ws: _pull(ws, send))
 
 
@@ -167,7 +239,7 @@ async def _pull(ws: WebSocket, send) -> None:
             listener.cancel()
 
 
-pull = Endpoint(_pull_session)
+pull = Endpoint(_pull_session, "pull")
 
 
 async def _newest_cursors(store, sids, cursors, count):

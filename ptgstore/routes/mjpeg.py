@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from ..framing import BEGINNING, NEWEST, NOW, cursor_before, parse_count, parse_cursors, parse_entry_id, \
     validate_stream_id
-from . import query_bool, require
+from . import option, query_bool, require
 
 BOUNDARY = b"frame"
 MEDIA_TYPE = "multipart/x-mixed-replace; boundary=frame"
@@ -38,12 +38,28 @@ def image_type(data: bytes) -> str | None:
 
 
 async def stream(request: Request):
-    """`GET /mjpeg/{sid}?last_entry_id=$&count=1&latest=true`."""
+    """A camera stream as MJPEG for an `<img>` tag: a streaming response that never ends while the client reads.
+
+    `multipart/x-mixed-replace; boundary=frame`: each part is
+    `--frame\\r\\nContent-Type: image/jpeg\\r\\n\\r\\n<the entry's bytes>\\r\\n` (PNG entries as
+    `image/png`; other entries are skipped). When nothing after the cursor exists yet the first part
+    is a stand-by image, sent again after 10 s without a new image. `HEAD` answers the headers only.
+    ---
+    query:
+      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start, as on a pull socket (default `$`)"}
+      count: {$ref: "#/components/schemas/Count", description: "images per read with `latest=false` (1 to 100000)"}
+      latest: {flag: true, description: each part is the newest image when the client is ready for it (a slow viewer skips frames)}
+    raises: [FramingError, StoreError, StoreUnavailable]
+    responses:
+      200:
+        description: an endless multipart body, one image per part
+        content: {multipart/x-mixed-replace: {schema: {type: string, format: binary}}}
+    """
     sid = validate_stream_id(request.path_params["sid"])
     require(request, "read", [sid])
     params = request.query_params
-    (cursor,) = parse_cursors(params.get("last_entry_id", NOW), 1)
-    count = parse_count(params.get("count"))
+    (cursor,) = parse_cursors(option(params, "last_entry_id", NOW), 1)
+    count = parse_count(option(params, "count"))
     latest = query_bool(params, "latest", default=True)
     hub = request.app.state.hub
     (newest,) = await hub.last_ids([sid])

@@ -15,24 +15,24 @@ from ..framing import FramingError, split_stream_ids, writable_stream_id
 from ..mcapfiles import read_messages
 from ..mcapread import Limits, off_loop
 from ..replay import Progress, paced, recorded_streams, restore_streams
-from . import close_socket, permissions, query_bool, require, serve_socket
+from . import close_socket, option, permissions, query_bool, require, serve_socket
 from .recordings import recording_info, validate_recording_id
 
 
 def _replay_options(params) -> dict:
-    interval = params.get("interval") or "1"
-    speed = params.get("speed")
+    interval = option(params, "interval", "1")
+    speed = option(params, "speed", "1")
     try:
         interval_s = float(interval)
-        speed_x = float(speed) if speed else 1.0
+        speed_x = float(speed)
     except ValueError:
         raise FramingError("interval and speed must be numbers") from None
     if not (0.01 <= interval_s <= 3600) or not (0 < speed_x <= 1000):
         raise FramingError("interval must be 0.01-3600 s and speed 0-1000")
     return {
-        "rec_id": params.get("rec_id") or "",
-        "sids": params.get("sid"),
-        "prefix": params.get("prefix") or "",
+        "rec_id": option(params, "rec_id", ""),
+        "sids": option(params, "sid"),
+        "prefix": option(params, "prefix", ""),
         "fullspeed": query_bool(params, "fullspeed"),
         "keep_ids": query_bool(params, "keep_ids"),
         "interval": interval_s,
@@ -41,7 +41,36 @@ def _replay_options(params) -> dict:
 
 
 async def replay(ws: WebSocket) -> None:
-    """Replay a recording into live streams; progress JSON every `interval` seconds; close 1000 when done."""
+    """Replay a recording into live streams; progress every `interval` seconds; close 1000 when done.
+
+    The replayed streams are the recorded ones (with `prefix`), stamped now unless `keep_ids=true`.
+    ---
+    path: {}
+    query:
+      rec_id: {$ref: "#/components/schemas/RecordingId", required: true, description: the recording to replay}
+      sid: {$ref: "#/components/schemas/StreamList", description: "the streams to replay, `a+b` (default: every stream of the recording)"}
+      prefix: {type: string, description: "replayed stream = prefix + stream id (default: none)"}
+      fullspeed: {flag: false, description: "as fast as possible (default: the recorded intervals between entries)"}
+      interval: {type: number, minimum: 0.01, maximum: 3600, default: 1, description: seconds between progress messages}
+      speed: {type: number, exclusiveMinimum: 0, maximum: 1000, default: 1, description: a factor of the recorded pace}
+      keep_ids: {flag: false, description: "entries keep their recorded ids, into streams that must be empty (default: stamped now)"}
+    raises: [BadOption, FramingError, StoreError, StoreUnavailable]
+    closes:
+      1000: the replay is done (after the last progress message)
+      1008: "an unknown recording or stream, a malformed recording id, an active recording, `keep_ids` into a stream holding entries"
+    send:
+      progress:
+        summary: every `interval` seconds, and a last one with `active` empty
+        contentType: application/json
+        payload:
+          type: object
+          required: [updates, active, durations, current]
+          properties:
+            updates: {type: object, description: "stream -> entries since the last message"}
+            active: {type: array, items: {type: string}, description: streams still replaying}
+            durations: {type: object, description: "stream -> recorded seconds"}
+            current: {type: object, description: "stream -> seconds replayed"}
+    """
     await ws.accept()
     await serve_socket(ws, _replay)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from starlette.exceptions import HTTPException
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 
@@ -28,7 +29,7 @@ from ..private import FILE_MODE, private_dir
 from ..uploads import receive_file
 from ..recording_store import RecordingStore
 from ..store import StoreError
-from . import permissions, query_bool, require
+from . import option, permissions, query_bool, require
 
 log = logging.getLogger("ptgstore.recordings")
 
@@ -39,6 +40,16 @@ UPLOAD_PREFIX = "/recordings/upload/"
 UPLOADS_DIR = ".uploads"  # under the recordings directory: uploads being received (same file system)
 # a recording's files are data, never a page: no type sniffing, no script, no same-origin rights
 FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+
+
+class RecordingSegment(StringConvertor):
+    """`{rec_id:recording}`: a path segment that is not one of the reserved words, which are routes
+    of their own (`GET /recordings/start` is that route's 405, not a recording named `start`)."""
+
+    regex = "(?!(?:" + "|".join(sorted(RESERVED_IDS)) + ")(?:/|$))[^/]+"
+
+
+register_url_convertor("recording", RecordingSegment())
 
 
 def validate_recording_id(name: str, what: str = "recording id") -> str:
@@ -113,8 +124,20 @@ def require_readable(conn, info: dict) -> None:
 
 
 async def list_recordings(request: Request) -> JSONResponse:
-    """Recording names (hidden ones with `hidden=true`), or their info objects with `info=true`:
-    those whose every stream the caller may read (all for an admin)."""
+    """Sorted recording ids (hidden ones too with `hidden=true`), or their info objects with `info=true`.
+
+    ---
+    query:
+      info: {flag: false, description: info objects instead of ids}
+      hidden: {flag: false, description: hidden recordings too}
+    raises: [BadOption, StoreUnavailable]
+    responses:
+      200:
+        description: the ids, or the info objects
+        content:
+          application/json:
+            schema: {type: array, items: {oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}}
+    """
     names = await asyncio.to_thread(recording_names, _root(request), query_bool(request.query_params, "hidden"))
     admin = permissions(request).admin
     if admin and not query_bool(request.query_params, "info"):
@@ -135,17 +158,42 @@ def _readable(conn, info: dict) -> bool:
 
 
 async def current(request: Request) -> JSONResponse:
-    """The active recording's id (null when none), or its info object with `info=true`."""
+    """The active recording's id (null when none), or its info object with `info=true`.
+
+    ---
+    query:
+      info: {flag: false, description: the info object instead of the id}
+    raises: [BadOption, StoreUnavailable]
+    responses:
+      200:
+        description: the id, its info object, or null
+        content:
+          application/json:
+            schema: {nullable: true, oneOf: [{type: string}, {$ref: "#/components/schemas/RecordingInfo"}]}
+    """
+    info = query_bool(request.query_params, "info")
     rec_id = await _states(request).active_id()
     if rec_id is None:
         return JSONResponse(None)
-    info = await recording_info(request.app, rec_id)
-    if info is not None:
-        require_readable(request, info)
-    return JSONResponse(info if query_bool(request.query_params, "info") else rec_id)
+    found = await recording_info(request.app, rec_id)
+    if found is not None:
+        require_readable(request, found)
+    return JSONResponse(found if info else rec_id)
 
 
 async def get_recording(request: Request) -> JSONResponse:
+    """A recording's info object (an active one's counts cover the segments finished so far).
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200:
+        description: the info object
+        content: {application/json: {schema: {$ref: "#/components/schemas/RecordingInfo"}}}
+      400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
+      404: no such recording
+    """
     rec_id = validate_recording_id(request.path_params["rec_id"])
     info = await recording_info(request.app, rec_id)
     if info is None:
@@ -164,15 +212,33 @@ def _new_id(root: Path) -> str:
 
 
 async def start(request: Request) -> JSONResponse:
-    """Start recording (every stream, or `sid=a+b`); answers the recording id."""
+    """Start recording every stream (or `sid=a+b`); answers the recording id.
+
+    Start and stop are announced on the stream `event:recording:id`.
+    ---
+    query:
+      rec_id: {$ref: "#/components/schemas/RecordingId", description: "the recording's id (default: the local start time, `YYYY.MM.DD-HH.MM.SS`)"}
+      sid: {$ref: "#/components/schemas/StreamList", description: "the streams to record, `a+b` (default: every stream, including streams that appear during the recording)"}
+    raises: [StoreUnavailable]
+    responses:
+      200:
+        description: the recording id
+        content: {application/json: {schema: {$ref: "#/components/schemas/RecordingId"}}}
+        links:
+          stop: {operationId: recordings.stop}
+          info: {operationId: recordings.get_recording, parameters: {rec_id: $response.body}}
+          hide: {operationId: recordings.hide, parameters: {rec_id: $response.body}}
+      400: a malformed recording id or stream id
+      409: a recording is active, or the id exists
+    """
     params = request.query_params
     root = _root(request)
-    rec_id = params.get("rec_id") or ""
-    if not rec_id:
+    rec_id = option(params, "rec_id")
+    if rec_id is None:
         rec_id = await asyncio.to_thread(_new_id, root)
     rec_dir = _dir(request, rec_id)
     streams = None
-    if params.get("sid"):
+    if option(params, "sid") is not None:
         try:
             streams = list(dict.fromkeys(split_stream_ids(params["sid"].replace(" ", "+"))))
         except FramingError as exc:
@@ -193,8 +259,17 @@ async def start(request: Request) -> JSONResponse:
 
 
 async def stop(request: Request) -> JSONResponse:
-    """Stop the active recording and wait (bounded) for its files; 1 when one was active, else 0.
-    Needs what starting it needed (read on what it records), or admin."""
+    """Stop the active recording; `1` once its files are written (waits up to 60 s), `0` when none was active.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200:
+        description: 1 or 0
+        content: {application/json: {schema: {type: integer, enum: [0, 1]}}}
+        links:
+          list: {operationId: recordings.list_recordings}
+    """
     states = _states(request)
     state = await states.state()
     if state is not None and not permissions(request).admin:
@@ -215,6 +290,17 @@ async def _refuse_active(request, rec_id: str) -> None:
 
 
 async def rename(request: Request) -> JSONResponse:
+    """Rename a recording; answers `[true, true]`.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
+      400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
+      404: no such recording
+      409: "`new_id` exists, or the recording is active"
+    """
     require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     new_id = validate_recording_id(request.path_params["new_id"])
@@ -230,6 +316,17 @@ async def rename(request: Request) -> JSONResponse:
 
 
 async def delete_recording(request: Request) -> JSONResponse:
+    """Delete a recording's files; answers `[true, true]`.
+
+    ---
+    raises: [StoreUnavailable]
+    responses:
+      200: {description: "`[true, true]`", content: {application/json: {schema: {type: array, items: {type: boolean}}}}}
+      400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
+      404: no such recording
+      409: the recording is active
+    """
     require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     rec_dir = _dir(request, rec_id)
@@ -242,7 +339,12 @@ async def delete_recording(request: Request) -> JSONResponse:
 
 
 async def clear_cache(request: Request) -> JSONResponse:
-    """The original's info cache: info objects are kept beside each recording, nothing to clear."""
+    """The original server's info cache: info objects are kept beside each recording, nothing to clear.
+
+    ---
+    responses:
+      200: {description: "`{}`", content: {application/json: {schema: {type: object, maxProperties: 0}}}}
+    """
     require(request, "admin", action="manage recordings")
     return JSONResponse({})
 
@@ -261,18 +363,42 @@ async def _set_hidden(request: Request, hidden: bool) -> JSONResponse:
 
 
 async def hide(request: Request) -> JSONResponse:
-    """Leave a recording out of `GET /recordings` (still reachable by its id)."""
+    """Leave a recording out of `GET /recordings` (still reachable by its id); answers `true`.
+
+    ---
+    responses:
+      200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
+      400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
+      404: no such recording
+    """
     return await _set_hidden(request, True)
 
 
 async def unhide(request: Request) -> JSONResponse:
+    """Put a hidden recording back into `GET /recordings`; answers `true`.
+
+    ---
+    responses:
+      200: {description: "`true`", content: {application/json: {schema: {type: boolean}}}}
+      400: a malformed recording id
+      405: "a reserved word as the id (`stop`): the path is then that route's, which does not take this method"
+      404: no such recording
+    """
     return await _set_hidden(request, False)
 
 
 async def static_file(request: Request) -> FileResponse:
-    """A file of a recording: an MCAP segment, `info.json`, or an uploaded export; always as data to
-    download (`application/octet-stream`, never a type guessed from its name), sandboxed. Needs read
-    on every stream in the recording, or admin."""
+    """A file of a recording: a segment `part-NNNNNN.mcap`, `info.json`, or an uploaded file.
+
+    Always as data to download (`application/octet-stream`, never a type guessed from its name),
+    sandboxed.
+    ---
+    responses:
+      200: {description: the file, content: {application/octet-stream: {schema: {type: string, format: binary}}}}
+      400: a malformed recording id or file name
+      404: no such file
+    """
     rec_dir = _dir(request, request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")
     if not permissions(request).admin:  # (an admin's download does not wait for the recording's info)
@@ -289,8 +415,33 @@ async def static_file(request: Request) -> FileResponse:
 
 
 async def upload(request: Request) -> JSONResponse:
-    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file
-    within the limits. The body streams to a temporary file of its own (PTGSTORE_MAX_UPLOAD). Admin only."""
+    """Add a file to a recording (created when new); an `.mcap` file must be a readable MCAP file within the limits.
+
+    An `.mcap` file becomes part of the recording (replayable). The body streams to a temporary file
+    of its own (bounded by PTGSTORE_MAX_UPLOAD).
+    ---
+    query:
+      overwrite: {flag: false, description: replace a file of the same name}
+    requestBody:
+      required: true
+      description: one file part
+      content:
+        multipart/form-data:
+          schema: {type: object, required: [file], properties: {file: {type: string, format: binary}}}
+    raises: [BadOption, FormParserError, RecordTooLarge, UnreadableRecording, StoreUnavailable]
+    responses:
+      200:
+        description: what was stored
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [recording, file, size]
+              properties: {recording: {type: string}, file: {type: string}, size: {type: integer}}
+      400: "a malformed recording id or file name, a name that cannot be uploaded (`info.json`, `*.tmp`), not one file part, an `.mcap` file that is not readable MCAP"
+      409: the file exists (without `overwrite=true`), or the recording is active
+      413: a file over the server's upload limit (PTGSTORE_MAX_UPLOAD)
+    """
     require(request, "admin", action="manage recordings")
     rec_id = validate_recording_id(request.path_params["rec_id"])
     name = validate_recording_id(request.path_params["name"], "file name")

@@ -67,8 +67,24 @@ def _json(body: bytes) -> Response:
 
 
 async def streams(request: Request) -> Response:
-    """`{"now": epoch ms, "streams": [summary, ...]}` (`Store.summaries`), sorted by stream id: the
-    streams the caller may read."""
+    """Every stream's summary and the server clock `now`: a snapshot shared for up to a second.
+
+    A summary: `sid`, `length`, `last-generated-id`, `entries-added` (null before Redis 7),
+    `first-entry`, `last-entry`, `last-entry-size`, `last-entry-type`, `max_len`, `meta`.
+    ---
+    raises: [StoreError, StoreUnavailable]
+    responses:
+      200:
+        description: the summaries, sorted by stream id
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [now, streams]
+              properties:
+                now: {type: integer, description: epoch milliseconds}
+                streams: {type: array, items: {type: object, required: [sid, length], properties: {sid: {type: string}, length: {type: integer}}}}
+    """
     store = request.app.state.store
 
     async def compute() -> tuple[bytes, int, list]:
@@ -84,8 +100,24 @@ async def streams(request: Request) -> Response:
 
 
 async def server(request: Request) -> Response:
-    """The store's health, open sockets and entry counters (totals since start: rates are their
-    differences between two answers, over the difference of their `now`). Admin only."""
+    """The server's status: the store, open sockets and entry counters (totals since start).
+
+    Rates are the differences of the counters between two answers, over the difference of their
+    `now`. A snapshot shared for up to a second.
+    ---
+    responses:
+      200:
+        description: the status
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [now, uptime_s, redis, entries_in, bytes_in, entries_out, bytes_out, open_sockets]
+              properties:
+                now: {type: integer}
+                redis: {type: object, required: [reachable], properties: {reachable: {type: boolean}}}
+                open_sockets: {type: object, properties: {push: {type: integer}, pull: {type: integer}}}
+    """
     require(request, "admin", action="see the server's status")
     app = request.app
 

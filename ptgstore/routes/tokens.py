@@ -18,7 +18,36 @@ REFUSED = "incorrect username or password"
 
 
 async def issue_token(request: Request) -> Response:
-    """`POST /token`: a token for a username and password (form or JSON), also set as a cookie."""
+    """Log in: an OAuth2 password form in, a bearer token out (also set as the `authorization` cookie).
+
+    The cookie's value is `Bearer JWT` (HttpOnly, SameSite=Lax, Max-Age = the token's lifetime).
+    A JSON object with the same two fields is taken too.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/x-www-form-urlencoded:
+          schema: {$ref: "#/components/schemas/Credentials"}
+        application/json:
+          schema: {$ref: "#/components/schemas/Credentials"}
+    responses:
+      200:
+        description: the token
+        headers:
+          set-cookie: {description: '`authorization="Bearer JWT"; HttpOnly; Max-Age=...; Path=/; SameSite=lax`',
+                       schema: {type: string}}
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [access_token, token_type, expires_in]
+              properties:
+                access_token: {type: string}
+                token_type: {type: string, enum: [bearer]}
+                expires_in: {type: integer}
+      400: a missing or empty `username`, a missing `password`, a body that is not a form or a JSON object
+      401: wrong or unknown credentials (the same answer for both)
+    """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
         try:
@@ -31,7 +60,7 @@ async def issue_token(request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=16)
     username, password = form.get("username"), form.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
-        raise HTTPException(422, "username and password form fields are required")
+        raise HTTPException(400, "username and password form fields are required")
     authenticator = request.app.state.authenticator
     async with request.app.state.password_checks:  # bounded: each scrypt check takes 16 MiB and a core
         accepted = await run_in_threadpool(authenticator.check_credentials, username, password)
@@ -73,13 +102,34 @@ def _ttl(values: list, most: int) -> int:
 
 
 async def derive_token(request: Request) -> Response:
-    """`POST /token/derive`: a new token for the caller's own user, narrower than the token that asks.
+    """A new token for the caller's own user, narrower than the token that asks.
 
     Form fields (or a JSON object): `read` and `write` (repeatable stream-id patterns), `admin`
     (true/false, default false) and `ttl` (seconds, default: as long as the calling token lives,
     at most PTGSTORE_TOKEN_TTL). Every pattern asked for must be covered by the caller's
     (permissions.Layer.covers), and the ttl must end no later than the calling token: asking for
     more is 403 with the reason; a malformed pattern or ttl is 400. No cookie is set.
+    ---
+    requestBody:
+      required: true
+      content:
+        application/x-www-form-urlencoded: {schema: {$ref: "#/components/schemas/Derive"}}
+        application/json: {schema: {$ref: "#/components/schemas/Derive"}}
+    raises: [BadPatterns, Forbidden]
+    responses:
+      200:
+        description: the narrower token
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [access_token, token_type, expires_in, scope]
+              properties:
+                access_token: {type: string}
+                token_type: {type: string, enum: [bearer]}
+                expires_in: {type: integer}
+                scope: {type: object}
+      400: "nothing asked for, an unknown field, a malformed ttl, a scope claim over 2048 bytes of JSON"
     """
     authenticator = request.app.state.authenticator
     token, _ = find_token(request.scope)
@@ -110,8 +160,25 @@ async def derive_token(request: Request) -> Response:
 
 
 async def token_scope(request: Request) -> Response:
-    """`GET /token/scope`: who the caller is and what their token may do now (`read` and `write`
-    patterns, `admin`), and when it expires (epoch seconds, or null)."""
+    """Who the caller is and what their token may do now (`read` and `write` patterns, `admin`).
+
+    And when it expires (epoch seconds, or null).
+    ---
+    responses:
+      200:
+        description: the scope
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [user, read, write, admin, expires]
+              properties:
+                user: {type: string}
+                read: {type: array, items: {type: string}}
+                write: {type: array, items: {type: string}}
+                admin: {type: boolean}
+                expires: {type: integer, nullable: true}
+    """
     token, _ = find_token(request.scope)
     claims = request.app.state.authenticator.claims(token)
     body = {"user": claims.user, **permissions(request).describe(), "expires": claims.exp}

@@ -205,6 +205,8 @@ REST_MATRIX = {
     ("GET", "/ping/error"): ("/ping/error", {}, set()),  # a deliberate 500 for everyone
     ("GET", "/metrics"): ("/metrics", {}, {A}),
     ("GET", "/openapi.json"): ("/openapi.json", {}, EVERYONE),
+    ("GET", "/asyncapi.json"): ("/asyncapi.json", {}, EVERYONE),
+    ("GET", "/docs/sockets"): ("/docs/sockets", {}, EVERYONE),
     ("GET", "/docs"): ("/docs", {}, EVERYONE),
     ("GET", "/docs/static/{name}"): ("/docs/static/swagger-ui.css", {}, EVERYONE),
     ("GET", "/streams"): ("/streams", {}, EVERYONE),
@@ -219,17 +221,17 @@ REST_MATRIX = {
     ("GET", "/"): ("/", {}, EVERYONE),
     ("GET", "/recordings"): ("/recordings", {}, EVERYONE),
     ("GET", "/recordings/current"): ("/recordings/current", {}, EVERYONE),
-    ("GET", "/recordings/{rec_id:path}"): ("/recordings/mains", {}, {V, A}),
-    ("GET", "/recordings/static/{rec_id}/{name:path}"): ("/recordings/static/mains/info.json", {}, {V, A}),
+    ("GET", "/recordings/{rec_id:recording}"): ("/recordings/mains", {}, {V, A}),
+    ("GET", "/recordings/static/{rec_id}/{name}"): ("/recordings/static/mains/info.json", {}, {V, A}),
     ("PUT", "/recordings/start"): ("/recordings/start", {"params": {"sid": "hl1:main"}}, {V, A}),
     ("PUT", "/recordings/stop"): ("/recordings/stop", {}, EVERYONE),  # nothing is active: nothing to refuse
-    ("PUT", "/recordings/{rec_id}/hide"): ("/recordings/mains/hide", {}, {A}),
-    ("PUT", "/recordings/{rec_id}/unhide"): ("/recordings/mains/unhide", {}, {A}),
-    ("POST", "/recordings/upload/{rec_id}/{name:path}"): ("/recordings/upload/mains/notes.txt",
+    ("PUT", "/recordings/{rec_id:recording}/hide"): ("/recordings/mains/hide", {}, {A}),
+    ("PUT", "/recordings/{rec_id:recording}/unhide"): ("/recordings/mains/unhide", {}, {A}),
+    ("POST", "/recordings/upload/{rec_id}/{name}"): ("/recordings/upload/mains/notes.txt",
                                                           {"files": [("f", ("f", b"notes"))]}, {A}),
     ("DELETE", "/recordings/cache"): ("/recordings/cache", {}, {A}),
-    ("PUT", "/recordings/{rec_id}/rename/{new_id:path}"): ("/recordings/spare/rename/spare2", {}, {A}),
-    ("DELETE", "/recordings/{rec_id:path}"): ("/recordings/spare2", {}, {A}),
+    ("PUT", "/recordings/{rec_id:recording}/rename/{new_id}"): ("/recordings/spare/rename/spare2", {}, {A}),
+    ("DELETE", "/recordings/{rec_id:recording}"): ("/recordings/spare2", {}, {A}),
 }
 # route path -> (concrete path, query, the users allowed)
 SOCKET_MATRIX = {

@@ -119,3 +119,23 @@ def redis_6_2(tmp_path_factory):
 
 from cluster import cluster, redis_cluster  # noqa: E402,F401 - the Redis Cluster fixtures (tests/cluster.py)
 from permissionlab import lab  # noqa: E402,F401 - the permission tests' users server (tests/permissionlab.py)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright (its path given: never a downloaded browser), one per module;
+    the modules that ask for it skip themselves where chromium is missing (test_dashboard.py)."""
+    from playwright import sync_api  # noqa: PLC0415 - only the browser tests need it
+
+    from test_dashboard import CHROMIUM  # noqa: PLC0415
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield browser
+        finally:
+            browser.close()

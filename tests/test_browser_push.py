@@ -2,10 +2,8 @@
 connections at random and loses acks: every push resolves once with its id, each entry stored once."""
 from __future__ import annotations
 
-import pytest
-
 from proxy import CuttingProxy
-from test_dashboard import ARGS, CHROMIUM, WAIT, sync_api
+from test_dashboard import WAIT, pytestmark  # noqa: F401 - skipped, as the dashboard tests are, without chromium
 
 PUSH_AT_30_HZ = """async ({ token, count }) => {
     const { PtgStore } = await import('/static/ptgstore.js');
@@ -20,16 +18,6 @@ PUSH_AT_30_HZ = """async ({ token, count }) => {
     pusher.close();
     return { ids, summary: pusher.summary };
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_browser_pusher_carries_on_through_cuts_and_lost_acks(browser, server, rdb):

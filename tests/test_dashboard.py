@@ -27,21 +27,9 @@ pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__
 expect = sync_api.expect
 WAIT = 15_000  # ms: the longest any expectation waits
 expect.set_options(timeout=WAIT)
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
 
 class Watched:
     """A page, with what it logged as errors and every request it made."""

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import live_server, make_settings
 from ptgstore.permissions import Rights
-from test_dashboard import ARGS, CHROMIUM, WAIT, Watched, expect, jpeg, sync_api  # noqa: F401 - skips as it does
+from test_dashboard import CHROMIUM, WAIT, Watched, expect, jpeg, sync_api  # noqa: F401 - skips as it does
 from permissionlab import users_file
 
 pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__("os").X_OK),
@@ -14,16 +14,6 @@ pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__
 STREAMS = ["hl1:main", "hl1:depth", "hl2:main", "lab:imu"]
 # what the browser logs by itself for an answer the page expected (the page shows the reason)
 EXPECTED_CONSOLE = "Failed to load resource: the server responded with a status of 403"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -205,8 +205,6 @@ REST_MATRIX = {
     ("GET", "/ping/error"): ("/ping/error", {}, set()),  # a deliberate 500 for everyone
     ("GET", "/metrics"): ("/metrics", {}, {A}),
     ("GET", "/openapi.json"): ("/openapi.json", {}, EVERYONE),
-    ("GET", "/asyncapi.json"): ("/asyncapi.json", {}, EVERYONE),
-    ("GET", "/docs/sockets"): ("/docs/sockets", {}, EVERYONE),
     ("GET", "/docs"): ("/docs", {}, EVERYONE),
     ("GET", "/docs/static/{name}"): ("/docs/static/swagger-ui.css", {}, EVERYONE),
     ("GET", "/docs/sockets"): ("/docs/sockets", {}, EVERYONE),

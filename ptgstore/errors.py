@@ -89,6 +89,8 @@ GATE = {
          "by the cookie alone from another site's page (or a socket from an origin not allowed); a request "
          "on a public address under the dev policy",
 }
+# every request's (guards.HostGuard): listed on every operation of the OpenAPI document
+HOST_REFUSED = "a `Host` that does not name this server (DNS rebinding guard; see PTGSTORE_ALLOWED_HOSTS)"
 # the closes that are not refusals
 CLOSES = {NORMAL: "normal close (a `timeout` without data, a replay done)",
           GOING_AWAY: "the server shuts down (after acknowledging what it received)"}

@@ -279,6 +279,7 @@ def _responses(given: dict, raises: list[str], where: str, protected: bool, body
     if protected:
         for status, meaning in errors.GATE.items():
             meanings.setdefault(status, []).append(meaning)
+    meanings.setdefault(400, []).append(errors.HOST_REFUSED)
     meanings.setdefault(errors.UNEXPECTED.status, []).append(errors.UNEXPECTED.meaning)
     out: dict[str, dict] = {}
     for status, value in given.items():

@@ -47,6 +47,8 @@ async def issue_token(request: Request) -> Response:
                 expires_in: {type: integer}
       400: a missing or empty `username`, a missing `password`, a body that is not a form or a JSON object
       401: wrong or unknown credentials (the same answer for both)
+      403: a login from another site's page (`Origin` or `Referer` of an origin not allowed; sets no cookie)
+      429: too many logins from this address, or from all together (`users` policy); `Retry-After` says when to try again
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from pathlib import Path
 
@@ -139,3 +140,17 @@ def browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def ptgstore_logs(caplog, monkeypatch):
+    """caplog that sees the ptgstore loggers whatever the order of the tests: the app gives them a
+    handler of their own and stops their propagation when nothing else did (app.configure_logging),
+    which would hide them from caplog's root handler; with caplog's handler on them, it leaves them be."""
+    logger = logging.getLogger("ptgstore")
+    monkeypatch.setattr(logger, "propagate", False)  # each record once, through caplog's handler
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

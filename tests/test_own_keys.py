@@ -85,7 +85,8 @@ def test_the_recorders_event_stream_is_read_only_and_unlisted(server, rdb):
     assert rdb.xlen(sid) == 2 and rdb.exists("cam")
 
 
-def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_server, caplog):
+def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_server, ptgstore_logs):
+    caplog = ptgstore_logs
     # what a client of an earlier version could leave behind (stream ids named the keys then)
     rdb.xadd("ptgstore:secret-fingerprint", {"d": b"x"})
     rdb.xadd("ptgstore:recording", {"d": b"x"})

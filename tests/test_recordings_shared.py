@@ -204,7 +204,8 @@ def test_the_marker_is_private_and_out_of_reach_of_token_holders(tmp_path, rdb, 
         assert marker.read_bytes() == before
 
 
-def test_a_stop_with_streams_that_got_nothing_finishes_without_an_error(tmp_path, rdb, redis_server, caplog):
+def test_a_stop_with_streams_that_got_nothing_finishes_without_an_error(tmp_path, rdb, redis_server, ptgstore_logs):
+    caplog = ptgstore_logs
     settings = make_settings(tmp_path, redis_server.url, recording_segment_seconds=1)
     with caplog.at_level(logging.INFO, logger="ptgstore"), live_server(settings) as server, server.http() as http:
         http.put("/streams/quiet", json={})

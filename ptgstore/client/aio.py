@@ -1,25 +1,12 @@
-"""Python client for ptgstore: `AsyncClient` for workers, `Client` (the same calls, blocking) for scripts.
-
-    with Client("http://127.0.0.1:7890", username="test", password="test") as client:
-        ids = client.push("cam", [b"frame 1", b"frame 2"])
-        for entry in client.pull("cam", last_entry_id="0", limit=2):
-            print(entry.stream_id, entry.entry_id, len(entry.data))
-
-Every failure is a `PtgError` carrying the server's reason: `AuthError` (and `Forbidden`, a token
-without the permission), `NotFound`, `BadRequest`, `ServerError`, `Unreachable`, or `StreamClosed`
-(a WebSocket closed with a code and reason; `StreamForbidden` when it names a missing permission).
-"""
+"""`AsyncClient`: ptgstore over HTTP and WebSockets as coroutines and async iterators (the blocking
+`Client` in `sync.py` runs these same calls)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import sys
-import threading
+import os
 import time
-import weakref
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, AsyncIterator, Generator, Iterable, Iterator, NamedTuple, Sequence
+from typing import AsyncIterator, Iterable, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -27,104 +14,18 @@ import orjson
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from .clienterrors import (  # noqa: F401 - the errors are part of the client's interface
-    AuthError, BadRequest, Forbidden, NotFound, PtgError, ServerError, StreamClosed, StreamForbidden, Unreachable,
-    _closed, _detail, _error_for,
+from ..framing import BEGINNING, NEWEST, NOW, decode_header, parse_entry_id, unpack_entries
+from .cursors import Entry, after, cursors_for, stream_list, stream_path
+from .errors import (
+    TRANSIENT_CLOSES, AuthError, NotFound, PtgError, StreamClosed, Unreachable, closed_error, detail_of, error_for,
 )
-
-from .framing import (
-    BEGINNING, NEWEST, NOW, FramingError, decode_header, format_entry_id, id_before, parse_cursors,
-    parse_entry_id, timestamp_spec, unpack_entries,
-)
-
-if TYPE_CHECKING:
-    from .pushing import BlockingPusher, Pusher
+from .pushing import Pusher, as_entries
 
 DEFAULT_URL = "http://127.0.0.1:7890"
-# close codes after which a pull reconnects: going away, abnormal drop, store unavailable, restart
-_TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
-
-
-# -- values -------------------------------------------------------------------------------------
-
-class Entry(NamedTuple):
-    """One entry: its stream, its id `<ms>-<seq>` and its bytes."""
-
-    stream_id: str
-    entry_id: str
-    data: bytes
-
-
-def _stream_list(stream_ids: str | Sequence[str]) -> list[str]:
-    if isinstance(stream_ids, str):
-        stream_ids = stream_ids.split("+")
-    return list(dict.fromkeys(stream_ids))
-
-
-def _path(stream_ids: Sequence[str]) -> str:
-    # stream ids may hold '/' and ':' (the routes take the rest of the path); '+' separates them
-    return "+".join(quote(sid, safe="/:*@!$&'(),;=") for sid in stream_ids)
-
-
-def cursor_for_time(moment: datetime | float | int) -> str:
-    """The `last_entry_id` that makes a read start at the first entry at or after `moment`.
-
-    `moment` is a datetime (naive means UTC) or epoch seconds.
-    """
-    if isinstance(moment, datetime):
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        moment = moment.timestamp()
-    ms = int(timestamp_spec(moment)[1:])  # `t<ms>`, rounded as the server rounds client times
-    # cursors are exclusive: the id just before `<ms>-0`
-    return format_entry_id(id_before((ms, 0)))
-
-
-def _cursor(value) -> str:
-    if isinstance(value, (datetime, int, float)) and not isinstance(value, bool):
-        return cursor_for_time(value)
-    if not isinstance(value, str):
-        raise TypeError(f"last_entry_id must be a string, a datetime or epoch seconds, not {value!r}")
-    return value
-
-
-def _cursors(value, count: int) -> list[str]:
-    """One normalised cursor per stream: a list gives them in order, a single value (or `a+b`) repeats."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    try:
-        return parse_cursors("+".join(_cursor(v) for v in values), count)
-    except FramingError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-def _after(entry_id: str, cursor: str) -> bool:
-    """Whether `entry_id` lies strictly after a normalised cursor (`*` accepts everything)."""
-    return cursor == NEWEST or parse_entry_id(entry_id) > parse_entry_id(cursor)
-
-
-def _batches(items: Sequence, max_bytes: int, max_entries: int) -> Iterator[list]:
-    """Consecutive runs of `(sid, ts, data)` items within both bounds (an oversize item goes alone)."""
-    batch: list = []
-    size = 0
-    for item in items:
-        if batch and (size + len(item[2]) > max_bytes or len(batch) >= max_entries):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += len(item[2])
-    if batch:
-        yield batch
-
-
-def _as_entries(entries: bytes | Iterable[bytes]) -> list[bytes]:
-    if isinstance(entries, (bytes, bytearray, memoryview)):
-        return [bytes(entries)]
-    return [bytes(e) if isinstance(e, (bytearray, memoryview)) else e for e in entries]
 
 
 def _mcap_files(path) -> list[str]:
     """A local recording: one .mcap file, or a directory of them (a downloaded recording)."""
-    import os  # noqa: PLC0415
     if os.path.isdir(path):
         return [os.path.join(path, f) for f in os.listdir(path) if f.endswith(".mcap")]
     return [path]
@@ -176,7 +77,7 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
         if response.status_code >= 400:
-            error = _error_for(response.status_code, _detail(response))
+            error = error_for(response.status_code, detail_of(response))
             if isinstance(error, AuthError) and not self.token:
                 error = AuthError(error.detail, error.status, "no token: pass token=, or username= and password=")
             raise error
@@ -195,7 +96,7 @@ class AsyncClient:
                 body = str(orjson.loads(body).get("detail", body))
             except (ValueError, AttributeError):
                 pass
-            raise _error_for(response.status_code, body or "no reason given") \
+            raise error_for(response.status_code, body or "no reason given") \
                 from None
         # EOFError: a connection closed before the handshake's answer (websockets up to 14 raise it bare,
         # later releases wrap it in InvalidMessage, an InvalidHandshake)
@@ -218,7 +119,7 @@ class AsyncClient:
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
         if response.status_code >= 400:
-            raise _error_for(response.status_code, _detail(response))
+            raise error_for(response.status_code, detail_of(response))
         self.token = response.json()["access_token"]
         return self.token
 
@@ -245,20 +146,20 @@ class AsyncClient:
 
     async def info(self, stream_id: str) -> dict:
         """A stream's info: `meta`, `length`, `first-entry`, `last-entry` and their times."""
-        body = (await self._request("GET", f"/streams/{_path([stream_id])}")).json()
+        body = (await self._request("GET", f"/streams/{stream_path([stream_id])}")).json()
         if "error" in body:
             raise NotFound(body["error"], 200)
         return body
 
     async def update(self, stream_id: str, meta: dict, override: bool = False) -> dict:
         """Merge `meta` into the stream's metadata (replace it with `override=True`); answers the result."""
-        response = await self._request("PUT", f"/streams/{_path([stream_id])}", content=orjson.dumps(meta),
+        response = await self._request("PUT", f"/streams/{stream_path([stream_id])}", content=orjson.dumps(meta),
                                        params={"override": str(override).lower()})
         return response.json()
 
     async def delete(self, stream_ids: str | Sequence[str]) -> list[str]:
         """Delete streams (entries and metadata); answers the ids that existed."""
-        response = await self._request("DELETE", f"/streams/{_path(_stream_list(stream_ids))}")
+        response = await self._request("DELETE", f"/streams/{stream_path(stream_list(stream_ids))}")
         return response.json()["deleted"]
 
     # -- entries --------------------------------------------------------------------------------
@@ -271,12 +172,12 @@ class AsyncClient:
         strings to store under), go in batches over one push WebSocket (far faster than a multipart
         upload of many small parts).
         """
-        data = _as_entries(entries)
+        data = as_entries(entries)
         if not data:
             return []
         if len(data) == 1 and timestamps is None:
             upload = [("file", ("entry", data[0], "application/octet-stream"))]
-            return (await self._request("POST", f"/data/{_path([stream_id])}", files=upload)).json()
+            return (await self._request("POST", f"/data/{stream_path([stream_id])}", files=upload)).json()
         async with self.pusher() as pusher:
             return await pusher.push(stream_id, data, timestamps)
 
@@ -285,7 +186,6 @@ class AsyncClient:
         """A push WebSocket for many pushes that carries on across interruptions (`pushing.py`):
         `async with client.pusher() as p: await p.push(sid, entries)`; `p.summary` says what it took.
         A producer id of your own (kept across runs) goes on from its `p.next_seq` of before."""
-        from .pushing import Pusher  # noqa: PLC0415 - it builds on this module
         pusher = Pusher(self, producer_id, first_seq)
         try:
             yield pusher
@@ -294,9 +194,9 @@ class AsyncClient:
 
     async def read(self, stream_ids: str | Sequence[str], last_entry_id="0", count: int = 100) -> list[Entry]:
         """Up to `count` entries per stream strictly after `last_entry_id` (`0`: from the start, `*`: newest)."""
-        sids = _stream_list(stream_ids)
-        params = {"last_entry_id": "+".join(_cursors(last_entry_id, len(sids))), "count": count}
-        response = await self._request("GET", f"/data/{_path(sids)}", params=params)
+        sids = stream_list(stream_ids)
+        params = {"last_entry_id": "+".join(cursors_for(last_entry_id, len(sids))), "count": count}
+        response = await self._request("GET", f"/data/{stream_path(sids)}", params=params)
         header = decode_header(response.headers.get("entry-offset", "[]"))
         return [Entry(*entry) for entry in unpack_entries(header, response.content)]
 
@@ -327,11 +227,11 @@ class AsyncClient:
                               limit: int | None = None, timeout: float | None = None, latest: bool = False,
                               stop_when_caught_up: bool = False) -> AsyncIterator[list[Entry]]:
         """Like `pull`, but one list of entries per delivery (for workers that process batches)."""
-        sids = _stream_list(stream_ids)
+        sids = stream_list(stream_ids)
         if limit is not None:
             # never fetch more than will be handed out: `*` then means the newest `limit` entries
             count = max(1, min(count, limit))
-        cursors = dict(zip(sids, await self._resolve_now(sids, _cursors(last_entry_id, len(sids)))))
+        cursors = dict(zip(sids, await self._resolve_now(sids, cursors_for(last_entry_id, len(sids)))))
         if stop_when_caught_up:
             async for delivery in self._history(cursors, count, limit):
                 yield delivery
@@ -344,13 +244,13 @@ class AsyncClient:
         connected = False
         while remaining is None or remaining > 0:
             try:
-                ws = await self._connect(f"/data/{_path(sids)}/pull",
+                ws = await self._connect(f"/data/{stream_path(sids)}/pull",
                                          {**params, "last_entry_id": "+".join(cursors.values())})
                 connected, lost_at = True, None
                 try:
                     while remaining is None or remaining > 0:
                         # after a reconnection nothing at or before a stream's cursor is handed out again
-                        fresh = [e for e in await _receive_delivery(ws) if _after(e.entry_id, cursors[e.stream_id])]
+                        fresh = [e for e in await _receive_delivery(ws) if after(e.entry_id, cursors[e.stream_id])]
                         fresh = fresh[:remaining]
                         for entry in fresh:
                             cursors[entry.stream_id] = entry.entry_id
@@ -363,7 +263,7 @@ class AsyncClient:
             except StreamClosed as exc:
                 if exc.code == 1000:
                     return
-                if exc.code not in _TRANSIENT_CLOSES:
+                if exc.code not in TRANSIENT_CLOSES:
                     raise
                 lost_at = await self._pause_before_retry(lost_at, exc)
             except Unreachable as exc:
@@ -448,7 +348,7 @@ class AsyncClient:
         if name:
             params["rec_id"] = name
         if streams:
-            params["sid"] = "+".join(_stream_list(streams))
+            params["sid"] = "+".join(stream_list(streams))
         return (await self._request("PUT", "/recordings/start", params=params)).json()
 
     async def stop_recording(self) -> bool:
@@ -468,7 +368,6 @@ class AsyncClient:
     async def download_recording(self, name: str, out_dir: str = ".", progress=None) -> list[str]:
         """Write a recording's files (MCAP segments, info.json) into `out_dir/name/`; answers their paths.
         `progress(bytes)` is called as data arrives."""
-        import os  # noqa: PLC0415
         info = await self.recording(name)
         target = os.path.join(out_dir, name)
         os.makedirs(target, exist_ok=True)
@@ -479,7 +378,7 @@ class AsyncClient:
             async with self._http.stream("GET", url, headers=await self._headers()) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise _error_for(response.status_code, _detail(response))
+                    raise error_for(response.status_code, detail_of(response))
                 with open(path + ".part", "wb") as out:
                     async for chunk in response.aiter_bytes(1024 * 1024):
                         out.write(chunk)
@@ -500,7 +399,7 @@ class AsyncClient:
         if speed is not None:
             params["speed"] = speed
         if streams:
-            params["sid"] = "+".join(_stream_list(streams))
+            params["sid"] = "+".join(stream_list(streams))
         ws = await self._connect("/recordings/replay", params)
         report: dict = {}
         try:
@@ -510,7 +409,7 @@ class AsyncClient:
                 except ConnectionClosed as exc:
                     if exc.rcvd is not None and exc.rcvd.code == 1000:
                         return report
-                    raise _closed(exc) from None
+                    raise closed_error(exc) from None
                 if progress is not None:
                     progress(report)
         finally:
@@ -520,10 +419,11 @@ class AsyncClient:
                           speed: float | None = 1.0, progress=None) -> dict[str, int]:
         """Replay a local MCAP recording through the push protocol (entries stamped now), paced like
         the server's replay; `progress(stream, entries)` after each batch. Answers entries per stream."""
-        from .mcapfiles import read_messages  # noqa: PLC0415
-        from .replay import paced  # noqa: PLC0415
+        # imported here: MCAP reading (mcap, zstandard, lz4) is for this call alone
+        from ..mcapfiles import read_messages
+        from ..replay import paced
         files = sorted(_mcap_files(path))
-        wanted = _stream_list(streams) if streams else None
+        wanted = stream_list(streams) if streams else None
         sent: dict[str, int] = {}
         async with self.pusher() as pusher:
             async for batch in paced(read_messages(files, wanted), speed):
@@ -541,156 +441,5 @@ async def _receive_delivery(ws) -> list[Entry]:
         items = decode_header(await ws.recv())
         blob = await ws.recv()
     except ConnectionClosed as exc:
-        raise _closed(exc) from None
+        raise closed_error(exc) from None
     return [Entry(*entry) for entry in unpack_entries(items, blob)]
-
-
-def __getattr__(name: str):
-    """`Pusher` and `BlockingPusher` live in `pushing.py` (which builds on this module) since they carry on."""
-    if name in ("Pusher", "BlockingPusher"):
-        from . import pushing  # noqa: PLC0415
-
-        return getattr(pushing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# -- the blocking client ----------------------------------------------------------------------
-
-async def _step(agen):
-    # stepped from inside the loop, whose hooks then know the generator and can close it at shutdown
-    return await agen.__anext__()
-
-
-class _LoopThread:
-    """A private event loop in a daemon thread (a forgotten `close()` never blocks interpreter exit)."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ptgstore-client", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine):
-        if self.loop.is_closed():
-            coroutine.close()
-            raise PtgError("the client is closed")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    def iterate(self, agen) -> Iterator:
-        try:
-            while True:
-                try:
-                    yield self.run(_step(agen))
-                except StopAsyncIteration:
-                    return
-        finally:
-            if threading.current_thread() is self.thread:
-                self.loop.create_task(agen.aclose())  # collected on the loop thread: waiting would deadlock
-            elif not self.loop.is_closed() and not sys.is_finalizing():
-                # at interpreter exit the loop's daemon thread no longer runs: the socket just drops
-                self.run(agen.aclose())
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-def _blocking(method):
-    """The blocking form of an `AsyncClient` coroutine method."""
-
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        return self._loop.run(method(self._async, *args, **kwargs))
-
-    return call
-
-
-def _shut_down(loop: _LoopThread, client: AsyncClient) -> None:
-    if loop.thread.is_alive():
-        loop.run(client.aclose())
-        loop.run(loop.loop.shutdown_asyncgens())
-        loop.stop()
-
-
-class Client:
-    """ptgstore for scripts: the calls of `AsyncClient`, blocking, with iterators instead of async ones."""
-
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, username: str | None = None,
-                 password: str | None = None, **options):
-        self._loop = _LoopThread()
-        self._async = AsyncClient(url, token, username, password, **options)
-        # runs at close(), when the client is collected, or at exit while the loop thread still runs
-        self._close = weakref.finalize(self, _shut_down, self._loop, self._async)
-
-    def __enter__(self) -> "Client":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connections, open pulls included, and stop the client's thread."""
-        self._close()
-
-    @property
-    def token(self) -> str | None:
-        return self._async.token
-
-    @property
-    def url(self) -> str:
-        return self._async.url
-
-    login = _blocking(AsyncClient.login)
-    derive_token = _blocking(AsyncClient.derive_token)
-    permissions = _blocking(AsyncClient.permissions)
-    ping = _blocking(AsyncClient.ping)
-    streams = _blocking(AsyncClient.streams)
-    info = _blocking(AsyncClient.info)
-    update = _blocking(AsyncClient.update)
-    delete = _blocking(AsyncClient.delete)
-    push = _blocking(AsyncClient.push)
-    read = _blocking(AsyncClient.read)
-    latest = _blocking(AsyncClient.latest)
-    # recordings
-    recordings = _blocking(AsyncClient.recordings)
-    recording = _blocking(AsyncClient.recording)
-    current_recording = _blocking(AsyncClient.current_recording)
-    start_recording = _blocking(AsyncClient.start_recording)
-    stop_recording = _blocking(AsyncClient.stop_recording)
-    rename_recording = _blocking(AsyncClient.rename_recording)
-    delete_recording = _blocking(AsyncClient.delete_recording)
-    hide_recording = _blocking(AsyncClient.hide_recording)
-    download_recording = _blocking(AsyncClient.download_recording)
-    replay_recording = _blocking(AsyncClient.replay_recording)
-    replay_file = _blocking(AsyncClient.replay_file)
-
-    @functools.wraps(AsyncClient.pull_deliveries)
-    def pull_deliveries(self, *args, **kwargs) -> Generator[list[Entry], None, None]:
-        # a generator of this client, so that the client lives as long as the iteration
-        yield from self._loop.iterate(self._async.pull_deliveries(*args, **kwargs))
-
-    @functools.wraps(AsyncClient.pull)
-    def pull(self, *args, **kwargs) -> Iterator[Entry]:
-        # one hop to the loop thread per delivery, not per entry
-        with contextlib.closing(self.pull_deliveries(*args, **kwargs)) as deliveries:
-            for delivery in deliveries:
-                yield from delivery
-
-    @contextlib.contextmanager
-    def pusher(self, producer_id: str | None = None, first_seq: int = 1) -> Iterator[BlockingPusher]:
-        """A push WebSocket for many pushes: `with client.pusher() as p: p.push(sid, entries)`."""
-        from .pushing import BlockingPusher  # noqa: PLC0415 - it builds on this module
-        context = self._async.pusher(producer_id, first_seq)
-        pusher = self._loop.run(context.__aenter__())
-        try:
-            yield BlockingPusher(self._loop, pusher)
-        except BaseException as exc:
-            if not self._loop.run(context.__aexit__(type(exc), exc, exc.__traceback__)):
-                raise
-        else:
-            self._loop.run(context.__aexit__(None, None, None))

@@ -1,13 +1,13 @@
-"""The errors of the Python client: each carries the server's reason."""
+"""The errors of the Python client: each carries the server's reason (`ptgstore.client` exports them)."""
 from __future__ import annotations
 
 import httpx
 from websockets.exceptions import ConnectionClosed
 
 FORBIDDEN_PREFIX = "forbidden:"  # how the server's permission refusals begin (docs/protocol.md)
+# close codes after which a pull or a pusher reconnects: going away, abnormal drop, store unavailable, restart
+TRANSIENT_CLOSES = frozenset({1001, 1006, 1011, 1012, 1013})
 
-
-# -- errors (ptgstore.client re-exports them) ---------------------------------------------------
 
 class PtgError(Exception):
     """Anything ptgstore refused or could not do: `.detail` is the server's reason, `.status` its HTTP status."""
@@ -60,7 +60,8 @@ class StreamForbidden(StreamClosed, Forbidden):
         self.status = 403
 
 
-def _error_for(status: int, detail: str) -> PtgError:
+def error_for(status: int, detail: str) -> PtgError:
+    """The error for an HTTP status and the server's reason."""
     kind: type[PtgError]
     if status == 403:
         kind = Forbidden
@@ -75,7 +76,8 @@ def _error_for(status: int, detail: str) -> PtgError:
     return kind(detail or f"HTTP {status}", status)
 
 
-def _detail(response: httpx.Response) -> str:
+def detail_of(response: httpx.Response) -> str:
+    """The server's reason in an error response: its JSON `detail`, else its text."""
     try:
         body = response.json()
     except ValueError:
@@ -83,7 +85,8 @@ def _detail(response: httpx.Response) -> str:
     return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
-def _closed(exc: ConnectionClosed) -> StreamClosed:
+def closed_error(exc: ConnectionClosed) -> StreamClosed:
+    """A closed WebSocket as the error that names its close code and reason (1006 when it just dropped)."""
     close = exc.rcvd
     if close is None:
         return StreamClosed(1006, "connection dropped")

@@ -9,21 +9,43 @@ what was not acknowledged, and hands back each entry's id once, in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 from websockets.exceptions import ConnectionClosed
 
-from .backoff import Backoff
-from .client import (
-    _TRANSIENT_CLOSES, PtgError, ServerError, StreamClosed, Unreachable, _as_entries, _batches, _blocking, _closed,
-)
-from .framing import encode_header, pack_entries
+from ..backoff import Backoff
+from ..framing import encode_header, pack_entries
+from .errors import TRANSIENT_CLOSES, PtgError, ServerError, StreamClosed, Unreachable, closed_error
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, _LoopThread
+    from .aio import AsyncClient
+
+log = logging.getLogger("ptgstore.client")
+
+
+def as_entries(entries: bytes | Iterable[bytes]) -> list[bytes]:
+    """One entry (bytes) or many as a list of bytes."""
+    if isinstance(entries, (bytes, bytearray, memoryview)):
+        return [bytes(entries)]
+    return [bytes(e) if isinstance(e, (bytearray, memoryview)) else e for e in entries]
+
+
+def batches(items: Sequence, max_bytes: int, max_entries: int) -> Iterator[list]:
+    """Consecutive runs of `(sid, ts, data)` items within both bounds (an oversize item goes alone)."""
+    batch: list = []
+    size = 0
+    for item in items:
+        if batch and (size + len(item[2]) > max_bytes or len(batch) >= max_entries):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += len(item[2])
+    if batch:
+        yield batch
 
 
 class PushSummary(NamedTuple):
@@ -72,7 +94,7 @@ class Pusher:
 
         `timestamps` (one per entry): epoch seconds, an entry id string to store under, or None for now.
         """
-        data = _as_entries(entries)
+        data = as_entries(entries)
         stamps = list(timestamps) if timestamps is not None else [None] * len(data)
         if len(stamps) != len(data):
             raise ValueError(f"{len(stamps)} timestamps for {len(data)} entries")
@@ -83,7 +105,7 @@ class Pusher:
         client = self._client
         ids: list[str] = []
         async with self._lock:
-            for batch in _batches(items, client.max_batch_bytes, client.max_batch_entries):
+            for batch in batches(items, client.max_batch_bytes, client.max_batch_entries):
                 header, blob = pack_entries(batch)
                 seq, self._seq = self._seq, self._seq + 1  # used up even if it fails: it may be stored
                 ids += await self._deliver(seq, encode_header(header).decode(), blob, len(batch))
@@ -98,7 +120,7 @@ class Pusher:
         error: PtgError
         while True:
             try:
-                if self._ws is not None and self._ws.close_code in _TRANSIENT_CLOSES:
+                if self._ws is not None and self._ws.close_code in TRANSIENT_CLOSES:
                     await self._drop()  # it ended while idle (cut, or the server went away): nothing to resend
                 if self._ws is None:
                     await self._open(seq)
@@ -109,8 +131,8 @@ class Pusher:
                 await self._ws.send(blob)
                 ack = await asyncio.wait_for(self._ws.recv(), client.timeout)
             except ConnectionClosed as exc:
-                closed = _closed(exc)
-                if closed.code not in _TRANSIENT_CLOSES:
+                closed = closed_error(exc)
+                if closed.code not in TRANSIENT_CLOSES:
                     await self._drop()
                     raise closed from None
                 error = closed
@@ -132,6 +154,7 @@ class Pusher:
             await self._drop()
             now = time.monotonic()
             if lost_at is None:  # a cut connection is usually back at once: the first retry does not wait
+                log.info("push connection of producer %s lost (%s): reconnecting", self.producer_id, error)
                 lost_at = now
                 continue
             if now - lost_at >= client.reconnect_timeout:
@@ -177,26 +200,3 @@ def _gave_up(error: PtgError, why: str) -> PtgError:
     if isinstance(error, StreamClosed):
         return StreamClosed(error.code, f"{error.reason} ({why})")
     return type(error)(error.detail, error.status, why)
-
-
-class BlockingPusher:
-    """`Pusher` for scripts: the same methods, blocking."""
-
-    def __init__(self, loop: _LoopThread, pusher: Pusher):
-        self._loop = loop
-        self._async = pusher
-
-    @property
-    def summary(self) -> PushSummary:
-        return self._async.summary
-
-    @property
-    def producer_id(self) -> str:
-        return self._async.producer_id
-
-    @property
-    def next_seq(self) -> int:
-        return self._async.next_seq
-
-    push = _blocking(Pusher.push)
-    push_items = _blocking(Pusher.push_items)

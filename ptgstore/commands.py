@@ -51,11 +51,13 @@ def entry_filename(entry_id: str) -> str:
 
 
 def _cursor_arg(text: str):
-    """`--from`: `$`, `0`, `*`, an entry id, or an ISO 8601 time."""
+    """`--from`: `$`, `0`, `*`, an entry id, or an ISO 8601 time (without an offset: local time, as a
+    person reading a clock means it; `cursor_for_time` takes a naive datetime so)."""
     if text in ("$", "*", "-") or _ENTRY_ID.match(text):
         return text
     try:
-        return datetime.fromisoformat(text)
+        # a trailing Z (UTC) is ISO 8601 too; fromisoformat takes it only from Python 3.11
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither $, 0, *, an entry id nor an ISO time") from None
 
@@ -397,7 +399,8 @@ def add_client_commands(commands) -> None:
     pulling.add_argument("streams", metavar="STREAM[+STREAM]")
     pulling.add_argument("--from", dest="start", type=_cursor_arg,
                          help="$ (new entries only; the default), 0 (from the start; the default with --history), "
-                              "* (the newest --batch entries, at most --limit), an entry id or an ISO time")
+                              "* (the newest --batch entries, at most --limit), an entry id or an ISO time "
+                              "(2026-11-23T10:00:00+01:00, or Z for UTC; without an offset: local time)")
     pulling.add_argument("--history", action="store_true",
                          help="read what is stored (up to each stream's last entry now), then stop: never wait")
     pulling.add_argument("--limit", type=_positive(int), metavar="N", help="stop after N entries in all")

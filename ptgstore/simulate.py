@@ -1,5 +1,6 @@
 """`ptgstore simulate`: a headset's synthetic camera (JPEG), depth and IMU streams, each pushed at its
-rate on a pusher of its own that carries on across interruptions (`pushing.py`)."""
+rate on a pusher of its own that carries on across interruptions (`ptgstore.client.pushing`): a server
+restart costs a line on stderr, not the run."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +19,10 @@ from .layouts import DEPTH_HEIGHT, DEPTH_WIDTH, IMU_SAMPLE, depth_meta, imu_meta
 
 if TYPE_CHECKING:
     from .client import AsyncClient
+
+# at most one line about reconnecting per this many seconds (the sensors' pushers reconnect within a
+# second or so of each other after a restart)
+RECONNECT_NOTICE_S = 10.0
 
 class Sensor:
     """A synthetic sensor: its stream, its rate, how it makes one entry and its layout's metadata."""
@@ -102,7 +107,8 @@ async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> N
         return
     period = 1 / sensor.hz
     if sensor.meta:
-        await client.update(sensor.stream_id, sensor.meta)  # readers (Foxglove) learn the layout
+        # readers (Foxglove) learn the layout; the first contact: a server not there is said at once
+        await client.update(sensor.stream_id, sensor.meta)
     async with client.pusher() as pusher:
         tick = time.monotonic()
         while tick < deadline:
@@ -115,20 +121,43 @@ async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> N
             await asyncio.sleep(max(0.0, min(tick, deadline) - time.monotonic()))
 
 
+async def _watch(tasks: list[asyncio.Future], sensors: list[Sensor], started: float, duration: float) -> None:
+    """Show the progress until every sensor is done; one line when the pushers had to reconnect. The
+    first sensor that fails stops the others, and its error is raised (once, without tracebacks)."""
+    reconnects, noticed = 0, 0.0
+    with _progress(total=round(duration, 1), unit=" s", desc="simulate",
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
+        while not all(task.done() for task in tasks):
+            done, _ = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
+            if any(not task.cancelled() and task.exception() for task in done):
+                break
+            bar.n = round(min(time.monotonic() - started, duration), 1)
+            bar.refresh()
+            now_reconnects = sum(s.reconnects for s in sensors)
+            if now_reconnects > reconnects and time.monotonic() - noticed >= RECONNECT_NOTICE_S:
+                noticed = time.monotonic()
+                bar.write(f"simulate: the connection was interrupted; reconnected and carrying on "
+                          f"({now_reconnects} reconnects so far)", file=sys.stderr)
+            reconnects = now_reconnects
+    for task in tasks:
+        task.cancel()
+    # every outcome retrieved (no "Task exception was never retrieved" tracebacks); the first error raised
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+
+
 async def simulate(client: AsyncClient, args) -> int:
     """Push synthetic camera (JPEG), depth and IMU streams at headset rates for --duration seconds."""
     sensors = _sensors(args)
     started = time.monotonic()
     deadline = started + args.duration
     tasks = [asyncio.ensure_future(_run_sensor(client, sensor, deadline)) for sensor in sensors]
-    with _progress(total=round(args.duration, 1), unit=" s", desc="simulate",
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
-        while not all(task.done() for task in tasks):
-            await asyncio.wait(tasks, timeout=0.5)
-            bar.n = round(min(time.monotonic() - started, args.duration), 1)
-            bar.refresh()
-    for task in tasks:
-        task.result()
+    try:
+        await _watch(tasks, sensors, started, args.duration)
+    finally:
+        for task in tasks:  # (a Ctrl-C or an error: the other sensors stop too)
+            task.cancel()
     elapsed = time.monotonic() - started
     for sensor in sensors:
         print(f"{sensor.stream_id}: {sensor.entries} entries, {tqdm.format_sizeof(sensor.bytes, 'B', 1024)}, "

@@ -85,7 +85,7 @@ def _run(handler, prepare=None):
 
     def command(args) -> int:
         # imported only now: websockets reads its settings when imported, and `ptgstore serve` sets them first
-        from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError  # noqa: PLC0415
+        from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError
 
         try:
             if prepare is not None:
@@ -203,7 +203,7 @@ def _prepare_pull(args) -> None:
 
 async def _warn_missing(client: AsyncClient, sids: list[str], history: bool) -> None:
     """Say on stderr which pulled streams do not exist (a typo would otherwise just wait, or print nothing)."""
-    from .client import NotFound  # noqa: PLC0415
+    from .client import NotFound
 
     async def exists(sid: str) -> bool:
         try:
@@ -313,7 +313,7 @@ async def load(client: AsyncClient, args) -> int:
         return 1
     if not (args.replace or args.new_ids):
         # original ids only go after a stream's newest entry: refuse before anything is written
-        from .client import NotFound  # noqa: PLC0415
+        from .client import NotFound
 
         for info, _ in dumped:
             try:
@@ -423,7 +423,7 @@ def add_client_commands(commands) -> None:
     loading.add_argument("--replace", action="store_true", help="delete each stream before loading it")
     loading.add_argument("--new-ids", action="store_true", help="let the server give the entries new ids")
 
-    from .simulate import simulate  # noqa: PLC0415 - it builds on this module's plumbing
+    from .simulate import simulate
     sim = command("simulate", simulate, "a headset: synthetic camera, depth and IMU streams for a while")
     sim.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default %(default)s)")
     sim.add_argument("--device", default="sim", help="stream ids are DEVICE:main, :depthlt, :imu")

@@ -9,7 +9,7 @@ import struct
 import sys
 import time
 from array import array
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from tqdm import tqdm
 
@@ -39,7 +39,7 @@ class Sensor:
 
 def camera_frames() -> list[bytes]:
     """The 640x360 baseline JPEG test-pattern frames shipped in the package (tools/make_sim_frames.py)."""
-    from importlib.resources import files  # noqa: PLC0415
+    from importlib.resources import files
 
     folder = files("ptgstore") / "simdata"
     return [folder.joinpath(f"camera-{n}.jpg").read_bytes() for n in range(4)]
@@ -121,7 +121,7 @@ async def _run_sensor(client: AsyncClient, sensor: Sensor, deadline: float) -> N
             await asyncio.sleep(max(0.0, min(tick, deadline) - time.monotonic()))
 
 
-async def _watch(tasks: list[asyncio.Future], sensors: list[Sensor], started: float, duration: float) -> None:
+async def _watch(tasks: Sequence[asyncio.Future], sensors: list[Sensor], started: float, duration: float) -> None:
     """Show the progress until every sensor is done; one line when the pushers had to reconnect. The
     first sensor that fails stops the others, and its error is raised (once, without tracebacks)."""
     reconnects, noticed = 0, 0.0

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import AsyncIterator, Iterable, Sequence
+from typing import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -225,7 +225,7 @@ class AsyncClient:
 
     async def pull_deliveries(self, stream_ids: str | Sequence[str], last_entry_id="$", count: int = 100, *,
                               limit: int | None = None, timeout: float | None = None, latest: bool = False,
-                              stop_when_caught_up: bool = False) -> AsyncIterator[list[Entry]]:
+                              stop_when_caught_up: bool = False) -> AsyncGenerator[list[Entry], None]:
         """Like `pull`, but one list of entries per delivery (for workers that process batches)."""
         sids = stream_list(stream_ids)
         if limit is not None:

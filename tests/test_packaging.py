@@ -28,7 +28,7 @@ def _requirements() -> list[tuple[str, str]]:
 
 def test_a_client_install_pulls_no_server_dependency():
     client = {name for name, marker in _requirements() if "extra ==" not in marker}
-    assert client == {"msgpack", "orjson", "websockets", "httpx", "tqdm", "mcap", "zstandard", "lz4"}
+    assert client == {"msgpack", "orjson", "websockets", "httpx", "anyio", "tqdm", "mcap", "zstandard", "lz4"}
     assert not client & SERVER_ONLY
 
 

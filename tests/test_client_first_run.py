@@ -89,3 +89,38 @@ def test_pull_from_an_iso_time_without_offset_is_local_time(server, rdb):
     for utc in ("2026-11-23T10:00:01Z", "2026-11-23T10:00:01+00:00"):
         assert ok(ptgstore(server, "pull", "cam", "--history", "--from", utc, env_extra=east)).stdout == b"at 1at 2"
     assert b"local time" in ok(ptgstore(server, "pull", "--help")).stdout
+
+
+# -- the blocking client on its portal: Ctrl-C ---------------------------------------------------------
+
+CTRL_C_SCRIPT = """\
+from ptgstore.client import Client
+client = Client({url!r}, token={token!r})
+try:
+    print("ready", flush=True)
+    for entry in client.pull("cam", "$"):
+        pass
+except KeyboardInterrupt:
+    print("interrupted", client.ping(), flush=True)
+client.close()
+print("closed", flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_blocking_pull_and_the_client_goes_on(server, rdb):
+    """A Ctrl-C while a blocking pull waits: KeyboardInterrupt in the script, the pull's socket closed
+    (the server lets go of it), the client still answers and closes cleanly."""
+    import signal
+
+    script = CTRL_C_SCRIPT.format(url=server.url, token=server.token())
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout.readline() == "ready\n"
+        wait_until(lambda: "cam" in server.app.state.hub.followers, what="the pull to wait for entries")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert (process.returncode, out, err) == (0, "interrupted True\nclosed\n", ""), err
+    wait_until(lambda: "cam" not in server.app.state.hub.followers, what="the pull socket to close")

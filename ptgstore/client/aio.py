@@ -107,7 +107,11 @@ class AsyncClient:
 
     async def _disconnect(self, ws) -> None:
         self._sockets.discard(ws)
-        await ws.close()
+        try:
+            await ws.close()
+        except BaseException:
+            ws.transport.abort()  # the close itself cancelled (a blocking call interrupted): drop the connection
+            raise
 
     # -- tokens and streams ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import functools
 import sys
 import threading
 import weakref
-from typing import Any, AsyncGenerator, Callable, Generator, Iterator, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Callable, Generator, Iterator, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
@@ -22,6 +22,7 @@ from .errors import PtgError
 from .pushing import Pusher, PushSummary
 
 T = TypeVar("T")
+CANCEL_WAIT_S = 10.0  # the most an interrupted call takes to unwind (a WebSocket's close waits 5 s at most)
 
 
 class _Portal:
@@ -34,15 +35,27 @@ class _Portal:
         self._thread_id = self._portal.call(threading.get_ident)
         self.open = True
 
-    def run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """`func(*args, **kwargs)` on the portal's loop (awaited when it is a coroutine function)."""
+    def run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Await `func(*args, **kwargs)` on the portal's loop. Interrupted while waiting (a Ctrl-C),
+        the call is cancelled, and has unwound when the interruption is raised here."""
         if not self.open:
             raise PtgError("the client is closed")
-        future = self._portal.start_task_soon(functools.partial(func, *args, **kwargs))
+        ended = threading.Event()
+
+        async def call() -> T:
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                ended.set()
+
+        future = self._portal.start_task_soon(call)
         try:
             return future.result()
         except BaseException:
-            future.cancel()  # interrupted while waiting: the call stops too (a no-op once it is done)
+            if not future.done():
+                future.cancel()
+                # a next call (closing the interrupted pull, say) must not find it still running
+                ended.wait(CANCEL_WAIT_S)
             raise
 
     def iterate(self, agen: AsyncGenerator[T, None]) -> Generator[T, None, None]:

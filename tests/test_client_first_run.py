@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
-from conftest import free_port, live_server, make_settings, wait_until
+import pytest
+
+from ptgstore.testing import free_port, wait_until
+from support.servers import live_server, make_settings
 
 
 def _simulate(url: str, token: str, *args: str) -> subprocess.Popen:
@@ -16,6 +19,7 @@ def _simulate(url: str, token: str, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # a process of its own
 def test_simulate_carries_on_quietly_through_a_server_restart(tmp_path, rdb, redis_server):
     """The server restarts on its port under `ptgstore simulate`: its sockets closed with 1001 (going
     away), connections refused while it is down. Simulate reconnects, says so in one line, pushes on,
@@ -47,6 +51,7 @@ def test_simulate_carries_on_quietly_through_a_server_restart(tmp_path, rdb, red
         assert rdb.xlen(sid) > 0
 
 
+@pytest.mark.slow  # a process of its own
 def test_simulate_with_nobody_answering_fails_in_one_line(tmp_path):
     """A server not started (or a wrong URL): one line saying so, exit 1; not one traceback per sensor."""
     simulate = _simulate(f"http://127.0.0.1:{free_port()}", "no-token", "--duration", "5")
@@ -107,6 +112,7 @@ print("closed", flush=True)
 """
 
 
+@pytest.mark.slow  # a process of its own
 def test_ctrl_c_stops_a_blocking_pull_and_the_client_goes_on(server, rdb):
     """A Ctrl-C while a blocking pull waits: KeyboardInterrupt in the script, the pull's socket closed
     (the server lets go of it), the client still answers and closes cleanly."""

@@ -50,7 +50,7 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
     if page.file.src_uri != PAGE:
         return markdown
     if markdown.count(MARKER) != 1:

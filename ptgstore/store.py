@@ -1,4 +1,11 @@
-"""The streams' domain in Redis: entries, ranges, metadata, info, retention.
+"""The streams' domain in Redis: entries, ranges, metadata, info, retention. `Store` is the one
+surface; beside this module, the parts it calls:
+
+- `streaminfo.py`: which streams exist, their metadata (retention), info and the summaries;
+- `deletions.py`: deletes (each bumps the stream's epoch) and the deletions channel;
+- `migration.py`: the key layout of earlier versions, moved at start-up;
+- `luascripts.py` and `lua/`: the Lua scripts (the atomic batch add, the summaries);
+- `storeerrors.py`: what the store raises.
 
 Connections (kept lanes, the watchdog, packing, cluster routing) are `connections.py`'s; key names
 are `keys.py`'s.
@@ -7,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from typing import Sequence
 
 from . import connections as conn
-from . import migration, streaminfo
-from .backoff import Backoff
+from . import deletions, migration, streaminfo
 from .connections import Connections, ResponseError
 from .framing import BEGINNING, LAST_POSSIBLE_ID, NEWEST
 from .keys import Keys
@@ -21,8 +26,6 @@ from .luascripts import lua, runner
 from .replies import entry_time_iso as entry_time_iso  # (re-exported: catalogue.py's import)
 from .replies import text as _text
 from .storeerrors import CrossGroupBatch, StoreError, StoreUnavailable
-
-log = logging.getLogger("ptgstore.store")
 
 FIELD = b"d"
 MAX_LEN_FRESH = 1.0  # seconds a stream's max_len is kept in memory
@@ -71,7 +74,6 @@ class Store:
 
     def __init__(self, url: str, *, key_prefix: str = "", default_max_len: int = 1000, pool_size: int = 64,
                  timeout: float = 30, cluster: bool = False, group_separator: str = ":"):
-        self.prefix = key_prefix
         self.default_max_len = default_max_len
         self.connections = Connections(url, cluster=cluster, pool_size=pool_size, timeout=timeout)
         self.cluster = cluster
@@ -342,7 +344,7 @@ class Store:
                 gaps[sid] = first[0].decode()
         return out, gaps
 
-    # -- streams and metadata -------------------------------------------------------------------
+    # -- streams and metadata (streaminfo.py) ---------------------------------------------------
 
     @_guarded
     async def stream_ids(self) -> list[str]:
@@ -365,52 +367,20 @@ class Store:
         """A short summary of each stream that exists (for the dashboard), in one round trip."""
         return await streaminfo.summaries(self, sids)
 
+    # -- deletions (deletions.py) --------------------------------------------------------------
+
     @_guarded
     async def delete(self, sids: Sequence[str]) -> list[str]:
-        """Delete streams' entries and metadata; return the ids that existed.
-
-        Each stream's epoch is bumped in the same transaction (a follower that reads it with its
-        entries can tell a re-created stream from the one it buffered), and every process is told
-        at once on the deletions channel (so its followers stop serving from memory). On a cluster,
-        the streams of one slot are deleted together, and the news follows each transaction."""
-        existed: set[str] = set()
-        for group in self._by_slot(sids):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for sid in group:
-                    pipe.delete(self.key(sid))
-                    pipe.delete(self.keys.meta(sid))
-                    pipe.incr(self.epoch_key(sid))
-                    if not self.cluster:
-                        pipe.publish(self.keys.deleted_channel, sid)
-                replies = await pipe.execute()
-            step = 3 if self.cluster else 4
-            existed.update(sid for i, sid in enumerate(group) if replies[step * i] or replies[step * i + 1])
-            for sid in group:
-                self._max_lens.pop(sid, None)
-                if self.cluster:  # PUBLISH reaches every node of the cluster
-                    await self.redis.execute_command("PUBLISH", self.keys.deleted_channel, sid,
-                                                     target_nodes=self.redis.RANDOM)
-        return [sid for sid in sids if sid in existed]
+        """Delete streams' entries and metadata, bump their epochs and tell every process; return
+        the ids that existed."""
+        return await deletions.delete(self, sids)
 
     async def watch_deletes(self, on_deleted) -> None:
-        """Call `on_deleted(sid)` for each stream deleted through any process on this Redis, and
-        `on_deleted(None)` after a lost subscription is back (deletes may have been missed meanwhile).
-        Runs until cancelled; an outage is waited out."""
-        backoff = Backoff()
-        while True:
-            try:
-                async with self.connections.subscribed(self.keys.deleted_channel) as pubsub:
-                    on_deleted(None)
-                    backoff.reset()
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            on_deleted(message["data"].decode("utf-8", "surrogateescape"))
-            except (*conn.UNAVAILABLE, ResponseError) as exc:
-                pause = backoff.failed()
-                log.warning("deletions channel: %s; resubscribing in %.2f s", exc, pause)
-                await asyncio.sleep(pause)
-                continue
-            await asyncio.sleep(backoff.first)  # the channel ended without an error: subscribe again
+        """Call `on_deleted(sid)` for each stream deleted through any process on this Redis (None:
+        listening again, any may have been deleted meanwhile); until cancelled."""
+        await deletions.watch(self, on_deleted)
+
+    # -- the deployment: the token secret's fingerprint, the earlier key layout, the server ------
 
     @_guarded
     async def share_fingerprint(self, fingerprint: str) -> str | None:

@@ -37,7 +37,7 @@ function show(status, previous) {
   ]);
   fillList($("server-process"), [
     // a status answer comes from one worker: its pid and uptime; `workers` is how many serve
-    ["up", formatAge(status.uptime_s * 1000)], ["workers", status.workers], ["pid (this answer's)", status.pid],
+    ["up", formatAge(status.uptime_s * 1000)], ["workers", status.workers], ["answered by", `pid ${status.pid}`],
     ["auth policy", status.auth], ["followed streams", status.followed_streams],
     ["recordings", recordingsState(status.recordings)],
   ]);

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer, make_settings
+from ptgstore.routes.dashboard import STATIC_DIR
 from servers import ServeProcess
 from test_dashboard import CHROMIUM, WAIT, Watched, expect, jpeg
 from wsutil import push
@@ -65,6 +66,22 @@ def dashboard(browser, server):
         assert watch.foreign_requests() == [], "requests left the server's origin"
     finally:
         context.close()
+
+
+def test_the_dashboards_modules_are_served_small_and_revalidated(server):
+    """One module per view, each imported by another (none left over) and under 500 lines; served
+    with `no-cache` (revalidated by ETag), so that no module is mixed with a cached older one."""
+    modules = {path.name: path.read_text() for path in STATIC_DIR.glob("*.js")}
+    assert {"dashboard.js", "ptgstore.js", "dashboard-state.js", "dashboard-format.js"} <= set(modules)
+    imported = {name for text in modules.values() for name in re.findall(r'from "\./([\w.-]+\.js)"', text)}
+    assert imported == set(modules) - {"dashboard.js"}
+    for name, text in modules.items():
+        assert text.count("\n") < 500, name
+        reply = httpx.get(f"{server.url}/static/{name}", timeout=10)
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/javascript"), name
+        assert reply.headers["cache-control"] == "no-cache" and reply.headers["etag"], name
+        again = httpx.get(f"{server.url}/static/{name}", headers={"if-none-match": reply.headers["etag"]}, timeout=10)
+        assert again.status_code == 304, name
 
 
 def test_mjpeg_is_offered_for_image_streams_only(dashboard, server):

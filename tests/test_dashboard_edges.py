@@ -9,14 +9,15 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from conftest import LiveServer, make_settings
 from ptgstore.routes.dashboard import STATIC_DIR
-from servers import ServeProcess
-from test_dashboard import CHROMIUM, WAIT, Watched, expect, jpeg
-from wsutil import push
+from support.browser import WAIT, Watched, browser_test, jpeg
+from support.servers import LiveServer, ServeProcess, make_settings
+from support.ws import push
 
-pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__("os").X_OK),
-                                reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = browser_test
+expect = sync_api.expect
+expect.set_options(timeout=WAIT)
 
 PREFIX = "/lab/store"
 
@@ -177,6 +178,7 @@ def test_page_under_uvicorns_root_path_names_its_assets_under_it(tmp_path, rdb, 
         live.stop()
 
 
+@pytest.mark.slow  # `ptgstore serve --workers 3` as processes
 def test_server_panel_and_status_count_the_workers_of_serve(browser, tmp_path):
     with ServeProcess(tmp_path / "data", "--workers", "3") as server:
         server.wait_ready(timeout=60)

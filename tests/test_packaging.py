@@ -85,6 +85,7 @@ def _installed_closure(requirements: list[str]) -> set[str]:
     return seen
 
 
+@pytest.mark.slow
 def test_serve_without_the_server_extra_says_what_to_install(tmp_path):
     # a real interpreter that has ptgstore and the client's dependencies, and nothing of the server's
     venv = tmp_path / "client-only"

@@ -96,6 +96,7 @@ def test_readme_links_into_every_page():
     assert {f"docs/{page.name}" for page in PAGES if page.name != "security.md"} | {"SECURITY.md"} <= linked
 
 
+@pytest.mark.slow  # mkdocs build: seconds
 def test_site_builds_strictly_with_every_page(site):
     for page in PAGES:
         built = site / ("index.html" if page.name == "index.md" else f"{page.stem}/index.html")
@@ -105,6 +106,7 @@ def test_site_builds_strictly_with_every_page(site):
     assert "Threat model" in (site / "security" / "index.html").read_text()  # SECURITY.md, included
 
 
+@pytest.mark.slow  # mkdocs build: seconds
 def test_configuration_page_lists_every_setting(site):
     html = (site / "configuration" / "index.html").read_text()
     read = {setting.name for setting, _ in variables()}

@@ -56,27 +56,28 @@ class Producers:
         """One push socket's producer: its messages are numbered from `first_seq` on."""
         return ProducerSession(self, parse_producer_id(producer_id), account, parse_seq(first_seq))
 
-    async def add(self, producer_id: str, account: str, seq: int, entries: Sequence[tuple[str, str, bytes]]
-                  ) -> tuple[list[str], bool]:
+    async def add(self, producer_id: str, account: str, seq: int, entries: Sequence[tuple[str, str, bytes]],
+                  record: str | None = None) -> tuple[list[str], bool]:
         """Store a non-empty batch as number `seq` of the producer, unless it was stored before:
-        `(ids, True)` then, the ids it was stored under."""
+        `(ids, True)` then, the ids it was stored under. `record`: the producer's record for the
+        batch's first stream (`keys.producer`), when the caller knows it."""
         store = self.store
         first = entries[0][0]
-        args: list = [seq, self.batches, self.window_ms, store.default_max_len]
-        script = self._add
-        if len(entries) == 1 and entries[0][1] == "*":
-            keys = [store.key(first), store.keys.meta(first)]
-            args += (first, entries[0][2])
+        if record is None:
+            record = store.keys.producer(producer_id, account, first)
+        if len(entries) == 1 and entries[0][1] == "*":  # a frame: the stream's max_len known here, as Store.add does
             script = self._add_one
+            keys = [store.key(first), record]
+            args: list = [seq, self.batches, self.window_ms, await store.max_len(first), first, entries[0][2]]
         else:
+            script = self._add
             index: dict[str, int] = {}
             triples: list = []
             for sid, spec, data in entries:
                 triples += (index.setdefault(sid, len(index) + 1), spec, data)
             store.check_batch(index)
-            keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index]
-            args += (len(index), *index, *triples)
-        keys.append(store.keys.producer(producer_id, account, first))
+            keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index] + [record]
+            args = [seq, self.batches, self.window_ms, store.default_max_len, len(index), *index, *triples]
         started = time.perf_counter()
         try:
             repeated, ids = await script(keys=keys, args=args)
@@ -111,7 +112,7 @@ def _refusal(exc: ResponseError, producer_id: str, seq: int) -> Exception:
 class ProducerSession:
     """The producer of one push socket: numbers its messages and stores each batch once."""
 
-    __slots__ = ("producers", "producer_id", "account", "seq", "repeated")
+    __slots__ = ("producers", "producer_id", "account", "seq", "repeated", "_record")
 
     def __init__(self, producers: Producers, producer_id: str, account: str, first_seq: int):
         self.producers = producers
@@ -119,6 +120,7 @@ class ProducerSession:
         self.account = account
         self.seq = first_seq
         self.repeated = False  # the last batch was a resend, answered without storing
+        self._record = ("", "")  # (stream id, the producer's record for its group): most sockets push to one
 
     async def add(self, entries: Sequence[tuple[str, str, bytes]]) -> list[str]:
         """Store the socket's next message; its ids (those of before, for a resend)."""
@@ -129,5 +131,8 @@ class ProducerSession:
         if not entries:  # an empty batch stores nothing, however often it comes
             self.repeated = False
             return []
-        ids, self.repeated = await self.producers.add(self.producer_id, self.account, seq, entries)
+        first = entries[0][0]
+        if self._record[0] != first:
+            self._record = (first, self.producers.store.keys.producer(self.producer_id, self.account, first))
+        ids, self.repeated = await self.producers.add(self.producer_id, self.account, seq, entries, self._record[1])
         return ids

@@ -164,11 +164,7 @@ class Store:
     async def _add_one(self, sid: str, data: bytes) -> str:
         """One entry with a Redis-made id: a plain XADD, atomic by itself. (Redis copies a script's
         arguments twice over: for a 512 KiB frame the script costs Redis three times the XADD.)"""
-        known = self._max_lens.get(sid)
-        if known is not None and time.monotonic() - known[1] < MAX_LEN_FRESH:
-            max_len = known[0]
-        else:
-            max_len = await self._read_max_len(sid)
+        max_len = await self.max_len(sid)
         key = self.key(sid)
         try:
             entry_id = await self.connections.once(key, "XADD", key, "MAXLEN", "~", max_len, "*", FIELD, data)
@@ -180,9 +176,16 @@ class Store:
             raise StoreError(f"{sid}: {exc}") from None
         return entry_id.decode()
 
+    async def max_len(self, sid: str) -> int:
+        """The stream's retention (its `max_len`, else the default), as a single entry is stored
+        with it: kept for MAX_LEN_FRESH seconds, so another process's change to it takes effect
+        here within that time (this process's own at once)."""
+        known = self._max_lens.get(sid)
+        if known is not None and time.monotonic() - known[1] < MAX_LEN_FRESH:
+            return known[0]
+        return await self._read_max_len(sid)
+
     async def _read_max_len(self, sid: str) -> int:
-        """The stream's retention, kept for MAX_LEN_FRESH seconds: another process's change to it
-        takes effect here within that time (this process's own at once)."""
         now = time.monotonic()
         meta_key = self.keys.meta(sid)
         try:

@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard
-from .deployment import ephemeral_disk_problems
+from .deployment import StartupRefusal, ephemeral_disk_refusal, refusing_app
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis, recorded_run_id
 from .hub import Hub
@@ -84,13 +84,9 @@ ROUTES = by_resource([
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
-    if settings.ephemeral_disk:
-        problems = ephemeral_disk_problems(settings)
-        if problems:
-            message = ("PTGSTORE_EPHEMERAL_DISK=true (this host's disk is lost at each restart) needs: "
-                       + "; ".join(problems))
-            log.error(message)
-            raise SettingsError(message)
+    refusal = ephemeral_disk_refusal(settings)
+    if refusal is not None:
+        raise SettingsError(refusal)  # its one line, printed by the server (StartupRefusal), which exits
     # the data directory (secret, users, embedded Redis, recordings) is this account's only
     await asyncio.to_thread(private_dir, Path(settings.data_dir))
     # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
@@ -246,6 +242,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     meter = metrics.Metrics(settings)
     middleware = [
         Middleware(DirectSend),  # outermost: socket routes send their data messages past every layer below
+        Middleware(StartupRefusal),  # a refused start-up: its one line, not a traceback
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         # guards.py's, in its order: headers on every answer (refusals too), then who may ask
@@ -277,4 +274,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as refused:  # `uvicorn ptgstore.app:app` with a malformed PTGSTORE_* variable (the Procfile):
+    app = refusing_app(str(refused))  # its one line at start-up, not an import traceback

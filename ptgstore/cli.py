@@ -9,9 +9,11 @@ import importlib.util
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -123,6 +125,7 @@ def serve(args) -> int:
     import uvicorn  # noqa: PLC0415 - only the serve command needs it
 
     from . import serving  # noqa: PLC0415
+    from .deployment import ephemeral_disk_refusal  # noqa: PLC0415
     from .embedded import EmbeddedRedis  # noqa: PLC0415
     from .guards import describe_allowed_hosts  # noqa: PLC0415
 
@@ -131,6 +134,10 @@ def serve(args) -> int:
         print(f"refusing to serve the 'dev' auth policy (any user, password = name) on {settings.host}: "
               "set PTGSTORE_AUTH=users (see `ptgstore user add`), or PTGSTORE_AUTH=dev to accept the risk",
               file=sys.stderr)
+        return 2
+    unfit = ephemeral_disk_refusal(settings)  # (the app checks it too: the Procfile starts uvicorn alone)
+    if unfit is not None:
+        print(f"ptgstore: {unfit}", file=sys.stderr)
         return 2
     refused = _bind_error(settings.host, settings.port)
     if refused is not None:
@@ -371,7 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interruptible() -> None:
+    """Ctrl-C (or `kill -INT`) stops every command as at a terminal, with its summary and status 130,
+    also when started with SIGINT ignored: a shell without job control starts `cmd &` so (scripts,
+    pytest run in the background), its children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so a following pull could only be killed. (`serve` runs uvicorn, which
+    installs its own handlers either way.) A handler the caller set is left alone."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None) -> int:
+    _interruptible()
     args = build_parser().parse_args(argv)
     try:
         status = args.handler(args)

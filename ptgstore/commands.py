@@ -136,17 +136,36 @@ async def streams(client: AsyncClient, args) -> int:
 # -- push and pull ------------------------------------------------------------------------------
 
 def _prepare_push(args) -> None:
-    """Standard input is one entry when piped in or given as `-`; a terminal with no file is a mistake."""
+    """Standard input is one entry when piped in or given as `-`; a terminal with no file is a mistake,
+    and so is a stream argument naming a file or directory with no FILE (`ptgstore push frame1.jpg`: the
+    file was meant as the entry) and standard input holding no bytes (`</dev/null`, a producer that wrote
+    nothing): refused before anything is sent, so nothing is stored."""
     if not args.files:
+        if os.path.exists(args.stream):
+            # checked before standard input is read: `find | while read f; do ptgstore push "$f"; done`
+            # would otherwise push the rest of find's output to a stream named after the file
+            kind = "directory" if os.path.isdir(args.stream) else "file"
+            files = os.path.join(args.stream, "*") if kind == "directory" else args.stream
+            raise UsageError(f"{args.stream} is a {kind}: did you mean `ptgstore push STREAM {files}`? "
+                             f"(to push standard input to a stream of that name, give '-': "
+                             f"ptgstore push {args.stream} -)")
         if sys.stdin.isatty():
             raise UsageError("no FILE given and standard input is a terminal: name files to push, "
                              "pipe data in (cat frame.jpg | ptgstore push STREAM), or give '-' to type it")
         args.files = ["-"]
+    directories = [path for path in args.files if path != "-" and os.path.isdir(path)]
+    if directories:
+        raise UsageError(f"{', '.join(directories)}: a directory, not a file: give the files in it "
+                         f"(ptgstore push {args.stream} {os.path.join(directories[0], '*')})")
     missing = [path for path in args.files if path != "-" and not os.path.isfile(path)]
     if missing:
         raise UsageError(f"not a file: {', '.join(missing)}")
     # read here, outside the event loop, so that Ctrl-C interrupts the read at once
     args.stdin_data = sys.stdin.buffer.read() if "-" in args.files else b""
+    if "-" in args.files and not args.stdin_data:
+        # an entry of zero bytes is pushed from an empty file, never by accident from an empty input
+        raise UsageError("nothing to push: standard input is empty (an empty entry is pushed from an "
+                         "empty file: ptgstore push STREAM EMPTY_FILE)")
 
 
 def _read_files(paths: list[str], stdin_data: bytes):

@@ -123,7 +123,10 @@ def as_http(exc: BaseException) -> HTTPException:
 def as_websocket(exc: BaseException) -> WebSocketException:
     if isinstance(exc, WebSocketException):
         return exc
-    if isinstance(exc, HTTPException):  # a REST helper used by a socket route: its 4xx means a bad option
+    if isinstance(exc, HTTPException):
+        # a REST helper used by a socket route (the replay's recording checks): its 4xx refuses what the
+        # request names (an unknown or active recording, a malformed recording id), 1008; a malformed
+        # option is a BadOption (1007) through the table
         return WebSocketException(POLICY if exc.status_code < 500 else SERVER_ERROR, short(str(exc.detail)))
     reply = reply_for(exc)
     return WebSocketException(reply.close, short(_reason(exc, reply)))

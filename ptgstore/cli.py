@@ -87,7 +87,7 @@ def _without_password(url: str) -> str:
 
 def _redis_error(url: str) -> str | None:
     """Why the configured Redis does not answer a PING, or None when it does."""
-    import redis  # noqa: PLC0415
+    import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
@@ -122,12 +122,12 @@ def _needs_server(handler):
 
 def serve(args) -> int:
     """Start uvicorn on the app with the configured host, port, workers and reload."""
-    import uvicorn  # noqa: PLC0415 - only the serve command needs it
+    import uvicorn
 
-    from . import serving  # noqa: PLC0415
-    from .deployment import ephemeral_disk_refusal  # noqa: PLC0415
-    from .embedded import EmbeddedRedis  # noqa: PLC0415
-    from .guards import describe_allowed_hosts  # noqa: PLC0415
+    from . import serving
+    from .deployment import ephemeral_disk_refusal
+    from .embedded import EmbeddedRedis
+    from .guards import describe_allowed_hosts
 
     settings = _settings(args)
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
@@ -200,7 +200,7 @@ def parse_ttl(text: str) -> int:
 def _asked_rights(args):
     """The permissions given with --read, --write and --admin (None when none was given); a
     malformed pattern ends the command."""
-    from .permissions import BadPatterns, Rights, check_patterns  # noqa: PLC0415
+    from .permissions import BadPatterns, Rights, check_patterns
 
     if not (args.read or args.write or args.admin):
         return None
@@ -215,9 +215,9 @@ def _asked_rights(args):
 def token(args) -> int:
     """Print a fresh token signed with this server's secret, under the policy it runs (limited by
     --read/--write/--admin)."""
-    from .auth import Authenticator  # noqa: PLC0415
-    from .permissions import Forbidden, Scope, account_rights  # noqa: PLC0415
-    from .policyfile import recorded  # noqa: PLC0415
+    from .auth import Authenticator
+    from .permissions import Forbidden, Scope, account_rights
+    from .policyfile import recorded
 
     settings = _settings(args)
     server = recorded(settings.data_dir)
@@ -264,8 +264,8 @@ def describe_rights(rights) -> str:
 
 def user(args) -> int:
     """Add, change, remove or list accounts of the `users` policy and their permissions."""
-    from .permissions import FULL_RIGHTS, BadPatterns, account_rights  # noqa: PLC0415
-    from .users import hash_password, make_record, password_of, read_users, write_users  # noqa: PLC0415
+    from .permissions import FULL_RIGHTS, BadPatterns, account_rights
+    from .users import hash_password, make_record, password_of, read_users, write_users
 
     path = _settings(args).users_path
     users = read_users(path)
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     permission_flags(users, "the user")
     users.add_argument("--full", action="store_true", help="every permission (as an account that lists none)")
 
-    from .commands import add_client_commands  # noqa: PLC0415 - the client side lives in its own module
+    from .commands import add_client_commands
     add_client_commands(commands)
     return parser
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
 from .settings import Settings, SettingsError
 from .users import read_users
 
@@ -80,12 +83,9 @@ class StartupRefusal:
             await send(message)
 
 
-def refusing_app(reason: str):
+def refusing_app(reason: str) -> Starlette:
     """The app in place of one whose settings are refused at import (`uvicorn ptgstore.app:app` with a
     malformed PTGSTORE_* variable): it fails its start-up with `reason`, one line, and serves nothing."""
-    from starlette.applications import Starlette  # noqa: PLC0415
-    from starlette.middleware import Middleware  # noqa: PLC0415
-
     @contextlib.asynccontextmanager
     async def refuse(_app):
         raise SettingsError(reason)

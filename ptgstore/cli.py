@@ -1,5 +1,5 @@
 """`ptgstore serve | token | user`: run the server and manage who may use it;
-`ptgstore streams | push | pull | dump | load | simulate`: use it as a client."""
+`ptgstore streams | push | pull | dump | load | simulate | record | replay`: use it as a client."""
 from __future__ import annotations
 
 import argparse
@@ -128,6 +128,7 @@ def serve(args) -> int:
     from .deployment import ephemeral_disk_refusal
     from .embedded import EmbeddedRedis
     from .guards import describe_allowed_hosts
+    from .private import private_dir
 
     settings = _settings(args)
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
@@ -139,6 +140,12 @@ def serve(args) -> int:
     if unfit is not None:
         print(f"ptgstore: {unfit}", file=sys.stderr)
         return 2
+    try:  # (the app makes it too: here an unusable one is one line, before listening)
+        private_dir(Path(settings.data_dir))
+    except OSError as exc:
+        print(f"ptgstore: cannot use the data directory {settings.data_dir}: {exc.strerror or exc}: "
+              "choose another --data-dir or PTGSTORE_DATA_DIR", file=sys.stderr)
+        return 1
     refused = _bind_error(settings.host, settings.port)
     if refused is not None:
         print(f"ptgstore: cannot listen on {settings.host}:{settings.port}: {refused.strerror or refused}"
@@ -404,6 +411,12 @@ def main(argv=None) -> int:
         # the reader went away (`ptgstore streams | head -1`): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # the status of a process ended by SIGPIPE
+    except OSError as exc:
+        if exc.filename is None:  # not a file the command was given or keeps: a bug, with its traceback
+            raise
+        # a data directory, users file or output the command cannot use: what and why, as cp or mkdir say it
+        print(f"ptgstore {args.command}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

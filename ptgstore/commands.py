@@ -74,6 +74,17 @@ class UsageError(Exception):
     """A command used in a way that cannot work: the reason goes to stderr, exit status 2."""
 
 
+_URL_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def _check_url(url: str | None) -> None:
+    """--url (or $PTGSTORE_URL): `host:port` or a URL of one of the schemes the client speaks."""
+    scheme = url.partition("://")[0].lower() if url and "://" in url else "http"
+    if scheme not in _URL_SCHEMES:
+        raise UsageError(f"--url {url}: ptgstore speaks {', '.join(_URL_SCHEMES)} (e.g. http://127.0.0.1:7890, "
+                         f"or host:port), not {scheme}")
+
+
 def _run(handler, prepare=None):
     """Run an async command handler with a client from the flags; errors become a reason and exit 1.
 
@@ -86,6 +97,7 @@ def _run(handler, prepare=None):
         from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError  # noqa: PLC0415
 
         try:
+            _check_url(args.url)
             if prepare is not None:
                 prepare(args)
             password = _password(args)
@@ -109,7 +121,12 @@ def _run(handler, prepare=None):
                       "prints one), or log in with --username and --password", file=sys.stderr)
             return 1
         except PtgError as exc:
+            from .client import Unreachable
+
             print(f"ptgstore: {exc}", file=sys.stderr)
+            if isinstance(exc, Unreachable):
+                print(f"ptgstore: is ptgstore serving at {client.url}? Start it with `ptgstore serve`, or give its "
+                      "address with --url or PTGSTORE_URL", file=sys.stderr)
             return 1
 
     return command
@@ -207,6 +224,12 @@ async def push(client: AsyncClient, args) -> int:
 
 
 def _prepare_pull(args) -> None:
+    from .framing import FramingError, split_stream_ids
+
+    try:
+        split_stream_ids(args.streams)  # the server's rules, said before any connection (`cam+`: an empty id)
+    except FramingError as exc:
+        raise UsageError(f"{args.streams!r}: {exc} (streams are joined by '+': a+b)") from None
     if args.count is not None:
         print("ptgstore pull: --count is deprecated, use --limit (entries in all; --batch is per delivery)",
               file=sys.stderr)

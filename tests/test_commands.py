@@ -15,7 +15,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from conftest import RedisServer, live_server, make_settings, wait_until
+from conftest import RedisServer, free_port, live_server, make_settings, wait_until
 
 STREAMS = ["glf/left", "hololens1:imu", ".hidden", "plain"]
 
@@ -415,3 +415,36 @@ def test_push_of_nothing_is_refused_and_stores_nothing(server, rdb, tmp_path):
     ok(_push_in(tmp_path, server, "cam", "empty", "frame1.jpg"))
     assert [data for _, data in stored(rdb, "frame1.jpg")] == [b"piped bytes"]
     assert [data for _, data in stored(rdb, "cam")] == [b"", b"\xff\xd8 a frame"]
+
+
+def test_first_run_mistakes_are_one_line_that_says_what_to_do(server, rdb, tmp_path):
+    (tmp_path / "frame1.jpg").write_bytes(b"a frame")
+    (tmp_path / "a-file").write_bytes(b"")
+
+    def one_line(done, status: int, words: str):
+        stderr = done.stderr.decode()
+        assert done.returncode == status and "Traceback" not in stderr, stderr
+        assert [line for line in stderr.splitlines() if not line.startswith("pulled ")] == \
+            [line for line in stderr.splitlines() if words in line or "ptgstore serve" in line], stderr
+        assert words in stderr, stderr
+        return stderr
+
+    # a URL of another scheme (it used to end in websockets' traceback)
+    one_line(ptgstore(server, "push", "cam", str(tmp_path / "frame1.jpg"), "--url", "ftp://127.0.0.1"), 2,
+             "ptgstore push: --url ftp://127.0.0.1: ptgstore speaks http, https, ws, wss")
+    # a stream list with an empty id (it used to end in an AttributeError's traceback)
+    one_line(ptgstore(server, "pull", "cam+", "--history", "--out", str(tmp_path / "out")), 2,
+             "ptgstore pull: 'cam+': empty stream id (streams are joined by '+': a+b)")
+    # no server at the address: what failed, then where to look
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for args in (["streams"], ["push", "cam", str(tmp_path / "frame1.jpg")]):
+        stderr = one_line(ptgstore(server, *args, "--url", nobody), 1, "ptgstore: cannot ")
+        assert stderr.splitlines()[-1] == (f"ptgstore: is ptgstore serving at {nobody}? Start it with `ptgstore "
+                                           "serve`, or give its address with --url or PTGSTORE_URL")
+    # an output directory that cannot be one
+    rdb.xadd("cam", {"d": b"x"})
+    one_line(ptgstore(server, "pull", "cam", "--history", "--out", str(tmp_path / "a-file")), 1,
+             f"ptgstore pull: {tmp_path / 'a-file' / 'cam'}: Not a directory")
+    one_line(ptgstore(server, "user", "add", "bob", "--password-stdin", "--data-dir", str(tmp_path / "a-file" / "d"),
+                      stdin=b"a password\n"), 1, "ptgstore user: ")
+    assert [data for _, data in stored(rdb, "cam")] == [b"x"]

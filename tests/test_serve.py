@@ -198,3 +198,12 @@ def test_serve_refuses_an_ephemeral_disk_in_one_line_before_listening(tmp_path):
     assert "PTGSTORE_SECRET" in done.stderr and "PTGSTORE_REDIS_URL" in done.stderr
     assert "listening" not in done.stdout
     assert not (tmp_path / "data" / "redis").exists(), "no embedded Redis was started"
+
+
+def test_serve_says_in_one_line_that_its_data_directory_is_unusable(tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    done = run_serve(tmp_path, "--port", str(free_port()), "--data-dir", str(tmp_path / "a-file" / "data"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == (f"ptgstore: cannot use the data directory {tmp_path / 'a-file' / 'data'}: Not a directory: "
+                           "choose another --data-dir or PTGSTORE_DATA_DIR\n")
+    assert "listening" not in done.stdout

@@ -448,3 +448,18 @@ def test_first_run_mistakes_are_one_line_that_says_what_to_do(server, rdb, tmp_p
     one_line(ptgstore(server, "user", "add", "bob", "--password-stdin", "--data-dir", str(tmp_path / "a-file" / "d"),
                       stdin=b"a password\n"), 1, "ptgstore user: ")
     assert [data for _, data in stored(rdb, "cam")] == [b"x"]
+
+
+def test_replay_of_a_local_path_that_is_no_recording_says_so(server, tmp_path):
+    """It used to ask the server for a recording named after the path (`recording id ... contains a '/'`),
+    or replay an empty directory as 0 entries with status 0."""
+    (tmp_path / "frame1.jpg").write_bytes(b"a frame")
+    (tmp_path / "empty").mkdir()
+    for source, words in ((tmp_path / "frame1.jpg", "is not a recording: give a .mcap file"),
+                          (tmp_path / "empty", "no .mcap files in"),
+                          (tmp_path / "gone.mcap", "no such file or directory")):
+        done = ptgstore(server, "replay", str(source))
+        assert done.returncode == 2, done.stderr
+        stderr = done.stderr.decode()
+        assert stderr.startswith("ptgstore replay: ") and words in stderr and str(source) in stderr, stderr
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr

@@ -131,6 +131,11 @@ def serve(args) -> int:
     from .private import private_dir
 
     settings = _settings(args)
+    address, colon, port = settings.host.rpartition(":")
+    if colon and port.isdigit() and (address.count(":") == 0 or address.endswith("]")):  # (not a bare IPv6 address)
+        print(f"ptgstore: --host takes an address alone, not {settings.host!r}: --host {address} --port {port}",
+              file=sys.stderr)
+        return 2
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
         print(f"refusing to serve the 'dev' auth policy (any user, password = name) on {settings.host}: "
               "set PTGSTORE_AUTH=users (see `ptgstore user add`), or PTGSTORE_AUTH=dev to accept the risk",

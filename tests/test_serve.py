@@ -101,6 +101,9 @@ def run_serve(tmp_path, *args, timeout=60):
     (["--log-level", "verbose"], "PTGSTORE_LOG_LEVEL (--log-level) must be one of critical, error, warning"),
     (["--redis-url", "http://127.0.0.1:6379"], "PTGSTORE_REDIS_URL (--redis-url) must start with redis://"),
     (["--port", "-1"], "PTGSTORE_PORT"),
+    (["--port", "70000"], "PTGSTORE_PORT is out of range: 70000"),  # (uvicorn listened on 70000 % 65536)
+    (["--host", "127.0.0.1:7890"], "--host takes an address alone, not '127.0.0.1:7890': --host 127.0.0.1 --port 7890"),
+    (["--host", "[::1]:7890"], "--host [::1] --port 7890"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, args, words):
     done = run_serve(tmp_path, *args)

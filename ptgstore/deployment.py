@@ -5,6 +5,7 @@ import contextlib
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .settings import Settings, SettingsError
 from .users import read_users
@@ -54,15 +55,15 @@ class StartupRefusal:
     sends the traceback as that message, which buries the line under a stack of frames that say
     nothing about what to set. Any other failure keeps its traceback: it is a bug or an outage."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp):
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             return await self.app(scope, receive, send)
-        held: list[dict] = []
+        held: list[Message] = []
 
-        async def sending(message):
+        async def sending(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed":
                 held.append(message)  # sent once the exception (just below) says which text it gets
             else:

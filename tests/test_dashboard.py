@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from conftest import free_port, wait_until
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.mcapfiles import read_messages
 from wsutil import push, ws_connect
 
 CHROMIUM = "/usr/bin/chromium"

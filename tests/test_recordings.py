@@ -20,8 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
-from ptgstore.catalogue import parse_segment_name, segment_name
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.catalogue import parse_segment_name, segment_name
+from ptgstore.recordings.mcapfiles import read_messages
 from wsutil import expect_close, ws_connect
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4

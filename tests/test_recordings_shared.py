@@ -13,7 +13,7 @@ from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
 from test_recordings import api, joined, push_at, read_stream, recorded, run_replay, serve_env
 from ptgstore.auth import hash_password, write_users
-from ptgstore.recordings_dir import MARKER_FILE
+from ptgstore.recordings.directory import MARKER_FILE
 from ptgstore.testing import RedisServer
 
 SECRET = "one signing secret shared by every process of the test!"
@@ -75,7 +75,7 @@ def test_two_api_processes_share_the_shards_and_one_takes_over_from_a_killed_one
 def spread_streams(shards: int) -> list[str]:
     """Stream ids whose shards (of `shards`) are all different: every shard has one."""
     from ptgstore.keys import Keys
-    from ptgstore.recorder import shard_of
+    from ptgstore.recordings.recorder import shard_of
     found: dict[int, str] = {}
     for i in range(1000):
         found.setdefault(shard_of(f"s{i}", shards, Keys()), f"s{i}")

@@ -23,11 +23,13 @@ import socket
 import zlib
 from pathlib import Path
 
-from .connections import RedisError
-from .keys import Keys
-from .recording_store import RecordingStore
-from .recordings_dir import RecordingsDirectory
-from .store import Store, StoreUnavailable
+from ..connections import RedisError
+from ..keys import Keys
+from .catalogue import Catalogue
+from .mcapread import Limits
+from .state import RecordingStore
+from .directory import RecordingsDirectory
+from ..store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.recorder")
 
@@ -51,7 +53,7 @@ class Recorder:
     """The recorder of one API process: proves its directory, competes for shards and writes them."""
 
     def __init__(self, store: Store, root: Path, segment_seconds: float, segment_bytes: int, shards: int = 4,
-                 ephemeral_refusal: str | None = None, read_count: int = 256):
+                 ephemeral_refusal: str | None = None, read_count: int = 256, limits: Limits | None = None):
         self.states = RecordingStore(store)
         self.keys = store.keys
         self.root = Path(root)
@@ -60,6 +62,7 @@ class Recorder:
         self.shards = shards
         self.read_count = read_count
         self.directory = RecordingsDirectory(self.states, self.root, ephemeral_refusal)
+        self.catalogue = Catalogue(self.root, self.states, self.directory, limits)  # (what the routes use)
         self.writer = {"host": socket.gethostname(), "pid": os.getpid()}
         self.closing = asyncio.Event()
         self.held: dict[int, ShardTask] = {}
@@ -214,7 +217,7 @@ class ShardTask:
 
     async def _work(self) -> None:
         """Write the shard of the active recording (one after another), then give the lease back."""
-        from .recording_shard import ShardWriting  # noqa: PLC0415 - it imports this module's names
+        from .shard import ShardWriting  # (here: shard.py imports this module's names)
 
         while not self.leaving:
             state = await self.recorder.states.state()

@@ -13,6 +13,7 @@ from conftest import live_server, make_settings, wait_until
 from servers import ServeProcess
 from test_recordings import api, joined, push_at, read_stream, recorded, run_replay, serve_env
 from ptgstore.auth import hash_password, write_users
+from ptgstore.keys import Keys
 from ptgstore.recordings.directory import MARKER_FILE
 from ptgstore.testing import RedisServer
 
@@ -224,3 +225,20 @@ def test_a_stop_with_streams_that_got_nothing_finishes_without_an_error(tmp_path
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("recording half-quiet finished: 5 entries") for m in messages)
     assert any(m.startswith("recording all-quiet finished: 0 entries") for m in messages)
+
+
+def test_the_recordings_keys_keep_their_names_behind_the_prefix_and_the_cluster_tag():
+    """The recordings' state is found where every earlier version (and the original server's
+    `recording:id`) put it: on a single Redis behind the prefix, on a cluster under one hash tag."""
+    plain, tagged = Keys("p:").recordings, Keys("p:", tagged=True).recordings
+    names = {"id": "recording:id", "state": "ptgstore:recording", "cursors": "ptgstore:recording:cursors",
+             "stats": "ptgstore:recording:stats", "segments": "ptgstore:recording:segments",
+             "gaps": "ptgstore:recording:gaps", "writers": "ptgstore:recording:writers",
+             "errors": "ptgstore:recording:errors", "presence": "ptgstore:recorders",
+             "directory": "ptgstore:recordings:directory"}
+    for attribute, name in names.items():
+        assert getattr(plain, attribute) == "p:" + name
+        assert getattr(tagged, attribute) == "p:{ptgstore:recording}" + name
+    assert plain.lease(3) == "p:ptgstore:recorder:lease:3"
+    assert tagged.lease(3) == "p:{ptgstore:recording}ptgstore:recorder:lease:3"
+    assert set(plain.owned()) == {getattr(plain, attribute) for attribute in names}

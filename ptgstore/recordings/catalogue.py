@@ -29,10 +29,10 @@ import orjson
 from starlette.exceptions import HTTPException
 
 from ..framing import parse_entry_id
-from .mcapfiles import SEGMENT_SUFFIX, summarize
-from .mcapread import Limits, off_loop
 from ..private import FILE_MODE, open_private, private_dir
 from ..store import StoreError, entry_time_iso
+from .mcapfiles import SEGMENT_SUFFIX, summarize
+from .mcapread import Limits, off_loop
 
 if TYPE_CHECKING:
     from .directory import RecordingsDirectory

@@ -5,11 +5,11 @@ A recording's streams are shared out in shards (`PTGSTORE_RECORDING_SHARDS`, fix
 starts): a stream's shard follows its group (its id up to the group separator; ids without one
 each on their own), so a headset's streams go together. Each shard is written by one process at
 a time, the holder of the shard's lease in Redis (a key with a short TTL its holder renews).
-Every process able to record (its recordings directory proven, `recordings_dir.py`) says so in
+Every process able to record (its recordings directory proven, `directory.py`) says so in
 Redis, and holds its fair share of the shards: the shard count divided by the processes present,
 rounded up. It takes free shards up to its share and gives back what is above it (finishing the
 segment in progress first). When a process dies its leases expire and the others take its shards
-over within seconds, from the committed cursors (`recording_shard.py`): nothing is lost.
+over within seconds, from the committed cursors (`shard.py`): nothing is lost.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from ..connections import RedisError
 from ..keys import Keys
+from ..store import Store, StoreUnavailable
 from .catalogue import Catalogue
+from .directory import RecordingsDirectory
 from .mcapread import Limits
 from .state import RecordingStore
-from .directory import RecordingsDirectory
-from ..store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.recorder")
 

@@ -303,7 +303,7 @@ class Catalogue:
 
     async def rename(self, rec_id: str, new_id: str) -> list[bool]:
         """`[the new name is there, the old one gone]`."""
-        old_dir, new_dir = self.path(rec_id), self.path(new_id)
+        new_dir = self.path(new_id)
         old_dir = await self.existing(rec_id)
         if new_dir.exists():
             raise HTTPException(409, f"recording {new_id!r} already exists")

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import wait_until
-from wsutil import push
+from ptgstore.testing import wait_until
+from support.ws import push
 
 STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()
 HEAD = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"

@@ -6,12 +6,15 @@ import json
 import os
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from conftest import wait_until
-from servers import ServeProcess
-from wsutil import read_delivery
+from ptgstore.testing import wait_until
+from support.servers import ServeProcess
+from support.ws import read_delivery
+
+pytestmark = pytest.mark.slow  # `ptgstore serve --workers` processes
 
 
 def counter(server: ServeProcess, name: str, **labels) -> float:
@@ -72,6 +75,10 @@ def test_two_workers_share_embedded_redis_and_metrics_and_stop_it_cleanly(tmp_pa
             assert counter(server, "ptgstore_entries_pushed_total", via="websocket") == 100
             assert counter(server, "ptgstore_sockets_total", kind="push") == 20
         assert any(name.endswith(".db") for name in os.listdir(metrics_dir))
+        # each worker knows how many serve (the CLI hands --workers on): /status says 2 whichever answers
+        for _ in range(6):
+            reply = httpx.get(server.url + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert reply.json()["workers"] == 2
         status = server.terminate()
     assert status in (0, -15), server.output[-3000:]
     # the parent stopped the embedded Redis after the workers, and said so

@@ -23,12 +23,12 @@ from typing import Any, Iterable
 import orjson
 from mcap.writer import CompressionType, Writer
 
-from .foxglove_schemas import (  # noqa: F401 - entry_times, NS_PER_MS and MAX_SEQUENCE are used through here
+from ..foxglove_schemas import (  # noqa: F401 - entry_times, NS_PER_MS and MAX_SEQUENCE are used through here
     IMAGE_SCHEMA, IMAGE_SCHEMA_NAME, MAX_SEQUENCE, NS_PER_MS, RAW_ENCODING, compressed_image, entry_times, image_format,
 )
+from ..private import open_private
 from . import mcapread
 from .mcapread import Limits, Reading
-from .private import open_private
 
 ENCODING_KEY = "ptgstore.encoding"
 SEGMENT_SUFFIX = ".mcap"

@@ -289,7 +289,7 @@ def test_a_generated_secret_is_never_seen_empty_by_a_concurrent_reader(tmp_path)
             barrier.wait(10)
             try:
                 seen.append(load_or_create_secret(settings))
-            except Exception as exc:  # noqa: BLE001 - reported below with the round
+            except Exception as exc:  # reported below with the round
                 failures.append(exc)
 
         threads = [threading.Thread(target=read) for _ in range(8)]

@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's chromium driven by Playwright (no downloaded browser).
+"""The dashboard in a real browser: the system's chromium driven by Playwright (no downloaded browser).
 
 Skipped when chromium is not on PATH (`.ci/run` installs it). Every wait has a timeout.
 """
@@ -347,7 +347,7 @@ class _ForeignPage(http.server.BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self):  # noqa: N802 - the standard library's name
+    def do_GET(self):  # the standard library's name
         body = f"""<!doctype html><html><body><form id="f" method="POST" enctype="multipart/form-data"
             action="{self.target}/data/victim"><input type="hidden" name="x" value="y"></form>
             <p id="done">ready</p></body></html>""".encode()

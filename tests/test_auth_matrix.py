@@ -322,6 +322,7 @@ def mutated(token: str, position: int, replacement: str) -> str:
     return token[:i] + replacement + token[i + 1:]
 
 
+@pytest.mark.slow
 def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
     with live_server(make_settings(tmp_path, redis_server.url)) as live, \
             httpx.Client(base_url=live.url, timeout=10) as client:

@@ -347,7 +347,7 @@ class _ForeignPage(http.server.BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self):  # the standard library's name
+    def do_GET(self):  # (the standard library's name)
         body = f"""<!doctype html><html><body><form id="f" method="POST" enctype="multipart/form-data"
             action="{self.target}/data/victim"><input type="hidden" name="x" value="y"></form>
             <p id="done">ready</p></body></html>""".encode()

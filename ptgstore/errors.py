@@ -17,9 +17,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .framing import FramingError
-from .mcapread import RecordTooLarge, UnreadableRecording
 from .permissions import BadPatterns
 from .permissions import Forbidden as Forbidden  # (re-exported: routes/recordings.py catches errors.Forbidden)
+from .recordings.mcapread import RecordTooLarge, UnreadableRecording
 from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 

@@ -13,27 +13,46 @@ the transport to drain: a slow socket never holds up the others and costs no mem
 """
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from .framing import encode_header, pack_entries
 from .wsframes import delivery_frames
+
+# What the routes made of each hub delivery (its wire form by header codec, frames, Foxglove
+# payloads), once for every socket it goes to: kept as long as the delivery itself, which the
+# follower shares with every socket at the same cursor until its next read.
+_made: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def made(delivery) -> dict:
+    """The cache of what was made of `delivery` for the wire (the route side's, never the hub's)."""
+    cache = _made.get(delivery)
+    if cache is None:
+        cache = _made[delivery] = {}
+    return cache
 
 
 def wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
     """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
-    encoded = delivery.encoded.get(codec)
+    cache = made(delivery)
+    encoded = cache.get(codec)
     if encoded is None:
         header, blob = pack_entries(delivery.entries)
         raw = encode_header(header, codec)
-        encoded = delivery.encoded[codec] = (raw.decode() if codec == "json" else raw, blob)
+        encoded = cache[codec] = (raw.decode() if codec == "json" else raw, blob)
     return encoded
 
 
-def frames(delivery, codec: str) -> tuple[bytes, ...]:
-    """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to."""
+def frames(delivery, codec: str) -> tuple[tuple[bytes, ...], int]:
+    """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to,
+    and the size of its blob."""
+    cache = made(delivery)
     key = ("frames", codec)
-    made = delivery.encoded.get(key)
-    if made is None:
-        made = delivery.encoded[key] = delivery_frames(*wire(delivery, codec))
-    return made
+    framed = cache.get(key)
+    if framed is None:
+        header, blob = wire(delivery, codec)
+        framed = cache[key] = (delivery_frames(header, blob), len(blob))
+    return framed
 
 
 class Direct:
@@ -48,8 +67,9 @@ class Direct:
         """Write `delivery` now if the socket can take it; whether it did."""
         if not self.sink.ready():
             return False
-        self.sink.write(frames(delivery, self.codec))
-        self.tally(len(delivery.entries), len(delivery.encoded[self.codec][1]))
+        framed, size = frames(delivery, self.codec)
+        self.sink.write(framed)
+        self.tally(len(delivery.entries), size)
         self.sent += 1
         return True
 

@@ -53,6 +53,7 @@ class Follower:
         self._interrupted = False
         # what the sockets at one cursor get next, made once for all of them (they mostly move together)
         self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
+        self.plain: dict[tuple[tuple[int, int], int], "Delivery"] = {}  # the same without gap notices
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
 
     def invalidate(self) -> None:
@@ -75,6 +76,7 @@ class Follower:
         self.ids.clear()
         self.gap_marks.clear()
         self.shared.clear()
+        self.plain.clear()
         self.buffered_bytes = 0
 
     def _wake(self) -> None:
@@ -161,6 +163,7 @@ class Follower:
     def _append(self, records, length: int, mark: tuple[int, int] | None) -> None:
         hub = self.hub
         self.shared.clear()
+        self.plain.clear()
         if mark is not None:
             self.gap_marks.append(mark)
         for entry_id, data in records:
@@ -208,9 +211,10 @@ class Follower:
         k = bisect.bisect_left(self.gap_marks, pair)
         return k < len(self.gap_marks) and self.gap_marks[k] == pair
 
-    def delivery_after(self, cursor: tuple[int, int], count: int) -> "Delivery | None":
+    def delivery_after(self, cursor: tuple[int, int], count: int, notices: bool = True) -> "Delivery | None":
         """The entries after `cursor` as a Delivery shared by every socket at that cursor (not to be
-        changed), with the gap notice due before them; None when the buffer no longer reaches back."""
+        changed), with the gap notice due before them (unless `notices` is false); None when the
+        buffer no longer reaches back."""
         key = (cursor, count)
         delivery = self.shared.get(key)
         if delivery is None:
@@ -222,6 +226,11 @@ class Follower:
             if buffered and self.gap_before(buffered[0][0]):
                 delivery.gaps = [gap_notice(self.sid, cursor, buffered[0][0])]
             self.shared[key] = delivery
+        if delivery.gaps and not notices:
+            plain = self.plain.get(key)
+            if plain is None:
+                plain = self.plain[key] = Delivery(delivery.entries, [], delivery.last)
+            return plain
         return delivery
 
     def newest_entry(self) -> tuple[str, bytes] | None:

@@ -162,13 +162,11 @@ class Subscription:
         """One stream, followed in the buffer: the delivery every socket at this cursor shares."""
         if len(self.followers) != 1 or latest:
             return None
-        shared = self.followers[0].delivery_after(self.cursors[0], count)
+        # (a socket that did not ask for gap notices, or has read nothing yet, gets the entries without)
+        shared = self.followers[0].delivery_after(self.cursors[0], count, self.gaps and not self.fresh[0])
         if shared is None or shared.last is None:  # (a shared delivery always knows its cursor)
             return None
         self.cursors[0] = shared.last
-        if shared.gaps and (self.fresh[0] or not self.gaps):
-            # the same entries without the notice (made once per socket, only at a gap)
-            return Delivery(shared.entries, [], shared.last)
         return shared
 
     async def _collect(self, count: int, latest: bool) -> Delivery:

@@ -247,10 +247,11 @@ class Hub:
     async def open(self, sids: Sequence[str], last_entry_id: str | Sequence[str] = NOW, count: int = 1,
                    gaps: bool = False) -> AsyncIterator[Subscription]:
         """A pull of `sids` from `last_entry_id` (`async with hub.open(...) as subscription`), as
-        docs/protocol.md says: one cursor per stream (`a+b`, or a list; fewer values repeat), `$`
-        fixed now (nothing added after this moment is skipped), `*` just before the newest `count`
-        entries, `0`/`-` or an entry id. The streams' generations are read first, with `$` when
-        there is one: entries of a stream deleted before now are never served from memory."""
+        docs/protocol.md says: one cursor per stream (`a+b`, fewer values repeating, or a parsed list),
+        `$` fixed now (nothing added after this moment is skipped), `*` just before the newest `count`
+        entries, `0`/`-` or an entry id; with `gaps`, notices of entries trimmed past a cursor. The
+        streams' generations are read first, with `$` when there is one: entries of a stream deleted
+        before now are never served from memory."""
         cursors = parse_cursors(last_entry_id, len(sids)) if isinstance(last_entry_id, str) \
             else list(last_entry_id)
         if NOW in cursors:

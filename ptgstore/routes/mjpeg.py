@@ -90,7 +90,7 @@ class MJPEGResponse:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         # opened before the answer starts: a store that cannot be read is still a 503
-        async with self.request.app.state.hub.open([self.sid], self.cursor, self.newest_count) as subscription:
+        async with self.request.app.state.hub.open([self.sid], [self.cursor], self.newest_count) as subscription:
             await send(start)
             watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
             try:

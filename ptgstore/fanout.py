@@ -32,9 +32,11 @@ def made(delivery) -> dict:
     return cache
 
 
-def wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
-    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
-    cache = made(delivery)
+def wire(delivery, codec: str, cache: dict | None = None) -> tuple[str | bytes, bytes]:
+    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to
+    (`cache`: its `made`, when the caller has it at hand)."""
+    if cache is None:
+        cache = made(delivery)
     encoded = cache.get(codec)
     if encoded is None:
         header, blob = pack_entries(delivery.entries)
@@ -43,14 +45,15 @@ def wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
     return encoded
 
 
-def frames(delivery, codec: str) -> tuple[tuple[bytes, ...], int]:
+def frames(delivery, codec: str, cache: dict | None = None) -> tuple[tuple[bytes, ...], int]:
     """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to,
-    and the size of its blob."""
-    cache = made(delivery)
+    and the size of its blob (`cache` as for `wire`)."""
+    if cache is None:
+        cache = made(delivery)
     key = ("frames", codec)
     framed = cache.get(key)
     if framed is None:
-        header, blob = wire(delivery, codec)
+        header, blob = wire(delivery, codec, cache)
         framed = cache[key] = (delivery_frames(header, blob), len(blob))
     return framed
 
@@ -63,11 +66,11 @@ class Direct:
         self.sink, self.codec, self.count, self.tally = sink, codec, count, tally
         self.sent = 0  # deliveries written so
 
-    def send(self, delivery) -> bool:
+    def send(self, delivery, cache: dict | None = None) -> bool:
         """Write `delivery` now if the socket can take it; whether it did."""
         if not self.sink.ready():
             return False
-        framed, size = frames(delivery, self.codec)
+        framed, size = frames(delivery, self.codec, cache)
         self.sink.write(framed)
         self.tally(len(delivery.entries), size)
         self.sent += 1
@@ -78,9 +81,12 @@ def deliver(follower) -> None:
     """After `follower` buffered new entries: write them to its parked sockets that take them
     directly, and wake every other socket (and any that could not take them)."""
     written = set()
+    # what was made of each delivery, at hand for this round (the deliveries stay in the follower's
+    # `shared` meanwhile, so their ids stand for them): sockets at one cursor share one delivery
+    caches: dict[int, dict] = {}
     for subscription in follower.readers:
         if subscription.parked and subscription.direct is not None:
-            if _send(subscription, follower):
+            if _send(subscription, follower, caches):
                 written.add(subscription.wake)
             else:
                 subscription.parked = False  # its task serves it from here
@@ -89,7 +95,7 @@ def deliver(follower) -> None:
             waiter.set()
 
 
-def _send(subscription, follower) -> bool:
+def _send(subscription, follower, caches: dict[int, dict]) -> bool:
     """Write every delivery due up to the follower's newest entry; whether all went (else its task
     takes over from the cursor reached)."""
     if subscription.closed or len(subscription.followers) != 1 or subscription.epochs[0] != follower.epoch:
@@ -99,7 +105,10 @@ def _send(subscription, follower) -> bool:
         delivery = follower.delivery_after(subscription.cursors[0], direct.count)
         if delivery is None or delivery.last is None or delivery.gaps or not delivery.entries:
             return False
-        if not direct.send(delivery):
+        cache = caches.get(id(delivery))
+        if cache is None:
+            cache = caches[id(delivery)] = made(delivery)
+        if not direct.send(delivery, cache):
             return False
         subscription.cursors[0] = delivery.last
         subscription.fresh[0] = False

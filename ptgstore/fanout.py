@@ -64,13 +64,15 @@ class Direct:
 
     def __init__(self, sink, codec: str, count: int, tally):
         self.sink, self.codec, self.count, self.tally = sink, codec, count, tally
+        self.key = ("frames", codec)  # of its frames in a delivery's `made`
         self.sent = 0  # deliveries written so
 
     def send(self, delivery, cache: dict | None = None) -> bool:
         """Write `delivery` now if the socket can take it; whether it did."""
         if not self.sink.ready():
             return False
-        framed, size = frames(delivery, self.codec, cache)
+        made_frames = cache.get(self.key) if cache is not None else None
+        framed, size = made_frames if made_frames is not None else frames(delivery, self.codec, cache)
         self.sink.write(framed)
         self.tally(len(delivery.entries), size)
         self.sent += 1

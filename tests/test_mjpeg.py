@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import wait_until
+from conftest import live_server, make_settings, wait_until
 from wsutil import push
 
 STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()  # no frames in this stream yet
@@ -152,6 +152,17 @@ def test_a_newest_entry_that_is_no_image_shows_the_stand_by(server):
         assert parts.next() == ("image/jpeg", WAITING)  # not a blank box until the next image
         push(server, "mixed", frame)
         assert parts.next() == ("image/jpeg", frame)
+
+
+def test_a_store_that_cannot_be_read_is_a_503_not_a_broken_stream(tmp_path):
+    """The pull is opened before the answer starts: without Redis the viewer gets a 503 with a reason."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # (nothing listens there once the probe is closed)
+    with live_server(make_settings(tmp_path, f"redis://127.0.0.1:{port}")) as live:
+        for query in ({}, {"last_entry_id": "$"}, {"last_entry_id": "*"}, {"last_entry_id": "0"}):
+            reply = httpx.get(f"{live.url}/mjpeg/cam", params={"token": live.token(), **query}, timeout=20)
+            assert reply.status_code == 503 and "unavailable" in reply.json()["detail"]
 
 
 def test_in_order_from_a_cursor_with_count(server):

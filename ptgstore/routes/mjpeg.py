@@ -50,7 +50,7 @@ async def stream(request: Request):
     answers the headers only.
     ---
     query:
-      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start, as on a pull socket (default: just before the newest image, as `*` with one entry)"}
+      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start, as on a pull socket (default: the newest entry, then what follows: `*` with one entry)"}
       count: {$ref: "#/components/schemas/Count", description: "images per read with `latest=false` (1 to 100000)"}
       latest: {flag: true, description: each part is the newest image when the client is ready for it (a slow viewer skips frames)}
     raises: [FramingError, StoreError, StoreUnavailable]

@@ -1,24 +1,17 @@
-"""Real parts for every test: a private redis-server on a free port, the app under uvicorn."""
+"""The fixtures of every test: a private redis-server on a free port, the app under uvicorn, a Redis Cluster,
+the permission lab, chromium. Fixtures only: what the tests import lives in tests/support/."""
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
-from ptgstore.app import create_app
-from ptgstore.serving import uvicorn_options
-from ptgstore.settings import Settings
-from ptgstore.testing import RedisServer, free_port, wait_until  # noqa: F401 - the tests import them from here
-
-
-# the keys a server keeps from start-up: its secret's fingerprint, its recordings directory and its
-# presence as a recorder (a test that stores nothing finds these alone)
-SERVER_KEYS = [b"ptgstore:recorders", b"ptgstore:recordings:directory", b"ptgstore:secret-fingerprint"]
+from ptgstore.permissions import Rights
+from ptgstore.testing import RedisServer
+from support.browser import CHROMIUM_ARGS, chromium
+from support.cluster import RedisCluster, needs_cluster_support
+from support.permissionlab import JPEG, SEEDED, users_file
+from support.servers import live_server, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -35,53 +28,6 @@ def rdb(redis_server):
     client.flushall()
     yield client
     client.close()
-
-
-class LiveServer:
-    """The real app served by uvicorn on a free port, in a thread of this process."""
-
-    def __init__(self, settings: Settings, port: int | None = None):
-        self.settings = settings
-        self.port = port or free_port()
-        self.app = create_app(settings.replace(port=self.port))
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-            **{**uvicorn_options(settings.max_message), "timeout_graceful_shutdown": 5},  # as `ptgstore serve`
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-
-    def start(self) -> "LiveServer":
-        self.thread.start()
-        wait_until(lambda: self.server.started, what="uvicorn to start")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        assert not self.thread.is_alive(), "uvicorn did not stop"
-
-    def token(self, user: str = "test") -> str:
-        return self.app.state.authenticator.issue(user)
-
-    def http(self, user: str = "test", **kwargs) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token(user)}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
-
-
-def make_settings(tmp_path: Path, redis_url: str | None, **changes) -> Settings:
-    return Settings(redis_url=redis_url, data_dir=str(tmp_path / "data"), **changes)
-
-
-@contextlib.contextmanager
-def live_server(settings: Settings, port: int | None = None):
-    server = LiveServer(settings, port).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -118,24 +64,44 @@ def redis_6_2(tmp_path_factory):
     server.stop()
 
 
-from cluster import cluster, redis_cluster  # noqa: E402,F401 - the Redis Cluster fixtures (tests/cluster.py)
-from permissionlab import lab  # noqa: E402,F401 - the permission tests' users server (tests/permissionlab.py)
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A 3-master Redis Cluster on loopback for the session."""
+    needs_cluster_support()
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-default-apps", "--disable-extensions"]
+@pytest.fixture
+def cluster(redis_cluster):
+    """The session's cluster, emptied before the test."""
+    redis_cluster.flush()
+    return redis_cluster
+
+
+@pytest.fixture
+def lab(tmp_path, rdb, redis_server):
+    """A `users` server with a headset (push hl1:*), a viewer (read *:main) and an admin, and a
+    few streams pushed by the admin (tests/support/permissionlab.py)."""
+    settings = make_settings(tmp_path, redis_server.url, auth="users", recording_segment_seconds=1)
+    users_file(settings.users_path, headset=Rights((), ("hl1:*",), False), viewer=Rights(("*:main",), (), False),
+               admin=None)
+    with live_server(settings) as live:
+        with live.http("admin") as admin:
+            for sid in SEEDED:
+                assert admin.post(f"/data/{sid}", files=[("f", ("f", JPEG))]).status_code == 200
+        yield live
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium under Playwright (its path given: never a downloaded browser), one per module;
-    the modules that ask for it skip themselves where chromium is missing (test_dashboard.py)."""
-    from playwright import sync_api  # noqa: PLC0415 - only the browser tests need it
-
-    from test_dashboard import CHROMIUM  # noqa: PLC0415
+    """The system's chromium under Playwright (its path given: never a downloaded browser), one per module;
+    the modules that ask for it skip themselves where chromium is missing (support.browser.needs_chromium)."""
+    from playwright import sync_api  # only the browser tests need it
 
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, timeout=60_000)
         try:
             yield browser
         finally:
@@ -154,3 +120,15 @@ def ptgstore_logs(caplog, monkeypatch):
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+# a test's markers tell the truth about what it needs: the quick loop (-m "not cluster and not browser ...")
+# must never start a Redis Cluster or a browser
+_NEEDS = {"redis_cluster": "cluster", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in _NEEDS.items():
+            if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(marker) is None:
+                raise pytest.UsageError(f"{item.nodeid} uses the `{fixture}` fixture but is not marked `{marker}`")

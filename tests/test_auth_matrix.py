@@ -14,7 +14,7 @@ import websockets.exceptions
 from starlette.routing import Mount, Route, WebSocketRoute
 from websockets.sync.client import connect
 
-from conftest import SERVER_KEYS, live_server, make_settings
+from support.servers import SERVER_KEYS, live_server, make_settings
 
 # public on purpose (PROTOCOL.md: /token, /ping and the docs); everything else needs a token
 PUBLIC = {"/token", "/ping", "/ping/error", "/docs", "/docs/sockets", "/docs/static/{name}", "/openapi.json",
@@ -195,6 +195,7 @@ def test_other_authorization_schemes_are_not_tokens(server):
         assert reply.status_code == 401, value
 
 
+@pytest.mark.slow
 def test_public_routes_answer_whatever_token_is_sent(server):
     # a client holding an expired or foreign token must still be able to log in again and ping
     stale = bad_tokens(server.app.state.authenticator.secret)
@@ -349,6 +350,7 @@ def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
         assert client.get("/streams", headers={"Authorization": f"Bearer {good}"}).status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["info", "debug"])
 def test_tokens_and_passwords_never_reach_the_log(tmp_path, rdb, redis_server, level):
     import logging

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks' smoke runs
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["1 KiB entries, ack", "no ack", "batches of 64", "512 KiB frames", "1 KiB entries, ack, producer named",
              "batches of 64 x 1 KiB, ack, producer named", "512 KiB frames, ack, producer named", "8 pushers",

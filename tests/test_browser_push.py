@@ -2,8 +2,10 @@
 connections at random and loses acks: every push resolves once with its id, each entry stored once."""
 from __future__ import annotations
 
-from proxy import CuttingProxy
-from test_dashboard import WAIT, pytestmark  # noqa: F401 - skipped, as the dashboard tests are, without chromium
+from ptgstore.testproxy import CuttingProxy
+from support.browser import WAIT, browser_test
+
+pytestmark = browser_test
 
 PUSH_AT_30_HZ = """async ({ token, count }) => {
     const { PtgStore } = await import('/static/ptgstore.js');

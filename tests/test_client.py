@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, live_server, make_settings, wait_until
+from ptgstore.testing import free_port, wait_until
+from support.servers import live_server, make_settings
 from ptgstore.client import (
     AsyncClient, AuthError, BadRequest, Client, Entry, NotFound, PtgError, ServerError, StreamClosed, Unreachable,
     cursor_for_time,
@@ -102,6 +103,7 @@ def test_pull_from_time_per_stream_cursors_and_timeout(server, rdb):
     assert cursor_for_time(0) == "0-0"
 
 
+@pytest.mark.slow
 def test_readme_script_runs_as_written(server, tmp_path):
     """The "Using ptgstore from Python" script of the README, against this server."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()

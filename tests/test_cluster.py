@@ -4,8 +4,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from conftest import live_server, make_settings, wait_until
-from wsutil import expect_close, read_delivery, ws_connect
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
+from support.ws import expect_close, read_delivery, ws_connect
+
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
@@ -134,8 +137,8 @@ def test_tokens_ping_and_status_on_the_cluster(cserver):
 
 
 def test_an_unreachable_cluster_is_an_outage_not_a_refusal(tmp_path):
-    from cluster import needs_cluster_support
-    from conftest import free_port
+    from support.cluster import needs_cluster_support
+    from ptgstore.testing import free_port
 
     needs_cluster_support()
 

@@ -1,6 +1,10 @@
 """The cluster mode of the benchmark runs end to end at a tiny size and loses nothing acknowledged."""
+import pytest
+
 from benchmarks import cluster as bench
-from cluster import needs_cluster_support
+from support.cluster import needs_cluster_support
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 def test_cluster_benchmark_runs_every_setup(capsys):

@@ -5,9 +5,12 @@ import asyncio
 
 import pytest
 
-from cluster import RedisCluster, needs_cluster_support
-from conftest import live_server, make_settings, wait_until
+from support.cluster import RedisCluster, needs_cluster_support
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
 from test_cluster_moves import HZ, puller, pusher
+
+pytestmark = pytest.mark.cluster
 
 SECONDS = 4
 PULLERS = 3
@@ -69,7 +72,7 @@ def test_a_master_killed_is_replaced_and_its_streams_served_again(tmp_path, repl
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    from wsutil import read_delivery
+    from support.ws import read_delivery
 
     cluster = replicated
     with live_server(make_settings(tmp_path, cluster.url, redis_cluster=True, redis_timeout=5)) as server:

@@ -10,7 +10,9 @@ import pytest
 from redis.crc import key_slot
 from websockets.asyncio.client import connect
 
-from conftest import live_server, make_settings
+from support.servers import live_server, make_settings
+
+pytestmark = pytest.mark.cluster
 
 HZ = 30
 SECONDS = 4

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from PIL import Image
 
-from conftest import RedisServer, live_server, make_settings, wait_until
+from ptgstore.testing import RedisServer, wait_until
+from support.servers import live_server, make_settings
 
 STREAMS = ["glf/left", "hololens1:imu", ".hidden", "plain"]
 
@@ -40,6 +41,7 @@ def stored(rdb, sid):
     return [(i.decode(), f[b"d"]) for i, f in rdb.xrange(sid)]
 
 
+@pytest.mark.slow
 def test_push_streams_and_pull(server, rdb, tmp_path):
     frames = [os.urandom(n) for n in (10, 0, 300_000)]
     paths = []
@@ -95,6 +97,7 @@ def test_following_pull_stopped_by_ctrl_c_reports_what_it_pulled(server, rdb, tm
     assert [(out / "cam" / f"{i}.bin").read_bytes() for i in ids] == [b"live 0", b"live 1"]
 
 
+@pytest.mark.slow
 def test_missing_token_says_how_to_get_one(server):
     done = ptgstore(server, "streams", token=False)
     assert done.returncode == 1
@@ -106,6 +109,7 @@ def test_missing_token_says_how_to_get_one(server):
     assert missing.returncode == 2 and missing.stderr == b"ptgstore push: not a file: no-such-file.jpg\n"
 
 
+@pytest.mark.slow
 def test_dump_then_load_into_a_fresh_store_is_byte_exact(server, rdb, tmp_path):
     expected = {}
     with server.http() as http:
@@ -156,6 +160,7 @@ def test_dump_then_load_into_a_fresh_store_is_byte_exact(server, rdb, tmp_path):
         fresh_redis.stop()
 
 
+@pytest.mark.slow
 def test_simulate_pushes_headset_streams_at_their_rates(server, rdb):
     done = ok(ptgstore(server, "simulate", "--duration", "2", "--device", "hl2", "--imu-batch", "20"))
     summary = done.stderr.decode()
@@ -193,6 +198,7 @@ def test_stream_directory_names_are_safe(sid, dirname):
 
 # -- first run: what a new user trips over ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_pull_from_newest_with_limit_one_prints_the_newest_entry(server, rdb):
     payloads = [b"entry %d" % i for i in range(150)]
     for data in payloads:
@@ -208,6 +214,7 @@ def test_pull_from_newest_with_limit_one_prints_the_newest_entry(server, rdb):
     assert "--limit N" in usage and "--batch N" in usage and "--count" not in usage
 
 
+@pytest.mark.slow
 def test_history_pull_stops_when_caught_up_and_warns_of_missing_streams(server, rdb, tmp_path):
     ids = [rdb.xadd("cam", {"d": b"frame %d" % i}).decode() for i in range(3)]
     out = tmp_path / "frames"
@@ -278,6 +285,7 @@ def test_pull_refuses_to_write_entries_into_a_terminal(server, rdb):
     assert b"give --out DIR, or redirect standard output" in shown and b"binary" not in shown
 
 
+@pytest.mark.slow
 def test_username_without_password_asks_at_a_terminal_without_echo(server, rdb):
     rdb.xadd("asked", {"d": b"x"})
     env = _env(server)

@@ -204,6 +204,7 @@ def _validate(document: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["node", str(validate), str(path)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_asyncapi_document_passes_the_asyncapi_parser(server, tmp_path):
     document = httpx.get(server.url + "/asyncapi.json", timeout=10).json()
     assert document["asyncapi"].startswith("3.")

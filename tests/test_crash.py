@@ -17,9 +17,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import free_port, wait_until
+from ptgstore.testing import free_port, wait_until
 from ptgstore.auth import Authenticator
 from ptgstore.settings import Settings
+
+pytestmark = pytest.mark.slow  # SIGKILLed servers and restarts
 
 BATCH = 4
 

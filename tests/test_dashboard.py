@@ -1,6 +1,6 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright (no downloaded browser).
 
-Skipped when /usr/bin/chromium is missing (`.ci/run` installs it). Every wait has a timeout.
+Skipped when chromium is not on PATH (`.ci/run` installs it). Every wait has a timeout.
 """
 from __future__ import annotations
 
@@ -16,38 +16,18 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from conftest import free_port, wait_until
 from ptgstore.mcapfiles import read_messages
-from wsutil import push, ws_connect
+from ptgstore.testing import free_port, wait_until
+from support.browser import WAIT, Watched, browser_test, jpeg
+from support.ws import push, ws_connect
 
-CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__("os").X_OK),
-                                reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+pytestmark = browser_test
 expect = sync_api.expect
-WAIT = 15_000  # ms: the longest any expectation waits
 expect.set_options(timeout=WAIT)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-class Watched:
-    """A page, with what it logged as errors and every request it made."""
-
-    def __init__(self, page, origin: str):
-        self.page = page
-        self.origin = origin
-        self.errors: list[str] = []
-        self.requests: list[str] = []
-        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("request", lambda request: self.requests.append(request.url))
-        page.set_default_timeout(WAIT)
-
-    def foreign_requests(self) -> list[str]:
-        allowed = (self.origin + "/", self.origin.replace("http", "ws", 1) + "/", "blob:", "data:")
-        return [url for url in self.requests if not url.startswith(allowed)]
-
 
 @pytest.fixture
 def watched(browser, server):
@@ -77,12 +57,6 @@ def signed_in(watched, server):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-
-def jpeg(colour, size=(160, 120)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, colour).save(out, format="JPEG", quality=95)
-    return out.getvalue()
-
 
 @contextlib.contextmanager
 def pushing(server, sid, hz=20, seconds=60):

@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the dashboard benchmark's smoke run
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import live_server, make_settings
 from ptgstore.permissions import Rights
-from test_dashboard import CHROMIUM, WAIT, Watched, expect, jpeg, sync_api  # noqa: F401 - skips as it does
-from permissionlab import users_file
+from support.browser import WAIT, Watched, browser_test, jpeg
+from support.permissionlab import users_file
+from support.servers import live_server, make_settings
 
-pytestmark = pytest.mark.skipif(not __import__("os").access(CHROMIUM, __import__("os").X_OK),
-                                reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = browser_test
+expect = sync_api.expect
+expect.set_options(timeout=WAIT)
 STREAMS = ["hl1:main", "hl1:depth", "hl2:main", "lab:imu"]
 # what the browser logs by itself for an answer the page expected (the page shows the reason)
 EXPECTED_CONSOLE = "Failed to load resource: the server responded with a status of 403"

@@ -5,8 +5,9 @@ import contextlib
 import httpx
 import pytest
 
-from conftest import live_server, make_settings, wait_until
-from wsutil import read_delivery, ws_connect
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
+from support.ws import read_delivery, ws_connect
 
 
 def push(rdb, sid, *payloads):
@@ -125,9 +126,10 @@ def test_latest_pull_open_across_a_delete(pair, rdb):
         assert read_delivery(ws) == [("cam", loaded[0], b"loaded")]
 
 
+@pytest.mark.slow
 def test_two_uvicorn_processes_on_one_redis(tmp_path, rdb, redis_server):
     """The same through `ptgstore serve` processes: delete through one, pull through the other."""
-    from servers import ServeProcess
+    from support.servers import ServeProcess
 
     with contextlib.ExitStack() as stack:
         one = stack.enter_context(ServeProcess(tmp_path / "one", "--redis-url", redis_server.url)).wait_ready()

@@ -17,9 +17,10 @@ import pytest
 import redis
 import yaml
 
-from conftest import free_port, live_server, make_settings, wait_until
+from ptgstore.testing import free_port, wait_until
+from support.servers import live_server, make_settings
 from ptgstore.embedded import find_redis_server
-from wsutil import read_delivery
+from support.ws import read_delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
-from cluster import _free_port
-from conftest import wait_until
+from support.cluster import cluster_port
+from ptgstore.testing import wait_until
 from ptgstore.embedded import find_redis_server
 from ptgstore.settings import Settings
 
@@ -58,9 +59,10 @@ def test_cluster_compose_wires_six_nodes_two_apis_and_the_proxy():
             assert source in spec["volumes"] or (DEPLOY / source).exists(), volume
 
 
+@pytest.mark.cluster
 def test_a_cluster_node_accepts_the_compose_command_line(tmp_path):
     command = compose()["services"]["redis-1"]["command"]
-    port = _free_port(bus_too=True)  # (the cluster bus listens on the port + 10000)
+    port = cluster_port(bus_too=True)  # (the cluster bus listens on the port + 10000)
     args = [find_redis_server(), str(DEPLOY / "redis.conf"), *command[2:], "--port", str(port),
             "--bind", "127.0.0.1", "--dir", str(tmp_path), "--daemonize", "no"]
     if "v=6." in subprocess.run([args[0], "--version"], capture_output=True, text=True).stdout:

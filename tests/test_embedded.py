@@ -10,7 +10,8 @@ import redis
 
 from ptgstore.embedded import EmbeddedRedis, find_redis_server
 
-from conftest import live_server, make_settings, wait_until
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
 
 
 def test_start_keeps_data_across_restarts(tmp_path):
@@ -84,6 +85,7 @@ def test_long_data_dir_listens_in_a_private_socket_directory(tmp_path):
     assert not os.path.exists(socket_dir), "the private socket directory stays after the server stopped"
 
 
+@pytest.mark.slow
 def test_a_tcp_fallback_needs_the_password_and_refuses_dangerous_commands(tmp_path, monkeypatch):
     from ptgstore import embedded
 

@@ -13,9 +13,10 @@ import orjson
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
-from wsutil import push, read_delivery, ws_connect
+from support.ws import push, read_delivery, ws_connect
 
-from conftest import live_server, make_settings, wait_until
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
 from ptgstore.wsframes import JOIN_BELOW, delivery_frames, text_frame
 
 

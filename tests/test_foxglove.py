@@ -24,10 +24,11 @@ from PIL import Image
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import live_server, make_settings, wait_until
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
 from ptgstore.foxglove_schemas import entry_times
 from ptgstore.layouts import IMU_SAMPLE, depth_meta, imu_meta
-from wsutil import expect_close, push
+from support.ws import expect_close, push
 
 CLIENT_DIR = Path(__file__).parent / "foxglove"
 SUBPROTOCOL = "foxglove.websocket.v1"
@@ -428,7 +429,7 @@ def test_a_stream_seen_empty_is_advertised_again_once_its_entries_say_what_it_is
 
 
 def test_redis_down_is_said_in_a_status_and_streams_appear_once_it_is_back(tmp_path):
-    from conftest import RedisServer
+    from ptgstore.testing import RedisServer
 
     redis = RedisServer(tmp_path / "redis").start()
     try:

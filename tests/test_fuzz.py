@@ -25,12 +25,14 @@ from hypothesis import HealthCheck, assume, given, settings as hsettings, strate
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import RedisServer, live_server, make_settings, wait_until
-from wsutil import read_delivery
+from ptgstore.testing import RedisServer, wait_until
+from support.servers import live_server, make_settings
+from support.ws import read_delivery
 
 # the server runs in a thread of this process and may draw from `random` (client libraries' jitter)
 # while hypothesis generates an example; hypothesis takes that for the strategy's doing
-pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+pytestmark = [pytest.mark.slow,  # Hypothesis: many examples per test against a live server
+              pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")]
 
 MAX_MESSAGE = 64 * 1024  # small, so that oversized input is cheap to send
 MAX_U64 = 2**64 - 1

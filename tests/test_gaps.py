@@ -5,8 +5,8 @@ import json
 import orjson
 import pytest
 
-from conftest import wait_until
-from wsutil import id_pair, read_delivery, ws_connect
+from ptgstore.testing import wait_until
+from support.ws import id_pair, read_delivery, ws_connect
 
 
 def push(rdb, sid, *payloads, **kwargs):
@@ -123,7 +123,7 @@ def test_without_gaps_no_notice_is_sent(server, rdb):
 @pytest.mark.usefixtures("redis_7")
 def test_a_refused_batch_does_not_make_a_gap(server, rdb):
     """Entries added and taken back by a refused batch are not trimmed ones."""
-    from wsutil import expect_close
+    from support.ws import expect_close
 
     ids = push(rdb, "cam", b"a", b"b", id="5000-*")
     with ws_connect(server, "/data/cam/push", batch="true") as ws:
@@ -137,7 +137,7 @@ def test_a_refused_batch_does_not_make_a_gap(server, rdb):
 
 
 def test_untrimmed_and_trimmed_streams_on_redis_6_2(tmp_path, redis_6_2):
-    from conftest import live_server, make_settings
+    from support.servers import live_server, make_settings
 
     rdb = redis_6_2.client()
     rdb.flushall()

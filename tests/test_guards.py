@@ -1,5 +1,4 @@
 """The request guards (ptgstore/guards.py): Host allow-list, security headers, login CSRF and rate."""
-import os
 import socket
 import subprocess
 import sys
@@ -10,7 +9,8 @@ import pytest
 from ptgstore.guards import HostGuard, split_host
 from ptgstore.settings import Settings
 
-from conftest import live_server, make_settings
+from support.browser import chromium
+from support.servers import live_server, make_settings
 
 ATTACKER = {"Host": "attacker.example", "Origin": "http://attacker.example"}
 
@@ -173,14 +173,15 @@ def test_claimed_addresses_do_not_lift_the_overall_login_limit(users_server):
     assert statuses[-1] == 429 and len(statuses) > 30 and 429 not in statuses[:30]  # (refused as malformed)
 
 
+@pytest.mark.browser
 def test_the_docs_page_works_under_its_policy(server):
     # Swagger UI renders with its one inline script allowed by hash: no policy violation in the console
-    chromium = "/usr/bin/chromium"
-    if not os.access(chromium, os.X_OK):
-        pytest.skip(f"{chromium} is not installed (apt-get install chromium)")
+    executable = chromium()
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"],
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"],
                                              timeout=60_000)
         try:
             page = browser.new_page()

@@ -7,8 +7,8 @@ import pytest
 
 from ptgstore import serving
 
-from conftest import live_server, make_settings
-from wsutil import push, ws_connect
+from support.servers import live_server, make_settings
+from support.ws import push, ws_connect
 
 pytestmark = pytest.mark.skipif(serving.HttpToolsProtocol is None, reason="needs httptools")
 
@@ -66,6 +66,7 @@ def test_trickled_headers_do_not_keep_a_connection(quick):
         assert closed, "the server kept a connection whose headers never ended"
 
 
+@pytest.mark.slow
 def test_a_kept_alive_connection_must_finish_its_next_headers_too(quick):
     with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -74,6 +75,7 @@ def test_a_kept_alive_connection_must_finish_its_next_headers_too(quick):
         assert closed_by_server(sock)
 
 
+@pytest.mark.slow
 def test_slow_bodies_and_open_sockets_are_not_cut(quick):
     with ws_connect(quick, "/data/cam/pull") as pull:
         with pytest.raises(TimeoutError):

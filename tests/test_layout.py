@@ -5,7 +5,7 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
-from conftest import live_server, make_settings
+from support.servers import live_server, make_settings
 from ptgstore.keys import Keys
 
 

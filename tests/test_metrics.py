@@ -9,8 +9,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import live_server, make_settings, wait_until
-from wsutil import expect_close, read_delivery, ws_connect
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
+from support.ws import expect_close, read_delivery, ws_connect
 
 
 def scrape(server, **kwargs) -> dict[tuple, float]:

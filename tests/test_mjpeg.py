@@ -10,8 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import live_server, make_settings, wait_until
-from wsutil import push
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
+from support.ws import push
 
 STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()  # no frames in this stream yet
 WAITING = resources.files("ptgstore").joinpath("static/standby-waiting.jpg").read_bytes()  # waiting for new frames

@@ -6,8 +6,9 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import RedisServer, live_server, make_settings, wait_until
-from wsutil import expect_close, read_delivery, ws_connect
+from ptgstore.testing import RedisServer, wait_until
+from support.servers import live_server, make_settings
+from support.ws import expect_close, read_delivery, ws_connect
 
 
 class DurableRedis(RedisServer):

@@ -9,8 +9,8 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import live_server, make_settings
-from wsutil import expect_close, ws_connect
+from support.servers import live_server, make_settings
+from support.ws import expect_close, ws_connect
 
 OWN = ["ptgstore:secret-fingerprint", "ptgstore:recording", "ptgstore:recording:cursors", "ptgstore:recorder:lease",
        "ptgstore:meta", "ptgstore:deleted", "ptgstore:anything", "recording:id"]
@@ -111,6 +111,7 @@ def test_start_up_survives_own_keys_of_the_wrong_type(tmp_path, rdb, redis_serve
         assert f"'{key}'" in removed
 
 
+@pytest.mark.cluster
 def test_on_a_cluster_the_tagged_own_keys_are_out_of_reach_and_repaired(tmp_path, cluster):
     state = "{ptgstore:recording}ptgstore:recording"  # the recorder's state, in its hash-tagged slot
     cluster.owner(state).client.xadd(state, {"d": b"x"})

@@ -9,6 +9,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import ptgstore
 
 ROOT = Path(__file__).parent.parent
@@ -69,6 +71,7 @@ def _installed_closure(requirements: list[str]) -> set[str]:
     return seen
 
 
+@pytest.mark.slow
 def test_serve_without_the_server_extra_says_what_to_install(tmp_path):
     # a real interpreter that has ptgstore and the client's dependencies, and nothing of the server's
     venv = tmp_path / "client-only"

@@ -14,12 +14,13 @@ import jwt
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from permissionlab import JPEG, SEEDED, client, derive, forbidden, socket_refusal
+from support.permissionlab import JPEG, SEEDED, client, derive, forbidden, socket_refusal
 from ptgstore.permissions import Layer, Rights, Scope
-from wsutil import ws_connect
+from support.ws import ws_connect
 
 # -- narrowed tokens ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_derived_token_is_narrower_and_never_regains_what_it_lost(lab):
     viewer = lab.token("viewer")
     reply = derive(lab, viewer, read="hl1:main", ttl="600")
@@ -145,6 +146,7 @@ def test_user_add_takes_the_password_from_the_environment(tmp_path):
     assert verify_password("from the environment", stored) and not verify_password("other", stored)
 
 
+@pytest.mark.slow
 def test_user_commands_manage_permissions(tmp_path):
     data_dir = str(tmp_path / "data")
     assert ptgstore(data_dir, "user", "add", "alice", "--read", "hl1:*", "--write", "hl1:*", "--password-stdin",
@@ -215,6 +217,7 @@ def _expand(pattern: str, fills: list[str]) -> str:
     return "".join(out)
 
 
+@pytest.mark.slow
 @hsettings(max_examples=500, deadline=None)
 @given(ours=st.lists(glob_text, min_size=1, max_size=3), data=st.data())
 def test_a_covered_pattern_matches_nothing_the_covering_ones_do_not(ours, data):

@@ -8,14 +8,15 @@ import struct
 import httpx
 import msgpack
 import orjson
+import pytest
 from starlette.routing import Route, WebSocketRoute
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import live_server, make_settings
-from permissionlab import JPEG, SEEDED, client, forbidden, record, socket_refusal, stream_ids, users_file
+from support.servers import live_server, make_settings
+from support.permissionlab import JPEG, SEEDED, client, forbidden, record, socket_refusal, stream_ids, users_file
 from ptgstore.permissions import Rights
-from wsutil import expect_close, read_delivery, ws_connect
+from support.ws import expect_close, read_delivery, ws_connect
 
 # -- REST -----------------------------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ def _socket_outcome(server, token: str, path: str, query: dict) -> int | tuple:
         return "served" if message else "empty"
 
 
+@pytest.mark.slow
 def test_every_route_refuses_exactly_what_each_user_may_not_do(lab):
     routes = {(m, r.path) for r in lab.app.routes if isinstance(r, Route) for m in r.methods - {"HEAD"}}
     assert routes == set(REST_MATRIX), f"routes missing from the matrix: {routes ^ set(REST_MATRIX)}"

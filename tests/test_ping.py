@@ -3,7 +3,8 @@ import logging
 
 import httpx
 
-from conftest import RedisServer, live_server, make_settings, wait_until
+from ptgstore.testing import RedisServer, wait_until
+from support.servers import live_server, make_settings
 
 
 def test_ping_needs_no_token(server):

@@ -6,8 +6,9 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
-from conftest import live_server, make_settings, wait_until
-from wsutil import expect_close, ws_connect
+from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
+from support.ws import expect_close, ws_connect
 
 
 def stored(rdb, sid):
@@ -185,6 +186,7 @@ def test_another_account_cannot_touch_a_producers_record(server, rdb):
     assert [d for _, d in stored(rdb, "cam")] == [b"victim", b"mallory", b"mallory again", b"victim 2"]
 
 
+@pytest.mark.cluster
 def test_the_record_lives_in_the_batchs_slot_on_a_cluster(tmp_path, cluster):
     groups = [cluster.group_on(i) for i in range(len(cluster.masters))]
     with live_server(make_settings(tmp_path, cluster.url, redis_cluster=True)) as live:

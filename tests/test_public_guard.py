@@ -21,7 +21,8 @@ with warnings.catch_warnings():  # Starlette would rather its test client ran on
 from ptgstore.app import create_app
 from ptgstore.auth import is_loopback_address
 
-from conftest import free_port, make_settings, wait_until
+from ptgstore.testing import free_port, wait_until
+from support.servers import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = "http://203.0.113.5:7890"  # TestClient puts the URL's host in scope["server"]
@@ -81,6 +82,7 @@ def run_procfile(tmp_path, env: dict) -> tuple[subprocess.Popen, Path, int]:
     return process, log, port
 
 
+@pytest.mark.slow
 def test_procfile_refuses_to_start_without_what_must_outlive_a_restart(tmp_path):
     process, log, _ = run_procfile(tmp_path, {})
     try:
@@ -96,6 +98,7 @@ def test_procfile_refuses_to_start_without_what_must_outlive_a_restart(tmp_path)
     assert not (tmp_path / "data" / "redis").exists(), "no embedded Redis was started"
 
 
+@pytest.mark.slow
 def test_procfile_starts_once_configured(tmp_path, redis_server, rdb):
     users_file = tmp_path / "deployed-users.json"
     added = subprocess.run([sys.executable, "-m", "ptgstore", "user", "add", "alice", "--password-stdin"],

@@ -8,8 +8,8 @@ import orjson
 import pytest
 import websockets
 
-from conftest import wait_until
-from wsutil import expect_close, id_pair, read_delivery, ws_connect
+from ptgstore.testing import wait_until
+from support.ws import expect_close, id_pair, read_delivery, ws_connect
 
 
 def push(rdb, sid, *payloads):
@@ -227,7 +227,7 @@ def test_sockets_at_one_cursor_share_deliveries_in_their_own_count_and_codec(ser
             assert sizes == ([10] if query["count"] == "100" else [3, 3, 3, 1])
 
 def test_slow_socket_falls_behind_and_catches_up_from_redis(tmp_path, rdb, redis_server):
-    from conftest import live_server, make_settings
+    from support.servers import live_server, make_settings
 
     settings = make_settings(tmp_path, redis_server.url, hub_buffer=4)
     with live_server(settings) as live:

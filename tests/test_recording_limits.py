@@ -17,10 +17,10 @@ import zstandard
 from mcap.writer import CompressionType, Writer
 from websockets.exceptions import ConnectionClosed
 
-import mcapforge
-from conftest import live_server, make_settings, wait_until
-from servers import ServeProcess
-from wsutil import push, ws_connect
+from support import mcapforge
+from ptgstore.testing import wait_until
+from support.servers import ServeProcess, live_server, make_settings
+from support.ws import push, ws_connect
 
 MiB = 1024 * 1024
 RSS_BUDGET = 64 * MiB
@@ -81,6 +81,7 @@ def plant(root: Path, rec_id: str, data: bytes, sid: str | None = None) -> None:
         (rec_dir / "info.json").write_bytes(json.dumps({"name": rec_id, "streams": {sid: stats}}).encode())
 
 
+@pytest.mark.slow
 def test_a_zstd_bomb_is_refused_before_it_is_unpacked_and_rss_stays_bounded(tmp_path, rdb, redis_server):
     """A 33 KB file whose chunk unpacks to 1 GiB, as an upload, behind `GET /recordings/{id}` and in a
     replay: refused with the reason, and the real server's peak RSS stays within 64 MiB of its start."""
@@ -324,6 +325,7 @@ def test_two_uploads_of_one_name_at_once_keep_their_own_temporary_files(small_li
     assert reply.status_code == 409 and (root / "both" / "same.bin").read_bytes() == first
 
 
+@pytest.mark.slow
 def test_the_upload_memory_benchmark_runs_within_its_budget():
     """The measured claim at a small size: valid uploads and their replays, the server's peak RSS within
     64 MiB of what it was before each (the benchmark exits 1 otherwise)."""

@@ -18,11 +18,11 @@ import pytest
 from mcap.reader import make_reader
 from websockets.exceptions import ConnectionClosed
 
-from conftest import live_server, make_settings, wait_until
-from servers import ServeProcess
+from ptgstore.testing import wait_until
+from support.servers import ServeProcess, live_server, make_settings
 from ptgstore.catalogue import parse_segment_name, segment_name
 from ptgstore.mcapfiles import read_messages
-from wsutil import expect_close, ws_connect
+from support.ws import expect_close, ws_connect
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00png-body" * 50
@@ -310,6 +310,7 @@ def test_upload_an_mcap_file_creates_a_recording_that_replays(rec_server, tmp_pa
     assert "broken" not in http.get("/recordings").json()
 
 
+@pytest.mark.slow
 def test_replay_a_local_file_at_recorded_speed_through_push(rec_server, tmp_path):
     from ptgstore.client import Client
     pushed = record_session(rec_server, "local", count=30, hz=20)  # 1.5 s
@@ -326,6 +327,7 @@ def test_replay_a_local_file_at_recorded_speed_through_push(rec_server, tmp_path
         assert_never_early(pushed[sid], replayed, started_ms)
 
 
+@pytest.mark.slow
 def test_cli_record_download_replay_mv_rm(rec_server, tmp_path, capsys):
     from ptgstore.cli import main
     conn = ["--url", rec_server.url, "--token", rec_server.token()]
@@ -391,6 +393,7 @@ def joined(*pushes) -> dict[str, list]:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_mid_recording_then_restart_resumes_exactly_once(tmp_path, rdb, redis_server):
     data = tmp_path / "data"
     rec_dir = data / "recordings" / "crash"
@@ -420,6 +423,7 @@ def test_sigkill_mid_recording_then_restart_resumes_exactly_once(tmp_path, rdb, 
     assert not list(rec_dir.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_recording_visibly_never_the_store(tmp_path, rdb, redis_server):
     """The server's files may not grow past 2 MiB (RLIMIT_FSIZE, as a full disk would refuse)."""
     import resource
@@ -510,6 +514,7 @@ def test_a_key_that_is_not_a_stream_cannot_be_recorded(rec_server, rdb):
     assert http.put("/recordings/stop").json() == 1
 
 
+@pytest.mark.slow
 def test_the_recording_benchmark_runs_and_checks_every_entry():
     import subprocess
     import sys

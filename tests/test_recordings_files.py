@@ -8,7 +8,7 @@ from mcap.stream_reader import StreamReader
 
 import pytest
 
-from conftest import live_server, make_settings
+from support.servers import live_server, make_settings
 from test_recordings import read_stream, record_session, recorded, root_of, run_replay
 from ptgstore.mcapfiles import read_messages
 

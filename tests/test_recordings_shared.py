@@ -8,13 +8,15 @@ import signal
 import stat
 
 import httpx
+import pytest
 
-from conftest import live_server, make_settings, wait_until
-from servers import ServeProcess
+from ptgstore.testing import RedisServer, wait_until
+from support.servers import ServeProcess, live_server, make_settings
 from test_recordings import api, joined, push_at, read_stream, recorded, run_replay, serve_env
 from ptgstore.auth import hash_password, write_users
 from ptgstore.recordings_dir import MARKER_FILE
-from ptgstore.testing import RedisServer
+
+pytestmark = pytest.mark.slow  # several `ptgstore serve` processes sharing one recordings directory
 
 SECRET = "one signing secret shared by every process of the test!"
 

@@ -6,7 +6,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import LiveServer, live_server, make_settings
+from support.servers import LiveServer, live_server, make_settings
 
 
 def upload(http, sid, *payloads, names=None):
@@ -53,7 +53,7 @@ def test_upload_refusals(http):
 
 
 def test_body_over_the_limit_is_413(tmp_path, rdb, redis_server):
-    from conftest import live_server, make_settings
+    from support.servers import live_server, make_settings
 
     with live_server(make_settings(tmp_path, redis_server.url, max_message=1000)) as live, live.http() as http:
         reply = http.post("/data/cam", files=[("e", ("e", b"x" * 2000))])
@@ -214,7 +214,7 @@ def test_delete_one_and_several(http, filled, rdb):
 
 
 def test_key_prefix_keeps_streams_apart(tmp_path, rdb, redis_server):
-    from conftest import live_server, make_settings
+    from support.servers import live_server, make_settings
 
     rdb.xadd("foreign", {"d": b"not ours"})
     with live_server(make_settings(tmp_path, redis_server.url, key_prefix="lab1:")) as live, live.http() as http:

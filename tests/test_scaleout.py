@@ -6,11 +6,13 @@ import secrets
 import httpx
 import pytest
 
-from conftest import wait_until
-from proxy import RoundRobinProxy
-from servers import ServeProcess
-from wsutil import read_delivery
+from ptgstore.testing import wait_until
+from ptgstore.testproxy import RoundRobinProxy
+from support.servers import ServeProcess
+from support.ws import read_delivery
 from websockets.sync.client import connect
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # two `ptgstore serve` processes on a cluster
 
 
 def _env(cluster, secret: str) -> dict:

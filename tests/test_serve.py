@@ -11,8 +11,10 @@ import pytest
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect
 
-from conftest import free_port, wait_until
-from servers import ServeProcess
+from ptgstore.testing import free_port, wait_until
+from support.servers import ServeProcess
+
+pytestmark = pytest.mark.slow  # `ptgstore serve` as a process, started and stopped by every test
 
 
 def start(args, env_extra, tmp_path):

@@ -10,9 +10,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import wait_until
-from servers import ServeProcess
-from wsutil import expect_close
+from ptgstore.testing import wait_until
+from support.servers import ServeProcess
+from support.ws import expect_close
+
+pytestmark = pytest.mark.slow  # a graceful shutdown under load
 
 IN_FLIGHT = 8  # batches sent ahead of their acks, so some are mid-way when the signal lands
 ENTRIES_PER_BATCH = 3

@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the soak script's smoke run
+
 SOAK = Path(__file__).resolve().parent.parent / "soak" / "soak.py"
 
 

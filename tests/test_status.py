@@ -6,8 +6,8 @@ import time
 import httpx
 import pytest
 
-from conftest import wait_until
-from wsutil import push, ws_connect
+from ptgstore.testing import wait_until
+from support.ws import push, ws_connect
 
 
 def fresh(http, path, after_ms):

@@ -7,7 +7,7 @@ import httpx
 import jwt
 import pytest
 
-from conftest import live_server, make_settings
+from support.servers import live_server, make_settings
 
 
 def cli(data_dir, *args, stdin=None, **env):
@@ -24,6 +24,7 @@ def users_server(tmp_path, rdb, redis_server):
         yield live
 
 
+@pytest.mark.slow
 def test_token_follows_the_servers_users_policy_and_refuses_unknown_users(users_server):
     data_dir = users_server.settings.data_dir
     # no PTGSTORE_AUTH in this shell: the server's own policy is read from its data directory

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 from ptgstore.auth import Authenticator, hash_password, read_users, verify_password
 from ptgstore.serving import GracefulWebSocketProtocol
 
-from conftest import SERVER_KEYS, LiveServer, live_server, make_settings
+from support.servers import SERVER_KEYS, LiveServer, live_server, make_settings
 
 
 def login(server, username, password):
@@ -48,6 +48,7 @@ def test_token_form_without_its_fields_is_a_400(server, body):
         assert reply.status_code == 400 and "required" in reply.json()["detail"]
 
 
+@pytest.mark.slow
 def test_tokens_decode_with_the_standard_base64_alphabet(server):
     # a widely used client decodes header and payload with standard base64: no '-' or '_'
     for i in range(40):
@@ -372,6 +373,7 @@ def test_a_removed_users_tokens_are_refused_at_the_next_request(users_server):
     assert refused.status_code == 401 and "password changed" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_password_change_revokes_the_earlier_tokens(users_server):
     data_dir = users_server.settings.data_dir
     old = login(users_server, "alice", "s3cret pass").json()["access_token"]

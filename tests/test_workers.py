@@ -6,12 +6,15 @@ import json
 import os
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
-from conftest import wait_until
-from servers import ServeProcess
-from wsutil import read_delivery
+from ptgstore.testing import wait_until
+from support.servers import ServeProcess
+from support.ws import read_delivery
+
+pytestmark = pytest.mark.slow  # `ptgstore serve --workers` processes
 
 
 def counter(server: ServeProcess, name: str, **labels) -> float:

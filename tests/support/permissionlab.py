@@ -1,15 +1,13 @@
 """The lab of the permission tests: a `users` server with a headset that may only push `hl1:*`,
-a viewer that may only read `*:main` and an admin, and helpers to call it."""
+a viewer that may only read `*:main` and an admin, and helpers to call it (the `lab` fixture itself is in conftest.py)."""
 from __future__ import annotations
 
 import httpx
-import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import live_server, make_settings
 from ptgstore.permissions import Rights
 from ptgstore.users import hash_password, make_record, write_users
-from wsutil import expect_close, ws_connect
+from support.ws import expect_close, ws_connect
 
 SEEDED = ["hl1:main", "hl1:depth", "hl2:main", "lab:imu"]
 JPEG = b"\xff\xd8\xff\xe0 a tiny jpeg"
@@ -19,20 +17,6 @@ def users_file(path, **accounts: Rights | None):
     """Write a users file; each account's password is its name."""
     write_users(path, {name: make_record(hash_password(name), rights or Rights())
                        for name, rights in accounts.items()})
-
-
-@pytest.fixture
-def lab(tmp_path, rdb, redis_server):
-    """A `users` server with a headset (push hl1:*), a viewer (read *:main) and an admin, and a
-    few streams pushed by the admin."""
-    settings = make_settings(tmp_path, redis_server.url, auth="users", recording_segment_seconds=1)
-    users_file(settings.users_path, headset=Rights((), ("hl1:*",), False), viewer=Rights(("*:main",), (), False),
-               admin=None)
-    with live_server(settings) as live:
-        with live.http("admin") as admin:
-            for sid in SEEDED:
-                assert admin.post(f"/data/{sid}", files=[("f", ("f", JPEG))]).status_code == 200
-        yield live
 
 
 def client(server, token: str) -> httpx.Client:
@@ -76,5 +60,3 @@ def record(server, token: str, name: str, streams: str | None) -> httpx.Response
 
 def stream_ids(rdb) -> set[str]:
     return {key.decode() for key in rdb.keys("*") if rdb.type(key) == b"stream"} - {"event:recording:id"}
-
-

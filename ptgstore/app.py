@@ -23,8 +23,10 @@ from .hub import Hub
 from .instrumentation import Instrumentation
 from .private import private_dir
 from .producers import Producers
-from .recorder import Recorder
-from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
+from .recordings.mcapread import Limits
+from .recordings.recorder import Recorder
+from .routes import (dashboard, data, docs, foxglove, live, misc, mjpeg, recording_replay, recordings, status, streams,
+                     tokens)
 from .routing import by_resource
 from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
@@ -69,7 +71,7 @@ ROUTES = by_resource([
     Route("/recordings/cache", recordings.clear_cache, methods=["DELETE"]),
     Route("/recordings/static/{rec_id}/{name}", recordings.static_file, methods=["GET"]),
     Route("/recordings/upload/{rec_id}/{name}", recordings.upload, methods=["POST"]),
-    WebSocketRoute("/recordings/replay", recordings.replay),
+    WebSocketRoute("/recordings/replay", recording_replay.replay),
     # `recording`: a path segment that is not one of the fixed words above (a wrong method on
     # those is their 405, not a recording named `start`)
     Route("/recordings/{rec_id:recording}/rename/{new_id}", recordings.rename, methods=["PUT"]),
@@ -120,7 +122,7 @@ async def lifespan(app: Starlette):
     await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024, settings.recording_shards,
-                                  settings.recordings_refusal)
+                                  settings.recordings_refusal, limits=Limits.of(settings))
     await app.state.recorder.prove_directory()
     app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(

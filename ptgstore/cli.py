@@ -36,9 +36,10 @@ def _settings(args) -> Settings:
     )
 
 
-# which settings the server processes must see, as the environment they read
+# which settings the server processes must see, as the environment they read (`workers`: each one
+# reports how many serve, in /status)
 _ENV_OF = {"redis_url": "REDIS_URL", "data_dir": "DATA_DIR", "auth": "AUTH", "log_level": "LOG_LEVEL",
-           "metrics_dir": "METRICS_DIR"}
+           "metrics_dir": "METRICS_DIR", "workers": "WORKERS"}
 
 
 def _fresh_metrics_dir(settings: Settings) -> tuple[Settings, str | None]:

@@ -520,8 +520,8 @@ class AsyncClient:
                           speed: float | None = 1.0, progress=None) -> dict[str, int]:
         """Replay a local MCAP recording through the push protocol (entries stamped now), paced like
         the server's replay; `progress(stream, entries)` after each batch. Answers entries per stream."""
-        from .mcapfiles import read_messages  # noqa: PLC0415
-        from .replay import paced  # noqa: PLC0415
+        from .recordings.mcapfiles import read_messages  # noqa: PLC0415
+        from .recordings.replay import paced  # noqa: PLC0415
         files = sorted(_mcap_files(path))
         wanted = _stream_list(streams) if streams else None
         sent: dict[str, int] = {}

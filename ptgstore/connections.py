@@ -8,8 +8,8 @@
   whose command has waited too long instead.
 - `Tail`: a connection of its own for one follower's blocking reads, to the master owning the
   followed stream, following the cluster when the slot moves.
-- Redis failures come out as `Unavailable` (never as a refusal): `MOVED`, `ASK` and `TRYAGAIN` are
-  followed here, and if they cannot be, they mean "not reachable now", not "empty" or "bad request".
+- Redis failures come out as one of `UNAVAILABLE` (never as a refusal): `MOVED`, `ASK` and `TRYAGAIN`
+  are followed here, and if they cannot be, they mean "not reachable now", not "empty" or "bad request".
 """
 from __future__ import annotations
 
@@ -47,10 +47,6 @@ WatchError = rexc.WatchError
 UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.BusyLoadingError, rexc.ClusterError,
                rexc.ClusterDownError, rexc.TryAgainError, rexc.AskError, rexc.SlotNotCoveredError,
                rexc.MasterDownError, rexc.RedisClusterException)
-
-
-class Unavailable(Exception):
-    """Redis cannot be reached, or did not answer in time, or cannot serve the key now."""
 
 
 _SOCKET_PATH = re.compile(r"(unix socket): .*?(\. |\.?$)")

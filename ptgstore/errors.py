@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .framing import FramingError
-from .mcapread import RecordTooLarge, UnreadableRecording
+from .recordings.mcapread import RecordTooLarge, UnreadableRecording
 from .permissions import BadPatterns, Forbidden
 from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable

@@ -9,7 +9,7 @@ import msgpack
 import orjson
 
 MAX_STREAM_ID_BYTES = 256
-# ptgstore's own keys (keys.py, recording_store.py) are named like streams: no stream id may name them
+# ptgstore's own keys (keys.py) are named like streams: no stream id may name them
 RESERVED_PREFIX = "ptgstore:"
 RESERVED_STREAM_IDS = frozenset({"recording:id"})  # the original server's key of the active recording
 # streams only the server writes (the recorder's announcements): readable, never written or deleted by clients

@@ -105,11 +105,11 @@ def test_pull_from_time_per_stream_cursors_and_timeout(server, rdb):
 
 @pytest.mark.slow
 def test_readme_script_runs_as_written(server, tmp_path):
-    """The "Using ptgstore from Python" script of the README, against this server."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## Using ptgstore from Python", 1)[1].split("\n## ", 1)[0]
-    scripts = re.findall(r"```python\n(.*?)```", section, re.S)
+    """The scripts of the Python client's page (docs/client.md), the first also the README's, against this server."""
+    root = Path(__file__).parent.parent
+    scripts = re.findall(r"```python\n(.*?)```", (root / "docs" / "client.md").read_text(), re.S)
     assert len(scripts) == 2
+    assert re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S) == scripts[:1]
     outputs = []
     for i, script in enumerate(scripts):
         assert "http://127.0.0.1:7890" in script

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.mcapfiles import read_messages
 from ptgstore.testing import free_port, wait_until
 from support.browser import WAIT, Watched, browser_test, jpeg
 from support.ws import push, ws_connect
@@ -347,7 +347,7 @@ class _ForeignPage(http.server.BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_GET(self):  # noqa: N802 - the standard library's name
+    def do_GET(self):  # (the standard library's name)
         body = f"""<!doctype html><html><body><form id="f" method="POST" enctype="multipart/form-data"
             action="{self.target}/data/victim"><input type="hidden" name="x" value="y"></form>
             <p id="done">ready</p></body></html>""".encode()

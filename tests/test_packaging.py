@@ -53,6 +53,20 @@ def test_license_version_and_typing_marker():
     assert (Path(ptgstore.__file__).parent / "py.typed").exists()
 
 
+def test_the_lua_scripts_ship_with_the_package():
+    from ptgstore.luascripts import INCLUDE, lua
+
+    source = sorted(path.name for path in (ROOT / "ptgstore" / "lua").glob("*.lua"))
+    for name in source:  # every script reads, with the parts it includes
+        assert lua(name).strip() and INCLUDE not in lua(name)
+    # the installed distribution's files (its RECORD): a wheel's, where ptgstore is installed as CI
+    # installs it (`pip install .`), whatever the directory the tests run from
+    installed = {file.as_posix() for file in metadata.files("ptgstore") or []}
+    if "ptgstore/__init__.py" not in installed:
+        pytest.skip("ptgstore is installed editable: its RECORD lists no package files")
+    assert source and {f"ptgstore/lua/{name}" for name in source} <= installed  # (package-data)
+
+
 def _installed_closure(requirements: list[str]) -> set[str]:
     """The installed distributions `requirements` pull in, recursively (extras left out)."""
     seen: set[str] = set()

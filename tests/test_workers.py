@@ -75,6 +75,10 @@ def test_two_workers_share_embedded_redis_and_metrics_and_stop_it_cleanly(tmp_pa
             assert counter(server, "ptgstore_entries_pushed_total", via="websocket") == 100
             assert counter(server, "ptgstore_sockets_total", kind="push") == 20
         assert any(name.endswith(".db") for name in os.listdir(metrics_dir))
+        # each worker knows how many serve (the CLI hands --workers on): /status says 2 whichever answers
+        for _ in range(6):
+            reply = httpx.get(server.url + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert reply.json()["workers"] == 2
         status = server.terminate()
     assert status in (0, -15), server.output[-3000:]
     # the parent stopped the embedded Redis after the workers, and said so

@@ -17,8 +17,10 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from ..auth import AuthError, find_token
+from .docs import root_path
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+_PLACEHOLDER = re.compile(r"\{\{(user|features|root)\}\}")  # one pass: a user name is never read as one
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
@@ -51,14 +53,16 @@ def features(request: Request) -> str:
 async def page(request: Request) -> Response:
     """The dashboard page (a login form when not signed in).
 
-    Sent with a content security policy that allows nothing but this server.
+    Sent with a content security policy that allows nothing but this server. Its scripts, styles,
+    links, fetches and WebSockets go under the root path a proxy serves ptgstore at
+    (`PTGSTORE_ROOT_PATH`, or uvicorn's `--root-path`).
     ---
     responses:
       200: {description: the page, content: {text/html: {schema: {type: string}}}}
     """
-    text = (STATIC_DIR / "index.html").read_text()
-    text = text.replace("{{user}}", html.escape(signed_in_user(request), quote=True))
-    text = text.replace("{{features}}", features(request))
+    values = {"user": signed_in_user(request), "features": features(request), "root": root_path(request)}
+    text = _PLACEHOLDER.sub(lambda found: html.escape(values[found[1]], quote=True),
+                            (STATIC_DIR / "index.html").read_text())
     return Response(text, media_type="text/html; charset=utf-8", headers={
         "content-security-policy": content_security_policy(request.headers.get("host")),
         "x-content-type-options": "nosniff",
@@ -69,7 +73,11 @@ async def page(request: Request) -> Response:
 
 
 class Assets(StaticFiles):
-    """The dashboard's scripts, styles and stand-by image, and the browser client `/static/ptgstore.js`.
+    """The dashboard's scripts (ES modules, `dashboard.js` importing the others), styles and stand-by
+    image, and the browser client `/static/ptgstore.js`.
+
+    Sent with `cache-control: no-cache`: a browser revalidates each file (a 304 through its ETag), so
+    that after an upgrade no module is mixed with a cached one of the version before.
 
     ---
     path:
@@ -83,7 +91,9 @@ class Assets(StaticFiles):
     async def get_response(self, path: str, scope) -> Response:
         if scope["method"] not in ("GET", "HEAD"):  # StaticFiles' own 405 has no `Allow`
             raise HTTPException(405, headers={"Allow": "GET, HEAD"})
-        return await super().get_response(path, scope)
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("cache-control", "no-cache")
+        return response
 
 
 static = Mount("/static", Assets(directory=STATIC_DIR), name="static")

@@ -147,8 +147,8 @@ async def server(request: Request) -> Response:
 def _counters(metrics) -> dict:
     """Totals of the entry counters and open sockets, summed over labels (and over workers when they
     share a metrics directory), read through prometheus_client's public collection API."""
-    import prometheus_client as prom  # noqa: PLC0415 - imported after the metrics directory is chosen
-    from prometheus_client import multiprocess  # noqa: PLC0415
+    import prometheus_client as prom  # (here: imported after the metrics directory is chosen)
+    from prometheus_client import multiprocess
 
     registry = metrics.registry
     if metrics.directory:

@@ -10,6 +10,11 @@
 //   for await (const entry of store.pull("main", { latest: true })) {
 //     entry.sid; entry.id; entry.data;            // data: Uint8Array; entry.time: epoch ms of the id
 //   }
+//   const rec = await store.startRecording({ name: "run1" }); // recordings: start, stop, list, files
+//   await store.stopRecording();
+//   img.src = store.mjpegUrl("main", { lastEntryId: "*" }); // links carry no token: the cookie's
+//
+// Behind a reverse proxy at a sub-path, give the URL with it: new PtgStore({url: origin + "/store"}).
 //
 // The token travels as `Authorization: Bearer` on HTTP and `?token=` on WebSockets when the client
 // holds one; otherwise the `authorization` cookie set by `/token` does (same origin only).
@@ -68,21 +73,27 @@ export class PtgStore {
 
   /** The WebSocket URL of `path` (with the token in the query when the client holds one). */
   socketUrl(path, query = {}) {
-    const url = new URL(this.url + path);
+    const url = new URL(this.httpUrl(path, query));
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (this.token) url.searchParams.set("token", this.token);
+    return url.toString();
+  }
+
+  /**
+   * The HTTP URL of `path` under the server's URL (its root path included), for a link or an `<img>`:
+   * it carries no token, so the page's cookie authenticates it (same origin only).
+   */
+  httpUrl(path, query = {}) {
+    const url = new URL(this.url + path);
     for (const [key, value] of Object.entries(query)) {
       if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
     }
-    if (this.token) url.searchParams.set("token", this.token);
     return url.toString();
   }
 
   /** Any HTTP call: the parsed reply (JSON, or the Response itself with `raw`); PtgStoreError on failure. */
   async request(method, path, { query = {}, json, body, headers = {}, raw = false, signal } = {}) {
-    const url = new URL(this.url + path);
-    for (const [key, value] of Object.entries(query)) {
-      if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
-    }
+    const url = this.httpUrl(path, query);
     const sent = { ...headers };
     if (this.token) sent.Authorization = `Bearer ${this.token}`;
     if (json !== undefined) {
@@ -180,6 +191,52 @@ export class PtgStore {
       form.append("entries", data instanceof Blob ? data : new Blob([data]), `${i}`);
     });
     return this.request("POST", `/data/${encodeURIComponent(sid)}`, { body: form });
+  }
+
+  /**
+   * The URL of a stream as MJPEG (`/mjpeg/{sid}`), for an `<img>` of a page of this server (cookie
+   * auth): JPEG and PNG entries play, others are skipped. `lastEntryId: "*"` starts at the newest.
+   */
+  mjpegUrl(sid, { lastEntryId, count, latest } = {}) {
+    return this.httpUrl(`/mjpeg/${encodeURIComponent(sid)}`, { last_entry_id: lastEntryId, count, latest });
+  }
+
+  /** Recording ids, sorted (`hidden: true` includes hidden ones), or their info objects with `info: true`. */
+  recordings({ info = false, hidden = false } = {}) {
+    return this.request("GET", "/recordings", { query: { info, hidden } });
+  }
+
+  /** The active recording's id, or null when none (its info object with `info: true`). */
+  currentRecording({ info = false } = {}) {
+    return this.request("GET", "/recordings/current", { query: { info } });
+  }
+
+  /** One recording's info object (name, duration, size, streams, files). */
+  recording(name) {
+    return this.request("GET", `/recordings/${encodeURIComponent(name)}`);
+  }
+
+  /**
+   * Start recording every stream, or `sids` (a list); resolves with the recording's id (`name`, or
+   * the start time). Rejects with status 409 when one is active or the name exists.
+   */
+  startRecording({ name, sids } = {}) {
+    return this.request("PUT", "/recordings/start", { query: { rec_id: name, sid: sids?.join("+") } });
+  }
+
+  /** Stop the active recording: resolves with 1 once its files are written, 0 when none was active. */
+  stopRecording() {
+    return this.request("PUT", "/recordings/stop");
+  }
+
+  /** Delete a recording's files. */
+  deleteRecording(name) {
+    return this.request("DELETE", `/recordings/${encodeURIComponent(name)}`);
+  }
+
+  /** The download URL of a recording's file (`part-000000.mcap`, `info.json`): cookie auth, as `mjpegUrl`. */
+  recordingFileUrl(name, file) {
+    return this.httpUrl(`/recordings/static/${encodeURIComponent(name)}/${encodeURIComponent(file)}`);
   }
 
   /**

@@ -88,16 +88,9 @@ def _without_password(url: str) -> str:
 
 def _redis_error(url: str) -> str | None:
     """Why the configured Redis does not answer a PING, or None when it does."""
-    import redis
+    from .connections import ping_error
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return str(exc) or type(exc).__name__
-    finally:
-        client.close()
-    return None
+    return ping_error(url, timeout=5)
 
 
 # what the server imports beyond the client's dependencies: the `server` extra

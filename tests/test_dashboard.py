@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's chromium driven by Playwright (no downloaded browser).
+"""The dashboard in a real browser: the system's chromium driven by Playwright (no downloaded browser).
 
 Skipped when chromium is not on PATH (`.ci/run` installs it). Every wait has a timeout.
 """

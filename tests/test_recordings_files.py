@@ -99,3 +99,10 @@ def test_cli_download_merge_writes_one_file_and_replay_prints_a_summary(rec_serv
     assert main(["record", "ls", "--info", *conn]) == 0
     listed = capsys.readouterr().out
     assert "to-merge: 3 streams, 120 entries" in listed and " s, 0 gaps" in listed and "0:00:" not in listed
+
+
+def test_the_earlier_import_path_of_read_messages_still_works():
+    from ptgstore.mcapfiles import read_messages as earlier
+    from ptgstore.recordings.mcapfiles import read_messages
+
+    assert earlier is read_messages

@@ -12,61 +12,11 @@ from datetime import datetime, timezone
 import orjson
 
 from ..connections import ResponseError
+from ..luascripts import lua
 from ..store import Store, StoreError
 
 EVENT_STREAM = "event:recording:id"
 guarded = Store.guarded
-
-# KEYS: presence. ARGV: token, ttl ms (0: leave). Answers the number of processes present.
-_PRESENT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if tonumber(ARGV[2]) > 0 then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-else redis.call('ZREM', KEYS[1], ARGV[1]) end
-return redis.call('ZCARD', KEYS[1])
-"""
-# KEYS: directory. ARGV: expected id ('' when none may be there), then field/value pairs.
-_CLAIM = """
-local id = redis.call('HGET', KEYS[1], 'id') or ''
-if id ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-# KEYS: lease, state, cursors, stats, segments, gaps, writers.
-# ARGV: token, shard, segment, cursors, stats, gaps (JSON), writer.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local field = 'segment:' .. ARGV[2]
-if (redis.call('HGET', KEYS[2], field) or '1') ~= ARGV[3] then return 0 end
-for sid, id in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[3], sid, id) end
-for sid, stats in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[4], sid, cjson.encode(stats)) end
-for _, gap in ipairs(cjson.decode(ARGV[6])) do redis.call('RPUSH', KEYS[6], cjson.encode(gap)) end
-redis.call('HSET', KEYS[5], ARGV[2] .. ':' .. ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], field, tonumber(ARGV[3]) + 1)
-redis.call('SADD', KEYS[7], ARGV[7])
-return 1
-"""
-# KEYS: lease, state. ARGV: token, shard. Marks the shard done (only while holding its lease);
-# answers 2 when every shard is done, 1 when this one is, 0 without the lease.
-_DONE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], 'done:' .. ARGV[2], 1)
-local shards = tonumber(redis.call('HGET', KEYS[2], 'shards') or '1')
-for k = 0, shards - 1 do
-  if redis.call('HEXISTS', KEYS[2], 'done:' .. k) == 0 then return 1 end
-end
-return 2
-"""
 
 
 def _by_count(sids: list[str], counts: dict[str, int]) -> list[tuple[int, list[str]]]:
@@ -95,12 +45,12 @@ class RecordingStore:
         self.keys = store.keys.recordings  # (on a cluster, all in one slot)
         self.token = uuid.uuid4().hex
         self.on_roundtrip = None  # read by Store.guarded: Redis failures become StoreUnavailable (503 / 1011)
-        self._renew = store.script(_RENEW)
-        self._release = store.script(_RELEASE)
-        self._commit = store.script(_COMMIT)
-        self._done = store.script(_DONE)
-        self._present = store.script(_PRESENT)
-        self._claim = store.script(_CLAIM)
+        self._renew = store.script(lua("recording_renew.lua"))
+        self._release = store.script(lua("recording_release.lua"))
+        self._commit = store.script(lua("recording_commit.lua"))
+        self._done = store.script(lua("recording_done.lua"))
+        self._present = store.script(lua("recording_present.lua"))
+        self._claim = store.script(lua("recording_claim.lua"))
 
     # -- the leases and the processes present -------------------------------------------------
 

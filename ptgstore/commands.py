@@ -94,7 +94,7 @@ def _run(handler, prepare=None):
 
     def command(args) -> int:
         # imported only now: websockets reads its settings when imported, and `ptgstore serve` sets them first
-        from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError  # noqa: PLC0415
+        from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError
 
         try:
             _check_url(args.url)
@@ -243,7 +243,7 @@ def _prepare_pull(args) -> None:
 
 async def _warn_missing(client: AsyncClient, sids: list[str], history: bool) -> None:
     """Say on stderr which pulled streams do not exist (a typo would otherwise just wait, or print nothing)."""
-    from .client import NotFound  # noqa: PLC0415
+    from .client import NotFound
 
     async def exists(sid: str) -> bool:
         try:
@@ -353,7 +353,7 @@ async def load(client: AsyncClient, args) -> int:
         return 1
     if not (args.replace or args.new_ids):
         # original ids only go after a stream's newest entry: refuse before anything is written
-        from .client import NotFound  # noqa: PLC0415
+        from .client import NotFound
 
         for info, _ in dumped:
             try:
@@ -462,7 +462,7 @@ def add_client_commands(commands) -> None:
     loading.add_argument("--replace", action="store_true", help="delete each stream before loading it")
     loading.add_argument("--new-ids", action="store_true", help="let the server give the entries new ids")
 
-    from .simulate import simulate  # noqa: PLC0415 - it builds on this module's plumbing
+    from .simulate import simulate
     sim = command("simulate", simulate, "a headset: synthetic camera, depth and IMU streams for a while")
     sim.add_argument("--duration", type=_positive(float), default=10.0, help="seconds (default %(default)s)")
     sim.add_argument("--device", default="sim", help="stream ids are DEVICE:main, :depthlt, :imu")
@@ -471,6 +471,6 @@ def add_client_commands(commands) -> None:
     sim.add_argument("--imu-hz", type=_positive(float), default=200.0, help="IMU samples per second")
     sim.add_argument("--imu-batch", type=_positive(int), default=10, help="IMU samples per entry")
     sim.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")
-    from .record_commands import add_recording_commands  # noqa: PLC0415 - recordings have their own module
+    from .record_commands import add_recording_commands
 
     add_recording_commands(command)

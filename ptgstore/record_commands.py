@@ -60,7 +60,7 @@ async def _download(client: AsyncClient, name: str, out: str, merge: bool) -> li
             paths = await client.download_recording(name, into, progress=bar.update)
         if not merge:
             return paths
-        from .recordings.mcapmerge import merge_files  # noqa: PLC0415
+        from .recordings.mcapmerge import merge_files
 
         target = os.path.join(out, f"{name}.mcap")
         count = merge_files([p for p in paths if p.endswith(".mcap")], target)

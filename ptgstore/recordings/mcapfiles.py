@@ -40,10 +40,6 @@ _CRC_OPTIONS: dict[str, Any] = {name: True for name in ("enable_crcs", "enable_d
                                 if name in inspect.signature(Writer.__init__).parameters}
 
 
-def entry_id_of(log_time: int, sequence: int) -> str:
-    return f"{log_time // NS_PER_MS}-{sequence}"
-
-
 def channel_metadata(meta: dict, encoding: str) -> dict[str, str]:
     out = {str(k): v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in meta.items()}
     out[ENCODING_KEY] = encoding

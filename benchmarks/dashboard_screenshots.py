@@ -1,5 +1,5 @@
 """The README's dashboard screenshots: a private server fed with headset-like streams, photographed
-by Debian's chromium through Playwright (no downloaded browser).
+by the system's chromium (found on PATH) through Playwright (no downloaded browser).
 
     python -m benchmarks.dashboard_screenshots [--out docs]
 """
@@ -10,6 +10,7 @@ import io
 import json
 import math
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -22,7 +23,8 @@ from websockets.sync.client import connect
 
 from .harness import PrivateRedis, Server
 
-CHROMIUM = "/usr/bin/chromium"
+# the system's chromium (Debian names it chromium, others chromium-browser)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -85,6 +87,8 @@ def main(argv=None) -> None:
         ]
         try:
             with sync_playwright() as playwright:
+                if CHROMIUM is None:
+                    raise SystemExit("chromium is not on PATH (apt-get install chromium)")
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 420})
                 page.goto(server.url + "/")

@@ -58,7 +58,7 @@ class NatsServer:
     def _ready(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"nats-server exited at start: {self.process.stderr.read().decode()[-2000:]}")
-        import socket  # noqa: PLC0415
+        import socket
 
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:

@@ -364,7 +364,7 @@ def _us(values: list, index: int) -> float:
 
 
 def table(rows: list[Row]) -> list[str]:
-    from .run import fmt  # noqa: PLC0415 - (run imports this module)
+    from .run import fmt  # (run imports this module)
 
     lines = ["| scenario | metric | ptgstore | NATS JetStream | ptgstore / NATS | ptgstore CPU (app + Redis) "
              "| NATS CPU | CPU ptgstore / NATS | lost |",
@@ -388,7 +388,7 @@ def table(rows: list[Row]) -> list[str]:
 
 
 async def run_all(args) -> int:
-    from .run import machine  # noqa: PLC0415
+    from .run import machine
 
     fanout = tuple(int(x) for x in args.fanout.split(",") if x)
     rows = []

@@ -191,7 +191,7 @@ def _summary(arrivals: list) -> dict:
 
 
 async def _child(args) -> None:
-    from . import peer  # noqa: PLC0415
+    from . import peer
 
     arrivals = [peer.Arrivals([args.key], args.size) for _ in range(args.count)]
     if args.kind == "ws":
@@ -259,7 +259,7 @@ class Spread:
 
 
 def main(argv=None) -> None:
-    import argparse  # noqa: PLC0415
+    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pullers")
     parser.add_argument("kind", choices=["ws", "nats"])
@@ -270,7 +270,7 @@ def main(argv=None) -> None:
     parser.add_argument("seconds", type=float, help="how long to wait for every entry, at most")
     args = parser.parse_args(argv)
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run

@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosed
 
 from benchmarks.harness import PrivateRedis, Server, cpu_seconds, wait_for
 from benchmarks.scenarios import percentile
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.mcapfiles import read_messages
 
 SENSORS = (("main", 100 * 1024, 30.0), ("depth", 180 * 1024, 5.0), ("imu", 128, 100.0))
 VARIANTS = 16  # distinct payloads per stream (a counter makes every entry unique)

@@ -287,19 +287,19 @@ def main(argv=None) -> int:
     if args.baseline:
         args.baseline = str(Path(args.baseline).resolve())
     if args.cluster:
-        from . import cluster  # noqa: PLC0415
+        from . import cluster
 
         return cluster.main(["--repeats", str(args.repeats or 3)])
     args.repeats = args.repeats or (1 if args.quick else 3 if args.peer else 5)
     args.scale = args.scale or (0.2 if args.quick else 1.0)
     args.fanout = args.fanout if args.fanout is not None else "100,1000" if args.peer else "10,100,1000"
     try:
-        import uvloop  # noqa: PLC0415 - the server runs on uvloop; so does the load generator
+        import uvloop  # the server runs on uvloop; so does the load generator
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
     if args.peer:
-        from . import peer  # noqa: PLC0415
+        from . import peer
 
         return runner(peer.run_all(args))
     return runner(run_all(args))

@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from benchmarks.harness import PrivateRedis, Server
-from ptgstore.mcapfiles import SegmentWriter
+from ptgstore.recordings.mcapfiles import SegmentWriter
 
 MiB = 1024 * 1024
 BUDGET = 64 * MiB

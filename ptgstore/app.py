@@ -16,15 +16,17 @@ from starlette.routing import Route, WebSocketRoute
 
 from . import errors, guards, metrics, ownkeys, policyfile, serving
 from .auth import REDACT_CREDENTIALS, Authenticator, AuthMiddleware, DevPolicyGuard
-from .deployment import ephemeral_disk_problems
+from .deployment import StartupRefusal, ephemeral_disk_refusal, refusing_app
 from .directsend import DirectSend
 from .embedded import EmbeddedRedis, recorded_run_id
 from .hub import Hub
 from .instrumentation import Instrumentation
 from .private import private_dir
 from .producers import Producers
-from .recorder import Recorder
-from .routes import dashboard, data, docs, foxglove, live, misc, mjpeg, recordings, status, streams, tokens
+from .recordings.mcapread import Limits
+from .recordings.recorder import Recorder
+from .routes import (dashboard, data, docs, foxglove, live, misc, mjpeg, recording_replay, recordings, status, streams,
+                     tokens)
 from .routing import by_resource
 from .settings import Settings, SettingsError
 from .store import Store, StoreUnavailable
@@ -69,7 +71,7 @@ ROUTES = by_resource([
     Route("/recordings/cache", recordings.clear_cache, methods=["DELETE"]),
     Route("/recordings/static/{rec_id}/{name}", recordings.static_file, methods=["GET"]),
     Route("/recordings/upload/{rec_id}/{name}", recordings.upload, methods=["POST"]),
-    WebSocketRoute("/recordings/replay", recordings.replay),
+    WebSocketRoute("/recordings/replay", recording_replay.replay),
     # `recording`: a path segment that is not one of the fixed words above (a wrong method on
     # those is their 405, not a recording named `start`)
     Route("/recordings/{rec_id:recording}/rename/{new_id}", recordings.rename, methods=["PUT"]),
@@ -84,13 +86,9 @@ ROUTES = by_resource([
 async def lifespan(app: Starlette):
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
-    if settings.ephemeral_disk:
-        problems = ephemeral_disk_problems(settings)
-        if problems:
-            message = ("PTGSTORE_EPHEMERAL_DISK=true (this host's disk is lost at each restart) needs: "
-                       + "; ".join(problems))
-            log.error(message)
-            raise SettingsError(message)
+    refusal = ephemeral_disk_refusal(settings)
+    if refusal is not None:
+        raise SettingsError(refusal)  # its one line, printed by the server (StartupRefusal), which exits
     # the data directory (secret, users, embedded Redis, recordings) is this account's only
     await asyncio.to_thread(private_dir, Path(settings.data_dir))
     # the signing secret exists from start-up, so that `ptgstore token` finds the one this server uses
@@ -120,7 +118,7 @@ async def lifespan(app: Starlette):
     await asyncio.to_thread(private_dir, settings.recordings_path)  # 0700, also when an earlier version made it
     app.state.recorder = Recorder(store, settings.recordings_path, settings.recording_segment_seconds,
                                   settings.recording_segment_mb * 1024 * 1024, settings.recording_shards,
-                                  settings.recordings_refusal)
+                                  settings.recordings_refusal, limits=Limits.of(settings))
     await app.state.recorder.prove_directory()
     app.state.recorder.start()
     collector = asyncio.get_running_loop().create_task(
@@ -246,6 +244,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     meter = metrics.Metrics(settings)
     middleware = [
         Middleware(DirectSend),  # outermost: socket routes send their data messages past every layer below
+        Middleware(StartupRefusal),  # a refused start-up: its one line, not a traceback
         Middleware(RootPathMiddleware),
         Middleware(Instrumentation, metrics=meter, routes=ROUTES, access_log=settings.access_log),
         # guards.py's, in its order: headers on every answer (refusals too), then who may ask
@@ -277,4 +276,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as refused:  # `uvicorn ptgstore.app:app` with a malformed PTGSTORE_* variable (the Procfile):
+    app = refusing_app(str(refused))  # its one line at start-up, not an import traceback

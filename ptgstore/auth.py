@@ -391,7 +391,7 @@ class AuthMiddleware:
             return await self.app(scope, receive, send)
         token, source = find_token(scope)
         try:
-            if token is None:
+            if token is None or source is None:  # (both or neither)
                 raise AuthError("not authenticated: no token in header, query or cookie")
             claims = self.authenticator.claims(token)
             if source == "cookie":

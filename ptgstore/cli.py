@@ -1,5 +1,5 @@
 """`ptgstore serve | token | user`: run the server and manage who may use it;
-`ptgstore streams | push | pull | dump | load | simulate`: use it as a client."""
+`ptgstore streams | push | pull | dump | load | simulate | record | replay`: use it as a client."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +9,11 @@ import importlib.util
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -86,16 +88,9 @@ def _without_password(url: str) -> str:
 
 def _redis_error(url: str) -> str | None:
     """Why the configured Redis does not answer a PING, or None when it does."""
-    import redis  # noqa: PLC0415
+    from .connections import ping_error
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return str(exc) or type(exc).__name__
-    finally:
-        client.close()
-    return None
+    return ping_error(url, timeout=5)
 
 
 # what the server imports beyond the client's dependencies: the `server` extra
@@ -121,18 +116,35 @@ def _needs_server(handler):
 
 def serve(args) -> int:
     """Start uvicorn on the app with the configured host, port, workers and reload."""
-    import uvicorn  # noqa: PLC0415 - only the serve command needs it
+    import uvicorn
 
-    from . import serving  # noqa: PLC0415
-    from .embedded import EmbeddedRedis  # noqa: PLC0415
-    from .guards import describe_allowed_hosts  # noqa: PLC0415
+    from . import serving
+    from .deployment import ephemeral_disk_refusal
+    from .embedded import EmbeddedRedis
+    from .guards import describe_allowed_hosts
+    from .private import private_dir
 
     settings = _settings(args)
+    address, colon, port = settings.host.rpartition(":")
+    if colon and port.isdigit() and (address.count(":") == 0 or address.endswith("]")):  # (not a bare IPv6 address)
+        print(f"ptgstore: --host takes an address alone, not {settings.host!r}: --host {address} --port {port}",
+              file=sys.stderr)
+        return 2
     if settings.auth == "dev" and not _is_loopback(settings.host) and not settings.auth_explicit:
         print(f"refusing to serve the 'dev' auth policy (any user, password = name) on {settings.host}: "
               "set PTGSTORE_AUTH=users (see `ptgstore user add`), or PTGSTORE_AUTH=dev to accept the risk",
               file=sys.stderr)
         return 2
+    unfit = ephemeral_disk_refusal(settings)  # (the app checks it too: the Procfile starts uvicorn alone)
+    if unfit is not None:
+        print(f"ptgstore: {unfit}", file=sys.stderr)
+        return 2
+    try:  # (the app makes it too: here an unusable one is one line, before listening)
+        private_dir(Path(settings.data_dir))
+    except OSError as exc:
+        print(f"ptgstore: cannot use the data directory {settings.data_dir}: {exc.strerror or exc}: "
+              "choose another --data-dir or PTGSTORE_DATA_DIR", file=sys.stderr)
+        return 1
     refused = _bind_error(settings.host, settings.port)
     if refused is not None:
         print(f"ptgstore: cannot listen on {settings.host}:{settings.port}: {refused.strerror or refused}"
@@ -194,7 +206,7 @@ def parse_ttl(text: str) -> int:
 def _asked_rights(args):
     """The permissions given with --read, --write and --admin (None when none was given); a
     malformed pattern ends the command."""
-    from .permissions import BadPatterns, Rights, check_patterns  # noqa: PLC0415
+    from .permissions import BadPatterns, Rights, check_patterns
 
     if not (args.read or args.write or args.admin):
         return None
@@ -209,9 +221,9 @@ def _asked_rights(args):
 def token(args) -> int:
     """Print a fresh token signed with this server's secret, under the policy it runs (limited by
     --read/--write/--admin)."""
-    from .auth import Authenticator  # noqa: PLC0415
-    from .permissions import Forbidden, Scope, account_rights  # noqa: PLC0415
-    from .policyfile import recorded  # noqa: PLC0415
+    from .auth import Authenticator
+    from .permissions import Forbidden, Scope, account_rights
+    from .policyfile import recorded
 
     settings = _settings(args)
     server = recorded(settings.data_dir)
@@ -258,8 +270,8 @@ def describe_rights(rights) -> str:
 
 def user(args) -> int:
     """Add, change, remove or list accounts of the `users` policy and their permissions."""
-    from .permissions import FULL_RIGHTS, BadPatterns, account_rights  # noqa: PLC0415
-    from .users import hash_password, make_record, password_of, read_users, write_users  # noqa: PLC0415
+    from .permissions import FULL_RIGHTS, BadPatterns, account_rights
+    from .users import hash_password, make_record, password_of, read_users, write_users
 
     path = _settings(args).users_path
     users = read_users(path)
@@ -367,12 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
     permission_flags(users, "the user")
     users.add_argument("--full", action="store_true", help="every permission (as an account that lists none)")
 
-    from .commands import add_client_commands  # noqa: PLC0415 - the client side lives in its own module
+    from .commands import add_client_commands
     add_client_commands(commands)
     return parser
 
 
+def _interruptible() -> None:
+    """Ctrl-C (or `kill -INT`) stops every command as at a terminal, with its summary and status 130,
+    also when started with SIGINT ignored: a shell without job control starts `cmd &` so (scripts,
+    pytest run in the background), its children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so a following pull could only be killed. (`serve` runs uvicorn, which
+    installs its own handlers either way.) A handler the caller set is left alone."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None) -> int:
+    _interruptible()
     args = build_parser().parse_args(argv)
     try:
         status = args.handler(args)
@@ -387,6 +410,12 @@ def main(argv=None) -> int:
         # the reader went away (`ptgstore streams | head -1`): stop quietly, as other command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # the status of a process ended by SIGPIPE
+    except OSError as exc:
+        if exc.filename is None:  # not a file the command was given or keeps: a bug, with its traceback
+            raise
+        # a data directory, users file or output the command cannot use: what and why, as cp or mkdir say it
+        print(f"ptgstore {args.command}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -76,6 +76,17 @@ class UsageError(Exception):
     """A command used in a way that cannot work: the reason goes to stderr, exit status 2."""
 
 
+_URL_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def _check_url(url: str | None) -> None:
+    """--url (or $PTGSTORE_URL): `host:port` or a URL of one of the schemes the client speaks."""
+    scheme = url.partition("://")[0].lower() if url and "://" in url else "http"
+    if scheme not in _URL_SCHEMES:
+        raise UsageError(f"--url {url}: ptgstore speaks {', '.join(_URL_SCHEMES)} (e.g. http://127.0.0.1:7890, "
+                         f"or host:port), not {scheme}")
+
+
 def _run(handler, prepare=None):
     """Run an async command handler with a client from the flags; errors become a reason and exit 1.
 
@@ -88,6 +99,7 @@ def _run(handler, prepare=None):
         from .client import DEFAULT_URL, AsyncClient, AuthError, PtgError
 
         try:
+            _check_url(args.url)
             if prepare is not None:
                 prepare(args)
             password = _password(args)
@@ -111,7 +123,12 @@ def _run(handler, prepare=None):
                       "prints one), or log in with --username and --password", file=sys.stderr)
             return 1
         except PtgError as exc:
+            from .client import Unreachable
+
             print(f"ptgstore: {exc}", file=sys.stderr)
+            if isinstance(exc, Unreachable):
+                print(f"ptgstore: is ptgstore serving at {client.url}? Start it with `ptgstore serve`, or give its "
+                      "address with --url or PTGSTORE_URL", file=sys.stderr)
             return 1
 
     return command
@@ -138,17 +155,36 @@ async def streams(client: AsyncClient, args) -> int:
 # -- push and pull ------------------------------------------------------------------------------
 
 def _prepare_push(args) -> None:
-    """Standard input is one entry when piped in or given as `-`; a terminal with no file is a mistake."""
+    """Standard input is one entry when piped in or given as `-`; a terminal with no file is a mistake,
+    and so is a stream argument naming a file or directory with no FILE (`ptgstore push frame1.jpg`: the
+    file was meant as the entry) and standard input holding no bytes (`</dev/null`, a producer that wrote
+    nothing): refused before anything is sent, so nothing is stored."""
     if not args.files:
+        if os.path.exists(args.stream):
+            # checked before standard input is read: `find | while read f; do ptgstore push "$f"; done`
+            # would otherwise push the rest of find's output to a stream named after the file
+            kind = "directory" if os.path.isdir(args.stream) else "file"
+            files = os.path.join(args.stream, "*") if kind == "directory" else args.stream
+            raise UsageError(f"{args.stream} is a {kind}: did you mean `ptgstore push STREAM {files}`? "
+                             f"(to push standard input to a stream of that name, give '-': "
+                             f"ptgstore push {args.stream} -)")
         if sys.stdin.isatty():
             raise UsageError("no FILE given and standard input is a terminal: name files to push, "
                              "pipe data in (cat frame.jpg | ptgstore push STREAM), or give '-' to type it")
         args.files = ["-"]
+    directories = [path for path in args.files if path != "-" and os.path.isdir(path)]
+    if directories:
+        raise UsageError(f"{', '.join(directories)}: a directory, not a file: give the files in it "
+                         f"(ptgstore push {args.stream} {os.path.join(directories[0], '*')})")
     missing = [path for path in args.files if path != "-" and not os.path.isfile(path)]
     if missing:
         raise UsageError(f"not a file: {', '.join(missing)}")
     # read here, outside the event loop, so that Ctrl-C interrupts the read at once
     args.stdin_data = sys.stdin.buffer.read() if "-" in args.files else b""
+    if "-" in args.files and not args.stdin_data:
+        # an entry of zero bytes is pushed from an empty file, never by accident from an empty input
+        raise UsageError("nothing to push: standard input is empty (an empty entry is pushed from an "
+                         "empty file: ptgstore push STREAM EMPTY_FILE)")
 
 
 def _read_files(paths: list[str], stdin_data: bytes):
@@ -190,6 +226,12 @@ async def push(client: AsyncClient, args) -> int:
 
 
 def _prepare_pull(args) -> None:
+    from .framing import FramingError, split_stream_ids
+
+    try:
+        split_stream_ids(args.streams)  # the server's rules, said before any connection (`cam+`: an empty id)
+    except FramingError as exc:
+        raise UsageError(f"{args.streams!r}: {exc} (streams are joined by '+': a+b)") from None
     if args.count is not None:
         print("ptgstore pull: --count is deprecated, use --limit (entries in all; --batch is per delivery)",
               file=sys.stderr)
@@ -432,6 +474,6 @@ def add_client_commands(commands) -> None:
     sim.add_argument("--imu-hz", type=_positive(float), default=200.0, help="IMU samples per second")
     sim.add_argument("--imu-batch", type=_positive(int), default=10, help="IMU samples per entry")
     sim.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")
-    from .record_commands import add_recording_commands  # noqa: PLC0415 - recordings have their own module
+    from .record_commands import add_recording_commands
 
     add_recording_commands(command)

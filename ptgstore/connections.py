@@ -66,6 +66,41 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE)
 
 
+# -- one-off blocking calls, outside the event loop (the CLI's start-up check, the embedded server's
+# lifecycle, the tests' private servers): redis-py stays behind this module
+
+def blocking_client(url: str, timeout: float | None = None) -> redis.Redis:
+    """A blocking redis-py client on `url` (the caller closes it); `timeout` bounds connecting and each reply."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def ping_error(url: str, timeout: float = 5) -> str | None:
+    """Why the Redis at `url` does not answer a PING within `timeout` seconds, or None when it does."""
+    client = blocking_client(url, timeout)
+    try:
+        client.ping()
+    except (rexc.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    return None
+
+
+def server_run_id(url: str, timeout: float = 1) -> str | None:
+    """The run id of the Redis answering at `url`, or None when nothing answers."""
+    try:
+        with blocking_client(url, timeout) as client:
+            return str(client.info("server")["run_id"])
+    except (rexc.RedisError, OSError, KeyError):
+        return None
+
+
+def shut_down(url: str, timeout: float) -> None:
+    """SHUTDOWN the Redis at `url` (RedisError when it refuses or does not answer)."""
+    with blocking_client(url, timeout) as client:
+        client.shutdown()
+
+
 async def _call(connection, command: tuple, asking: bool = False):
     """One command and its reply on `connection` (connected on first use and after a failure); with
     `asking`, preceded by ASKING (a slot being imported by this node)."""

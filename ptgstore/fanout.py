@@ -13,27 +13,49 @@ the transport to drain: a slow socket never holds up the others and costs no mem
 """
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from .framing import encode_header, pack_entries
 from .wsframes import delivery_frames
 
+# What the routes made of each hub delivery (its wire form by header codec, frames, Foxglove
+# payloads), once for every socket it goes to: kept as long as the delivery itself, which the
+# follower shares with every socket at the same cursor until its next read.
+_made: WeakKeyDictionary = WeakKeyDictionary()
 
-def wire(delivery, codec: str) -> tuple[str | bytes, bytes]:
-    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to."""
-    encoded = delivery.encoded.get(codec)
+
+def made(delivery) -> dict:
+    """The cache of what was made of `delivery` for the wire (the route side's, never the hub's)."""
+    cache = _made.get(delivery)
+    if cache is None:
+        cache = _made[delivery] = {}
+    return cache
+
+
+def wire(delivery, codec: str, cache: dict | None = None) -> tuple[str | bytes, bytes]:
+    """A delivery's header message (text for JSON) and blob, encoded once for every socket it goes to
+    (`cache`: its `made`, when the caller has it at hand)."""
+    if cache is None:
+        cache = made(delivery)
+    encoded = cache.get(codec)
     if encoded is None:
         header, blob = pack_entries(delivery.entries)
         raw = encode_header(header, codec)
-        encoded = delivery.encoded[codec] = (raw.decode() if codec == "json" else raw, blob)
+        encoded = cache[codec] = (raw.decode() if codec == "json" else raw, blob)
     return encoded
 
 
-def frames(delivery, codec: str) -> tuple[bytes, ...]:
-    """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to."""
+def frames(delivery, codec: str, cache: dict | None = None) -> tuple[tuple[bytes, ...], int]:
+    """A delivery's two messages as WebSocket frame bytes, made once for every socket it goes to,
+    and the size of its blob (`cache` as for `wire`)."""
+    if cache is None:
+        cache = made(delivery)
     key = ("frames", codec)
-    made = delivery.encoded.get(key)
-    if made is None:
-        made = delivery.encoded[key] = delivery_frames(*wire(delivery, codec))
-    return made
+    framed = cache.get(key)
+    if framed is None:
+        header, blob = wire(delivery, codec, cache)
+        framed = cache[key] = (delivery_frames(header, blob), len(blob))
+    return framed
 
 
 class Direct:
@@ -42,14 +64,17 @@ class Direct:
 
     def __init__(self, sink, codec: str, count: int, tally):
         self.sink, self.codec, self.count, self.tally = sink, codec, count, tally
+        self.key = ("frames", codec)  # of its frames in a delivery's `made`
         self.sent = 0  # deliveries written so
 
-    def send(self, delivery) -> bool:
+    def send(self, delivery, cache: dict | None = None) -> bool:
         """Write `delivery` now if the socket can take it; whether it did."""
         if not self.sink.ready():
             return False
-        self.sink.write(frames(delivery, self.codec))
-        self.tally(len(delivery.entries), len(delivery.encoded[self.codec][1]))
+        made_frames = cache.get(self.key) if cache is not None else None
+        framed, size = made_frames if made_frames is not None else frames(delivery, self.codec, cache)
+        self.sink.write(framed)
+        self.tally(len(delivery.entries), size)
         self.sent += 1
         return True
 
@@ -58,9 +83,12 @@ def deliver(follower) -> None:
     """After `follower` buffered new entries: write them to its parked sockets that take them
     directly, and wake every other socket (and any that could not take them)."""
     written = set()
+    # what was made of each delivery, at hand for this round (the deliveries stay in the follower's
+    # `shared` meanwhile, so their ids stand for them): sockets at one cursor share one delivery
+    caches: dict[int, dict] = {}
     for subscription in follower.readers:
         if subscription.parked and subscription.direct is not None:
-            if _send(subscription, follower):
+            if _send(subscription, follower, caches):
                 written.add(subscription.wake)
             else:
                 subscription.parked = False  # its task serves it from here
@@ -69,7 +97,7 @@ def deliver(follower) -> None:
             waiter.set()
 
 
-def _send(subscription, follower) -> bool:
+def _send(subscription, follower, caches: dict[int, dict]) -> bool:
     """Write every delivery due up to the follower's newest entry; whether all went (else its task
     takes over from the cursor reached)."""
     if subscription.closed or len(subscription.followers) != 1 or subscription.epochs[0] != follower.epoch:
@@ -79,7 +107,10 @@ def _send(subscription, follower) -> bool:
         delivery = follower.delivery_after(subscription.cursors[0], direct.count)
         if delivery is None or delivery.last is None or delivery.gaps or not delivery.entries:
             return False
-        if not direct.send(delivery):
+        cache = caches.get(id(delivery))
+        if cache is None:
+            cache = caches[id(delivery)] = made(delivery)
+        if not direct.send(delivery, cache):
             return False
         subscription.cursors[0] = delivery.last
         subscription.fresh[0] = False

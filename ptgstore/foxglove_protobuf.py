@@ -7,7 +7,7 @@ the `protobuf` runtime; a channel of this encoding is advertised with `encoding:
 `schemaEncoding: protobuf` and, as the schema, the base64 `FileDescriptorSet` of the message's file
 and the files it imports (google/protobuf/timestamp.proto), taken from the message's descriptor.
 
-Server only (the `server` extra): the client and the recordings (`mcapfiles`) never import it.
+Server only (the `server` extra): the client and the recordings (`recordings.mcapfiles`) never import it.
 """
 from __future__ import annotations
 

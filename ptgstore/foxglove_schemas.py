@@ -1,6 +1,6 @@
 """How an entry becomes a Foxglove message: the one place that knows Foxglove's schemas.
 
-Shared by the recordings (MCAP files, `mcapfiles`) and the live Foxglove endpoint
+Shared by the recordings (MCAP files, `recordings.mcapfiles`) and the live Foxglove endpoint
 (`routes/foxglove.py`). No Redis, no HTTP. A stream's `Format` is chosen from its metadata and
 its newest entry (`classify`); `payloads` turns one entry into the message payloads of its channel:
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import msgpack
 import orjson
 
 MAX_STREAM_ID_BYTES = 256
-# ptgstore's own keys (keys.py, recording_store.py) are named like streams: no stream id may name them
+# ptgstore's own keys (keys.py) are named like streams: no stream id may name them
 RESERVED_PREFIX = "ptgstore:"
 RESERVED_STREAM_IDS = frozenset({"recording:id"})  # the original server's key of the active recording
 # streams only the server writes (the recorder's announcements): readable, never written or deleted by clients
@@ -135,7 +135,7 @@ def parse_count(text: str | None, default: int = 1, maximum: int = MAX_COUNT) ->
 
 # -- timestamps -------------------------------------------------------------------------------
 
-def timestamp_spec(ts) -> str:
+def timestamp_spec(ts: object) -> str:
     """How an entry's id is chosen: `*` (server time), `t<ms>` (client time), or an explicit id."""
     if ts is None:
         return "*"
@@ -171,21 +171,22 @@ def parse_header_codec(text: str | None) -> str:
     return codec
 
 
-def encode_header(items: list, codec: str = "json") -> bytes:
+def encode_header(items: list[Any], codec: str = "json") -> bytes:
     """A batch header as JSON or MessagePack bytes."""
     if codec == "msgpack":
-        return msgpack.packb(items, use_bin_type=True)
+        packed: bytes = msgpack.packb(items, use_bin_type=True)
+        return packed
     return orjson.dumps(items)
 
 
-def ascii_json(value) -> str:
+def ascii_json(value: object) -> str:
     """`value` as JSON in ASCII only (`\\u` escapes), for HTTP headers: a header value is Latin-1
     on the wire, so a stream id such as `日` written as UTF-8 would not survive."""
     text = orjson.dumps(value).decode()
     return text if text.isascii() else json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
-def decode_header(raw: bytes | str, codec: str = "json") -> list:
+def decode_header(raw: bytes | str, codec: str = "json") -> list[Any]:
     """A client's batch header as a list of items; FramingError when it does not parse."""
     try:
         if codec == "msgpack":
@@ -196,16 +197,16 @@ def decode_header(raw: bytes | str, codec: str = "json") -> list:
             items = orjson.loads(raw)
     except FramingError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's malformed header
+    except Exception as exc:  # any decoder failure is the client's malformed header
         raise FramingError(f"malformed {codec} header: {exc}".strip()[:100]) from None
     if not isinstance(items, list):
         raise FramingError("header must be a list")
     return items
 
 
-def pack_entries(entries: Iterable[tuple[str, str, bytes]]) -> tuple[list, bytes]:
+def pack_entries(entries: Iterable[tuple[str, str, bytes]]) -> tuple[list[list[str | int]], bytes]:
     """Server-to-client batch: header `[[sid, id, start], ...]` and the concatenated blob."""
-    header = []
+    header: list[list[str | int]] = []
     chunks = []
     offset = 0
     for sid, entry_id, data in entries:
@@ -215,7 +216,7 @@ def pack_entries(entries: Iterable[tuple[str, str, bytes]]) -> tuple[list, bytes
     return header, b"".join(chunks)
 
 
-def unpack_entries(header_items: list, blob: bytes) -> list[tuple[str, str, bytes]]:
+def unpack_entries(header_items: list[Any], blob: bytes) -> list[tuple[str, str, bytes]]:
     """A server-to-client batch back as `(stream id, entry id, bytes)`; FramingError when malformed."""
     for i, item in enumerate(header_items):
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str) and isinstance(item[1], str)):
@@ -236,13 +237,13 @@ def parse_offsets_mode(text: str | None) -> str:
     return mode
 
 
-def _offset(value) -> int:
+def _offset(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise FramingError(f"offset must be a whole number, not {value!r}"[:100])
     return value
 
 
-def _parse_item(item, index: int) -> tuple[str | None, str, int]:
+def _parse_item(item: object, index: int) -> tuple[str | None, str, int]:
     """(stream id or None for 'the path decides', id spec, offset) of one header item."""
     if isinstance(item, list):
         if len(item) == 2:
@@ -283,7 +284,7 @@ def _resolve_offsets(offsets: list[int], blob_len: int, mode: str) -> list[tuple
 
 
 def split_batch(
-    header_items: list, blob: bytes, path_sid: str, offsets_mode: str = "auto"
+    header_items: list[Any], blob: bytes, path_sid: str, offsets_mode: str = "auto"
 ) -> list[tuple[str, str, memoryview]]:
     """A client batch as `(stream id, id spec, bytes)` per entry, in order.
 

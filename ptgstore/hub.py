@@ -1,252 +1,28 @@
 """Per-process readers that wait on Redis once per stream and fan entries out to pull sockets.
 
-A `Follower` holds one Redis connection in a blocking single-key XREAD for one stream
-and keeps the newest entries in a bounded buffer. A `Subscription` (one per pull
-socket) only keeps a cursor per stream: it is served from the buffer while it keeps
-up, and from a plain range read on the shared pool when it has fallen behind, so a
-slow socket costs no memory and never stalls the others.
+A `Follower` (follower.py) holds one Redis connection in a blocking single-key XREAD for one
+stream and keeps the newest entries in a bounded buffer. A `Subscription` (one per pull socket,
+opened with `Hub.open`) only keeps a cursor per stream: it is served from the buffer while it keeps
+up, and from a plain range read on the shared pool when it has fallen behind, so a slow socket
+costs no memory and never stalls the others.
 """
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import AsyncIterator, Sequence
 
-from .backoff import Backoff
 from . import fanout
-from .framing import NEWEST, format_entry_id, parse_entry_id
+from .backoff import Backoff
+from .follower import Delivery, Follower, gap_notice
+from .framing import BEGINNING, NEWEST, NOW, cursor_before, format_entry_id, parse_cursors, parse_entry_id
 from .questions import Questions
-from .store import Store, StoreError, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("ptgstore.hub")
 
-READ_BATCH = 512
-BLOCK_MS = 5000
 READY_TIMEOUT = 10.0
-
-
-class Follower:
-    """Follows one stream: one blocking reader, a bounded buffer of the newest entries.
-
-    The buffer only ever holds entries of one generation of the stream (its `epoch`, bumped by
-    each delete): every wait reads the epoch and the stream's length with the entries, and a
-    delete heard of on the deletions channel, or a newer epoch seen by a socket, makes it forget
-    the buffer (`invalidate`) and read the stream's state again before anything more is served.
-    """
-
-    def __init__(self, hub: "Hub", sid: str):
-        self.hub = hub
-        self.sid = sid
-        self.refs = 0
-        self.waiters: set[asyncio.Event] = set()
-        self.readers: dict["Subscription", int] = {}  # subscription -> index of this stream in its cursors
-        self.ids: deque[tuple[int, int]] = deque()  # buffered entry ids, oldest first
-        self.entries: deque[tuple[str, bytes]] = deque()  # (entry id, bytes), in step with `ids`
-        self.buffered_bytes = 0
-        self.floor: tuple[int, int] = (0, 0)  # the buffer holds every entry after this id
-        self.newest: tuple[int, int] = (0, 0)  # the newest id seen
-        self.epoch = 0  # the generation of the stream the buffer belongs to (valid once ready)
-        self.added: int | None = None  # entries the stream was ever given, up to `newest` (Redis 7)
-        self.gap_marks: deque[tuple[int, int]] = deque()  # buffered ids right after entries trimmed unseen
-        self.invalidations = 0
-        self.ready = asyncio.Event()
-        self._waiting = False  # in the blocking read (which `invalidate` interrupts)
-        self.stopping = False  # a cancellation is then for good, never an interruption
-        self._interrupted = False
-        # what the sockets at one cursor get next, made once for all of them (they mostly move together)
-        self.shared: dict[tuple[tuple[int, int], int], "Delivery"] = {}
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"ptgstore-follow-{sid}")
-
-    def invalidate(self) -> None:
-        """Forget the buffer (the stream was deleted, or may have been): nothing is served from
-        memory until the stream's state has been read again."""
-        self.invalidations += 1
-        self.ready.clear()
-        self._forget()
-        if self._waiting and not self._interrupted:
-            self._interrupted = True
-            self.task.cancel()
-
-    def stop(self) -> None:
-        """End the follower (its last socket left, or the server stops)."""
-        self.stopping = True
-        self.task.cancel()
-
-    def _forget(self) -> None:
-        self.entries.clear()
-        self.ids.clear()
-        self.gap_marks.clear()
-        self.shared.clear()
-        self.buffered_bytes = 0
-
-    def _wake(self) -> None:
-        for waiter in self.waiters:
-            waiter.set()
-
-    async def _run(self) -> None:
-        store = self.hub.store
-        tail = store.tail(self.sid)
-        backoff = Backoff()
-        try:
-            while True:
-                try:
-                    if not self.ready.is_set():
-                        # deletes are heard of from before the state is read: none falls in between
-                        await self.hub.watching.wait()
-                        asked = self.invalidations
-                        (state,) = await store.states([self.sid])
-                        if self.invalidations != asked:
-                            continue  # invalidated while asking: the answer may predate the delete
-                        self._start(*state)
-                    self._waiting = True
-                    try:
-                        records, epoch, length = await store.follow(
-                            tail, self.sid, format_entry_id(self.newest), READ_BATCH, BLOCK_MS)
-                    except asyncio.CancelledError:
-                        # interrupted by `invalidate` (and by nothing else): read the state again
-                        if self.stopping or not self._interrupted:
-                            raise
-                        uncancel = getattr(asyncio.current_task(), "uncancel", None)  # Python 3.11+
-                        if uncancel is not None and uncancel() > 0:
-                            raise
-                        self._interrupted = False
-                        continue
-                    finally:
-                        self._waiting = False
-                    if epoch != self.epoch:
-                        self.invalidate()  # deleted (and perhaps re-created) since the buffer began
-                        continue
-                    mark = None
-                    if records and length <= len(records):
-                        # Redis keeps nothing up to `newest`: trimming may have taken unseen entries too
-                        records, mark, later = await self._count_unseen(records)
-                        length += later
-                    elif self.added is not None:
-                        self.added += len(records)
-                    backoff.reset()
-                except (StoreUnavailable, StoreError) as exc:
-                    # kept alive through outages and odd keys alike: its sockets wait, then resume
-                    pause = backoff.failed()
-                    log.warning("follower %s: redis unavailable (%s); retrying in %.2f s", self.sid, exc, pause)
-                    await asyncio.sleep(pause)
-                    continue
-                if records and self.ready.is_set():  # (not when invalidated meanwhile: read again first)
-                    self._append(records, length, mark)
-                    await asyncio.sleep(0)  # the woken sockets send before the next read goes out
-        finally:
-            # freed now, not when the garbage collector breaks the follower <-> task cycle
-            self._forget()
-            await tail.disconnect()
-
-    def _start(self, epoch: int, newest: str, added: int | None) -> None:
-        self._forget()
-        self.epoch = epoch
-        self.added = added
-        self.floor = self.newest = parse_entry_id(newest)
-        self.ready.set()
-        self._wake()  # sockets waiting for this follower (or reset by the new epoch) go on
-
-    async def _count_unseen(self, records):
-        """Whether entries added after `newest` were trimmed before they could be read: compares
-        what the stream was ever given with what was read (one more round trip, only when Redis
-        keeps nothing older than what was just read, and only for sockets that asked for gaps).
-        Returns the records (plus any added meanwhile), the id after the gap (or None) and how many
-        were added meanwhile."""
-        if not any(reader.gaps for reader in self.readers):
-            self.added = None  # uncounted until a socket asks for gaps
-            return records, None, 0
-        added, later = await self.hub.store.added_after(self.sid, records[-1][0])
-        unseen = 0 if added is None or self.added is None else added - self.added - len(records) - len(later)
-        self.added = added
-        return records + later, (parse_entry_id(records[0][0]) if unseen > 0 else None), len(later)
-
-    def _append(self, records, length: int, mark: tuple[int, int] | None) -> None:
-        hub = self.hub
-        self.shared.clear()
-        if mark is not None:
-            self.gap_marks.append(mark)
-        for entry_id, data in records:
-            pair = parse_entry_id(entry_id)
-            self.ids.append(pair)
-            self.entries.append((entry_id, data))
-            self.buffered_bytes += len(data)
-            self.newest = pair
-        # entries Redis no longer keeps (trimmed) leave memory: the buffer holds at most the newest
-        # `length` (an entry added after that count only makes this keep one more)
-        while len(self.ids) > length:
-            self.floor = self.ids.popleft()
-            self.buffered_bytes -= len(self.entries.popleft()[1])
-        while self.ids and (len(self.ids) > hub.buffer_entries or self.buffered_bytes > hub.buffer_bytes):
-            self.floor = self.ids.popleft()
-            self.buffered_bytes -= len(self.entries.popleft()[1])
-        if self.readers:
-            # what every reader has passed leaves memory; a socket starting further back reads Redis
-            slowest = min(reader.cursors[i] for reader, i in self.readers.items())
-            while self.ids and self.ids[0] <= slowest:
-                self.floor = self.ids.popleft()
-                self.buffered_bytes -= len(self.entries.popleft()[1])
-        while self.gap_marks and self.gap_marks[0] <= self.floor:
-            self.gap_marks.popleft()
-        fanout.deliver(self)  # straight to the sockets waiting that take it, then wake the others
-
-    def after(self, cursor: tuple[int, int], count: int) -> list[tuple[str, bytes]] | None:
-        """Up to `count` buffered entries after `cursor`; None when the buffer no longer reaches back
-        (or is being read again). A delivery stops before a gap mark: the next one starts with it."""
-        if cursor < self.floor or not self.ready.is_set():
-            return None
-        start = bisect.bisect_right(self.ids, cursor)
-        end = min(start + count, len(self.entries))
-        if self.gap_marks and start < end:
-            k = bisect.bisect_right(self.gap_marks, self.ids[start])
-            if k < len(self.gap_marks) and self.gap_marks[k] <= self.ids[end - 1]:
-                end = bisect.bisect_left(self.ids, self.gap_marks[k], start, end)
-        return [self.entries[i] for i in range(start, end)]
-
-    def gap_before(self, entry_id: str) -> bool:
-        """Whether entries right before this buffered one were trimmed before they could be read."""
-        if not self.gap_marks:
-            return False
-        pair = parse_entry_id(entry_id)
-        k = bisect.bisect_left(self.gap_marks, pair)
-        return k < len(self.gap_marks) and self.gap_marks[k] == pair
-
-    def delivery_after(self, cursor: tuple[int, int], count: int) -> "Delivery | None":
-        """The entries after `cursor` as a Delivery shared by every socket at that cursor (not to be
-        changed), with the gap notice due before them; None when the buffer no longer reaches back."""
-        key = (cursor, count)
-        delivery = self.shared.get(key)
-        if delivery is None:
-            buffered = self.after(cursor, count)
-            if buffered is None:
-                return None
-            delivery = Delivery([(self.sid, entry_id, data) for entry_id, data in buffered])
-            delivery.last = parse_entry_id(buffered[-1][0]) if buffered else cursor
-            if buffered and self.gap_before(buffered[0][0]):
-                delivery.gaps = [_gap(self.sid, cursor, buffered[0][0])]
-            self.shared[key] = delivery
-        return delivery
-
-    def newest_entry(self) -> tuple[str, bytes] | None:
-        return self.entries[-1] if self.entries and self.ready.is_set() else None
-
-
-def _gap(sid: str, cursor: tuple[int, int], oldest: str) -> dict:
-    return {"gap": {"sid": sid, "after": format_entry_id(cursor), "oldest": oldest}}
-
-
-@dataclass
-class Delivery:
-    """What one pull socket gets next: gap notices, then entries `(sid, entry id, bytes)`."""
-
-    entries: list = field(default_factory=list)
-    gaps: list = field(default_factory=list)
-    last: tuple[int, int] | None = None  # of a shared delivery: the cursor after it
-    encoded: dict = field(default_factory=dict)  # its wire form by header codec, made once
-
 
 class Subscription:
     """One pull socket's position in each of its streams."""
@@ -386,13 +162,11 @@ class Subscription:
         """One stream, followed in the buffer: the delivery every socket at this cursor shares."""
         if len(self.followers) != 1 or latest:
             return None
-        shared = self.followers[0].delivery_after(self.cursors[0], count)
+        # (a socket that did not ask for gap notices, or has read nothing yet, gets the entries without)
+        shared = self.followers[0].delivery_after(self.cursors[0], count, self.gaps and not self.fresh[0])
         if shared is None or shared.last is None:  # (a shared delivery always knows its cursor)
             return None
         self.cursors[0] = shared.last
-        if shared.gaps and (self.fresh[0] or not self.gaps):
-            # the same entries without the notice (made once per socket, only at a gap)
-            return Delivery(shared.entries, [], shared.last, shared.encoded)
         return shared
 
     async def _collect(self, count: int, latest: bool) -> Delivery:
@@ -413,7 +187,7 @@ class Subscription:
                 behind.append((i, sid, format_entry_id(cursor), count))
             else:
                 if buffered and self.gaps and not self.fresh[i] and follower.gap_before(buffered[0][0]):
-                    delivery.gaps.append(_gap(sid, cursor, buffered[0][0]))
+                    delivery.gaps.append(gap_notice(sid, cursor, buffered[0][0]))
                 delivery.entries += [(sid, entry_id, data) for entry_id, data in buffered]
         if behind:
             checked = [(sid, c, n) for i, sid, c, n in behind
@@ -422,7 +196,7 @@ class Subscription:
                          if not (self.gaps and not latest and not self.fresh[i] and c != NEWEST)]
             if checked:
                 entries, oldest = await self.hub.store.read_noting_gaps(checked)
-                delivery.gaps += [_gap(sid, parse_entry_id(c), oldest[sid]) for sid, c, _ in checked if sid in oldest]
+                delivery.gaps += [gap_notice(sid, parse_entry_id(c), oldest[sid]) for sid, c, _ in checked if sid in oldest]
                 delivery.entries += entries
             if unchecked:
                 delivery.entries += await self.hub.store.read(unchecked)
@@ -432,6 +206,10 @@ class Subscription:
             i = self.sids.index(sid) if len(self.sids) > 1 else 0
             self.cursors[i] = max(self.cursors[i], parse_entry_id(entry_id))
         return delivery
+
+    def newest(self, index: int = 0) -> tuple[int, int]:
+        """The newest entry id of stream `index` known here ((0, 0): it never held an entry)."""
+        return self.followers[index].newest
 
     def sync_to(self, index: int) -> None:
         """Move every cursor up to stream `index`'s (time_sync_id)."""
@@ -461,19 +239,41 @@ class Hub:
         """
         return [(epoch, last) for epoch, last, _ in await self._states.ask(sids)]
 
-    async def last_ids(self, sids: Sequence[str]) -> list[str]:
-        """What `$` means now for each stream (see `states`)."""
-        return [last for _, last in await self.states(sids)]
-
     async def epochs(self, sids: Sequence[str]) -> list[int]:
         """Each stream's generation, read after this was asked (shared like `states`)."""
         return await self._epochs.ask(sids)
 
-    def subscribe(self, sids: Sequence[str], cursors: Sequence[str], *, gaps: bool = False,
-                  epochs: Sequence[int] | None = None) -> Subscription:
-        """A subscription (use with `async with`) from concrete cursors (entry ids), of the streams'
-        generations `epochs` (from `states`, read before the cursors were resolved)."""
-        return Subscription(self, sids, cursors, gaps=gaps, epochs=epochs)
+    @contextlib.asynccontextmanager
+    async def open(self, sids: Sequence[str], last_entry_id: str | Sequence[str] = NOW, count: int = 1,
+                   gaps: bool = False) -> AsyncIterator[Subscription]:
+        """A pull of `sids` from `last_entry_id` (`async with hub.open(...) as subscription`), as
+        docs/protocol.md says: one cursor per stream (`a+b`, fewer values repeating, or a parsed list),
+        `$` fixed now (nothing added after this moment is skipped), `*` just before the newest `count`
+        entries, `0`/`-` or an entry id; with `gaps`, notices of entries trimmed past a cursor. The
+        streams' generations are read first, with `$` when there is one: entries of a stream deleted
+        before now are never served from memory."""
+        cursors = parse_cursors(last_entry_id, len(sids)) if isinstance(last_entry_id, str) \
+            else list(last_entry_id)
+        if NOW in cursors:
+            states = await self.states(sids)
+            cursors = [now if c == NOW else c for c, (_, now) in zip(cursors, states)]
+            epochs = [epoch for epoch, _ in states]
+        else:
+            epochs = await self.epochs(sids)
+        if NEWEST in cursors:
+            cursors = await self._before_newest(sids, cursors, count)
+        async with Subscription(self, sids, cursors, gaps=gaps, epochs=epochs) as subscription:
+            yield subscription
+
+    async def _before_newest(self, sids: Sequence[str], cursors: list[str], count: int) -> list[str]:
+        """`*`: just before the newest `count` entries (an empty stream: from its beginning, since
+        everything it will ever hold is new)."""
+        first: dict[str, str] = {}
+        for sid, entry_id, _ in await self.store.read([(sid, NEWEST, count) for sid, c in zip(sids, cursors)
+                                                       if c == NEWEST]):
+            first.setdefault(sid, entry_id)
+        return [c if c != NEWEST else cursor_before(first[sid]) if sid in first else BEGINNING
+                for sid, c in zip(sids, cursors)]
 
     def _deleted(self, sid: str | None) -> None:
         """A stream was deleted through some process (None: listening (again), any may have been)."""

@@ -40,9 +40,14 @@ class Keys:
         self.legacy_maxlen = prefix + "ptgstore:maxlen"
 
     def recording(self, name: str) -> str:
-        """A key of the recordings' state (`recording_store.py`): on a cluster all of them share one
+        """A key of the recordings' state (`RecordingKeys`): on a cluster all of them share one
         hash tag, so that its transactions and scripts stay in one slot."""
         return self.prefix + ("{ptgstore:recording}" if self.tagged else "") + name
+
+    @property
+    def recordings(self) -> RecordingKeys:
+        """The keys of the recordings' state (`recordings/state.py`)."""
+        return RecordingKeys(self)
 
     def group(self, sid: str) -> str:
         """The stream's placement group ("" for the default group)."""
@@ -89,3 +94,55 @@ class Keys:
                 return sid
             end = rest.find("}", end + 1)
         return None
+
+
+class RecordingKeys:
+    """The recordings' state shared by every process (`recordings/state.py`), behind the key prefix
+    and, on a cluster, all under the hash tag `{ptgstore:recording}`:
+
+    - `recording:id`: the active recording's id (the original server's key, kept for its tools);
+    - `ptgstore:recording`: hash of the active recording: `id`, `streams` (JSON list, or `null`
+      for every stream), `status` (`recording` or `stopping`), `started`, `shards` (how many),
+      `segment:<k>` (the number of shard k's next segment file), `done:<k>` (shard k has written
+      everything up to the stop), `stop` (JSON of the last entry id of each stream at stop);
+    - `ptgstore:recording:cursors`: stream id -> last entry id written in a committed segment;
+    - `ptgstore:recording:stats`: stream id -> JSON counts of committed entries;
+    - `ptgstore:recording:segments`: `<shard>:<number>` -> the writer token that committed it;
+    - `ptgstore:recording:gaps`: list of JSON gap records;
+    - `ptgstore:recording:writers`: set of JSON `{"host", "pid"}` of the processes that committed segments;
+    - `ptgstore:recording:errors`: recording id -> why it ended with an error;
+    - `ptgstore:recorder:lease:<k>`: the token of the process writing shard k (short TTL);
+    - `ptgstore:recorders`: sorted set of the tokens of processes able to record (their recordings
+      directory proven), scored by when their presence expires (Redis time, ms);
+    - `ptgstore:recordings:directory`: hash naming the recordings directory of the deployment: `id`
+      (also in the directory's marker file), `path`, `host`, `since`.
+    """
+
+    def __init__(self, keys: Keys):
+        key = keys.recording
+        self.id = key("recording:id")
+        self.state = key("ptgstore:recording")
+        self.cursors = key("ptgstore:recording:cursors")
+        self.stats = key("ptgstore:recording:stats")
+        self.segments = key("ptgstore:recording:segments")
+        self.gaps = key("ptgstore:recording:gaps")
+        self.writers = key("ptgstore:recording:writers")
+        self.errors = key("ptgstore:recording:errors")
+        self.lease_prefix = key("ptgstore:recorder:lease:")
+        self.presence = key("ptgstore:recorders")
+        self.directory = key("ptgstore:recordings:directory")
+
+    def lease(self, shard: int) -> str:
+        """The lease of shard `shard` (a string with a short expiry, taken with SET NX)."""
+        return f"{self.lease_prefix}{shard}"
+
+    @property
+    def progress(self) -> tuple[str, ...]:
+        """The keys of the active recording's progress, emptied at its start and its end."""
+        return (self.cursors, self.stats, self.segments, self.gaps, self.writers)
+
+    def owned(self) -> dict[str, str]:
+        """Each key but the leases, with the Redis type it holds."""
+        return {self.id: "string", self.state: "hash", self.cursors: "hash", self.stats: "hash",
+                self.segments: "hash", self.gaps: "list", self.writers: "set", self.presence: "zset",
+                self.directory: "hash", self.errors: "hash"}

@@ -54,7 +54,7 @@ class Metrics:
         self.directory = settings.metrics_dir
         if self.directory:
             _use_multiprocess_dir(self.directory)
-        import prometheus_client as prom  # noqa: PLC0415 - after the multiprocess directory is chosen
+        import prometheus_client as prom  # after the multiprocess directory is chosen
 
         self.public = settings.metrics_public
         self.token = settings.metrics_token
@@ -148,8 +148,8 @@ class Metrics:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition format the scraper accepts (Prometheus text 0.0.4 unless it asks for
         another): this process's registry, or the sum over all workers."""
-        import prometheus_client as prom  # noqa: PLC0415
-        from prometheus_client import exposition, multiprocess  # noqa: PLC0415
+        import prometheus_client as prom
+        from prometheus_client import exposition, multiprocess
 
         registry = self.registry
         if self.directory:
@@ -179,7 +179,7 @@ class Metrics:
     def close(self) -> None:
         """Forget this process's live gauges (worker exit), so sums cover running workers only."""
         if self.directory:
-            from prometheus_client import multiprocess  # noqa: PLC0415
+            from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.directory)
 

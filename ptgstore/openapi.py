@@ -28,8 +28,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from . import __version__, errors
 from .auth import PUBLIC_PATHS, PUBLIC_PREFIXES
 from .framing import MAX_COUNT, MAX_STREAM_ID_BYTES, RESERVED_STREAM_IDS
-from .routes.recordings import MAX_ID_BYTES as MAX_RECORDING_ID_BYTES
-from .routes.recordings import RESERVED_IDS as RESERVED_RECORDING_IDS
+from .recordings.catalogue import MAX_ID_BYTES as MAX_RECORDING_ID_BYTES
+from .recordings.catalogue import RESERVED_IDS as RESERVED_RECORDING_IDS
 from .routing import endpoints
 
 _NO_CONTROL = r"\x00-\x1f\x7f-\x9f"

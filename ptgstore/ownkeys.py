@@ -8,7 +8,6 @@ import logging
 from . import connections as conn
 from .framing import SERVER_STREAMS
 from .keys import META_SUFFIX
-from .recording_store import RecordingStore
 from .store import Store
 
 log = logging.getLogger("ptgstore.ownkeys")
@@ -17,14 +16,10 @@ log = logging.getLogger("ptgstore.ownkeys")
 def owned_keys(store: Store) -> dict[str, str]:
     """Every key of ptgstore's own state, with the Redis type it holds."""
     keys = store.keys
-    recordings = RecordingStore(store)
     # (the recorders' per-shard leases are left out: strings with a short expiry, taken with SET NX)
     owned: dict[str, str] = {
              keys.secret_fingerprint: "string", keys.legacy_meta: "hash", keys.legacy_maxlen: "hash",
-             recordings.id_key: "string", recordings.state_key: "hash", recordings.cursors_key: "hash",
-             recordings.stats_key: "hash", recordings.segments_key: "hash", recordings.gaps_key: "list",
-             recordings.writers_key: "set", recordings.presence_key: "zset", recordings.directory_key: "hash",
-             recordings.errors_key: "hash"}
+             **keys.recordings.owned()}
     for sid in SERVER_STREAMS:
         owned[keys.stream(sid)] = "stream"
         owned[keys.stream(sid) + META_SUFFIX] = "hash"

@@ -30,7 +30,7 @@ class Questions:
             asked, self._asked = self._asked, {}
             try:
                 values = await self.fetch(list(asked))
-            except Exception as exc:  # noqa: BLE001 - handed to every asker, who raises it
+            except Exception as exc:  # handed to every asker, who raises it
                 for waiting in asked.values():
                     for answer in waiting:
                         if not answer.done():

@@ -60,7 +60,7 @@ async def _download(client: AsyncClient, name: str, out: str, merge: bool) -> li
             paths = await client.download_recording(name, into, progress=bar.update)
         if not merge:
             return paths
-        from .mcapmerge import merge_files  # noqa: PLC0415
+        from .recordings.mcapmerge import merge_files
 
         target = os.path.join(out, f"{name}.mcap")
         count = merge_files([p for p in paths if p.endswith(".mcap")], target)
@@ -102,9 +102,29 @@ async def record(client: AsyncClient, args) -> int:
     return 0
 
 
+def _local_recording_problem(source: str) -> str | None:
+    """Why SOURCE, meant as a local recording (it exists, or it is a path or a .mcap name: a recording on
+    the server has neither a '/' nor that suffix), cannot be replayed; None when it can, or names one on
+    the server."""
+    if os.path.isdir(source):
+        if not any(name.endswith(".mcap") for name in os.listdir(source)):
+            return f"no .mcap files in {source} (a downloaded recording holds its segments)"
+        return None
+    if os.path.exists(source):
+        return None if source.endswith(".mcap") else (f"{source} is not a recording: give a .mcap file, a "
+                                                      "directory of them, or the NAME of one on the server")
+    if source.endswith(".mcap") or "/" in source or os.sep in source:
+        return f"no such file or directory: {source}"
+    return None
+
+
 async def replay(client: AsyncClient, args) -> int:
     """Replay a recording on the server (NAME), or a local .mcap file or downloaded recording directory."""
     source = args.source
+    local = _local_recording_problem(source)
+    if local is not None:
+        print(f"ptgstore replay: {local}", file=sys.stderr)
+        return 2
     if os.path.exists(source) and (source.endswith(".mcap") or os.path.isdir(source)):
         if args.keep_ids:
             print("ptgstore replay: --keep-ids replays a recording on the server, not a local file", file=sys.stderr)

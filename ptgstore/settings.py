@@ -309,7 +309,7 @@ class Settings:
                      "redis_timeout", "hub_buffer", "producer_window", "producer_batches", "foxglove_scan_ms",
                      "foxglove_queue_bytes", "login_rate", "recording_shards"):
             value = getattr(self, name)
-            if value < (0 if name == "port" else 1):
+            if value < (0 if name == "port" else 1) or (name == "port" and value > 65535):
                 raise SettingsError(f"PTGSTORE_{name.upper()} is out of range: {value}")
 
     @classmethod

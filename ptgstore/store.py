@@ -416,6 +416,49 @@ class Store:
             out["masters"] = len(self.redis.get_primaries())
         return out
 
+    # -- for the other domains kept in this Redis (the recordings' state, recordings/state.py) -----
+
+    # a domain's methods are wrapped as the store's: Redis failures become StoreUnavailable, the round
+    # trip is reported to the domain's own `on_roundtrip`
+    guarded = staticmethod(_guarded)
+
+    def tail_at(self, key: str):
+        """A connection of its own for blocking reads, first placed at `key`'s server (any key: `tail`
+        places it by a stream); `read_after` moves it to the streams it reads."""
+        return self.connections.tail(key)
+
+    def by_slot(self, sids: Sequence[str]) -> list[list[str]]:
+        """The streams grouped by hash slot (one group on a single Redis), in order."""
+        return self._by_slot(sids)
+
+    async def read_after(self, reads: Sequence[tuple[int, Sequence[str]]], cursors: dict[str, str], *,
+                         tail=None, block_ms: int | None = None) -> list[Entry]:
+        """Entries `(stream id, entry id, bytes)` after each stream's cursor, in one round trip: one
+        XREAD of up to `count` entries of each stream for each `(count, sids)` of `reads`. On `tail`
+        (a connection of its own, every stream in one slot) each XREAD waits up to `block_ms` for its
+        first entry; without it they go through the pool and none waits. Failures are raised as
+        StoreUnavailable."""
+        block = ("BLOCK", block_ms) if tail is not None and block_ms is not None else ()
+        commands = [("XREAD", "COUNT", count, *block, "STREAMS", *(self.key(sid) for sid in sids),
+                     *(cursors[sid] for sid in sids)) for count, sids in reads]
+        try:
+            if tail is not None:
+                replies = await tail.pipelined(commands, key=self.key(reads[0][1][0]))
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+        except (*conn.UNAVAILABLE, ResponseError) as exc:
+            raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}") from exc
+        by_key = {self.key(sid): sid for _, sids in reads for sid in sids}
+        out: list[Entry] = []
+        for reply in replies:
+            for key, records in (reply.items() if isinstance(reply, dict) else reply or ()):  # RESP3 or RESP2
+                sid = by_key[key.decode("utf-8", "surrogateescape")]
+                out += [(sid, entry_id.decode(), _data(fields)) for entry_id, fields in records]
+        return out
+
 
 def _raise_reply(sid: str, reply: Exception):
     """Raise what an error reply about a stream means."""

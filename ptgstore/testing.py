@@ -31,7 +31,7 @@ class RedisServer:
     """A private redis-server process on a free loopback port, without persistence."""
 
     def __init__(self, directory: Path, binary: str | None = None, extra_args: tuple[str, ...] = ()):
-        from .embedded import find_redis_server  # noqa: PLC0415 - the server extra's redis-py
+        from .embedded import find_redis_server  # the server extra's redis-py
 
         self.directory = Path(directory)
         self.binary = binary or find_redis_server()
@@ -51,19 +51,15 @@ class RedisServer:
         return self
 
     def _answers(self) -> bool:
-        import redis  # noqa: PLC0415
+        from .connections import ping_error
 
-        try:
-            with redis.Redis.from_url(self.url, socket_timeout=0.5) as client:
-                return client.ping()
-        except redis.RedisError:
-            return False
+        return ping_error(self.url, timeout=0.5) is None
 
     def client(self):
         """A redis-py client on this server (the caller closes it)."""
-        import redis  # noqa: PLC0415
+        from .connections import blocking_client
 
-        return redis.Redis.from_url(self.url)
+        return blocking_client(self.url)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -56,7 +56,8 @@ class RoundRobinProxy:
 
     def __exit__(self, *exc_info) -> None:
         async def stop():
-            self._server.close()
+            if self._server is not None:
+                self._server.close()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()

@@ -289,7 +289,7 @@ def test_a_generated_secret_is_never_seen_empty_by_a_concurrent_reader(tmp_path)
             barrier.wait(10)
             try:
                 seen.append(load_or_create_secret(settings))
-            except Exception as exc:  # noqa: BLE001 - reported below with the round
+            except Exception as exc:  # reported below with the round
                 failures.append(exc)
 
         threads = [threading.Thread(target=read) for _ in range(8)]
@@ -322,6 +322,7 @@ def mutated(token: str, position: int, replacement: str) -> str:
     return token[:i] + replacement + token[i + 1:]
 
 
+@pytest.mark.slow
 def test_arbitrary_credentials_never_let_anyone_in(tmp_path, rdb, redis_server):
     with live_server(make_settings(tmp_path, redis_server.url)) as live, \
             httpx.Client(base_url=live.url, timeout=10) as client:

@@ -97,7 +97,7 @@ def test_the_foxglove_benchmark_delivers_every_frame_byte_exact_to_both_kinds_of
 # -- side by side with NATS JetStream (`--peer nats`) ---------------------------------------------
 
 def _nats_server():
-    from benchmarks.nats import find_nats_server  # noqa: PLC0415
+    from benchmarks.nats import find_nats_server
 
     binary = find_nats_server()
     if binary is None:
@@ -132,11 +132,11 @@ def test_side_by_side_with_nats_moves_every_entry_byte_exact():
 
 def test_the_nats_check_finds_missing_and_altered_entries(tmp_path):
     # the verification of the NATS side can fail: a stream with an entry altered and one missing
-    import asyncio  # noqa: PLC0415
+    import asyncio
 
-    from benchmarks import peer  # noqa: PLC0415
-    from benchmarks import scenarios as s  # noqa: PLC0415
-    from benchmarks.nats import LeanNats, NatsServer, check_ack, create_stream  # noqa: PLC0415
+    from benchmarks import peer
+    from benchmarks import scenarios as s
+    from benchmarks.nats import LeanNats, NatsServer, check_ack, create_stream
 
     async def scenario(port: int):
         async with LeanNats(port) as nc:

@@ -1,4 +1,4 @@
-"""The browser client's pusher (static/ptgstore.js) in Debian's chromium, through a proxy that cuts
+"""The browser client's pusher (static/ptgstore.js) in the system's chromium, through a proxy that cuts
 connections at random and loses acks: every push resolves once with its id, each entry stored once."""
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from ptgstore.testing import RedisServer, wait_until
+from ptgstore.testing import RedisServer, free_port, wait_until
 from support.servers import live_server, make_settings
 
 STREAMS = ["glf/left", "hololens1:imu", ".hidden", "plain"]
@@ -76,11 +76,18 @@ def test_push_streams_and_pull(server, rdb, tmp_path):
     assert by_flags.stdout == b"from stdin"
 
 
-def test_following_pull_stopped_by_ctrl_c_reports_what_it_pulled(server, rdb, tmp_path):
+# starts a command as a shell without job control starts `cmd &`: SIGINT ignored, inherited through exec
+SIGINT_IGNORED = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
+
+
+@pytest.mark.parametrize("started", ["in the foreground", "with SIGINT ignored"])
+def test_following_pull_stopped_by_ctrl_c_reports_what_it_pulled(server, rdb, tmp_path, started):
     out = tmp_path / "live"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
     env.update(PTGSTORE_URL=server.url, PTGSTORE_TOKEN=server.token())
-    follow = subprocess.Popen([sys.executable, "-m", "ptgstore", "pull", "cam", "--out", str(out)], env=env,
+    wrapper = SIGINT_IGNORED if started == "with SIGINT ignored" else [sys.executable]
+    follow = subprocess.Popen([*wrapper, "-m", "ptgstore", "pull", "cam", "--out", str(out)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: "cam" in server.app.state.hub.followers, timeout=30, what="the pull socket")
@@ -377,3 +384,90 @@ def test_one_ctrl_c_stops_a_push_typed_at_the_terminal(server, rdb):
     process.stdout.close()
     process.stderr.close()
     assert rdb.exists("cam") == 0
+
+
+def _push_in(directory: Path, server, *args, stdin=subprocess.DEVNULL):
+    """`ptgstore push ARGS` run in `directory`, standard input from `stdin` (bytes: piped in)."""
+    piped = isinstance(stdin, bytes)
+    return subprocess.run([sys.executable, "-m", "ptgstore", "push", *args], cwd=directory, env=_env(server),
+                          input=stdin if piped else None, stdin=None if piped else stdin,
+                          capture_output=True, timeout=60)
+
+
+def _refused(done, words: str) -> str:
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert words in stderr and "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    return stderr
+
+
+def test_push_of_nothing_is_refused_and_stores_nothing(server, rdb, tmp_path):
+    """`push frame1.jpg </dev/null` used to store an empty entry in a stream named frame1.jpg."""
+    (tmp_path / "frame1.jpg").write_bytes(b"\xff\xd8 a frame")
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "empty").write_bytes(b"")
+    # the stream argument names a file and no FILE follows: the file was meant as the entry
+    for stdin in (subprocess.DEVNULL, b"piped bytes"):
+        hint = _refused(_push_in(tmp_path, server, "frame1.jpg", stdin=stdin), "frame1.jpg is a file: did you mean "
+                        "`ptgstore push STREAM frame1.jpg`?")
+        assert "ptgstore push frame1.jpg -" in hint  # how to push standard input to a stream of that name
+    _refused(_push_in(tmp_path, server, "frames"), "frames is a directory: did you mean `ptgstore push STREAM frames/*`?")
+    # an empty standard input is not an entry, given as '-' or not
+    _refused(_push_in(tmp_path, server, "cam"), "nothing to push: standard input is empty")
+    _refused(_push_in(tmp_path, server, "cam", "-", stdin=b""), "nothing to push: standard input is empty")
+    _refused(_push_in(tmp_path, server, "cam", "frames"), "frames: a directory, not a file")
+    assert ok(ptgstore(server, "streams")).stdout == b""
+    assert rdb.exists("frame1.jpg", "frames", "cam") == 0
+    # what is meant still works: '-' names standard input, and an empty file is an empty entry
+    ok(_push_in(tmp_path, server, "frame1.jpg", "-", stdin=b"piped bytes"))
+    ok(_push_in(tmp_path, server, "cam", "empty", "frame1.jpg"))
+    assert [data for _, data in stored(rdb, "frame1.jpg")] == [b"piped bytes"]
+    assert [data for _, data in stored(rdb, "cam")] == [b"", b"\xff\xd8 a frame"]
+
+
+def test_first_run_mistakes_are_one_line_that_says_what_to_do(server, rdb, tmp_path):
+    (tmp_path / "frame1.jpg").write_bytes(b"a frame")
+    (tmp_path / "a-file").write_bytes(b"")
+
+    def one_line(done, status: int, words: str):
+        stderr = done.stderr.decode()
+        assert done.returncode == status and "Traceback" not in stderr, stderr
+        assert [line for line in stderr.splitlines() if not line.startswith("pulled ")] == \
+            [line for line in stderr.splitlines() if words in line or "ptgstore serve" in line], stderr
+        assert words in stderr, stderr
+        return stderr
+
+    # a URL of another scheme (it used to end in websockets' traceback)
+    one_line(ptgstore(server, "push", "cam", str(tmp_path / "frame1.jpg"), "--url", "ftp://127.0.0.1"), 2,
+             "ptgstore push: --url ftp://127.0.0.1: ptgstore speaks http, https, ws, wss")
+    # a stream list with an empty id (it used to end in an AttributeError's traceback)
+    one_line(ptgstore(server, "pull", "cam+", "--history", "--out", str(tmp_path / "out")), 2,
+             "ptgstore pull: 'cam+': empty stream id (streams are joined by '+': a+b)")
+    # no server at the address: what failed, then where to look
+    nobody = f"http://127.0.0.1:{free_port()}"
+    for args in (["streams"], ["push", "cam", str(tmp_path / "frame1.jpg")]):
+        stderr = one_line(ptgstore(server, *args, "--url", nobody), 1, "ptgstore: cannot ")
+        assert stderr.splitlines()[-1] == (f"ptgstore: is ptgstore serving at {nobody}? Start it with `ptgstore "
+                                           "serve`, or give its address with --url or PTGSTORE_URL")
+    # an output directory that cannot be one
+    rdb.xadd("cam", {"d": b"x"})
+    one_line(ptgstore(server, "pull", "cam", "--history", "--out", str(tmp_path / "a-file")), 1,
+             f"ptgstore pull: {tmp_path / 'a-file' / 'cam'}: Not a directory")
+    one_line(ptgstore(server, "user", "add", "bob", "--password-stdin", "--data-dir", str(tmp_path / "a-file" / "d"),
+                      stdin=b"a password\n"), 1, "ptgstore user: ")
+    assert [data for _, data in stored(rdb, "cam")] == [b"x"]
+
+
+def test_replay_of_a_local_path_that_is_no_recording_says_so(server, tmp_path):
+    """It used to ask the server for a recording named after the path (`recording id ... contains a '/'`),
+    or replay an empty directory as 0 entries with status 0."""
+    (tmp_path / "frame1.jpg").write_bytes(b"a frame")
+    (tmp_path / "empty").mkdir()
+    for source, words in ((tmp_path / "frame1.jpg", "is not a recording: give a .mcap file"),
+                          (tmp_path / "empty", "no .mcap files in"),
+                          (tmp_path / "gone.mcap", "no such file or directory")):
+        done = ptgstore(server, "replay", str(source))
+        assert done.returncode == 2, done.stderr
+        stderr = done.stderr.decode()
+        assert stderr.startswith("ptgstore replay: ") and words in stderr and str(source) in stderr, stderr
+        assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from ptgstore import asyncapi, errors, openapi
@@ -183,6 +184,48 @@ def test_an_empty_option_value_is_its_default_on_every_route(server, http):
         with pytest.raises(Exception):
             ws.recv(timeout=10)
         assert ws.close_code == errors.INVALID and "ack is given 2 times" in ws.close_reason
+
+
+
+# a malformed option of each socket route (its handshake query)
+BAD_OPTIONS = {"/data/{sid}/push": "ack=perhaps", "/data/{sid}/pull": "latest=perhaps", "/foxglove": "images=gif",
+               "/recordings/replay": "rec_id=rec1&fullspeed=perhaps"}
+
+
+def _close_of(server, address: str, query: str) -> int:
+    url = f"{server.ws_url}{concrete(address)}?token={server.token()}&{query}"
+    subprotocols = ["foxglove.websocket.v1"] if address == "/foxglove" else None
+    with connect(url, open_timeout=10, subprotocols=subprotocols) as ws:  # type: ignore[arg-type]
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+def test_a_bad_option_closes_with_the_code_the_served_documents_give(server):
+    """What /asyncapi.json, /docs/sockets and /openapi.json say of a malformed option is what a real
+    socket and a real request answer (once, the text said 1008 where the server closed 1007)."""
+    meaning = errors.TABLE[errors.BadOption].meaning
+    document = httpx.get(server.url + "/asyncapi.json", timeout=10).json()
+    channels = {channel["address"]: channel for channel in document["channels"].values()}
+    assert set(channels) == set(BAD_OPTIONS), "a new socket route: add its malformed option above"
+    for address, channel in channels.items():
+        closed = _close_of(server, address, BAD_OPTIONS[address])
+        assert [int(code) for code, text in channel["x-close-codes"].items() if meaning in text] == [closed], address
+        # the close-code table of the channel's description, and the page that renders it
+        assert re.findall(r"\| (\d+) \| [^\n]*" + re.escape(meaning), channel["description"]) == [str(closed)]
+    page = httpx.get(server.url + "/docs/sockets", timeout=10).text
+    rows = re.findall(r"<td>(\d+)</td><td>[^\n]*" + re.escape(meaning.split("(")[0]), page)
+    assert rows and set(rows) == {str(errors.INVALID)} == {str(_close_of(server, "/data/{sid}/pull", "count=0"))}
+    # the REST side: the status /openapi.json lists with that meaning is the real answer
+    spec = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    answer = httpx.get(server.url + "/streams", params={"info": "perhaps"}, timeout=10,
+                       headers={"Authorization": f"Bearer {server.token()}"})
+    documented = [status for status, reply in spec["paths"]["/streams"]["get"]["responses"].items()
+                  if meaning in reply.get("description", "")]
+    assert documented == [str(answer.status_code)] == ["400"]
+    assert not re.search(r"1008[^.]*(malformed|bad) (query )?option", json.dumps(spec) + json.dumps(document))
 
 
 # -- the documents, served and valid --------------------------------------------------------------

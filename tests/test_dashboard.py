@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's chromium driven by Playwright (no downloaded browser).
+"""The dashboard in a real browser: the system's chromium driven by Playwright (no downloaded browser).
 
 Skipped when chromium is not on PATH (`.ci/run` installs it). Every wait has a timeout.
 """
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image, ImageStat
 
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.mcapfiles import read_messages
 from ptgstore.testing import free_port, wait_until
 from support.browser import WAIT, Watched, browser_test, jpeg
 from support.ws import push, ws_connect

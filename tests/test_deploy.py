@@ -255,3 +255,28 @@ def test_caddy_proxies_https_websockets_and_16_mib_bodies(server, rdb, caddy):
         if len(delivered) == 1:  # each stream has its own follower: they may arrive apart
             delivered += read_delivery(pull)
         assert sorted(delivered) == [("cam", ids[0], b"abc"), ("imu", ids[1], b"defgh")]
+
+
+def _procfile_refusal(tmp_path, **env) -> subprocess.CompletedProcess:
+    """The Procfile's command (on loopback) with `env`, expected to refuse to start."""
+    command = (ROOT / "Procfile").read_text().strip()[len("web: "):].replace("--host 0.0.0.0", "--host 127.0.0.1")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PTGSTORE_", "PROMETHEUS_"))}
+    clean.update({"PORT": str(free_port()), "PTGSTORE_DATA_DIR": str(tmp_path / "data"), **env})
+    clean["PATH"] = os.path.dirname(sys.executable) + os.pathsep + clean.get("PATH", "")  # this venv's uvicorn
+    return subprocess.run(["sh", "-c", "exec " + command], cwd=ROOT, env=clean, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("env,line", [
+    ({}, "PTGSTORE_EPHEMERAL_DISK=true (this host's disk is lost at each restart) needs: PTGSTORE_SECRET"),
+    ({"PTGSTORE_AUTH": "nobody"}, "PTGSTORE_AUTH must be one of dev, users, not 'nobody'"),
+], ids=["ephemeral disk", "malformed variable"])
+def test_procfile_refusal_is_one_line_without_a_traceback(tmp_path, env, line):
+    done = _procfile_refusal(tmp_path, **env)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in output and "File \"" not in output, output
+    said = [text for text in output.splitlines() if line in text]
+    assert len(said) == 1 and said[0].startswith("ERROR:"), output  # said once, by the server
+    assert "Application startup failed" in output
+    assert not (tmp_path / "data" / "redis").exists(), "no embedded Redis was started"

@@ -195,3 +195,29 @@ def test_large_deliveries_reach_every_socket_byte_exact(tmp_path, redis_server, 
                 got += read_delivery(ws)
             assert [entry_id for _, entry_id, _ in got] == ids
             assert got[0][2] == big and [orjson.loads(data)["i"] for _, _, data in got[1:]] == list(range(100))
+
+
+def test_each_delivery_is_encoded_once_for_all_its_sockets_and_forgotten_with_it(server, monkeypatch):
+    """The wire form is the route side's (`fanout.made`, keyed by the hub's shared delivery): one
+    encoding per delivery and header codec however many sockets take it, directly or through their
+    task (acks), and nothing of it kept once the deliveries are gone."""
+    from ptgstore import fanout
+
+    packed: list[int] = []
+    pack_entries = fanout.pack_entries
+    monkeypatch.setattr(fanout, "pack_entries", lambda entries: packed.append(len(entries)) or pack_entries(entries))
+    queries = [{}] * 8 + [{"header": "msgpack"}] * 4 + [{"ack": "true"}] * 3
+    hub = server.app.state.hub
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(ws_connect(server, "/data/cam/pull", **q)) for q in queries]
+        for i in range(4):
+            wait_until(lambda: _all_parked(hub, "cam", len(queries)), what="every socket waiting")
+            data = b"frame %d" % i * 1000
+            (entry_id,) = push(server, "cam", data)
+            for ws, query in zip(sockets, queries):
+                assert read_delivery(ws) == [("cam", entry_id, data)]
+                if query.get("ack"):
+                    ws.send("more")
+        assert packed == [1] * 8  # 4 deliveries, each in JSON and in MessagePack once
+    wait_until(lambda: "cam" not in hub.followers, what="the follower to be released")
+    wait_until(lambda: len(fanout._made) == 0, what="what was made of the deliveries to go with them")

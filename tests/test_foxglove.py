@@ -265,6 +265,7 @@ def test_reference_client_sees_channels_gets_exact_messages_and_publishes(client
         client.close()
 
 
+@pytest.mark.slow
 def test_images_as_protobuf_decode_as_foxglove_decodes_them(client_dir, server):
     with server.http() as http:
         push(server, "cam", jpeg())

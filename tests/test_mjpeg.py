@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from ptgstore.testing import wait_until
+from support.servers import live_server, make_settings
 from support.ws import push
 
-STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()
+STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()  # no frames in this stream yet
+WAITING = resources.files("ptgstore").joinpath("static/standby-waiting.jpg").read_bytes()  # waiting for new frames
 HEAD = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n"
 
 
@@ -92,6 +94,76 @@ def test_newest_frame_at_once_with_star_and_no_standby(server):
     push(server, "cam", *frames)
     with open_mjpeg(server, "cam", last_entry_id="*") as response:
         assert Parts(response).next() == ("image/jpeg", frames[-1])
+
+
+def test_a_stream_with_frames_shows_its_newest_frame_at_once(server):
+    """What a person opening /mjpeg/STREAM expects: the camera as it is now, then each new frame,
+    not a stand-by image that says the stream has no frames."""
+    frames = [jpeg((0, 0, i * 60)) for i in range(3)]
+    push(server, "cam", *frames)
+    for latest in ("true", "false"):
+        with open_mjpeg(server, "cam", latest=latest) as response:
+            parts = Parts(response)
+            assert parts.next() == ("image/jpeg", frames[-1])
+            newer = jpeg(((latest == "true") * 255, 255, 0))
+            push(server, "cam", newer)
+            assert parts.next() == ("image/jpeg", newer)
+            frames.append(newer)
+        assert STANDBY not in parts.raw and WAITING not in parts.raw
+
+
+def test_dollar_on_a_stream_with_frames_stands_by_waiting_for_new_ones(server):
+    """`$` asks for new frames only: the stand-by then says it waits for them (the stream has some)."""
+    old, new = jpeg((10, 10, 10)), jpeg((200, 200, 200))
+    push(server, "cam", old)
+    with open_mjpeg(server, "cam", last_entry_id="$") as response:
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", WAITING)
+        push(server, "cam", new)
+        assert parts.next() == ("image/jpeg", new)
+    assert old not in parts.raw
+    assert WAITING != STANDBY
+
+
+def test_when_the_camera_stops_the_stand_by_says_waiting(server, monkeypatch):
+    from ptgstore.routes import mjpeg
+
+    monkeypatch.setattr(mjpeg, "STANDBY_AFTER", 0.5)  # (10 s in service: the test need not wait that long)
+    frame, later = jpeg((0, 255, 255)), jpeg((255, 0, 255))
+    push(server, "cam", frame)
+    with open_mjpeg(server, "cam") as response:
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", frame)
+        assert parts.next() == ("image/jpeg", WAITING)  # no new frame for a while: the camera stopped
+        push(server, "cam", later)
+        assert parts.next() == ("image/jpeg", later)
+    with open_mjpeg(server, "never-had-frames") as response:
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", STANDBY)
+        push(server, "never-had-frames", frame)
+        assert parts.next() == ("image/jpeg", frame)
+        assert parts.next() == ("image/jpeg", WAITING)
+
+
+def test_a_newest_entry_that_is_no_image_shows_the_stand_by(server):
+    frame = jpeg()
+    push(server, "mixed", frame, b'{"not": "an image"}')
+    with open_mjpeg(server, "mixed") as response:
+        parts = Parts(response)
+        assert parts.next() == ("image/jpeg", WAITING)  # not a blank box until the next image
+        push(server, "mixed", frame)
+        assert parts.next() == ("image/jpeg", frame)
+
+
+def test_a_store_that_cannot_be_read_is_a_503_not_a_broken_stream(tmp_path):
+    """The pull is opened before the answer starts: without Redis the viewer gets a 503 with a reason."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # (nothing listens there once the probe is closed)
+    with live_server(make_settings(tmp_path, f"redis://127.0.0.1:{port}")) as live:
+        for query in ({}, {"last_entry_id": "$"}, {"last_entry_id": "*"}, {"last_entry_id": "0"}):
+            reply = httpx.get(f"{live.url}/mjpeg/cam", params={"token": live.token(), **query}, timeout=20)
+            assert reply.status_code == 503 and "unavailable" in reply.json()["detail"]
 
 
 def test_in_order_from_a_cursor_with_count(server):
@@ -196,6 +268,6 @@ def test_static_files_are_package_data():
     root = Path(__file__).resolve().parent.parent
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ptgstore"]
     files = [p.relative_to(root / "ptgstore").as_posix() for p in (root / "ptgstore" / "static").rglob("*") if p.is_file()]
-    assert {"static/standby.jpg", "static/index.html", "static/ptgstore.js"} <= set(files)
+    assert {"static/standby.jpg", "static/standby-waiting.jpg", "static/index.html", "static/ptgstore.js"} <= set(files)
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) and name.count("/") == pattern.count("/") for pattern in patterns), name

@@ -20,8 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from ptgstore.testing import wait_until
 from support.servers import ServeProcess, live_server, make_settings
-from ptgstore.catalogue import parse_segment_name, segment_name
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.catalogue import parse_segment_name, segment_name
+from ptgstore.recordings.mcapfiles import read_messages
 from support.ws import expect_close, ws_connect
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4

@@ -10,7 +10,7 @@ import pytest
 
 from support.servers import live_server, make_settings
 from test_recordings import read_stream, record_session, recorded, root_of, run_replay
-from ptgstore.mcapfiles import read_messages
+from ptgstore.recordings.mcapfiles import read_messages
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_an_existing_stream_keeps_its_own_metadata_on_replay(rec_server):
 
 
 def test_read_messages_merges_files_overlapping_in_time_opening_them_lazily(tmp_path):
-    from ptgstore.mcapfiles import SegmentWriter
+    from ptgstore.recordings.mcapfiles import SegmentWriter
     expected = []
     paths = []
     for shard in range(3):  # three shards' files, interleaved in time, each split in two segments
@@ -99,3 +99,10 @@ def test_cli_download_merge_writes_one_file_and_replay_prints_a_summary(rec_serv
     assert main(["record", "ls", "--info", *conn]) == 0
     listed = capsys.readouterr().out
     assert "to-merge: 3 streams, 120 entries" in listed and " s, 0 gaps" in listed and "0:00:" not in listed
+
+
+def test_the_earlier_import_path_of_read_messages_still_works():
+    from ptgstore.mcapfiles import read_messages as earlier
+    from ptgstore.recordings.mcapfiles import read_messages
+
+    assert earlier is read_messages

@@ -14,7 +14,8 @@ from ptgstore.testing import RedisServer, wait_until
 from support.servers import ServeProcess, live_server, make_settings
 from test_recordings import api, joined, push_at, read_stream, recorded, run_replay, serve_env
 from ptgstore.auth import hash_password, write_users
-from ptgstore.recordings_dir import MARKER_FILE
+from ptgstore.keys import Keys
+from ptgstore.recordings.directory import MARKER_FILE
 
 pytestmark = pytest.mark.slow  # several `ptgstore serve` processes sharing one recordings directory
 
@@ -77,7 +78,7 @@ def test_two_api_processes_share_the_shards_and_one_takes_over_from_a_killed_one
 def spread_streams(shards: int) -> list[str]:
     """Stream ids whose shards (of `shards`) are all different: every shard has one."""
     from ptgstore.keys import Keys
-    from ptgstore.recorder import shard_of
+    from ptgstore.recordings.recorder import shard_of
     found: dict[int, str] = {}
     for i in range(1000):
         found.setdefault(shard_of(f"s{i}", shards, Keys()), f"s{i}")
@@ -226,3 +227,20 @@ def test_a_stop_with_streams_that_got_nothing_finishes_without_an_error(tmp_path
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("recording half-quiet finished: 5 entries") for m in messages)
     assert any(m.startswith("recording all-quiet finished: 0 entries") for m in messages)
+
+
+def test_the_recordings_keys_keep_their_names_behind_the_prefix_and_the_cluster_tag():
+    """The recordings' state is found where every earlier version (and the original server's
+    `recording:id`) put it: on a single Redis behind the prefix, on a cluster under one hash tag."""
+    plain, tagged = Keys("p:").recordings, Keys("p:", tagged=True).recordings
+    names = {"id": "recording:id", "state": "ptgstore:recording", "cursors": "ptgstore:recording:cursors",
+             "stats": "ptgstore:recording:stats", "segments": "ptgstore:recording:segments",
+             "gaps": "ptgstore:recording:gaps", "writers": "ptgstore:recording:writers",
+             "errors": "ptgstore:recording:errors", "presence": "ptgstore:recorders",
+             "directory": "ptgstore:recordings:directory"}
+    for attribute, name in names.items():
+        assert getattr(plain, attribute) == "p:" + name
+        assert getattr(tagged, attribute) == "p:{ptgstore:recording}" + name
+    assert plain.lease(3) == "p:ptgstore:recorder:lease:3"
+    assert tagged.lease(3) == "p:{ptgstore:recording}ptgstore:recorder:lease:3"
+    assert set(plain.owned()) == {getattr(plain, attribute) for attribute in names}

@@ -103,6 +103,9 @@ def run_serve(tmp_path, *args, timeout=60):
     (["--log-level", "verbose"], "PTGSTORE_LOG_LEVEL (--log-level) must be one of critical, error, warning"),
     (["--redis-url", "http://127.0.0.1:6379"], "PTGSTORE_REDIS_URL (--redis-url) must start with redis://"),
     (["--port", "-1"], "PTGSTORE_PORT"),
+    (["--port", "70000"], "PTGSTORE_PORT is out of range: 70000"),  # (uvicorn listened on 70000 % 65536)
+    (["--host", "127.0.0.1:7890"], "--host takes an address alone, not '127.0.0.1:7890': --host 127.0.0.1 --port 7890"),
+    (["--host", "[::1]:7890"], "--host [::1] --port 7890"),
 ])
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, args, words):
     done = run_serve(tmp_path, *args)
@@ -165,3 +168,47 @@ def test_second_serve_on_one_data_dir_keeps_working_when_the_first_stops(tmp_pat
     assert not (tmp_path / "data" / "redis" / "state.json").exists(), "the last user stops the embedded Redis"
     wait_until(lambda: not os.path.exists(f"/proc/{state['pid']}") or
                open(f"/proc/{state['pid']}/stat").read().split()[2] == "Z", what="embedded redis to exit")
+
+
+# starts a command as a shell without job control starts `cmd &`: SIGINT ignored, inherited through exec
+SIGINT_IGNORED = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
+
+
+def test_ctrl_c_stops_serve_gracefully_also_when_started_with_it_ignored(tmp_path, redis_server):
+    """`ptgstore serve &` from a script, then `kill -INT`: a clean shutdown, not an ignored signal."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PTGSTORE_", "WEBSOCKETS_"))}
+    env["PTGSTORE_DATA_DIR"] = str(tmp_path / "data")
+    process = subprocess.Popen([*SIGINT_IGNORED, "-m", "ptgstore", "serve", "--port", str(port), "--redis-url",
+                                redis_server.url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}") or process.poll() is not None, timeout=30,
+                   what="ptgstore serve")
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        output = stop(process)
+    assert "Application shutdown complete" in output and "Traceback" not in output, output[-2000:]
+
+
+def test_serve_refuses_an_ephemeral_disk_in_one_line_before_listening(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ptgstore", "serve", "--port", str(free_port())],
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")},
+                               "PTGSTORE_DATA_DIR": str(tmp_path / "data"), "PTGSTORE_EPHEMERAL_DISK": "true"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "PTGSTORE_EPHEMERAL_DISK=true" in done.stderr, done.stderr
+    assert "PTGSTORE_SECRET" in done.stderr and "PTGSTORE_REDIS_URL" in done.stderr
+    assert "listening" not in done.stdout
+    assert not (tmp_path / "data" / "redis").exists(), "no embedded Redis was started"
+
+
+def test_serve_says_in_one_line_that_its_data_directory_is_unusable(tmp_path):
+    (tmp_path / "a-file").write_bytes(b"")
+    done = run_serve(tmp_path, "--port", str(free_port()), "--data-dir", str(tmp_path / "a-file" / "data"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr == (f"ptgstore: cannot use the data directory {tmp_path / 'a-file' / 'data'}: Not a directory: "
+                           "choose another --data-dir or PTGSTORE_DATA_DIR\n")
+    assert "listening" not in done.stdout

@@ -332,6 +332,7 @@ def bearer(token):
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 def test_dev_tokens_are_refused_once_the_users_policy_is_in_force(tmp_path, rdb, redis_server):
     dev = make_settings(tmp_path, redis_server.url)
     with live_server(dev) as live:
@@ -353,6 +354,7 @@ def test_dev_tokens_are_refused_once_the_users_policy_is_in_force(tmp_path, rdb,
         assert refused.status_code == 401 and "'users' policy" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_a_removed_users_tokens_are_refused_at_the_next_request(users_server):
     data_dir = users_server.settings.data_dir
     token = login(users_server, "alice", "s3cret pass").json()["access_token"]
@@ -388,6 +390,7 @@ def test_a_password_change_revokes_the_earlier_tokens(users_server):
     assert httpx.get(users_server.url + "/streams", headers=bearer(bob)).status_code == 200  # others keep theirs
 
 
+@pytest.mark.slow
 def test_cli_tokens_under_the_users_policy_work_and_carry_no_dash(users_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
     env["PTGSTORE_AUTH"] = "users"

@@ -424,8 +424,8 @@ class AsyncClient:
         """Replay a local MCAP recording through the push protocol (entries stamped now), paced like
         the server's replay; `progress(stream, entries)` after each batch. Answers entries per stream."""
         # imported here: MCAP reading (mcap, zstandard, lz4) is for this call alone
-        from ..mcapfiles import read_messages
-        from ..replay import paced
+        from ..recordings.mcapfiles import read_messages
+        from ..recordings.replay import paced
         files = sorted(_mcap_files(path))
         wanted = stream_list(streams) if streams else None
         sent: dict[str, int] = {}

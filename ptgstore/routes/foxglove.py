@@ -4,7 +4,7 @@ Channels are streams (`foxglove_channels.Catalogue`, one per process); a subscri
 like a pull socket (no Redis connection of its own) and feeds a short queue of encoded messages
 per subscription: a client that reads slower than the stream grows gets the newest messages and the
 oldest waiting are dropped (counted in `ptgstore_foxglove_dropped`). Message payloads are made once
-per entry for every socket (cached on the hub's shared delivery); a socket adds its 13-byte header.
+per entry for every socket (cached by the hub's shared delivery, `fanout.made`); a socket adds its 13-byte header.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket
 
-from .. import __version__, errors
+from .. import __version__, errors, fanout
 from ..foxglove_channels import Catalogue, Channel
 from ..foxglove_protobuf import protobuf_payloads, variant
 from ..foxglove_schemas import RAW_ENCODING, Format, entry_times, payloads
-from ..framing import FramingError, writable_stream_id
+from ..framing import NOW, FramingError, writable_stream_id
 from ..instrumentation import socket_tally
 from ..store import StoreError, StoreUnavailable
 from . import option, permissions, serve_socket
@@ -134,14 +134,15 @@ class Feed:
 def _messages(delivery, channel: Channel, fmt: Format) -> list[tuple[int, bytes]]:
     """A hub delivery of one stream as (log time, payload) messages, made once for every socket."""
     key = ("foxglove", channel.id, fmt.kind)  # (channel ids are the process's: every socket shares them)
-    made = delivery.encoded.get(key)
+    cache = fanout.made(delivery)
+    made = cache.get(key)
     if made is None:
         made = []
         encode = protobuf_payloads if fmt.encoding == "protobuf" else payloads
         for sid, entry_id, data in delivery.entries:
             log_time = entry_times(entry_id)[0]
             made += [(log_time, payload) for payload in encode(fmt, sid, entry_id, data)]
-        delivery.encoded[key] = made
+        cache[key] = made
     return made
 
 
@@ -321,8 +322,7 @@ class Session:
         """Follow one stream through the hub from now on, into the feed's queue."""
         sid = feed.channel.sid
         try:
-            ((epoch, now),) = await self.hub.states([sid])
-            async with self.hub.subscribe([sid], [now], epochs=[epoch]) as subscription:
+            async with self.hub.open([sid], NOW) as subscription:
                 while True:
                     delivery = await subscription.next(READ_COUNT)
                     if delivery is None:

@@ -10,7 +10,7 @@ from .. import errors, fanout
 from ..directsend import direct_send
 from ..errors import TooLarge, WrongMessageType
 from ..framing import (
-    BEGINNING, NOW, FramingError, cursor_before, decode_header, parse_count, parse_cursors,
+    NOW, FramingError, decode_header, parse_count, parse_cursors,
     parse_header_codec, parse_offsets_mode, split_batch, split_writable_stream_ids, unique_stream_ids,
 )
 from ..instrumentation import socket_tally
@@ -217,21 +217,10 @@ async def _pull(ws: WebSocket, send) -> None:
     require(ws, "read", sids)
     cursors = parse_cursors(options["last_entry_id"], len(sids))
     sync = _sync_index(options["time_sync_id"], sids)
-    store = ws.app.state.store
-    # `$` is fixed now, once: nothing pushed after this moment is skipped. The streams' generations
-    # are read with it (first): entries of a stream deleted before now are never served from memory.
-    hub = ws.app.state.hub
-    if NOW in cursors:
-        states = await hub.states(sids)
-        cursors = [now if c == NOW else c for c, (_, now) in zip(cursors, states)]
-        epochs = [epoch for epoch, _ in states]
-    else:
-        epochs = await hub.epochs(sids)
-    if "*" in cursors:
-        cursors = await _newest_cursors(store, sids, cursors, options["count"])
-    await ws.accept()
+    # `$` is fixed now, once (before the socket is accepted): nothing pushed after this moment is skipped
     acked = asyncio.Event()
-    async with hub.subscribe(sids, cursors, gaps=options["gaps"], epochs=epochs) as subscription:
+    async with ws.app.state.hub.open(sids, cursors, options["count"], options["gaps"]) as subscription:
+        await ws.accept()
         listener = asyncio.get_running_loop().create_task(_listen(ws, subscription, acked))
         try:
             await _deliver(ws, send, subscription, options, sync, acked)
@@ -240,21 +229,6 @@ async def _pull(ws: WebSocket, send) -> None:
 
 
 pull = Endpoint(_pull_session, "pull")
-
-
-async def _newest_cursors(store, sids, cursors, count):
-    """`*` on a pull socket: start just before the newest `count` entries."""
-    out = list(cursors)
-    newest = [(sid, "*", count) for sid, c in zip(sids, cursors) if c == "*"]
-    entries = await store.read(newest)
-    first = {}
-    for sid, entry_id, _ in entries:
-        first.setdefault(sid, entry_id)
-    for i, (sid, c) in enumerate(zip(sids, cursors)):
-        if c == "*":
-            # an empty stream: everything it will ever hold is new
-            out[i] = cursor_before(first[sid]) if sid in first else BEGINNING
-    return out
 
 
 async def _listen(ws: WebSocket, subscription, acked: asyncio.Event) -> None:
@@ -295,14 +269,15 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
             await send({"type": "websocket.send", "text": orjson.dumps(gap).decode()})
         if delivery.entries:
             if sink is not None and sink.ready():
-                sink.write(fanout.frames(delivery, options["codec"]))
-                blob = delivery.encoded[options["codec"]][1]
+                framed, size = fanout.frames(delivery, options["codec"])
+                sink.write(framed)
             else:  # (the ASGI send waits for a full transport buffer to drain)
                 header, blob = fanout.wire(delivery, options["codec"])
                 await send({"type": "websocket.send", "bytes": header} if binary_header
                            else {"type": "websocket.send", "text": header})
                 await send({"type": "websocket.send", "bytes": blob})
-            tally(len(delivery.entries), len(blob))
+                size = len(blob)
+            tally(len(delivery.entries), size)
         if sync is not None:
             subscription.sync_to(sync)
         if options["ack"]:

@@ -12,15 +12,16 @@ from importlib import resources
 
 from starlette.requests import Request
 
-from ..framing import BEGINNING, NEWEST, NOW, cursor_before, parse_count, parse_cursors, parse_entry_id, \
-    validate_stream_id
+from ..framing import NEWEST, parse_count, parse_cursors, validate_stream_id
 from . import option, query_bool, require
 
 BOUNDARY = b"frame"
 MEDIA_TYPE = "multipart/x-mixed-replace; boundary=frame"
 STANDBY_AFTER = 10.0  # seconds without a frame before the stand-by image is shown again (as the original)
 JPEG, PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
-STANDBY = resources.files("ptgstore").joinpath("static/standby.jpg").read_bytes()
+_static = resources.files("ptgstore").joinpath("static")
+STANDBY = _static.joinpath("standby.jpg").read_bytes()  # "no frames in this stream yet"
+STANDBY_WAITING = _static.joinpath("standby-waiting.jpg").read_bytes()  # "waiting for new frames"
 
 
 def part(image: bytes, content_type: str = "image/jpeg") -> bytes:
@@ -42,11 +43,14 @@ async def stream(request: Request):
 
     `multipart/x-mixed-replace; boundary=frame`: each part is
     `--frame\\r\\nContent-Type: image/jpeg\\r\\n\\r\\n<the entry's bytes>\\r\\n` (PNG entries as
-    `image/png`; other entries are skipped). When nothing after the cursor exists yet the first part
-    is a stand-by image, sent again after 10 s without a new image. `HEAD` answers the headers only.
+    `image/png`; other entries are skipped). Without `last_entry_id` the first part is the stream's
+    newest image (the camera as it is now), then each new one. When nothing after the cursor exists
+    yet the first part is a stand-by image ("no frames in this stream yet" for a stream that never
+    held an entry, else "waiting for new frames"), sent again after 10 s without a new image. `HEAD`
+    answers the headers only.
     ---
     query:
-      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start, as on a pull socket (default `$`)"}
+      last_entry_id: {$ref: "#/components/schemas/Cursor", description: "where to start, as on a pull socket (default: the newest entry, then what follows: `*` with one entry)"}
       count: {$ref: "#/components/schemas/Count", description: "images per read with `latest=false` (1 to 100000)"}
       latest: {flag: true, description: each part is the newest image when the client is ready for it (a slow viewer skips frames)}
     raises: [FramingError, StoreError, StoreUnavailable]
@@ -58,46 +62,36 @@ async def stream(request: Request):
     sid = validate_stream_id(request.path_params["sid"])
     require(request, "read", [sid])
     params = request.query_params
-    (cursor,) = parse_cursors(option(params, "last_entry_id", NOW), 1)
+    given = option(params, "last_entry_id")
+    # no cursor given: the newest entry first (a viewer sees the camera at once), then what follows
+    (cursor,) = parse_cursors(given, 1) if given is not None else [NEWEST]
     count = parse_count(option(params, "count"))
     latest = query_bool(params, "latest", default=True)
-    hub = request.app.state.hub
-    (newest,) = await hub.last_ids([sid])
-    if cursor == NOW:
-        cursor = newest
-    elif cursor == NEWEST:
-        cursor = await _before_newest(request.app.state.store, sid, 1 if latest else count)
-    waiting = parse_entry_id(newest) <= parse_entry_id(cursor)
-    return MJPEGResponse(request, sid, cursor, count, latest, standby_first=waiting)
-
-
-async def _before_newest(store, sid: str, count: int) -> str:
-    """`*`: a cursor just before the newest `count` entries (the beginning of a shorter stream)."""
-    entries = await store.read([(sid, NEWEST, count)])
-    if not entries:
-        return BEGINNING
-    return cursor_before(entries[0][1])
+    # `*`: the newest image with `latest`, else the newest `count` (without a cursor: the newest one)
+    return MJPEGResponse(request, sid, cursor, count, latest, 1 if latest or given is None else count)
 
 
 class MJPEGResponse:
     """The multipart body, part after part, until the client leaves (an ASGI app)."""
 
-    def __init__(self, request: Request, sid: str, cursor: str, count: int, latest: bool, standby_first: bool):
+    def __init__(self, request: Request, sid: str, cursor: str, count: int, latest: bool, newest_count: int):
         self.request = request
         self.sid, self.cursor, self.count, self.latest = sid, cursor, count, latest
-        self.standby_first = standby_first  # nothing after the cursor yet: the stand-by image at once
+        self.newest_count = newest_count  # how many entries `*` starts before
 
     async def __call__(self, scope, receive, send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [
+        start = {"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", MEDIA_TYPE.encode()),
             (b"cache-control", b"no-cache, no-store, must-revalidate"),
             (b"x-content-type-options", b"nosniff"),
-        ]})
+        ]}
         if scope["method"] == "HEAD":  # the headers only: the body would never end
+            await send(start)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        hub = self.request.app.state.hub
-        async with hub.subscribe([self.sid], [self.cursor]) as subscription:
+        # opened before the answer starts: a store that cannot be read is still a 503
+        async with self.request.app.state.hub.open([self.sid], [self.cursor], self.newest_count) as subscription:
+            await send(start)
             watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, subscription))
             try:
                 await self._frames(send, subscription)
@@ -110,9 +104,17 @@ class MJPEGResponse:
 
     async def _frames(self, send, subscription) -> None:
         metrics = self.request.app.state.metrics
-        standby = self.standby_first  # whether the client is shown the stand-by image now
+
+        async def stand_by() -> None:
+            # "no frames yet" only for a stream that never held an entry: else it waits for new ones
+            image = STANDBY if subscription.newest() == (0, 0) else STANDBY_WAITING
+            await send({"type": "http.response.body", "body": part(image), "more_body": True})
+
+        # nothing after the cursor yet: the stand-by image at once
+        standby = subscription.cursors[0] >= subscription.newest()  # whether the client is shown it now
+        shown = False  # an image of the stream was sent
         if standby:
-            await send({"type": "http.response.body", "body": part(STANDBY), "more_body": True})
+            await stand_by()
         waiting = None
         try:
             while True:
@@ -120,7 +122,7 @@ class MJPEGResponse:
                     waiting = asyncio.ensure_future(subscription.next(self.count, latest=self.latest))
                 done, _ = await asyncio.wait({waiting}, timeout=None if standby else STANDBY_AFTER)
                 if not done:  # the camera stopped: say so
-                    await send({"type": "http.response.body", "body": part(STANDBY), "more_body": True})
+                    await stand_by()
                     standby = True
                     continue
                 delivery, waiting = waiting.result(), None
@@ -132,7 +134,10 @@ class MJPEGResponse:
                         continue
                     await send({"type": "http.response.body", "body": part(data, content_type), "more_body": True})
                     metrics.entries(self.request, False, 1, len(data))
-                    standby = False
+                    standby, shown = False, True
+                if not shown and not standby:  # the first entries held no image: not a blank box meanwhile
+                    await stand_by()
+                    standby = True
         finally:
             if waiting is not None:
                 waiting.cancel()

@@ -10,13 +10,13 @@ from starlette.exceptions import HTTPException
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .. import errors
-from ..catalogue import segment_files
 from ..framing import FramingError, split_stream_ids, writable_stream_id
-from ..mcapfiles import read_messages
-from ..mcapread import Limits, off_loop
-from ..replay import Progress, paced, recorded_streams, restore_streams
+from ..recordings.catalogue import validate_name
+from ..recordings.mcapfiles import read_messages
+from ..recordings.mcapread import off_loop
+from ..recordings.replay import Progress, paced, recorded_streams, restore_streams
 from . import close_socket, option, permissions, query_bool, require, serve_socket
-from .recordings import recording_info, validate_recording_id
+from .recordings import catalogue
 
 
 def _replay_options(params) -> dict:
@@ -77,8 +77,9 @@ async def replay(ws: WebSocket) -> None:
 
 async def _replay(ws: WebSocket) -> None:
     options = _replay_options(ws.query_params)
-    rec_id = validate_recording_id(options["rec_id"])
-    info = await recording_info(ws.app, rec_id)
+    rec_id = validate_name(options["rec_id"])
+    recordings = catalogue(ws)
+    info = await recordings.info(rec_id)
     if info is None:
         raise HTTPException(404, f"no recording {rec_id!r}")
     if info.get("active"):
@@ -99,9 +100,9 @@ async def _replay(ws: WebSocket) -> None:
             if existing is not None and existing["length"]:
                 raise HTTPException(409, f"keep_ids needs empty streams: {target!r} holds entries")
     progress = Progress(stats, sids)
-    files = segment_files(ws.app.state.recorder.root / rec_id)
+    files = recordings.segment_files(rec_id)
     await restore_streams(store, targets, await off_loop(recorded_streams, files))
-    messages = read_messages(files, sids, Limits.of(ws.app.state.settings))
+    messages = read_messages(files, sids, recordings.limits)
     progress.skipped = messages.skipped  # entries over PTGSTORE_MAX_MESSAGE, counted as they are met
     speed = None if options["fullspeed"] else options["speed"]
     reporter = asyncio.ensure_future(_report(ws, progress, options["interval"]))

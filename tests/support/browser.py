@@ -31,10 +31,14 @@ class Watched:
         self.origin = origin
         self.errors: list[str] = []
         self.requests: list[str] = []
-        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("request", lambda request: self.requests.append(request.url))
         page.set_default_timeout(WAIT)
+
+    def _console(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
 
     def foreign_requests(self) -> list[str]:
         allowed = (self.origin + "/", self.origin.replace("http", "ws", 1) + "/", "blob:", "data:")

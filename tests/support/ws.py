@@ -40,6 +40,7 @@ def expect_close(ws, timeout: float = 10.0):
     try:
         message = ws.recv(timeout=timeout)
     except ConnectionClosed as closed:
+        assert closed.rcvd is not None, "the connection dropped without a close frame"
         return closed.rcvd.code, closed.rcvd.reason
     raise AssertionError(f"expected a close, got a message: {message!r:.200}")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import orjson
 
-from .private import private_dir
-from .recording_store import RecordingStore
+from ..private import private_dir
+from .state import RecordingStore
 
 log = logging.getLogger("ptgstore.recorder")
 

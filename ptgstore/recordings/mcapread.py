@@ -46,7 +46,7 @@ import zstandard
 from lz4 import frame as lz4frame
 from mcap.opcode import Opcode
 
-from .foxglove_schemas import IMAGE_SCHEMA_NAME
+from ..foxglove_schemas import IMAGE_SCHEMA_NAME
 
 MAGIC = b"\x89MCAP0\r\n"
 MiB = 1024 * 1024

@@ -5,11 +5,11 @@ A recording's streams are shared out in shards (`PTGSTORE_RECORDING_SHARDS`, fix
 starts): a stream's shard follows its group (its id up to the group separator; ids without one
 each on their own), so a headset's streams go together. Each shard is written by one process at
 a time, the holder of the shard's lease in Redis (a key with a short TTL its holder renews).
-Every process able to record (its recordings directory proven, `recordings_dir.py`) says so in
+Every process able to record (its recordings directory proven, `directory.py`) says so in
 Redis, and holds its fair share of the shards: the shard count divided by the processes present,
 rounded up. It takes free shards up to its share and gives back what is above it (finishing the
 segment in progress first). When a process dies its leases expire and the others take its shards
-over within seconds, from the committed cursors (`recording_shard.py`): nothing is lost.
+over within seconds, from the committed cursors (`shard.py`): nothing is lost.
 """
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ import socket
 import zlib
 from pathlib import Path
 
-from .connections import RedisError
-from .keys import Keys
-from .recording_store import RecordingStore
-from .recordings_dir import RecordingsDirectory
-from .store import Store, StoreUnavailable
+from ..connections import RedisError
+from ..keys import Keys
+from ..store import Store, StoreUnavailable
+from .catalogue import Catalogue
+from .directory import RecordingsDirectory
+from .mcapread import Limits
+from .state import RecordingStore
 
 log = logging.getLogger("ptgstore.recorder")
 
@@ -51,7 +53,7 @@ class Recorder:
     """The recorder of one API process: proves its directory, competes for shards and writes them."""
 
     def __init__(self, store: Store, root: Path, segment_seconds: float, segment_bytes: int, shards: int = 4,
-                 ephemeral_refusal: str | None = None, read_count: int = 256):
+                 ephemeral_refusal: str | None = None, read_count: int = 256, limits: Limits | None = None):
         self.states = RecordingStore(store)
         self.keys = store.keys
         self.root = Path(root)
@@ -60,6 +62,7 @@ class Recorder:
         self.shards = shards
         self.read_count = read_count
         self.directory = RecordingsDirectory(self.states, self.root, ephemeral_refusal)
+        self.catalogue = Catalogue(self.root, self.states, self.directory, limits)  # (what the routes use)
         self.writer = {"host": socket.gethostname(), "pid": os.getpid()}
         self.closing = asyncio.Event()
         self.held: dict[int, ShardTask] = {}
@@ -214,7 +217,7 @@ class ShardTask:
 
     async def _work(self) -> None:
         """Write the shard of the active recording (one after another), then give the lease back."""
-        from .recording_shard import ShardWriting  # noqa: PLC0415 - it imports this module's names
+        from .shard import ShardWriting  # (here: shard.py imports this module's names)
 
         while not self.leaving:
             state = await self.recorder.states.state()

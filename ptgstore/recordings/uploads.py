@@ -1,5 +1,6 @@
 """Receiving an uploaded file: the one file part of a multipart request body, streamed to a new private
-temporary file as it arrives (never held in memory, never shared with another upload)."""
+temporary file as it arrives (never held in memory, never shared with another upload); and checking
+that an uploaded `.mcap` file is MCAP this server reads back within its limits."""
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +8,14 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from .errors import BadOption
-from .private import private_dir
+from ..errors import BadOption
+from ..private import private_dir
+from .mcapread import FileReader, Limits, RecordTooLarge, off_loop
 
 WRITE_EVERY = 1024 * 1024  # bytes gathered before they are written (in a thread)
 MAX_HEADERS = 16 * 1024  # bytes of one part's headers
@@ -136,3 +139,27 @@ async def receive_file(request: Request, directory: Path) -> Path:
             path.unlink()
         raise
     return path
+
+
+async def mcap_problem(path: Path, limits: Limits) -> tuple[int, str] | None:
+    """(status, reason) when the file is not MCAP this server reads back within its limits, else None.
+    Read in steps, so that replays reading on the same thread meanwhile are not held up for long."""
+    entries = iter(FileReader(path, limits, oversized="refuse", headers_only=True))
+    try:
+        while await off_loop(_advance, entries):
+            pass
+    except RecordTooLarge as exc:
+        return 413, str(exc)
+    except Exception as exc:  # a damaged file: UnreadableRecording, or whatever else it made go wrong
+        return 400, f"{type(exc).__name__}: {exc}"[:200]
+    return None
+
+
+def _advance(entries: Iterator, step: int = 64 * 1024 * 1024) -> bool:
+    """Read about `step` bytes of entries; False once there are none left."""
+    done = 0
+    for _, size in entries:
+        done += size + 64
+        if done >= step:
+            return True
+    return False

@@ -19,12 +19,12 @@ import time
 
 import orjson
 
+from ..framing import parse_entry_id
+from ..private import private_dir
 from .catalogue import build_info, parse_segment_name, segment_name, temporary_name, write_info
-from .framing import parse_entry_id
 from .mcapfiles import SegmentWriter, add_to_stats, fsync_dir
-from .private import private_dir
 from .recorder import LeaseLost, ShardTask, shard_of
-from .recording_store import now_iso
+from .state import now_iso
 
 log = logging.getLogger("ptgstore.recorder")
 

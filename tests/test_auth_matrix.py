@@ -133,6 +133,7 @@ def test_the_matrix_covers_every_route(server):
     assert mounts <= PUBLIC_MOUNTS, f"new mount {mounts - PUBLIC_MOUNTS}: add it to the auth matrix"
 
 
+@pytest.mark.slow
 def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, rdb):
     cases = [("no token", None, "header")]
     cases += [(name, token, place) for name, token in bad_tokens(server.app.state.authenticator.secret).items()
@@ -148,6 +149,7 @@ def test_every_protected_rest_route_refuses_every_bad_token_everywhere(server, r
     assert sorted(rdb.keys("*")) == SERVER_KEYS
 
 
+@pytest.mark.slow
 def test_every_protected_rest_route_accepts_a_good_token_in_each_place(server, rdb):
     token = server.token()
     with httpx.Client(base_url=server.url, timeout=10) as client:
@@ -240,6 +242,7 @@ def login(server, username, password):
     return httpx.post(server.url + "/token", data={"username": username, "password": password}, timeout=30)
 
 
+@pytest.mark.slow
 def test_users_policy_refusals_are_indistinguishable(users_server):
     refusals = [
         login(users_server, "alice", "wrong"),
@@ -259,6 +262,7 @@ def test_users_policy_refusals_are_indistinguishable(users_server):
     assert login(users_server, "bob", "bob").status_code == 200
 
 
+@pytest.mark.slow
 def test_users_policy_does_not_answer_unknown_users_faster(users_server):
     # both refusals run the same scrypt check: a missing user costs as much as a wrong password
     # (without the dummy hash an unknown user is answered ~50x faster, so the bound is generous)

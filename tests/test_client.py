@@ -86,6 +86,7 @@ def test_blocking_pusher_batches_timestamps_and_several_streams(server, rdb):
         assert client.push("replay", [b"d"], timestamps=[10.0]) == ["10000-0"]
 
 
+@pytest.mark.slow
 def test_pull_from_time_per_stream_cursors_and_timeout(server, rdb):
     with Client(server.url, token=server.token()) as client:
         client.push("a", [b"a1", b"a2", b"a3"], timestamps=[1000.0, 2000.0, 3000.0])
@@ -269,6 +270,7 @@ def test_async_pull_waiting_for_data_survives_a_restart(tmp_path, rdb, redis_ser
                                                                             b"after restart"]))
 
 
+@pytest.mark.slow
 def test_pusher_waits_out_a_late_acknowledgement_and_stores_once(server, rdb):
     """Redis paused for writes: no ack within the timeout, so the pusher resends on a new socket
     under the same number; both copies run once Redis is back, and one of them stores."""
@@ -294,6 +296,7 @@ def test_a_producer_id_kept_across_runs_goes_on_from_its_next_number(server, rdb
     assert len(first) == 3
 
 
+@pytest.mark.slow
 def test_pusher_gives_up_after_reconnect_timeout(server, rdb):
     """An interruption longer than reconnect_timeout is raised, saying the batch may be stored."""
     with Client(server.url, token=server.token(), timeout=0.3, reconnect_timeout=1) as client, \
@@ -337,6 +340,7 @@ ABANDONED_PULLS = {
 
 
 @pytest.mark.parametrize("kind", sorted(ABANDONED_PULLS))
+@pytest.mark.slow
 def test_a_script_that_leaves_a_pull_open_exits_cleanly(server, rdb, kind):
     """A pull left open (and, blocking, a forgotten close()): the script ends at once, nothing on stderr."""
     xadd(rdb, "cam", b"a", b"b")

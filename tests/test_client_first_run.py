@@ -85,6 +85,7 @@ def test_cursor_for_time_takes_a_naive_datetime_as_local_time():
     assert naive == east == utc == f"{TEN_UTC_MS - 1}-18446744073709551615"  # just before 10:00 UTC
 
 
+@pytest.mark.slow
 def test_pull_from_an_iso_time_without_offset_is_local_time(server, rdb):
     from test_commands import ok, ptgstore
 

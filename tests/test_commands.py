@@ -82,6 +82,7 @@ SIGINT_IGNORED = [sys.executable, "-c", "import os, signal, sys; signal.signal(s
 
 
 @pytest.mark.parametrize("started", ["in the foreground", "with SIGINT ignored"])
+@pytest.mark.slow
 def test_following_pull_stopped_by_ctrl_c_reports_what_it_pulled(server, rdb, tmp_path, started):
     out = tmp_path / "live"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PTGSTORE_")}
@@ -310,6 +311,7 @@ def test_username_without_password_asks_at_a_terminal_without_echo(server, rdb):
     assert no_password.returncode == 2 and b"PTGSTORE_PASSWORD" in no_password.stderr
 
 
+@pytest.mark.slow
 def test_streams_into_a_closed_pipe_exits_quietly(server, rdb):
     for i in range(20):
         rdb.xadd(f"stream-{i:02d}", {"d": b"x"})
@@ -326,6 +328,7 @@ def test_streams_into_a_closed_pipe_exits_quietly(server, rdb):
     assert stderr == b"", stderr.decode()
 
 
+@pytest.mark.slow
 def test_url_without_a_scheme_means_http(server, rdb):
     rdb.xadd("cam", {"d": b"x"})
     done = ok(ptgstore(server, "streams", "--url", server.url.removeprefix("http://")))
@@ -349,6 +352,7 @@ def test_token_without_the_servers_secret_refuses(tmp_path, server):
     assert not (elsewhere / "secret").exists()
 
 
+@pytest.mark.slow
 def test_refused_websocket_is_one_line(server, rdb):
     # push opens its WebSocket first: the handshake is what the server refuses
     bad = ptgstore(server, "push", "cam", "-", stdin=b"x", env_extra={"PTGSTORE_TOKEN": "not-a-token"})
@@ -401,6 +405,7 @@ def _refused(done, words: str) -> str:
     return stderr
 
 
+@pytest.mark.slow
 def test_push_of_nothing_is_refused_and_stores_nothing(server, rdb, tmp_path):
     """`push frame1.jpg </dev/null` used to store an empty entry in a stream named frame1.jpg."""
     (tmp_path / "frame1.jpg").write_bytes(b"\xff\xd8 a frame")
@@ -425,6 +430,7 @@ def test_push_of_nothing_is_refused_and_stores_nothing(server, rdb, tmp_path):
     assert [data for _, data in stored(rdb, "cam")] == [b"", b"\xff\xd8 a frame"]
 
 
+@pytest.mark.slow
 def test_first_run_mistakes_are_one_line_that_says_what_to_do(server, rdb, tmp_path):
     (tmp_path / "frame1.jpg").write_bytes(b"a frame")
     (tmp_path / "a-file").write_bytes(b"")
@@ -458,6 +464,7 @@ def test_first_run_mistakes_are_one_line_that_says_what_to_do(server, rdb, tmp_p
     assert [data for _, data in stored(rdb, "cam")] == [b"x"]
 
 
+@pytest.mark.slow
 def test_replay_of_a_local_path_that_is_no_recording_says_so(server, tmp_path):
     """It used to ask the server for a recording named after the path (`recording id ... contains a '/'`),
     or replay an empty directory as 0 entries with status 0."""

@@ -224,6 +224,7 @@ def caddy(tmp_path, server):
         process.stdout.close()
 
 
+@pytest.mark.slow
 def test_caddy_proxies_https_websockets_and_16_mib_bodies(server, rdb, caddy):
     base, tls, http_port = caddy
     token = server.token()
@@ -271,6 +272,7 @@ def _procfile_refusal(tmp_path, **env) -> subprocess.CompletedProcess:
     ({}, "PTGSTORE_EPHEMERAL_DISK=true (this host's disk is lost at each restart) needs: PTGSTORE_SECRET"),
     ({"PTGSTORE_AUTH": "nobody"}, "PTGSTORE_AUTH must be one of dev, users, not 'nobody'"),
 ], ids=["ephemeral disk", "malformed variable"])
+@pytest.mark.slow
 def test_procfile_refusal_is_one_line_without_a_traceback(tmp_path, env, line):
     done = _procfile_refusal(tmp_path, **env)
     output = done.stdout + done.stderr

@@ -226,6 +226,7 @@ def test_the_server_outlives_its_starter_while_another_process_uses_it(tmp_path)
         again.stop()
 
 
+@pytest.mark.slow
 def test_a_joined_process_restarts_the_server_when_it_dies(tmp_path):
     owner, joiner = EmbeddedRedis(tmp_path), EmbeddedRedis(tmp_path)
     url = owner.start()

@@ -145,6 +145,7 @@ def users_server(tmp_path, rdb, redis_server):
         yield live
 
 
+@pytest.mark.slow
 def test_password_checks_are_rate_limited_per_client(users_server):
     def attempt(password, client="198.51.100.1"):
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: each value is another client
@@ -158,6 +159,7 @@ def test_password_checks_are_rate_limited_per_client(users_server):
 
 
 
+@pytest.mark.slow
 def test_claimed_addresses_do_not_lift_the_overall_login_limit(users_server):
     # a local client may claim any X-Forwarded-For (uvicorn trusts it from 127.0.0.1): all clients
     # together get ten times one client's rate (3 a minute here)

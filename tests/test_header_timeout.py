@@ -34,6 +34,7 @@ def closed_by_server(sock: socket.socket, within: float = 30.0) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_unfinished_headers_are_dropped(quick):
     sockets = []
     try:
@@ -51,6 +52,7 @@ def test_unfinished_headers_are_dropped(quick):
             sock.close()
 
 
+@pytest.mark.slow
 def test_trickled_headers_do_not_keep_a_connection(quick):
     with socket.create_connection(("127.0.0.1", quick.port), timeout=10) as sock:
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: 127.0.0.1\r\n")

@@ -31,6 +31,7 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+@pytest.mark.slow
 def test_counts_move_during_a_push_and_a_pull(server, rdb):
     before = scrape(server)
     assert value(before, "ptgstore_open_sockets", kind="push") == 0
@@ -206,6 +207,7 @@ def test_one_log_line_per_socket_open_and_close(server, rdb, access_log):
     assert http_lines == [] or all("route" in line for line in http_lines)
 
 
+@pytest.mark.slow
 def test_http_access_line_and_log_level(tmp_path, redis_server, rdb, access_log):
     with live_server(make_settings(tmp_path, redis_server.url)) as live, live.http() as http:
         http.get("/data/cam-9", params={"count": 2})

@@ -125,6 +125,7 @@ def test_dollar_on_a_stream_with_frames_stands_by_waiting_for_new_ones(server):
     assert WAITING != STANDBY
 
 
+@pytest.mark.slow
 def test_when_the_camera_stops_the_stand_by_says_waiting(server, monkeypatch):
     from ptgstore.routes import mjpeg
 

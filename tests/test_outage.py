@@ -47,6 +47,7 @@ def ping(live):
     return httpx.get(live.url + "/ping", timeout=10)
 
 
+@pytest.mark.slow
 def test_redis_outage_mid_stream(tmp_path, durable_redis):
     settings = make_settings(tmp_path, durable_redis.url)
     before = [b"before-%d-" % i + os.urandom(200) for i in range(20)]
@@ -164,6 +165,7 @@ def test_a_pull_reading_history_waits_out_the_outage(tmp_path, durable_redis):
     assert [(entry_id, data) for _, entry_id, data in received] == list(zip(ids, history))
 
 
+@pytest.mark.slow
 def test_a_stalled_redis_fails_pushes_after_the_timeout_then_recovers(tmp_path, durable_redis):
     """Redis stopped (not dead: no reset, no EOF): a push waits PTGSTORE_REDIS_TIMEOUT, then closes 1011."""
     settings = make_settings(tmp_path, durable_redis.url, redis_timeout=1)

@@ -73,6 +73,7 @@ def test_derive_by_json_and_from_the_cookie_only_from_the_own_origin(lab):
     assert refused.status_code == 403 and "cross-site" in refused.json()["detail"]
 
 
+@pytest.mark.slow
 def test_hostile_derive_requests_get_a_reason_and_change_nothing(lab):
     admin = lab.token("admin")
     headers = {"Authorization": f"Bearer {admin}"}
@@ -97,6 +98,7 @@ def test_hostile_derive_requests_get_a_reason_and_change_nothing(lab):
     assert derive(lab, short, admin="true", read="*", ttl="20").status_code == 200
 
 
+@pytest.mark.slow
 def test_changed_permissions_apply_at_the_next_request(lab):
     data_dir = lab.settings.data_dir
     viewer = lab.token("viewer")  # follows the account
@@ -174,6 +176,7 @@ def test_user_commands_manage_permissions(tmp_path):
         assert ptgstore(data_dir, "user", *refused).returncode != 0, refused
 
 
+@pytest.mark.slow
 def test_token_command_mints_narrowed_tokens_only(lab):
     env_dir = lab.settings.data_dir
     minted = subprocess.run([sys.executable, "-m", "ptgstore", "token", "--user", "headset", "--write", "hl1:cam*",

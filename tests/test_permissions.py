@@ -140,6 +140,7 @@ def test_a_close_reason_naming_a_long_stream_fits_a_close_frame(lab):
 
 # -- recordings -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_recordings_need_read_on_what_they_hold(lab, rdb):
     viewer, headset, admin = lab.token("viewer"), lab.token("headset"), lab.token("admin")
     assert forbidden(record(lab, viewer, "everything", None), "read", "every stream")
@@ -170,6 +171,7 @@ def test_recordings_need_read_on_what_they_hold(lab, rdb):
         assert http.put("/recordings/mains/hide").status_code == 200
 
 
+@pytest.mark.slow
 def test_replay_needs_write_on_every_target_and_read_on_the_recording(lab, rdb):
     viewer, headset, admin = lab.token("viewer"), lab.token("headset"), lab.token("admin")
     record(lab, admin, "mains", "hl1:main+hl2:main")

@@ -101,6 +101,7 @@ def test_a_resend_with_another_number_of_entries_is_refused(server, rdb):
     assert rdb.xlen("cam") == 2
 
 
+@pytest.mark.slow
 def test_the_record_is_forgotten_after_the_window(tmp_path, rdb, redis_server):
     with live_server(make_settings(tmp_path, redis_server.url, producer_window=1)) as live:
         with ws_connect(live, "/data/cam/push", ack="true", producer="p", seq="1") as ws:

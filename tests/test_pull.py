@@ -164,6 +164,7 @@ def test_leaving_frees_followers_and_redis_connections(server, rdb):
     wait_until(lambda: len(rdb.client_list()) <= baseline + 2, what="reader connections to close")
 
 
+@pytest.mark.slow
 def test_200_sockets_on_one_stream_each_get_every_entry_in_order(server, rdb):
     async def scenario():
         token = server.token()

@@ -295,6 +295,7 @@ def test_disconnect_mid_batch_stores_nothing(server, rdb):
     assert [d for _, d in stored(rdb, "cam")] == [b"after"]
 
 
+@pytest.mark.slow
 def test_many_concurrent_pushers_all_land_in_order(server, rdb):
     """More pushers than the store's kept connections: the rest go through the pool."""
 

@@ -74,6 +74,7 @@ def root_of(server) -> Path:
     return server.app.state.recorder.root
 
 
+@pytest.mark.slow
 def test_record_three_streams_at_30hz_reads_back_exactly(rec_server):
     http = rec_server.http()
     before = push_at(rec_server, payloads(), hz=30, count=5)  # stored before the start: not recorded
@@ -150,6 +151,7 @@ def run_replay(server, **query) -> tuple[list[dict], int]:
                 return reports, closed.rcvd.code
 
 
+@pytest.mark.slow
 def test_replay_fullspeed_recreates_entries_byte_for_byte(rec_server):
     pushed = record_session(rec_server, "session-a")
     http = rec_server.http()
@@ -166,6 +168,7 @@ def test_replay_fullspeed_recreates_entries_byte_for_byte(rec_server):
     assert read_stream(http, "replay:depth") == []
 
 
+@pytest.mark.slow
 def test_replay_keep_ids_into_empty_streams_and_refused_into_full_ones(rec_server):
     pushed = record_session(rec_server, "session-k", count=10)
     http = rec_server.http()
@@ -190,6 +193,7 @@ def test_replay_refusals(rec_server):
             assert (got_code, words in reason) == (code, True), reason
 
 
+@pytest.mark.slow
 def test_record_selected_streams_and_streams_appearing_later(rec_server):
     http = rec_server.http()
     http.put("/recordings/start", params={"rec_id": "only-cam", "sid": "cam"})
@@ -206,6 +210,7 @@ def test_record_selected_streams_and_streams_appearing_later(rec_server):
     assert "event:recording:id" not in got
 
 
+@pytest.mark.slow
 def test_original_client_recording_calls_run_unchanged(rec_server):
     """The HTTP requests ptgctl's `recordings` commands make, with its cookie authentication."""
     cookies = {"authorization": f"Bearer {rec_server.token()}"}
@@ -244,6 +249,7 @@ def test_original_client_recording_calls_run_unchanged(rec_server):
     assert no_token.put("/recordings/start").status_code == 401
 
 
+@pytest.mark.slow
 def test_rename_hide_delete_static_and_refused_names(rec_server):
     http = rec_server.http()
     record_session(rec_server, "r1", count=5)
@@ -281,6 +287,7 @@ def test_rename_hide_delete_static_and_refused_names(rec_server):
     assert not (root_of(rec_server) / "r2").exists()
 
 
+@pytest.mark.slow
 def test_upload_an_mcap_file_creates_a_recording_that_replays(rec_server, tmp_path):
     pushed = record_session(rec_server, "source", count=8)
     http = rec_server.http()
@@ -356,6 +363,7 @@ def test_cli_record_download_replay_mv_rm(rec_server, tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("redis_7")
+@pytest.mark.slow
 def test_gap_when_entries_are_trimmed_before_they_are_written(rec_server):
     http = rec_server.http()
     http.put("/streams/tiny", json={"max_len": 5})
@@ -446,6 +454,7 @@ def test_a_full_disk_stops_the_recording_visibly_never_the_store(tmp_path, rdb, 
         assert http.put("/recordings/stop").json() == 1
 
 
+@pytest.mark.slow
 def test_server_replay_at_recorded_speed_is_never_early(rec_server):
     pushed = record_session(rec_server, "paced", count=20, hz=20)  # about 1 s
     opened_ms = int(time.time() * 1000)
@@ -464,6 +473,7 @@ def assert_never_early(recorded: list, replayed: list, started_ms: int) -> None:
         assert int(r.split("-")[0]) - started_ms >= int(p.split("-")[0]) - first - 1, (r, p)
 
 
+@pytest.mark.slow
 def test_a_graceful_stop_finishes_the_segment_and_a_restart_goes_on(tmp_path, rdb, redis_server):
     settings = make_settings(tmp_path, redis_server.url, recording_segment_seconds=60)
     with live_server(settings) as first:
@@ -479,6 +489,7 @@ def test_a_graceful_stop_finishes_the_segment_and_a_restart_goes_on(tmp_path, rd
     assert recorded(rec_dir.parent, "shift") == joined(before, after)
 
 
+@pytest.mark.slow
 def test_resume_keeps_a_committed_segment_left_unrenamed_and_drops_uncommitted_files(tmp_path, rdb, redis_server):
     """The files a crash leaves between the steps of finishing a segment (fsync, commit in Redis,
     rename): a committed temporary file is kept, an uncommitted one or a renamed uncommitted one

@@ -34,6 +34,7 @@ def test_segments_carry_chunk_and_data_section_crcs_that_check(rec_server):
             assert sum(1 for _ in make_reader(f, validate_crcs=True).iter_messages()) > 0
 
 
+@pytest.mark.slow
 def test_replay_into_new_streams_restores_metadata_and_max_len(rec_server):
     http = rec_server.http()
     http.put("/streams/long", json={"max_len": 5000, "camera": "left", "rate": 30})
@@ -75,6 +76,7 @@ def test_read_messages_merges_files_overlapping_in_time_opening_them_lazily(tmp_
     assert got == sorted(expected, key=lambda e: int(e[1].split("-")[0]))
 
 
+@pytest.mark.slow
 def test_cli_download_merge_writes_one_file_and_replay_prints_a_summary(rec_server, tmp_path, capsys):
     from ptgstore.cli import main
     conn = ["--url", rec_server.url, "--token", rec_server.token()]

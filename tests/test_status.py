@@ -17,6 +17,7 @@ def fresh(http, path, after_ms):
 
 
 @pytest.mark.usefixtures("redis_7")
+@pytest.mark.slow
 def test_stream_summaries_without_entry_bytes(server, http):
     push(server, "cam", b"a" * 10, b"b" * 20, b"c" * 3000)
     http.put("/streams/cam", json={"max_len": 50, "sensor": "rgb"}).raise_for_status()
@@ -66,6 +67,7 @@ def test_many_streams_in_one_answer(server, http, rdb):
     assert [row["last-entry-size"] for row in rows] == list(range(250))
 
 
+@pytest.mark.slow
 def test_a_deleted_stream_leaves_the_next_snapshot(server, http):
     push(server, "gone", b"x")
     assert fresh(http, "/status/streams", int(time.time() * 1000))["streams"][0]["sid"] == "gone"
@@ -73,6 +75,7 @@ def test_a_deleted_stream_leaves_the_next_snapshot(server, http):
     assert fresh(http, "/status/streams", int(time.time() * 1000))["streams"] == []
 
 
+@pytest.mark.slow
 def test_server_status_counts_sockets_and_entries(server, http):
     before = http.get("/status").json()
     assert before["redis"]["reachable"] is True

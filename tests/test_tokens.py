@@ -404,6 +404,7 @@ def test_cli_tokens_under_the_users_policy_work_and_carry_no_dash(users_server):
     assert httpx.get(users_server.url + "/streams", headers=bearer(token)).status_code == 200
 
 
+@pytest.mark.slow
 def test_tokens_without_a_policy_claim_need_an_existing_user(users_server):
     # minted before tokens carried `pol` (or by the original server): judged by the account alone
     secret = users_server.app.state.authenticator.secret

@@ -6,6 +6,7 @@ socket; handlers only bump entry counts through `socket_tally` / `Metrics.entrie
 from __future__ import annotations
 
 import asyncio
+import glob
 import hmac
 import logging
 import os
@@ -145,18 +146,18 @@ class Metrics:
 
     # -- exposition ------------------------------------------------------------------------------
 
+    def families(self) -> list:
+        """The metric families now (blocking: call it off the event loop): this process's registry,
+        or the sum over all workers."""
+        return list((_Workers(self.directory) if self.directory else self.registry).collect())
+
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition format the scraper accepts (Prometheus text 0.0.4 unless it asks for
-        another): this process's registry, or the sum over all workers."""
-        import prometheus_client as prom
-        from prometheus_client import exposition, multiprocess
+        another), of `families()` (blocking: call it off the event loop)."""
+        from prometheus_client import exposition
 
-        registry = self.registry
-        if self.directory:
-            registry = prom.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.directory)
         encode, content_type = exposition.choose_encoder(accept or "")
-        return encode(registry), content_type
+        return encode(_Workers(self.directory) if self.directory else self.registry), content_type
 
     def may_scrape(self, scope, authenticator) -> bool:
         """Everyone when configured public, else a metrics token or an API token (from any client:
@@ -182,6 +183,28 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.directory)
+
+
+class _Workers:
+    """Every worker's values files summed, as prometheus_client's multiprocess collector sums them, but
+    for the files a worker has created and not yet sized: such a file holds no values, and reading it
+    would fail the whole collection (`struct.error`; seen as a 500 from /status just after start-up)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def collect(self):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        return MultiProcessCollector.merge([path for path in glob.glob(os.path.join(self.directory, "*.db"))
+                                            if _sized(path)], accumulate=True)
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:  # a stopped worker's file, removed meanwhile
+        return False
 
 
 async def scrape(request: Request) -> Response:

@@ -79,6 +79,13 @@ def test_two_workers_share_embedded_redis_and_metrics_and_stop_it_cleanly(tmp_pa
         for _ in range(6):
             reply = httpx.get(server.url + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert reply.json()["workers"] == 2
+        # a worker that has created its values file and not yet sized it (as each does at start-up): the
+        # file holds nothing, and the sums read as before (reading it failed /metrics and /status with a 500)
+        (metrics_dir / "counter_4242424.db").touch()
+        for _ in range(6):
+            reply = httpx.get(server.url + "/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert reply.status_code == 200 and reply.json()["workers"] == 2, reply.text
+            assert counter(server, "ptgstore_entries_pushed_total", via="websocket") == 100
         status = server.terminate()
     assert status in (0, -15), server.output[-3000:]
     # the parent stopped the embedded Redis after the workers, and said so

@@ -147,16 +147,9 @@ async def server(request: Request) -> Response:
 def _counters(metrics) -> dict:
     """Totals of the entry counters and open sockets, summed over labels (and over workers when they
     share a metrics directory), read through prometheus_client's public collection API."""
-    import prometheus_client as prom  # (here: imported after the metrics directory is chosen)
-    from prometheus_client import multiprocess
-
-    registry = metrics.registry
-    if metrics.directory:
-        registry = prom.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=metrics.directory)
     totals = {name: 0 for name in COUNTERS.values()}
     sockets = {"push": 0, "pull": 0}
-    for family in registry.collect():
+    for family in metrics.families():
         for sample in family.samples:
             if sample.name in COUNTERS:
                 totals[COUNTERS[sample.name]] += int(sample.value)

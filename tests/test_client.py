@@ -412,3 +412,28 @@ def test_refused_handshake_carries_the_reason_in_the_body(body, reason):
 
     error = asyncio.run(scenario())
     assert (error.status, error.detail) == (403, reason)
+
+
+def test_a_read_whose_connection_broke_is_sent_again_and_a_push_is_not(server, rdb):
+    """The proxy sends its first connection to a port where nothing listens (it hangs up on the client before
+    any answer) and the next to the server: a read (and the login) is sent again; a push is not (it may have
+    been stored), and stores nothing here."""
+    from ptgstore.client import AsyncClient, Unreachable
+    from ptgstore.testproxy import CuttingProxy
+
+    dead = free_port()
+
+    async def main():
+        with CuttingProxy([dead, server.port]) as proxy:
+            async with AsyncClient(proxy.url, username="test", password="test") as client:
+                assert await client.ping() is True  # the login went to the dead port, and again to the server
+            assert proxy.routed[:2] == [dead, server.port]
+            proxy.set_backends([dead])
+            async with AsyncClient(proxy.url, token=server.token()) as client:
+                before = len(proxy.routed)
+                with pytest.raises(Unreachable):
+                    await client.push("cam", b"frame")
+                assert proxy.routed[before:] == [dead]  # once: not sent again
+                assert rdb.exists("cam") == 0
+
+    asyncio.run(main())

@@ -14,6 +14,7 @@ import orjson
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from ..backoff import Backoff
 from ..framing import BEGINNING, NEWEST, NOW, decode_header, parse_entry_id, unpack_entries
 from .cursors import Entry, after, cursors_for, stream_list, stream_path
 from .errors import (
@@ -22,6 +23,10 @@ from .errors import (
 from .pushing import Pusher, as_entries
 
 DEFAULT_URL = "http://127.0.0.1:7890"
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads: sent again when their answer was lost
+HTTP_RETRIES = 3  # sends again of such a request (about 0.4 s in all), then Unreachable
 
 
 def _mcap_files(path) -> list[str]:
@@ -70,12 +75,22 @@ class AsyncClient:
             await self.login()
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    async def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        headers = await self._headers()
-        try:
-            response = await self._http.request(method, path, headers=headers, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
+    async def _send(self, method: str, path: str, repeat: bool = False, **kwargs) -> httpx.Response:
+        """One HTTP request. A read, or a request whose second run changes nothing more (`repeat`), is
+        sent again when the connection failed before its answer came, a few times."""
+        tries = 1 + (HTTP_RETRIES if repeat or method in SAFE_METHODS else 0)
+        backoff = Backoff(0.05, 0.5)
+        for attempt in range(tries):
+            try:
+                return await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == tries - 1:
+                    raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
+                await asyncio.sleep(backoff.failed())
+        raise AssertionError("unreachable")
+
+    async def _request(self, method: str, path: str, repeat: bool = False, **kwargs) -> httpx.Response:
+        response = await self._send(method, path, repeat, headers=await self._headers(), **kwargs)
         if response.status_code >= 400:
             error = error_for(response.status_code, detail_of(response))
             if isinstance(error, AuthError) and not self.token:
@@ -118,10 +133,7 @@ class AsyncClient:
     async def login(self, username: str | None = None, password: str | None = None) -> str:
         """Get a token from `/token` (and use it from now on)."""
         form = {"username": username or self.username or "", "password": password or self.password or ""}
-        try:
-            response = await self._http.post("/token", data=form)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"cannot reach ptgstore at {self.url}: {exc}") from None
+        response = await self._send("POST", "/token", repeat=True, data=form)  # (sent twice: two tokens, either good)
         if response.status_code >= 400:
             raise error_for(response.status_code, detail_of(response))
         self.token = response.json()["access_token"]
@@ -157,7 +169,7 @@ class AsyncClient:
 
     async def update(self, stream_id: str, meta: dict, override: bool = False) -> dict:
         """Merge `meta` into the stream's metadata (replace it with `override=True`); answers the result."""
-        response = await self._request("PUT", f"/streams/{stream_path([stream_id])}", content=orjson.dumps(meta),
+        response = await self._request("PUT", f"/streams/{stream_path([stream_id])}", True, content=orjson.dumps(meta),
                                        params={"override": str(override).lower()})
         return response.json()
 

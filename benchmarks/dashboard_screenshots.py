@@ -1,4 +1,4 @@
-"""The README's dashboard screenshots: a private server fed with headset-like streams, photographed
+"""The dashboard screenshots of docs/dashboard.md: a private server fed with headset-like streams, photographed
 by the system's chromium (found on PATH) through Playwright (no downloaded browser).
 
     python -m benchmarks.dashboard_screenshots [--out docs]

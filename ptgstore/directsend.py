@@ -1,8 +1,8 @@
 """The socket send shortcut: data messages of an accepted WebSocket skip the middleware stack.
 
 Every middleware wraps `send`; a `websocket.send` message needs none of them (handlers count
-their entries themselves), and on a wide fan-out the wrappers' cost per message adds up (the README's
-performance section has the figures).
+their entries themselves), and on a wide fan-out the wrappers' cost per message adds up (docs/performance.md has
+the figures).
 `DirectSend` goes outermost in the app's middleware list and hands the server's send to the
 socket routes that ask for it with `direct_send`.
 """

@@ -29,7 +29,7 @@ from .errors import GOING_AWAY
 from .wsframes import FRAMES
 from .instrumentation import SERVER_INITIATED, SHUTDOWN_REASON
 
-# the import strings for uvicorn's `--ws` and `--http` (Procfile, Dockerfile, README)
+# the import strings for uvicorn's `--ws` and `--http` (Procfile, Dockerfile, docs/deployment.md)
 PROTOCOL = "ptgstore.serving:GracefulWebSocketProtocol"
 HTTP_PROTOCOL = "ptgstore.serving:HeaderTimeoutProtocol"
 
@@ -190,7 +190,7 @@ async def collect_garbage(open_sockets: Callable[[], int]) -> None:
     sockets closed, rather than on allocation counts.
 
     With Python's defaults, a fan-out to many pull sockets ran collections so often that they
-    paused every socket (see the README's performance section). Young objects are collected every
+    paused every socket (see docs/performance.md). Young objects are collected every
     GC_YOUNG_THRESHOLD allocations instead of 700, and what exists at start-up (modules, routes)
     is left out of collections. Full collections then become rare, so one runs within a second
     once GC_AFTER_CLOSES sockets have closed (a closed socket is a cycle of objects that only a

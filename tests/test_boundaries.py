@@ -36,17 +36,34 @@ def loaded_by(statement: str) -> set[str]:
     return set(json.loads(run.stdout))
 
 
+def top_levels(distribution: metadata.Distribution) -> set[str]:
+    """The import names a distribution installs: its top_level.txt, else read off its files (Python 3.10's
+    `packages_distributions` reads top_level.txt only, which wheels built by hatchling, starlette's and
+    uvicorn's among them, do not have)."""
+    declared = (distribution.read_text("top_level.txt") or "").split()
+    if declared:
+        return set(declared)
+    names = set()
+    for file in distribution.files or ():
+        first = file.parts[0]
+        if len(file.parts) > 1 and first != ".." and not first.endswith((".dist-info", ".data")):
+            names.add(first)
+        elif len(file.parts) == 1 and file.suffix == ".py":
+            names.add(file.stem)
+    return names
+
+
 def server_only_packages() -> set[str]:
     """The top-level import names of the server extra's distributions that the client's own do not share."""
     requirements = [Requirement(text) for text in metadata.requires("ptgstore") or []]
     server = {r.name.lower() for r in requirements if r.marker and r.marker.evaluate({"extra": "server"})}
     base = {r.name.lower() for r in requirements if not r.marker or r.marker.evaluate({"extra": ""})}
-    names = set()
-    for top_level, distributions in metadata.packages_distributions().items():
-        owners = {d.lower().replace("_", "-") for d in distributions}
-        if owners & server and not owners & base:
-            names.add(top_level)
-    return names
+    owners: dict[str, set[str]] = {}
+    for distribution in metadata.distributions():
+        name = distribution.metadata["Name"].lower().replace("_", "-")
+        for top_level in top_levels(distribution):
+            owners.setdefault(top_level, set()).add(name)
+    return {top_level for top_level, names in owners.items() if names & server and not names & base}
 
 
 def test_the_client_loads_no_server_dependency_and_no_server_module():

@@ -141,12 +141,8 @@ def channel(route: WebSocketRoute, name: str) -> tuple[dict, dict]:
 
 def close_codes(raises: list[str], closes, where: str) -> dict[int, str]:
     """Close code -> meaning: the table's for what the handler raises, its own closes, 1001 and 1011."""
-    by_name = {kind.__name__: reply for kind, reply in errors.TABLE.items()}
     meanings: dict[int, list[str]] = {}
-    for name in raises:
-        reply = by_name.get(name)
-        if reply is None:
-            raise ValueError(f"socket {where}: raises {name!r}, which errors.TABLE does not know")
+    for reply in errors.replies_named(raises, f"socket {where}"):
         meanings.setdefault(reply.close, []).append(reply.meaning)
     own = closes if isinstance(closes, dict) else {code: errors.CLOSES[code] for code in closes}
     for code, meaning in own.items():

@@ -83,6 +83,17 @@ TABLE: dict[type[BaseException], Reply] = {
     StoreUnavailable: Reply(503, SERVER_ERROR, "Redis is unavailable (down, loading, timing out)"),
 }
 UNEXPECTED = Reply(500, SERVER_ERROR, "a bug in the server (logged with its traceback)")
+
+
+def replies_named(names: list[str], where: str) -> list[Reply]:
+    """The table's replies to the exceptions a handler's docstring says it raises (by class name), for the
+    API documents; a name the table does not know is a mistake in that docstring."""
+    by_name = {kind.__name__: reply for kind, reply in TABLE.items()}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"{where}: raises {unknown[0]!r}, which errors.TABLE does not know")
+    return [by_name[name] for name in names]
+
 # refusals of the gate in front of every route (auth.py), before any handler runs
 GATE = {
     401: "no acceptable token: missing, malformed, expired, wrongly signed, of a removed user or of a "

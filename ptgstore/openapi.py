@@ -260,12 +260,8 @@ def _query(options: dict) -> list[dict]:
 
 
 def _error_meanings(raises: list[str], where: str) -> dict[int, list[str]]:
-    by_name = {kind.__name__: reply for kind, reply in errors.TABLE.items()}
     meanings: dict[int, list[str]] = {}
-    for name in raises:
-        reply = by_name.get(name)
-        if reply is None:
-            raise ValueError(f"{where}: raises {name!r}, which errors.TABLE does not know")
+    for reply in errors.replies_named(raises, where):
         meanings.setdefault(reply.status, []).append(reply.meaning)
     return meanings
 

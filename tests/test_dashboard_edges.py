@@ -194,3 +194,17 @@ def test_server_panel_and_status_count_the_workers_of_serve(browser, tmp_path):
             assert watch.errors == [], watch.errors
         finally:
             context.close()
+
+
+def test_a_hostile_user_name_is_text_in_the_page_and_fills_no_other_placeholder(server):
+    """Under the dev policy a token holder picks any name: one made of markup and of the page's own
+    placeholders lands in the page escaped, once, and the root path and features stay the server's."""
+    name = '{{root}}"><script>alert(1)</script>{{features}}'
+    with server.http() as http:
+        token = http.post("/token", data={"username": name, "password": name}).json()["access_token"]
+        page = http.get("/", headers={"Authorization": f"Bearer {token}"}).text
+    assert "<script>alert(1)</script>" not in page
+    assert ('<meta name="ptgstore-user" content="{{root}}&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;'
+            '{{features}}">') in page
+    assert '<meta name="ptgstore-root" content="">' in page
+    assert '<script type="module" src="/static/dashboard.js"></script>' in page

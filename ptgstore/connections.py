@@ -101,9 +101,15 @@ def shut_down(url: str, timeout: float) -> None:
         client.shutdown()
 
 
+class Multi(tuple):
+    """Commands run in MULTI ... EXEC (`Connections.transaction`)."""
+
+
 async def _call(connection, command: tuple, asking: bool = False):
     """One command and its reply on `connection` (connected on first use and after a failure); with
     `asking`, preceded by ASKING (a slot being imported by this node)."""
+    if command[0].__class__ is Multi:
+        return await _exec(connection, command[0], asking)
     try:
         if _closed_by_peer(connection):
             await connection.disconnect()  # closed by Redis while idle (a restart, a timeout): reconnect
@@ -119,6 +125,27 @@ async def _call(connection, command: tuple, asking: bool = False):
     except BaseException:
         # cut short (failure or cancellation): its reply may still come, so never reuse the socket
         await connection.disconnect()
+        raise
+
+
+async def _exec(connection, commands: Multi, asking: bool):
+    """MULTI, `commands` and EXEC sent together on `connection`: EXEC's replies (a command's error among
+    them as its exception). A command refused as it is queued (MOVED, ASK, TRYAGAIN) is raised: EXEC
+    then runs nothing."""
+    sent = [*([("ASKING",)] if asking else []), ("MULTI",), *commands, ("EXEC",)]
+    chunks: list = []
+    for command in sent:
+        packed = _pack(connection, command)
+        chunks += [packed] if isinstance(packed, bytes) else packed
+    try:
+        if _closed_by_peer(connection):
+            await connection.disconnect()
+        await connection.send_packed_command(chunks, check_health=False)
+        for _ in range(len(sent) - 1):
+            await connection.read_response()  # OK, QUEUED
+        return await connection.read_response()
+    except BaseException:
+        await connection.disconnect()  # (a refusal leaves replies unread: never reused)
         raise
 
 
@@ -310,6 +337,11 @@ class Connections:
                 self._lost(exc)
                 raise
         raise rexc.ClusterError(f"{command[0]} {key}: still redirected after {REDIRECTS} tries")
+
+    async def transaction(self, key: str, *commands: tuple) -> list:
+        """`commands` about `key` (all in its slot on a cluster) as one MULTI ... EXEC, routed as `once`:
+        EXEC's replies, a command's error among them as its exception (not raised)."""
+        return await self.once(key, Multi(commands))
 
     async def _on(self, lanes: _Lanes, command: tuple, asking: bool = False, node=None):
         lane = lanes.take()

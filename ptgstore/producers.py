@@ -2,7 +2,9 @@
 number the server has already stored is answered with the ids it was stored under, storing nothing.
 
 The batch and the producer's record change in one Lua script (`lua/idempotent_add.lua`, and
-`lua/idempotent_add_one.lua` for one entry), in the batch's slot: the record is a sorted set per
+`lua/idempotent_add_one.lua` for one entry), in the batch's slot; a large frame (OUTSIDE_LUA) is
+stored by its own XADD followed by `lua/idempotent_add_large.lua` in one MULTI, which keeps its bytes
+out of Lua (Redis hashes every byte of a script's argument). The record is a sorted set per
 producer, account and group (`keys.producer`), scored by sequence number, each member `<seq> <ids
 joined by ,>`. It keeps the newest `batches` numbers and expires `window` seconds after the
 producer's last batch there. docs/protocol.md ("Idempotent pushes") is the contract.
@@ -18,9 +20,10 @@ from . import connections as conn
 from .connections import ResponseError
 from .framing import FramingError
 from .luascripts import lua
-from .store import Store, StoreError, StoreUnavailable
+from .store import FIELD, Store, StoreError, StoreUnavailable
 
 PRODUCER_ID = re.compile(r"[A-Za-z0-9._~:@-]{1,128}")
+OUTSIDE_LUA = 16 * 1024  # bytes from which a frame is stored by an XADD of its own (idempotent_add_large.lua)
 MAX_SEQ = 2**53 - 1  # Lua numbers are doubles: every sequence number below this is exact
 
 
@@ -51,6 +54,7 @@ class Producers:
         self.batches = batches
         self._add = store.script(lua("idempotent_add.lua"))  # (add.lua within: a batch is stored alike)
         self._add_one = store.script(lua("idempotent_add_one.lua"))
+        self._large = lua("idempotent_add_large.lua")
 
     def session(self, producer_id: str, account: str, first_seq: str) -> "ProducerSession":
         """One push socket's producer: its messages are numbered from `first_seq` on."""
@@ -66,9 +70,12 @@ class Producers:
         if record is None:
             record = store.keys.producer(producer_id, account, first)
         if len(entries) == 1 and entries[0][1] == "*":  # a frame: the stream's max_len known here, as Store.add does
+            data = entries[0][2]
+            if len(data) >= OUTSIDE_LUA:
+                return await self._add_large(producer_id, seq, first, record, data)
             script = self._add_one
             keys = [store.key(first), record]
-            args: list = [seq, self.batches, self.window_ms, await store.max_len(first), first, entries[0][2]]
+            args: list = [seq, self.batches, self.window_ms, await store.max_len(first), first, data]
         else:
             script = self._add
             index: dict[str, int] = {}
@@ -78,9 +85,39 @@ class Producers:
             store.check_batch(index)
             keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index] + [record]
             args = [seq, self.batches, self.window_ms, store.default_max_len, len(index), *index, *triples]
+        repeated, ids = await self._run(producer_id, seq, lambda: script(keys=keys, args=args))
+        ids = [i.decode() for i in ids]
+        if repeated and len(ids) != len(entries):
+            raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "
+                                  f"not {len(entries)}")
+        return ids, bool(repeated)
+
+
+    async def _add_large(self, producer_id: str, seq: int, sid: str, record: str, data: bytes
+                         ) -> tuple[list[str], bool]:
+        """A large frame: its own XADD (its bytes kept out of Lua) then `idempotent_add_large.lua`,
+        which records it or takes the XADD back, in one MULTI."""
+        store = self.store
+        key = store.key(sid)
+        xadd = ("XADD", key, "MAXLEN", "~", await store.max_len(sid), "*", FIELD, data)
+        # by its text, not its hash: a NOSCRIPT (a restarted Redis) would leave the XADD standing alone
+        settle = ("EVAL", self._large, 2, key, record, seq, self.batches, self.window_ms, sid)
+
+        async def run():
+            replies = await store.connections.transaction(key, xadd, settle)
+            if isinstance(replies[1], Exception):
+                raise replies[1]
+            return replies[1]
+
+        repeated, ids = await self._run(producer_id, seq, run)
+        return [i.decode() for i in ids], bool(repeated)
+
+    async def _run(self, producer_id: str, seq: int, call):
+        """`call()`'s reply, its failures told as the store tells them."""
+        store = self.store
         started = time.perf_counter()
         try:
-            repeated, ids = await script(keys=keys, args=args)
+            return await call()
         except conn.UNAVAILABLE as exc:
             raise StoreUnavailable(f"store unavailable: {conn.reason(exc)}".strip()) from exc
         except ResponseError as exc:
@@ -88,11 +125,6 @@ class Producers:
         finally:
             if store.on_roundtrip is not None:  # reported once the reply is on its way, as the store does
                 asyncio.get_running_loop().call_soon(store.on_roundtrip, "add", time.perf_counter() - started)
-        ids = [i.decode() for i in ids]
-        if repeated and len(ids) != len(entries):
-            raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "
-                                  f"not {len(entries)}")
-        return ids, bool(repeated)
 
 
 def _refusal(exc: ResponseError, producer_id: str, seq: int) -> Exception:

@@ -6,6 +6,7 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
+from ptgstore.producers import OUTSIDE_LUA
 from ptgstore.testing import wait_until
 from support.servers import live_server, make_settings
 from support.ws import expect_close, ws_connect
@@ -198,10 +199,16 @@ def test_the_record_lives_in_the_batchs_slot_on_a_cluster(tmp_path, cluster):
                 ids = send_batch(ws, [[sid, 0], [f"{g}:depth", 1]], b"cd")
             with ws_connect(live, "/data/*/push", ack="true", producer="p", seq="1") as ws:
                 assert send_batch(ws, [[sid, 0], [f"{g}:depth", 1]], b"cd") == ids
+            with ws_connect(live, f"/data/{sid}/push", ack="true", producer="p", seq="2") as ws:
+                ws.send(frame(2))  # (its own XADD, in the record's slot too)
+                large = ws.recv(timeout=10)
+            with ws_connect(live, f"/data/{sid}/push", ack="true", producer="p", seq="2") as ws:
+                ws.send(frame(2))
+                assert ws.recv(timeout=10) == large
             record = store.keys.producer("p", "test", sid)
             assert key_slot(record.encode()) == key_slot(store.key(sid).encode())
             node = cluster.owner(record).client
-            assert node.zcard(record) == 1 and node.xlen(store.key(sid)) == 1
+            assert node.zcard(record) == 2 and node.xlen(store.key(sid)) == 2
         # a batch across groups is refused as before, with or without a producer
         with ws_connect(live, "/data/*/push", ack="true", producer="p", seq="5") as ws:
             ws.send(orjson.dumps([[f"{groups[0]}:cam", 0], [f"{groups[1]}:cam", 1]]).decode())
@@ -220,3 +227,92 @@ def test_a_foreign_page_cannot_open_a_producer_socket_with_the_cookie(server, rd
                 additional_headers={"Origin": "http://evil.example", "Cookie": f"authorization={server.token()}"})
     assert refused.value.response.status_code == 403
     assert rdb.keys("*producer*") == [] and rdb.xlen("cam") == 0
+
+
+def frame(i: int) -> bytes:
+    """A frame large enough to be stored by its own XADD (producers.OUTSIDE_LUA), unlike any other."""
+    return b"%08d" % i + bytes(range(256)) * (OUTSIDE_LUA // 256)
+
+
+def counters(rdb, key):
+    """What pulls tell trimmed entries by (Redis 7): entries ever added, and those there."""
+    info = rdb.xinfo_stream(key)
+    return info["entries-added"], info["length"]
+
+
+def test_large_frames_are_stored_once_and_a_resend_leaves_no_trace(server, rdb):
+    """A large frame's XADD runs outside Lua and is taken back for a resend: the stream's count of
+    entries ever added (from which pulls tell trimmed entries) stays as it was."""
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        ids = []
+        for i in range(3):
+            ws.send(frame(i))
+            ids.append(ws.recv(timeout=10))
+    before = counters(rdb, "cam")
+    rdb.script_flush()  # (a restarted Redis forgets its scripts: the frame's script is sent whole)
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="2") as ws:
+        for i in (1, 2):
+            ws.send(frame(i))
+            assert ws.recv(timeout=10) == ids[i]
+        assert counters(rdb, "cam") == before == (3, 3)
+        ws.send(frame(3))  # seq 4: new
+        ids.append(ws.recv(timeout=10))
+    assert stored(rdb, "cam") == [(entry_id, frame(i)) for i, entry_id in enumerate(ids)]
+    assert counters(rdb, "cam") == (4, 4)
+    assert rdb.xinfo_groups("cam") == []  # the group read for the XADD's id is gone
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        ws.send(frame(9))  # seq 1 again, other bytes: a resend is known by its number
+        assert ws.recv(timeout=10) == ids[0]
+        ws.send(frame(9))  # seq 2, the same
+        ws.recv(timeout=10)
+    assert len(stored(rdb, "cam")) == 4
+
+
+def test_a_large_frame_refused_stores_nothing(tmp_path, rdb, redis_server):
+    with live_server(make_settings(tmp_path, redis_server.url, producer_batches=2)) as live:
+        with ws_connect(live, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+            for i in range(3):  # seq 1..3; 2 and 3 remembered
+                ws.send(frame(i))
+                ws.recv(timeout=10)
+        before = counters(rdb, "cam")
+        with ws_connect(live, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+            ws.send(frame(0))
+            assert expect_close(ws) == (1008, "producer p seq 1 is older than those remembered (2..3); it may be stored")
+        assert rdb.xlen("cam") == 3 and counters(rdb, "cam") == before
+        rdb.set("text", "not a stream")
+        with ws_connect(live, "/data/text/push", ack="true", producer="p", seq="4") as ws:
+            ws.send(frame(4))
+            assert expect_close(ws) == (1007, "text is not a stream")
+        assert rdb.get("text") == b"not a stream"
+        assert rdb.zrange("ptgstore+producer:p/test", 0, -1, withscores=True)[-1][1] == 3  # 4 not recorded
+
+
+def test_a_large_frame_resent_to_a_deleted_stream_does_not_bring_it_back(server, rdb, http):
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        ws.send(frame(0))
+        first = ws.recv(timeout=10)
+    assert http.delete("/streams/cam").status_code in (200, 204)
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        ws.send(frame(0))
+        assert ws.recv(timeout=10) == first  # stored before: answered, nothing stored
+    assert rdb.exists("cam") == 0
+
+
+def test_large_frames_resent_on_redis_6_2(tmp_path, redis_6_2):
+    """Redis 6.2 keeps no count of entries added: the frame's XADD is taken back all the same, and a
+    stream it made is gone again."""
+    rdb = redis_6_2.client()
+    rdb.flushall()
+    with live_server(make_settings(tmp_path, redis_6_2.url)) as live:
+        with ws_connect(live, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+            ws.send(frame(0))
+            first = ws.recv(timeout=10)
+        with ws_connect(live, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+            ws.send(frame(0))
+            assert ws.recv(timeout=10) == first
+        assert stored(rdb, "cam") == [(first, frame(0))]
+        with ws_connect(live, "/data/other/push", ack="true", producer="p", seq="1") as ws:
+            ws.send(frame(0))  # seq 1 of p is stored (in cam): answered, and `other` not made
+            assert ws.recv(timeout=10) == first
+        assert rdb.exists("other") == 0
+    rdb.close()

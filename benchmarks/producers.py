@@ -2,7 +2,9 @@
 (`producer=`, `seq=`: docs/protocol.md), alternating on one server and one Redis, so that both
 meet the same load. Prints, per kind of push, the medians of the server's CPU per entry (from
 /proc/<pid>/schedstat, in ns: finer than the clock ticks of /proc/<pid>/stat) and of Redis's (INFO
-cpu), plain and named, and the change.
+cpu), plain and named, and the change; then the same pushes made from this process straight into
+the store (no sockets), with this process's CPU per entry: the steadier figure of what the named
+path itself costs on the server's side.
 
     python -m benchmarks.producers              # 7 rounds of each
     python -m benchmarks.producers --quick
@@ -18,6 +20,9 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+
+from ptgstore.producers import Producers
+from ptgstore.store import Store
 
 from . import scenarios as s
 from .harness import PrivateRedis, Server
@@ -76,11 +81,13 @@ async def measure(server: Server, r: aioredis.Redis, key: str, kind: tuple, scal
     return (after[0] - before[0]) / entries / 1e3, (after[1] - before[1]) / entries / 1e3
 
 
-async def run(repeats: int, scale: float) -> list[tuple]:
+async def run(repeats: int, scale: float) -> tuple[list[tuple], list[tuple]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ptgstore-bench-redis-") as directory, \
             PrivateRedis(Path(directory)) as private, Server(private.url) as server:
         r = aioredis.Redis.from_url(private.url)
+        rows_here = await in_process(private.url, repeats, scale)
+        print("  in one process: done", file=sys.stderr, flush=True)
         try:
             for k, kind in enumerate(KINDS):
                 figures: dict[bool, list] = {False: [], True: []}
@@ -92,11 +99,47 @@ async def run(repeats: int, scale: float) -> list[tuple]:
                 print(f"  {kind[0]}: done", file=sys.stderr, flush=True)
         finally:
             await r.aclose()
+    return rows, rows_here
+
+
+async def in_process(url: str, repeats: int, scale: float) -> list[tuple]:
+    """The same pushes without the sockets, from this process into the store: this process's CPU per
+    entry (`time.process_time`: the named path's own Python, and the wait for the longer reply) and
+    Redis's. Far steadier than the server's figures, which share the machine with the pushing
+    client."""
+    store = Store(url, default_max_len=100_000)
+    producers = Producers(store, 3600, 64)
+    r = aioredis.Redis.from_url(url)
+    rows = []
+    try:
+        for k, (name, per_message, size, full) in enumerate(KINDS):
+            messages = max(5, int(full * scale))
+            figures: dict[bool, list] = {False: [], True: []}
+            for rep in range(repeats):
+                for named in ((False, True) if rep % 2 == 0 else (True, False)):
+                    sid = f"p{k}-r{rep}-{'named' if named else 'plain'}"
+                    add = producers.session(sid, "bench", "1").add if named else store.add
+                    batches = [[(sid, "*", s.payload(m * per_message + i, size)) for i in range(per_message)]
+                               for m in range(messages)]
+                    before = time.process_time(), await redis_cpu_ns(r)
+                    for batch in batches:
+                        await add(batch)
+                    after = time.process_time(), await redis_cpu_ns(r)
+                    entries = messages * per_message
+                    if await r.xlen(sid) != entries:
+                        raise SystemExit(f"!!! LOST: {sid} holds {await r.xlen(sid)} of {entries} entries")
+                    figures[named].append(((after[0] - before[0]) * 1e6 / entries,
+                                           (after[1] - before[1]) / entries / 1e3))
+                    await r.delete(sid)
+            rows.append((name, figures))
+    finally:
+        await r.aclose()
+        await store.close()
     return rows
 
 
-def table(rows: list[tuple]) -> list[str]:
-    lines = ["| push (ack) | server µs/entry plain | named | change | Redis µs/entry plain | named | change |",
+def table(rows: list[tuple], side: str = "server") -> list[str]:
+    lines = [f"| push (ack) | {side} µs/entry plain | named | change | Redis µs/entry plain | named | change |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, figures in rows:
         cells = []
@@ -118,10 +161,12 @@ def main(argv=None) -> int:
     repeats = args.repeats or (3 if args.quick else 7)
     scale = args.scale or (0.2 if args.quick else 1.0)
     started = time.monotonic()
-    rows = asyncio.run(run(repeats, scale))
+    rows, rows_here = asyncio.run(run(repeats, scale))
     print(f"\nidempotent pushes: medians of {repeats} alternating rounds, scale {scale:g} "
-          f"({time.monotonic() - started:.0f} s)\n")
+          f"({time.monotonic() - started:.0f} s)\n\nthrough the server's push sockets:\n")
     print("\n".join(table(rows)))
+    print("\ninto the store from one process (no sockets):\n")
+    print("\n".join(table(rows_here, "process")))
     return 0
 
 

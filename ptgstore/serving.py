@@ -127,10 +127,16 @@ class FrameSink:
 
     def ready(self) -> bool:
         """Whether the socket is open for data and its transport takes more without waiting (its write
-        buffer is under the high-water mark): else use the ASGI send, which waits for it to drain."""
+        buffer is under the high-water mark): else wait for it (`drained`), or use the ASGI send."""
         p = self.protocol
         return (p.handshake_complete and not p.close_sent and not p.transport_lost and p.initial_response is None
                 and p.writable.is_set() and not p.transport.is_closing())
+
+    async def drained(self) -> bool:
+        """Wait until the transport takes more (its write buffer fell under the low-water mark, or the
+        connection is gone); then whether the socket is `ready()`."""
+        await self.protocol.writable.wait()
+        return self.ready()
 
     def write(self, frames: tuple[bytes, ...]) -> None:
         """Write whole frames (only after `ready()`, with nothing awaited in between)."""

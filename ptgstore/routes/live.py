@@ -268,10 +268,12 @@ async def _deliver(ws: WebSocket, send, subscription, options, sync, acked: asyn
         for gap in delivery.gaps:
             await send({"type": "websocket.send", "text": orjson.dumps(gap).decode()})
         if delivery.entries:
-            if sink is not None and sink.ready():
+            # a full transport is waited for here: a catching-up socket (deliveries past the high-water
+            # mark) is written its frame bytes all the same, not framed again by the ASGI send
+            if sink is not None and (sink.ready() or await sink.drained()):
                 framed, size = fanout.frames(delivery, options["codec"])
                 sink.write(framed)
-            else:  # (the ASGI send waits for a full transport buffer to drain)
+            else:  # (the socket is closing: the ASGI send says so)
                 header, blob = fanout.wire(delivery, options["codec"])
                 await send({"type": "websocket.send", "bytes": header} if binary_header
                            else {"type": "websocket.send", "text": header})

@@ -10,6 +10,7 @@ import pytest
 from redis.crc import key_slot
 from websockets.asyncio.client import connect
 
+from ptgstore.producers import OUTSIDE_LUA
 from support.servers import live_server, make_settings
 
 pytestmark = pytest.mark.cluster
@@ -40,12 +41,12 @@ def move_slot(cluster, slot: int, source, target) -> None:
         node.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.id)
 
 
-async def pusher(url: str, count: int) -> list[str]:
+async def pusher(url: str, count: int, size: int = 0) -> list[str]:
     ids = []
     async with connect(url, open_timeout=10, compression=None) as ws:
         start = time.monotonic()
         for i in range(count):
-            await ws.send(b"frame %d" % i)
+            await ws.send((b"frame %d " % i).ljust(size, b"."))
             ids.append(await asyncio.wait_for(ws.recv(), 10))
             await asyncio.sleep(max(0.0, start + (i + 1) / HZ - time.monotonic()))
     return ids
@@ -65,7 +66,10 @@ async def puller(url: str, want: int) -> list[str]:
     return got
 
 
-def test_a_live_streams_slot_moves_to_another_master(cserver, cluster):
+@pytest.mark.parametrize("producer", [False, True], ids=["plain", "producer"])
+def test_a_live_streams_slot_moves_to_another_master(cserver, cluster, producer):
+    """With a producer named, the frames are large: each is its XADD and a script in one MULTI
+    (idempotent_add_large.lua), redirected whole while the slot moves."""
     group = cluster.group_on(0)
     sid = f"{group}:cam"
     key = cserver.app.state.store.key(sid)
@@ -77,7 +81,9 @@ def test_a_live_streams_slot_moves_to_another_master(cserver, cluster):
     async def scenario():
         pulls = [asyncio.create_task(puller(f"{cserver.ws_url}/data/{sid}/pull?token={token}&last_entry_id=0"
                                             f"&count=64", count)) for _ in range(PULLERS)]
-        push = asyncio.create_task(pusher(f"{cserver.ws_url}/data/{sid}/push?token={token}&ack=true", count))
+        named = "&producer=p&seq=1" if producer else ""
+        push = asyncio.create_task(pusher(f"{cserver.ws_url}/data/{sid}/push?token={token}&ack=true{named}", count,
+                                          OUTSIDE_LUA if producer else 0))
         await asyncio.sleep(1)  # (load shaping: the move happens with entries flowing)
         await asyncio.to_thread(move_slot, cluster, key_slot(key.encode()), source, target)
         acked = await asyncio.wait_for(push, 60)
@@ -86,9 +92,48 @@ def test_a_live_streams_slot_moves_to_another_master(cserver, cluster):
 
     acked, pulled = asyncio.run(scenario())
     assert cluster.owner(key) is target  # the stream did move
+    if producer:
+        record = cserver.app.state.store.keys.producer("p", "test", sid)
+        assert cluster.owner(record) is target and target.client.zcard(record) == 64  # moved with it
     assert len(acked) == count == len(set(acked))
     for got in pulled:
         assert got == acked  # every acknowledged entry, once, in order
     with cserver.http() as http:
         info = http.get(f"/streams/{sid}").json()
         assert info["length"] == count
+
+
+def test_a_producers_large_frame_follows_its_slot_half_moved(cluster):
+    """A large frame's MULTI (its XADD and idempotent_add_large.lua) meets its slot migrating, its keys
+    already on the importing master: the whole transaction is sent there after ASKING, and a resend
+    finds the record there."""
+    from ptgstore.producers import Producers
+    from ptgstore.store import Store
+
+    async def scenario():
+        store = Store(cluster.url, cluster=True)
+        producers = Producers(store, 3600, 64)
+        sid = f"{cluster.group_on(0)}:cam"
+        key, record = store.key(sid), store.keys.producer("p", "acct", sid)
+        frame = b"x" * OUTSIDE_LUA
+        try:
+            first, repeated = await producers.add("p", "acct", 1, [(sid, "*", frame)])
+            assert not repeated
+            source = cluster.owner(key)
+            target = next(m for m in cluster.masters if m is not source)
+            slot = key_slot(key.encode())
+            target.client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.id)
+            source.client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.id)
+            source.client.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key, record)
+            again, repeated = await producers.add("p", "acct", 1, [(sid, "*", frame)])  # a resend: ASK
+            assert (again, repeated) == (first, True)
+            second, repeated = await producers.add("p", "acct", 2, [(sid, "*", frame)])
+            assert not repeated
+            for node in (target, source, *cluster.masters):  # the move finished
+                node.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target.id)
+            return target, key, first + second
+        finally:
+            await store.close()
+
+    target, key, ids = asyncio.run(scenario())
+    assert [i.decode() for i, _ in target.client.xrange(key)] == ids  # each once, on the importing master

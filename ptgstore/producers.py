@@ -72,7 +72,8 @@ class Producers:
         if len(entries) == 1 and entries[0][1] == "*":  # a frame: the stream's max_len known here, as Store.add does
             data = entries[0][2]
             if len(data) >= OUTSIDE_LUA:
-                return await self._add_large(producer_id, seq, first, record, data)
+                return self._answer(producer_id, seq, entries,
+                                    await self._run(producer_id, seq, lambda: self._add_large(seq, first, record, data)))
             script = self._add_one
             keys = [store.key(first), record]
             args: list = [seq, self.batches, self.window_ms, await store.max_len(first), first, data]
@@ -85,32 +86,32 @@ class Producers:
             store.check_batch(index)
             keys = [store.key(sid) for sid in index] + [store.keys.meta(sid) for sid in index] + [record]
             args = [seq, self.batches, self.window_ms, store.default_max_len, len(index), *index, *triples]
-        repeated, ids = await self._run(producer_id, seq, lambda: script(keys=keys, args=args))
-        ids = [i.decode() for i in ids]
-        if repeated and len(ids) != len(entries):
-            raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "
-                                  f"not {len(entries)}")
-        return ids, bool(repeated)
+        return self._answer(producer_id, seq, entries,
+                            await self._run(producer_id, seq, lambda: script(keys=keys, args=args)))
 
-
-    async def _add_large(self, producer_id: str, seq: int, sid: str, record: str, data: bytes
-                         ) -> tuple[list[str], bool]:
+    async def _add_large(self, seq: int, sid: str, record: str, data: bytes) -> list:
         """A large frame: its own XADD (its bytes kept out of Lua) then `idempotent_add_large.lua`,
-        which records it or takes the XADD back, in one MULTI."""
+        which records it or takes the XADD back, in one MULTI. The script's reply."""
         store = self.store
         key = store.key(sid)
         xadd = ("XADD", key, "MAXLEN", "~", await store.max_len(sid), "*", FIELD, data)
         # by its text, not its hash: a NOSCRIPT (a restarted Redis) would leave the XADD standing alone
         settle = ("EVAL", self._large, 2, key, record, seq, self.batches, self.window_ms, sid)
+        replies = await store.connections.transaction(key, xadd, settle)
+        if isinstance(replies[1], Exception):
+            raise replies[1]
+        return replies[1]
 
-        async def run():
-            replies = await store.connections.transaction(key, xadd, settle)
-            if isinstance(replies[1], Exception):
-                raise replies[1]
-            return replies[1]
-
-        repeated, ids = await self._run(producer_id, seq, run)
-        return [i.decode() for i in ids], bool(repeated)
+    @staticmethod
+    def _answer(producer_id: str, seq: int, entries: Sequence, reply: list) -> tuple[list[str], bool]:
+        """A script's reply `[repeated, ids]` as `(ids, repeated)`; a resend that is not the batch stored
+        under its number is refused."""
+        repeated, ids = reply
+        ids = [i.decode() for i in ids]
+        if repeated and len(ids) != len(entries):
+            raise SequenceRefused(f"producer {producer_id} batch {seq} was stored with {len(ids)} entries, "
+                                  f"not {len(entries)}")
+        return ids, bool(repeated)
 
     async def _run(self, producer_id: str, seq: int, call):
         """`call()`'s reply, its failures told as the store tells them."""

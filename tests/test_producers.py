@@ -287,6 +287,15 @@ def test_a_large_frame_refused_stores_nothing(tmp_path, rdb, redis_server):
         assert rdb.zrange("ptgstore+producer:p/test", 0, -1, withscores=True)[-1][1] == 3  # 4 not recorded
 
 
+def test_a_large_frame_resent_under_the_number_of_a_batch_is_refused(server, rdb):
+    with ws_connect(server, "/data/cam/push", ack="true", batch="true", producer="p", seq="1") as ws:
+        send_batch(ws, [0, 1], b"xy")
+    with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
+        ws.send(frame(0))
+        assert expect_close(ws) == (1008, "producer p batch 1 was stored with 2 entries, not 1")
+    assert [d for _, d in stored(rdb, "cam")] == [b"x", b"y"] and counters(rdb, "cam") == (2, 2)
+
+
 def test_a_large_frame_resent_to_a_deleted_stream_does_not_bring_it_back(server, rdb, http):
     with ws_connect(server, "/data/cam/push", ack="true", producer="p", seq="1") as ws:
         ws.send(frame(0))

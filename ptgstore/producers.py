@@ -4,7 +4,7 @@ number the server has already stored is answered with the ids it was stored unde
 The batch and the producer's record change in one Lua script (`lua/idempotent_add.lua`, and
 `lua/idempotent_add_one.lua` for one entry), in the batch's slot; a large frame (OUTSIDE_LUA) is
 stored by its own XADD followed by `lua/idempotent_add_large.lua` in one MULTI, which keeps its bytes
-out of Lua (Redis hashes every byte of a script's argument). The record is a sorted set per
+out of Lua (making a new 512 KiB argument a Lua string costs Redis 0.7 ms). The record is a sorted set per
 producer, account and group (`keys.producer`), scored by sequence number, each member `<seq> <ids
 joined by ,>`. It keeps the newest `batches` numbers and expires `window` seconds after the
 producer's last batch there. docs/protocol.md ("Idempotent pushes") is the contract.

@@ -42,15 +42,24 @@ def process_tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of live processes."""
-    total = 0
+    """User + system CPU time of live processes, every thread's: in nanoseconds from each thread's
+    /proc/<pid>/task/<tid>/schedstat (a run of 3 s at 30 Hz costs Redis a few clock ticks, the
+    resolution of /proc/<pid>/stat, which is read where schedstat is not there)."""
+    total = 0.0
     for pid in pids:
+        try:
+            threads = [int((task / "schedstat").read_text().split()[0])
+                       for task in Path(f"/proc/{pid}/task").iterdir()]
+            total += sum(threads) / 1e9
+            continue
+        except (OSError, ValueError, IndexError):
+            pass
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
 
 
 def rss_bytes(pids: list[int]) -> int:

@@ -1,7 +1,7 @@
 """What idempotent pushes cost: the same acknowledged pushes with and without a producer named
 (`producer=`, `seq=`: docs/protocol.md), alternating on one server and one Redis, so that both
 meet the same load. Prints, per kind of push, the medians of the server's CPU per entry (from
-/proc/<pid>/schedstat, in ns: finer than the clock ticks of /proc/<pid>/stat) and of Redis's (INFO
+every thread's schedstat, in ns: `harness.cpu_seconds`) and of Redis's (INFO
 cpu), plain and named, and the change; then the same pushes made from this process straight into
 the store (no sockets), with this process's CPU per entry: the steadier figure of what the named
 path itself costs on the server's side.
@@ -36,13 +36,7 @@ KINDS = [  # name, entries per message, entry size, messages per round (full sca
 
 def server_cpu_ns(server: Server) -> int:
     """Nanoseconds the server's processes have run on a CPU."""
-    total = 0
-    for pid in server.pids():
-        try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
+    return int(server.cpu() * 1e9)
 
 
 async def redis_cpu_ns(r: aioredis.Redis) -> int:

@@ -202,9 +202,11 @@ class Subscription:
                 delivery.entries += await self.hub.store.read(unchecked)
         if len(self.sids) > 1:
             delivery.entries.sort(key=lambda entry: parse_entry_id(entry[1]))
-        for sid, entry_id, _ in delivery.entries:
-            i = self.sids.index(sid) if len(self.sids) > 1 else 0
-            self.cursors[i] = max(self.cursors[i], parse_entry_id(entry_id))
+            for sid, entry_id, _ in delivery.entries:
+                i = self.sids.index(sid)
+                self.cursors[i] = max(self.cursors[i], parse_entry_id(entry_id))
+        elif delivery.entries:  # one stream's entries come oldest first: its newest is the last
+            self.cursors[0] = max(self.cursors[0], parse_entry_id(delivery.entries[-1][1]))
         return delivery
 
     def newest(self, index: int = 0) -> tuple[int, int]:

@@ -1,8 +1,8 @@
 """What idempotent pushes cost: the same acknowledged pushes with and without a producer named
 (`producer=`, `seq=`: docs/protocol.md), alternating on one server and one Redis, so that both
-meet the same load. Prints, per kind of push, the medians of the server's CPU per entry (from
-every thread's schedstat, in ns: `harness.cpu_seconds`) and of Redis's (INFO
-cpu), plain and named, and the change; then the same pushes made from this process straight into
+meet the same load. Prints, per kind of push, the medians of the server's CPU per entry (every
+thread's schedstat, in ns: `harness.cpu_seconds`) and of Redis's (INFO cpu), plain and named, and
+the change; then the same pushes made from this process straight into
 the store (no sockets), with this process's CPU per entry: the steadier figure of what the named
 path itself costs on the server's side.
 
@@ -80,9 +80,9 @@ async def run(repeats: int, scale: float) -> tuple[list[tuple], list[tuple]]:
     with tempfile.TemporaryDirectory(prefix="ptgstore-bench-redis-") as directory, \
             PrivateRedis(Path(directory)) as private, Server(private.url) as server:
         r = aioredis.Redis.from_url(private.url)
-        rows_here = await in_process(private.url, repeats, scale)
-        print("  in one process: done", file=sys.stderr, flush=True)
         try:
+            rows_here = await in_process(private.url, repeats, scale)
+            print("  in one process: done", file=sys.stderr, flush=True)
             for k, kind in enumerate(KINDS):
                 figures: dict[bool, list] = {False: [], True: []}
                 for rep in range(repeats):

@@ -132,20 +132,25 @@ async def _exec(connection, commands: Multi, asking: bool):
     """MULTI, `commands` and EXEC sent together on `connection`: EXEC's replies (a command's error among
     them as its exception). A command refused as it is queued (MOVED, ASK, TRYAGAIN) is raised: EXEC
     then runs nothing."""
-    sent = [*([("ASKING",)] if asking else []), ("MULTI",), *commands, ("EXEC",)]
+    replies = await _send_all(connection, [*([("ASKING",)] if asking else []), ("MULTI",), *commands, ("EXEC",)])
+    return replies[-1]
+
+
+async def _send_all(connection, commands: list[tuple]) -> list:
+    """`commands` sent together on `connection` (Redis serves them one after the other) and their
+    replies; a reply that is an error is raised. Cut short (an error, a failure, a cancellation), the
+    connection is dropped: the replies not read may still come."""
     chunks: list = []
-    for command in sent:
+    for command in commands:
         packed = _pack(connection, command)
         chunks += [packed] if isinstance(packed, bytes) else packed
     try:
         if _closed_by_peer(connection):
             await connection.disconnect()
         await connection.send_packed_command(chunks, check_health=False)
-        for _ in range(len(sent) - 1):
-            await connection.read_response()  # OK, QUEUED
-        return await connection.read_response()
+        return [await connection.read_response() for _ in commands]
     except BaseException:
-        await connection.disconnect()  # (a refusal leaves replies unread: never reused)
+        await connection.disconnect()
         raise
 
 
@@ -479,16 +484,7 @@ class Tail:
     async def _send(connection, commands, asking: bool) -> list:
         if asking:
             commands = [c for command in commands for c in (("ASKING",), command)]
-        try:
-            if _closed_by_peer(connection):
-                await connection.disconnect()
-            await connection.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands),
-                                                 check_health=False)
-            replies = [await connection.read_response() for _ in commands]
-        except BaseException:
-            # cut short (failure, error reply or cancellation): replies may still come, never reuse it
-            await connection.disconnect()
-            raise
+        replies = await _send_all(connection, commands)
         return replies[1::2] if asking else replies
 
     async def disconnect(self) -> None:

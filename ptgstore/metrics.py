@@ -146,10 +146,13 @@ class Metrics:
 
     # -- exposition ------------------------------------------------------------------------------
 
+    def _source(self):
+        """What to collect: this process's registry, or the sum over all workers."""
+        return _Workers(self.directory) if self.directory else self.registry
+
     def families(self) -> list:
-        """The metric families now (blocking: call it off the event loop): this process's registry,
-        or the sum over all workers."""
-        return list((_Workers(self.directory) if self.directory else self.registry).collect())
+        """The metric families now (blocking: call it off the event loop), of `_source()`."""
+        return list(self._source().collect())
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition format the scraper accepts (Prometheus text 0.0.4 unless it asks for
@@ -157,7 +160,7 @@ class Metrics:
         from prometheus_client import exposition
 
         encode, content_type = exposition.choose_encoder(accept or "")
-        return encode(_Workers(self.directory) if self.directory else self.registry), content_type
+        return encode(self._source()), content_type
 
     def may_scrape(self, scope, authenticator) -> bool:
         """Everyone when configured public, else a metrics token or an API token (from any client:

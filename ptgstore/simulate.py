@@ -125,22 +125,24 @@ async def _watch(tasks: Sequence[asyncio.Future], sensors: list[Sensor], started
     """Show the progress until every sensor is done; one line when the pushers had to reconnect. The
     first sensor that fails stops the others, and its error is raised (once, without tracebacks)."""
     reconnects, noticed = 0, 0.0
-    with _progress(total=round(duration, 1), unit=" s", desc="simulate",
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
-        while not all(task.done() for task in tasks):
-            done, _ = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
-            if any(not task.cancelled() and task.exception() for task in done):
-                break
-            bar.n = round(min(time.monotonic() - started, duration), 1)
-            bar.refresh()
-            now_reconnects = sum(s.reconnects for s in sensors)
-            if now_reconnects > reconnects and time.monotonic() - noticed >= RECONNECT_NOTICE_S:
-                noticed = time.monotonic()
-                bar.write(f"simulate: the connection was interrupted; reconnected and carrying on "
-                          f"({now_reconnects} reconnects so far)", file=sys.stderr)
-            reconnects = now_reconnects
-    for task in tasks:
-        task.cancel()
+    try:
+        with _progress(total=round(duration, 1), unit=" s", desc="simulate",
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total} s") as bar:
+            while not all(task.done() for task in tasks):
+                done, _ = await asyncio.wait(tasks, timeout=0.5, return_when=asyncio.FIRST_EXCEPTION)
+                if any(not task.cancelled() and task.exception() for task in done):
+                    break
+                bar.n = round(min(time.monotonic() - started, duration), 1)
+                bar.refresh()
+                now_reconnects = sum(s.reconnects for s in sensors)
+                if now_reconnects > reconnects and time.monotonic() - noticed >= RECONNECT_NOTICE_S:
+                    noticed = time.monotonic()
+                    bar.write(f"simulate: the connection was interrupted; reconnected and carrying on "
+                              f"({now_reconnects} reconnects so far)", file=sys.stderr)
+                reconnects = now_reconnects
+    finally:
+        for task in tasks:  # (an error, a Ctrl-C: the other sensors stop too)
+            task.cancel()
     # every outcome retrieved (no "Task exception was never retrieved" tracebacks); the first error raised
     for outcome in await asyncio.gather(*tasks, return_exceptions=True):
         if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
@@ -153,11 +155,7 @@ async def simulate(client: AsyncClient, args) -> int:
     started = time.monotonic()
     deadline = started + args.duration
     tasks = [asyncio.ensure_future(_run_sensor(client, sensor, deadline)) for sensor in sensors]
-    try:
-        await _watch(tasks, sensors, started, args.duration)
-    finally:
-        for task in tasks:  # (a Ctrl-C or an error: the other sensors stop too)
-            task.cancel()
+    await _watch(tasks, sensors, started, args.duration)
     elapsed = time.monotonic() - started
     for sensor in sensors:
         print(f"{sensor.stream_id}: {sensor.entries} entries, {tqdm.format_sizeof(sensor.bytes, 'B', 1024)}, "

@@ -168,24 +168,29 @@ def test_producer_options_are_checked(server, rdb, query, code):
     assert rdb.xlen("cam") == 0
 
 
-def test_another_account_cannot_touch_a_producers_record(server, rdb):
+@pytest.mark.parametrize("pad", [0, OUTSIDE_LUA], ids=["small", "large"])
+def test_another_account_cannot_touch_a_producers_record(server, rdb, pad):
     """A hostile token holder who learns a producer id gets a record of their own: their batch is
-    stored (not answered with the victim's ids), and the victim's resends still find their own."""
+    stored (not answered with the victim's ids), and the victim's resends still find their own; frames
+    large enough for their own XADD (`large`) alike."""
+    def p(data: bytes) -> bytes:
+        return data.ljust(pad, b".")
+
     with ws_connect(server, "/data/cam/push", ack="true", producer="headset", seq="1") as ws:
-        ws.send(b"victim")
+        ws.send(p(b"victim"))
         victim = ws.recv(timeout=10)
     with ws_connect(server, "/data/cam/push", ack="true", producer="headset", seq="1",
                     token=server.token("mallory")) as ws:
-        ws.send(b"mallory")
+        ws.send(p(b"mallory"))
         assert ws.recv(timeout=10) != victim
-        ws.send(b"mallory again")  # seq 2, pushed ahead of the victim: their seq 2 is theirs still
+        ws.send(p(b"mallory again"))  # seq 2, pushed ahead of the victim: their seq 2 is theirs still
         ws.recv(timeout=10)
     with ws_connect(server, "/data/cam/push", ack="true", producer="headset", seq="1") as ws:
-        ws.send(b"victim")
+        ws.send(p(b"victim"))
         assert ws.recv(timeout=10) == victim
-        ws.send(b"victim 2")
+        ws.send(p(b"victim 2"))
         ws.recv(timeout=10)
-    assert [d for _, d in stored(rdb, "cam")] == [b"victim", b"mallory", b"mallory again", b"victim 2"]
+    assert [d for _, d in stored(rdb, "cam")] == [p(b"victim"), p(b"mallory"), p(b"mallory again"), p(b"victim 2")]
 
 
 @pytest.mark.cluster
